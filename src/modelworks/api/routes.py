@@ -1,0 +1,134 @@
+"""The API's handlers: OpenAI paths (/v1, /openai/v1) and Azure dated paths (/openai/deployments/{d}/...)."""
+
+from __future__ import annotations
+
+import re
+from typing import AsyncIterator
+
+from starlette.requests import Request
+
+from modelworks.api.http import EventStream, JSONResult, read_body
+from modelworks.backends.base import Delta
+from modelworks.errors import InvalidRequest, MissingApiVersion
+from modelworks.policies.chain import Call, PolicyChain
+from modelworks.protocol import render
+from modelworks.protocol.parse import parse_body
+from modelworks.protocol.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from modelworks.service import Gateway
+
+API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2}(-preview)?|v1|latest|preview)$")
+
+
+class Handlers:
+    def __init__(self, gateway: Gateway, chain: PolicyChain, max_body_bytes: int) -> None:
+        self.gateway = gateway
+        self.chain = chain
+        self.max_body = max_body_bytes
+
+    # -- generation -------------------------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> JSONResult | EventStream:
+        return await self._generate(request, ChatCompletionRequest, "chat.completions")
+
+    async def completions(self, request: Request) -> JSONResult | EventStream:
+        return await self._generate(request, CompletionRequest, "completions")
+
+    async def _generate(self, request: Request, model_cls, operation: str) -> JSONResult | EventStream:
+        deployment = await self._admit(request, operation)
+        body = await read_body(request, self.max_body)
+        req = parse_body(model_cls, body)
+        route = self._route(deployment, req.model)
+        task = self.gateway.generation_task(route, req)
+        request.state.watch_disconnect()
+        chat = task.is_chat
+        if not req.stream:
+            result = await self.gateway.generate(route, task)
+            return JSONResult(render.completion_body(result, chat=chat, model=route.deployment))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        framer = render.StreamFramer(chat=chat, model=route.deployment, include_usage=include_usage)
+        deltas = self.gateway.stream(route, task)
+        try:
+            first = await anext(deltas)
+        except StopAsyncIteration:
+            return EventStream(framer.closing(), _nothing())
+        except BaseException:
+            await deltas.aclose()
+            raise
+        return EventStream(framer.frame(first), _frames(deltas, framer))
+
+    # -- embeddings -------------------------------------------------------------------------------------------
+
+    async def embeddings(self, request: Request) -> JSONResult:
+        deployment = await self._admit(request, "embeddings")
+        body = await read_body(request, self.max_body)
+        req = parse_body(EmbeddingRequest, body)
+        route = self._route(deployment, req.model)
+        request.state.watch_disconnect()
+        result = await self.gateway.embed(route, req)
+        if req.dimensions is not None:
+            result = _truncate(result, req.dimensions)
+        return JSONResult(render.embeddings_body(result, model=route.deployment, encoding_format=req.encoding_format))
+
+    # -- models -----------------------------------------------------------------------------------------------
+
+    async def list_models(self, request: Request) -> JSONResult:
+        await self._admit(request, "models.list")
+        data = [render.model_card(r.deployment, r.owned_by, self.gateway.created) for r in self.gateway.routes.values()]
+        return JSONResult({"object": "list", "data": data})
+
+    async def get_model(self, request: Request) -> JSONResult:
+        await self._admit(request, "models.retrieve")
+        route = self.gateway.resolve(request.path_params["model"])
+        return JSONResult(render.model_card(route.deployment, route.owned_by, self.gateway.created))
+
+    # -- shared -----------------------------------------------------------------------------------------------
+
+    def _route(self, deployment: str | None, model: str | None):
+        if deployment is not None:
+            return self.gateway.resolve(deployment, param="deployment")
+        return self.gateway.resolve(model)
+
+    async def _admit(self, request: Request, operation: str) -> str | None:
+        """Check api-version where the path needs it, run the policy chain; return the deployment in the path."""
+        path_params = request.path_params
+        deployment = path_params.get("deployment")
+        dated = deployment is not None or request.url.path.startswith("/openai/models")
+        version = request.query_params.get("api-version")
+        if dated and version is None:
+            raise MissingApiVersion(
+                "Missing the required query parameter 'api-version' (for example api-version=2024-10-21).",
+                param="api-version")
+        if version is not None and not API_VERSION.match(version):
+            raise InvalidRequest(f"Unsupported api-version '{version}'. Use a dated version such as 2024-10-21.",
+                                 param="api-version", code="invalid_api_version")
+        await self.chain.admit(Call(operation=operation, headers=request.headers, deployment=deployment))
+        return deployment
+
+
+async def _frames(deltas: AsyncIterator[Delta], framer: render.StreamFramer) -> AsyncIterator[bytes]:
+    try:
+        async for delta in deltas:
+            yield framer.frame(delta)
+        yield framer.closing()
+    finally:
+        await deltas.aclose()
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""
+
+
+def _truncate(result, dimensions: int):
+    import math
+
+    vectors = []
+    for vector in result.vectors:
+        if dimensions > len(vector):
+            raise InvalidRequest(f"This model has {len(vector)} dimensions; 'dimensions' must not exceed it.",
+                                 param="dimensions")
+        cut = vector[:dimensions]
+        norm = math.sqrt(sum(x * x for x in cut)) or 1.0
+        vectors.append([x / norm for x in cut])
+    result.vectors = vectors
+    return result

@@ -1,0 +1,1 @@
+"""Backends: one contract (`base.Backend`), many implementations."""

@@ -1,0 +1,132 @@
+"""The backend contract.
+
+A backend has one required method, `generate`, answering a whole generation. Streaming (`stream`), embeddings
+(`embed`) and `health` are optional: the defaults stream a finished generation as one delta, refuse embeddings and
+report healthy. Results are plain data in the OpenAI shape (choices, deltas, usage); nothing here knows about HTTP,
+SSE or JSON encoding.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Literal
+
+from modelworks.errors import Unsupported
+from modelworks.protocol.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    chat: bool = True
+    completions: bool = True
+    embeddings: bool = False
+    streaming: bool = True
+    tools: bool = False
+    json_schema: bool = False
+    logprobs: bool = False
+    multimodal: bool = False
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens}
+
+
+@dataclass(slots=True)
+class GenerationTask:
+    """What to generate. `request` is the validated client request; `model` the name the backend knows."""
+
+    kind: Literal["chat", "text"]
+    request: ChatCompletionRequest | CompletionRequest
+    model: str
+
+    @property
+    def is_chat(self) -> bool:
+        return self.kind == "chat"
+
+
+@dataclass(slots=True)
+class Generation:
+    """A finished generation. `choices` are OpenAI choices: chat ones carry `message`, text ones `text`."""
+
+    choices: list[dict[str, Any]]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+@dataclass(slots=True)
+class Delta:
+    """One streamed step. `choices` are OpenAI stream choices (chat: `delta`; text: `text`); may be empty."""
+
+    choices: list[dict[str, Any]]
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class EmbeddingTask:
+    request: EmbeddingRequest
+    model: str
+    inputs: list[str] | list[list[int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass(slots=True)
+class Health:
+    ok: bool
+    detail: str = ""
+
+
+class Backend(ABC):
+    """Serves generations (and optionally embeddings) for deployments."""
+
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def start(self) -> None:
+        """Load models, open connection pools. Called once, from the app's start-up."""
+
+    async def close(self) -> None:
+        """Release everything `start` took."""
+
+    async def health(self) -> Health:
+        return Health(ok=True)
+
+    @abstractmethod
+    async def generate(self, task: GenerationTask) -> Generation:
+        """Generate the whole answer."""
+
+    async def stream(self, task: GenerationTask) -> AsyncIterator[Delta]:
+        """Generate step by step. Closing the iterator early must stop the work behind it."""
+        result = await self.generate(task)
+        yield Delta(choices=[_as_delta(c, task.is_chat) for c in result.choices], usage=result.usage)
+
+    async def embed(self, task: EmbeddingTask) -> Embeddings:
+        raise Unsupported(f"The model '{task.model}' does not serve embeddings.", param="model")
+
+
+def _as_delta(choice: dict[str, Any], chat: bool) -> dict[str, Any]:
+    if not chat:
+        return choice
+    message = choice.get("message") or {}
+    delta = {"role": "assistant", "content": message.get("content")}
+    if message.get("tool_calls"):
+        delta["tool_calls"] = [dict(tc, index=i) for i, tc in enumerate(message["tool_calls"])]
+    return {"index": choice["index"], "delta": delta, "finish_reason": choice.get("finish_reason"),
+            "logprobs": choice.get("logprobs")}

@@ -1,0 +1,302 @@
+"""The embedded model: any GGUF file on llama.cpp (llama-cpp-python), in-process.
+
+`parallel` slots, each a llama.cpp context with its own worker thread, serve generations side by side; more
+requests wait in a bounded line (429 past it). A generation never disturbs another. When its client leaves,
+a generation stops within one token and frees its slot; a request still waiting simply leaves the line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from modelworks.backends import llama_generation as lg
+from modelworks.backends.admission import Admission
+from modelworks.backends.base import (
+    Backend, Capabilities, Delta, Generation, GenerationTask, Health, Usage,
+)
+from modelworks.backends.chat_templates import ChatTemplate, choose_template, template_messages
+from modelworks.errors import InvalidRequest, Unsupported
+from modelworks.settings import LlamaCppBackend
+
+log = logging.getLogger("modelworks.llama")
+
+_END = object()
+
+
+@dataclass(slots=True)
+class _Slot:
+    llama: Any
+    executor: ThreadPoolExecutor
+
+
+class LlamaBackend(Backend):
+    capabilities = Capabilities(chat=True, completions=True, embeddings=False, streaming=True, tools=False,
+                                json_schema=True, logprobs=True)
+
+    def __init__(self, name: str, spec: LlamaCppBackend, cache_dir: Path) -> None:
+        super().__init__(name)
+        self.spec = spec
+        self.cache_dir = cache_dir
+        self.admission: Admission[_Slot] | None = None
+        self.template: ChatTemplate | None = None
+        self.n_ctx = spec.context_size
+        self.model_path: Path | None = None
+        self._slots: list[_Slot] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from modelworks.model_files import resolve_model_source
+
+        loop = asyncio.get_running_loop()
+        self.model_path = await loop.run_in_executor(None, resolve_model_source, self.spec.model, self.cache_dir)
+        for i in range(self.spec.parallel):
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{self.name}-{i}")
+            llama = await loop.run_in_executor(executor, self._load)
+            self._slots.append(_Slot(llama, executor))
+        first = self._slots[0].llama
+        self.n_ctx = first.n_ctx()
+        bos = _token_text(first, first.token_bos())
+        eos = _token_text(first, first.token_eos())
+        self.template = choose_template(self.spec.chat_template, first.metadata, bos, eos)
+        self.admission = Admission(self.name, self._slots, self.spec.max_queue)
+        log.info("loaded %s (%d slot(s), %d threads, context %d, chat template: %s)", self.model_path,
+                 self.spec.parallel, self.spec.threads, self.n_ctx, self.template.origin)
+
+    def _load(self):
+        from llama_cpp import Llama
+
+        return Llama(model_path=str(self.model_path), n_ctx=self.spec.context_size, n_batch=self.spec.batch_size,
+                     n_threads=self.spec.threads, n_threads_batch=self.spec.threads, verbose=False)
+
+    async def close(self) -> None:
+        for slot in self._slots:
+            slot.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def health(self) -> Health:
+        if self.admission is None:
+            return Health(ok=False, detail="loading")
+        return Health(ok=True, detail=f"{self.admission.busy} busy, {self.admission.waiting} waiting")
+
+    # -- generation ------------------------------------------------------------------------------------------
+
+    async def generate(self, task: GenerationTask) -> Generation:
+        texts: dict[int, list[str]] = {}
+        logprobs: dict[int, list[dict]] = {}
+        finish: dict[int, str] = {}
+        usage = Usage()
+        async for index, step, outcome, prompt_tokens in self._run(task):
+            usage.prompt_tokens = prompt_tokens
+            if step is not None:
+                texts.setdefault(index, []).append(step.text)
+                logprobs.setdefault(index, []).extend(step.tokens)
+            if outcome is not None:
+                finish[index] = outcome.finish_reason
+                usage.completion_tokens += outcome.completion_tokens
+        choices = []
+        for i in range(task.request.n):
+            text = "".join(texts.get(i, []))
+            lp = self._logprobs(task, logprobs.get(i, [])) if self._wants_logprobs(task) else None
+            if task.is_chat:
+                choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                                "finish_reason": finish.get(i, "stop"), "logprobs": lp})
+            else:
+                choices.append({"index": i, "text": text, "finish_reason": finish.get(i, "stop"), "logprobs": lp})
+        return Generation(choices=choices, usage=usage)
+
+    async def stream(self, task: GenerationTask) -> AsyncIterator[Delta]:
+        chat = task.is_chat
+        wants_lp = self._wants_logprobs(task)
+        usage = Usage()
+        started: set[int] = set()
+        runner = self._run(task)
+        try:
+            async for index, step, outcome, prompt_tokens in runner:
+                usage.prompt_tokens = prompt_tokens
+                if chat and index not in started:
+                    started.add(index)
+                    yield Delta([{"index": index, "delta": {"role": "assistant", "content": ""},
+                                  "finish_reason": None, "logprobs": None}])
+                if step is not None and (step.text or step.tokens):
+                    lp = self._logprobs(task, step.tokens) if wants_lp else None
+                    if chat:
+                        choice = {"index": index, "delta": {"content": step.text}, "finish_reason": None,
+                                  "logprobs": lp}
+                    else:
+                        choice = {"index": index, "text": step.text, "finish_reason": None, "logprobs": lp}
+                    yield Delta([choice])
+                if outcome is not None:
+                    usage.completion_tokens += outcome.completion_tokens
+                    last = index == task.request.n - 1
+                    end = ({"index": index, "delta": {}, "finish_reason": outcome.finish_reason, "logprobs": None}
+                           if chat else
+                           {"index": index, "text": "", "finish_reason": outcome.finish_reason, "logprobs": None})
+                    yield Delta([end], usage=usage if last else None)
+        finally:
+            await runner.aclose()
+
+    async def _run(self, task: GenerationTask):
+        """Yield (choice index, step or None, outcome or None, prompt tokens) as the worker thread produces them."""
+        prompt_tokens, params = self._prepare(task)
+        async with self.admission.slot() as slot:
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue = asyncio.Queue()
+            cancelled = threading.Event()
+            put = functools.partial(loop.call_soon_threadsafe, queue.put_nowait)
+
+            def work() -> None:
+                try:
+                    for index in range(task.request.n):
+                        choice_params = params
+                        if params.seed is not None and index:
+                            choice_params = lg.Params(**{**_fields(params), "seed": params.seed + index})
+                        outcome = lg.generate(slot.llama, prompt_tokens, choice_params,
+                                              lambda step, i=index: put((i, step, None)), cancelled)
+                        if outcome.finish_reason is None:
+                            return
+                        put((index, None, outcome))
+                except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+                    put(exc)
+                finally:
+                    put(_END)
+
+            future = loop.run_in_executor(slot.executor, work)
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is _END:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    index, step, outcome = item
+                    yield index, step, outcome, len(prompt_tokens)
+            finally:
+                cancelled.set()
+                # The slot is given back only once its thread has really stopped (within one token).
+                await asyncio.shield(future)
+
+    def _prepare(self, task: GenerationTask) -> tuple[list[int], lg.Params]:
+        req = task.request
+        llama = self._slots[0].llama
+        if task.is_chat:
+            prompt = self.template.render(template_messages(req.messages))
+            tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+            where = "messages"
+        else:
+            tokens = self._completion_prompt(req, llama)
+            where = "prompt"
+        if req.logit_bias:
+            raise Unsupported("The embedded model does not support logit_bias.", param="logit_bias")
+        room = self.n_ctx - len(tokens)
+        if room <= 0:
+            raise InvalidRequest(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, your {where} resulted in "
+                f"{len(tokens)} tokens.", param=where, code="context_length_exceeded")
+        limit = req.token_limit
+        if limit is not None and limit > room:
+            raise InvalidRequest(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
+                f"{len(tokens) + limit} tokens ({len(tokens)} in the {where}, {limit} for the completion).",
+                param="max_completion_tokens" if task.is_chat and req.max_completion_tokens else "max_tokens",
+                code="context_length_exceeded")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        params = lg.Params(
+            max_tokens=limit if limit is not None else min(self.spec.max_tokens_default, room),
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            seed=req.seed,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            stop=stop,
+            grammar=self._grammar(task),
+            logprobs=self._logprobs_k(task),
+        )
+        return tokens, params
+
+    def _completion_prompt(self, req, llama) -> list[int]:
+        if req.echo or req.suffix is not None or (req.best_of or 1) > 1:
+            param = "echo" if req.echo else ("suffix" if req.suffix is not None else "best_of")
+            raise Unsupported(f"The embedded model does not support '{param}'.", param=param)
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+            if len(prompt) > 1:
+                raise Unsupported("The embedded model takes one prompt per request.", param="prompt")
+            prompt = prompt[0]
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if len(prompt) > 1:
+                raise Unsupported("The embedded model takes one prompt per request.", param="prompt")
+            prompt = prompt[0]
+        if isinstance(prompt, list):
+            vocab = llama.n_vocab()
+            if any(t < 0 or t >= vocab for t in prompt):
+                raise InvalidRequest(f"Token ids in 'prompt' must be between 0 and {vocab - 1}.", param="prompt")
+            return list(prompt)
+        return llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+
+    def _grammar(self, task: GenerationTask):
+        if not task.is_chat or task.request.response_format is None:
+            return None
+        fmt = task.request.response_format
+        if fmt.type == "json_object":
+            return _json_grammar()
+        if fmt.type == "json_schema":
+            schema = fmt.json_schema.schema_ or {}
+            try:
+                return _schema_grammar(json.dumps(schema, sort_keys=True))
+            except Exception as exc:  # noqa: BLE001 - the converter raises many kinds on bad schemas
+                raise InvalidRequest(f"Invalid schema for response_format '{fmt.json_schema.name}': {exc}",
+                                     param="response_format.json_schema.schema") from None
+        return None
+
+    @staticmethod
+    def _wants_logprobs(task: GenerationTask) -> bool:
+        return bool(task.request.logprobs) if task.is_chat else task.request.logprobs is not None
+
+    def _logprobs_k(self, task: GenerationTask) -> int | None:
+        if not self._wants_logprobs(task):
+            return None
+        return (task.request.top_logprobs or 0) if task.is_chat else task.request.logprobs
+
+    @staticmethod
+    def _logprobs(task: GenerationTask, entries: list[dict]) -> dict | None:
+        if task.is_chat:
+            return {"content": entries, "refusal": None}
+        offsets, pos = [], 0
+        for e in entries:
+            offsets.append(pos)
+            pos += len(e["token"])
+        return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+                "text_offset": offsets}
+
+
+def _fields(params: lg.Params) -> dict:
+    return {name: getattr(params, name) for name in params.__slots__}
+
+
+def _token_text(llama, token: int) -> str:
+    if token < 0:
+        return ""
+    return llama.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+
+@functools.lru_cache(maxsize=1)
+def _json_grammar():
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+
+
+@functools.lru_cache(maxsize=128)
+def _schema_grammar(schema_json: str):
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(schema_json, verbose=False)

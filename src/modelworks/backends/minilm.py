@@ -1,0 +1,53 @@
+"""Embedded sentence embeddings (all-MiniLM-L6-v2, 384 dimensions) computed in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from modelworks.backends.admission import Admission
+from modelworks.backends.base import Backend, Capabilities, Embeddings, EmbeddingTask, GenerationTask, Health
+from modelworks.errors import InvalidRequest, Unsupported
+from modelworks.settings import EmbeddedEmbeddingsBackend
+
+
+class MiniLMBackend(Backend):
+    capabilities = Capabilities(chat=False, completions=False, embeddings=True, streaming=False)
+
+    def __init__(self, name: str, spec: EmbeddedEmbeddingsBackend, cache_dir: Path) -> None:
+        super().__init__(name)
+        self.spec = spec
+        self.cache_dir = cache_dir
+        self.model = None
+        self.executor: ThreadPoolExecutor | None = None
+        self.admission: Admission | None = None
+
+    async def start(self) -> None:
+        from modelworks.backends.minilm_model import MiniLM
+        from modelworks.model_files import resolve_model_source
+
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{self.name}")
+        model_dir = resolve_model_source(self.spec.model, self.cache_dir)
+        loop = asyncio.get_running_loop()
+        self.model = await loop.run_in_executor(self.executor, MiniLM, model_dir, self.spec.max_batch)
+        self.admission = Admission(self.name, [self.model], self.spec.max_queue)
+
+    async def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def health(self) -> Health:
+        return Health(ok=self.model is not None, detail="loaded" if self.model else "loading")
+
+    async def generate(self, task: GenerationTask):
+        raise Unsupported(f"The model '{task.model}' serves embeddings only.", param="model")
+
+    async def embed(self, task: EmbeddingTask) -> Embeddings:
+        texts = task.inputs
+        if texts and not isinstance(texts[0], str):
+            raise InvalidRequest("This embedding model takes text input, not token arrays.", param="input")
+        async with self.admission.slot() as model:
+            loop = asyncio.get_running_loop()
+            vectors, tokens = await loop.run_in_executor(self.executor, model.encode, texts)
+        return Embeddings(vectors=vectors.tolist(), prompt_tokens=tokens)

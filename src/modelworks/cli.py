@@ -1,0 +1,89 @@
+"""Command line: `modelworks serve [--config FILE]`, `modelworks fetch-models [--config FILE]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from modelworks.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelworks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--config", default=os.environ.get("MODELWORKS_CONFIG"), help="YAML or TOML config file")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    fetch = sub.add_parser("fetch-models", help="assemble and verify the embedded models' files, then exit")
+    fetch.add_argument("--config", default=os.environ.get("MODELWORKS_CONFIG"))
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", default=os.environ.get("MODELWORKS_CONFIG"))
+    args = parser.parse_args(argv)
+
+    from modelworks.settings import load_settings
+
+    try:
+        settings = load_settings(args.config)
+        if args.command == "serve":
+            return _serve(settings, args)
+        if args.command == "fetch-models":
+            return _fetch(settings)
+        print("configuration is valid")
+        return 0
+    except ConfigError as exc:
+        print(f"modelworks: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(settings, args) -> int:
+    import uvicorn
+
+    from modelworks.api.app import create_app
+    from modelworks.keys import bootstrap_key
+
+    if args.host:
+        settings.server.host = args.host
+    if args.port is not None:
+        settings.server.port = args.port
+    _blas_threads(settings)
+    logging.basicConfig(level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    key = bootstrap_key(settings.api_key, settings.data_path)
+    app = create_app(settings, key_hashes=[key.hash])
+    host, port = settings.server.host, settings.server.port
+    shown = f"[{host}]" if ":" in host else host
+    print(f"Modelworks base URL: http://{shown}:{port}/v1  (Azure endpoint: http://{shown}:{port})", flush=True)
+    if key.new_key:
+        print(f"API key (shown once; stored hashed in {key.source}): {key.new_key}", flush=True)
+    else:
+        print(f"API key: the one from {key.source} (set MODELWORKS_API_KEY to choose one)", flush=True)
+    print("Deployments: " + ", ".join(settings.deployments), flush=True)
+    config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+                            access_log=settings.server.access_log, log_level=settings.server.log_level,
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _blas_threads(settings) -> None:
+    """BLAS reads its thread count once, when NumPy loads: set it from the embeddings backends first."""
+    from modelworks.settings import EmbeddedEmbeddingsBackend
+
+    threads = [b.threads for b in settings.backends.values() if isinstance(b, EmbeddedEmbeddingsBackend)]
+    if threads:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(max(threads)))
+
+
+def _fetch(settings) -> int:
+    from modelworks.model_files import resolve_model_source
+    from modelworks.settings import EmbeddedEmbeddingsBackend, LlamaCppBackend
+
+    for name, spec in settings.backends.items():
+        if isinstance(spec, (LlamaCppBackend, EmbeddedEmbeddingsBackend)):
+            path = resolve_model_source(spec.model, settings.model_cache_path)
+            print(f"{name}: {path}")
+    return 0

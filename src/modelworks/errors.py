@@ -1,0 +1,100 @@
+"""The one exception tree. Every failure a client can see is one of these.
+
+`modelworks.api.errors` is the single place that renders them to the OpenAI (or Azure) error envelope.
+"""
+
+from __future__ import annotations
+
+
+class ModelworksError(Exception):
+    """Base of every error the API may answer with."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+    azure_code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+
+class InvalidRequest(ModelworksError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unsupported(InvalidRequest):
+    """The request is well formed but the serving backend cannot do it (tools on the embedded model, say)."""
+
+    code = "unsupported_parameter"
+
+
+class MissingApiVersion(InvalidRequest):
+    code = "missing_api_version"
+
+
+class Unauthorized(ModelworksError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    azure_code = "401"
+
+
+class NotFound(ModelworksError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+    azure_code = "DeploymentNotFound"
+
+
+class BodyTooLarge(ModelworksError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class Overloaded(ModelworksError):
+    """A bounded queue is full: retry later (429 with retry-after)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    azure_code = "429"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kw) -> None:
+        seconds = max(1, min(60, round(retry_after_s)))
+        headers = {"retry-after": str(seconds), "retry-after-ms": str(int(seconds * 1000))}
+        super().__init__(message, headers=headers, **kw)
+
+
+class UpstreamError(ModelworksError):
+    """An upstream backend failed or answered with an error we pass on."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, status: int = 502, body: dict | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+        self.body = body
+
+
+class Unavailable(ModelworksError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; raised at start, never during a request."""

@@ -1,0 +1,1 @@
+"""The wire protocol: request models (validated at the edge) and response rendering."""

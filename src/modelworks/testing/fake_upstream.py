@@ -1,0 +1,186 @@
+"""A fake OpenAI-compatible upstream server: real HTTP on loopback, for tests, demos and benchmarks.
+
+Serves `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models` and the Azure dated paths
+`/openai/deployments/{d}/...`. Behaviour is picked by the requested model (or Azure deployment) name:
+
+- `slow-*`: streams one word every 50 ms (for disconnect tests);
+- `error-<status>`: answers that HTTP status with an OpenAI error envelope;
+- anything else: answers at once with a fixed reply.
+
+It records what it received (`GET /_fake/requests`, `DELETE /_fake/requests`), including whether each stream
+was cut by its client. Run it with `python -m modelworks.testing.fake_upstream --port 9000`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import deque
+
+import orjson
+
+REPLY = "Hello from the fake upstream."
+_JSON = [(b"content-type", b"application/json")]
+_SSE = [(b"content-type", b"text/event-stream")]
+
+
+class FakeUpstream:
+    def __init__(self, record: int = 200) -> None:
+        self.requests: deque[dict] = deque(maxlen=record)
+        self.cut_streams = 0
+        self.finished_streams = 0
+        self._chat_body = orjson.dumps(_chat_completion("fake-model"))
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path = scope["path"]
+        method = scope["method"]
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if path == "/_fake/requests":
+            if method == "DELETE":
+                self.requests.clear()
+                self.cut_streams = self.finished_streams = 0
+            payload = {"requests": list(self.requests), "cut_streams": self.cut_streams,
+                       "finished_streams": self.finished_streams}
+            return await _respond(send, 200, orjson.dumps(payload))
+        if path.endswith("/models") and method == "GET":
+            data = [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]
+            return await _respond(send, 200, orjson.dumps({"object": "list", "data": data}))
+        try:
+            request = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            return await _respond(send, 400, _error(400, "bad json"))
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        azure_deployment = _azure_deployment(path)
+        model = azure_deployment or request.get("model", "")
+        self.requests.append({"path": path, "query": scope["query_string"].decode(), "headers": headers,
+                              "body": request})
+        if model.startswith("error-"):
+            status = int(model.split("-", 1)[1])
+            extra = [(b"retry-after", b"1")] if status == 429 else []
+            return await _respond(send, status, _error(status, f"fake upstream error {status}"), extra)
+        if path.endswith("/embeddings"):
+            inputs = request.get("input")
+            items = [inputs] if isinstance(inputs, str) else inputs or []
+            data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, 0.4]} for i in range(len(items))]
+            usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
+            return await _respond(send, 200, orjson.dumps({"object": "list", "data": data, "model": model,
+                                                           "usage": usage}))
+        chat = path.endswith("/chat/completions")
+        if not path.endswith("/completions"):
+            return await _respond(send, 404, _error(404, f"no route {path}"))
+        if request.get("stream"):
+            return await self._stream(send, receive, chat, model, request)
+        if chat and model == "fake-model" and not request.get("tools"):
+            return await _respond(send, 200, self._chat_body)
+        body = _chat_completion(model, request) if chat else _text_completion(model)
+        return await _respond(send, 200, orjson.dumps(body))
+
+    async def _stream(self, send, receive, chat: bool, model: str, request: dict) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        delay = 0.05 if model.startswith("slow-") else 0.0
+        words = REPLY.split(" ") * (20 if delay else 1)
+        created = int(time.time())
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        task = asyncio.current_task()
+
+        async def watch() -> None:  # uvicorn drops writes after a disconnect silently: listen for it
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            if chat:
+                await _send_event(send, {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
+                                         "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                      "finish_reason": None}]})
+            for i, word in enumerate(words):
+                if delay:
+                    await asyncio.sleep(delay)
+                piece = word if i == 0 else " " + word
+                choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
+                          else {"index": 0, "text": piece, "finish_reason": None, "logprobs": None})
+                await _send_event(send, {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
+                                         "choices": [choice]})
+            last = ({"index": 0, "delta": {}, "finish_reason": "stop"} if chat
+                    else {"index": 0, "text": "", "finish_reason": "stop", "logprobs": None})
+            await _send_event(send, {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
+                                     "choices": [last]})
+            if (request.get("stream_options") or {}).get("include_usage"):
+                await _send_event(send, {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
+                                         "choices": [], "usage": _usage(len(words))})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            self.finished_streams += 1
+        except (OSError, asyncio.CancelledError):
+            self.cut_streams += 1
+        finally:
+            watcher.cancel()
+
+
+def _azure_deployment(path: str) -> str | None:
+    if path.startswith("/openai/deployments/"):
+        return path.split("/")[3]
+    return None
+
+
+async def _send_event(send, obj) -> None:
+    await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(obj) + b"\n\n", "more_body": True})
+
+
+async def _respond(send, status: int, body: bytes, extra=()) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON, (b"content-length", str(len(body)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _usage(completion: int) -> dict:
+    return {"prompt_tokens": 5, "completion_tokens": completion, "total_tokens": 5 + completion}
+
+
+def _error(status: int, message: str) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": "invalid_request_error" if status < 500 else
+                                   "server_error", "param": None, "code": str(status)}})
+
+
+def _chat_completion(model: str, request: dict | None = None) -> dict:
+    message: dict = {"role": "assistant", "content": REPLY, "refusal": None}
+    finish = "stop"
+    if request and request.get("tools"):
+        name = request["tools"][0]["function"]["name"]
+        message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+            {"id": "call_fake", "type": "function", "function": {"name": name, "arguments": "{}"}}]}
+        finish = "tool_calls"
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+            "usage": _usage(6)}
+
+
+def _text_completion(model: str) -> dict:
+    return {"id": "cmpl-fake", "object": "text_completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "text": REPLY, "finish_reason": "stop", "logprobs": None}], "usage": _usage(6)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="fake OpenAI-compatible upstream")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    args = parser.parse_args(argv)
+    uvicorn.run(FakeUpstream(), host=args.host, port=args.port, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The real embedded model (Gemma 3 270M GGUF on llama.cpp) end to end, through the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import API_KEY
+
+pytestmark = pytest.mark.model
+MODEL = "gemma-3-270m"
+USER = [{"role": "user", "content": "Write one sentence about the sea."}]
+
+
+def test_chat(client):
+    reply = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=24, temperature=0.7)
+    choice = reply.choices[0]
+    assert choice.message.content.strip()
+    assert choice.finish_reason in ("stop", "length")
+    assert 0 < reply.usage.completion_tokens <= 24
+    assert reply.usage.prompt_tokens > 5
+
+
+def test_completion(client):
+    reply = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert reply.choices[0].text
+    assert reply.usage.completion_tokens <= 8
+
+
+def test_streaming_matches_non_streaming_at_temperature_zero(client):
+    args = dict(model=MODEL, messages=USER, max_tokens=20, temperature=0)
+    whole = client.chat.completions.create(**args).choices[0].message.content
+    chunks = list(client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == whole
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+def test_completion_stream(client):
+    chunks = list(client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_seed_gives_the_same_output(client):
+    args = dict(model=MODEL, messages=USER, max_tokens=24, temperature=1.0, seed=1234)
+    first = client.chat.completions.create(**args).choices[0].message.content
+    client.chat.completions.create(model=MODEL, messages=USER, max_tokens=8, temperature=1.0)  # disturb the cache
+    second = client.chat.completions.create(**args).choices[0].message.content
+    assert first == second
+    other = client.chat.completions.create(**{**args, "seed": 99}).choices[0].message.content
+    assert other != first
+
+
+def test_n_choices_differ_and_stop_sequences(client):
+    reply = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=12, n=2, seed=7)
+    assert len(reply.choices) == 2 and reply.choices[0].message.content != reply.choices[1].message.content
+    reply = client.completions.create(model=MODEL, prompt="1, 2, 3, 4, 5,", max_tokens=30, temperature=0,
+                                      stop=[" 8"])
+    assert " 8" not in reply.choices[0].text and reply.choices[0].finish_reason == "stop"
+
+
+def test_json_schema_output_parses_and_matches(client):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Give a city and its population as JSON."}],
+        max_tokens=60, temperature=0.5, seed=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}})
+    data = json.loads(reply.choices[0].message.content)
+    assert set(data) == {"city", "population"}
+    assert isinstance(data["city"], str) and isinstance(data["population"], int)
+
+
+def test_json_object_output_parses(client):
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "A JSON object."}],
+                                           max_tokens=40, response_format={"type": "json_object"}, seed=5)
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+
+
+def test_logprobs(client):
+    reply = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=5, logprobs=True, top_logprobs=2)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
+    reply = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, logprobs=1)
+    assert len(reply.choices[0].logprobs.tokens) == 4
+
+
+@pytest.mark.anyio
+async def test_eight_concurrent_streams_all_complete(async_client):
+    async def one(i: int) -> tuple[str, str | None]:
+        stream = await async_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Count to {i + 3}."}], max_tokens=16, stream=True,
+            seed=i)
+        text, finish = "", None
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                finish = chunk.choices[0].finish_reason or finish
+        return text, finish
+
+    results = await asyncio.gather(*(one(i) for i in range(8)))
+    assert all(finish in ("stop", "length") for _, finish in results), results
+    assert all(text for text, _ in results)
+
+
+def _busy(server) -> tuple[int, int]:
+    detail = httpx.get(f"{server.url}/readyz").json()["backends"]["gemma"]["detail"]
+    busy, waiting = detail.split(" busy, ")
+    return int(busy), int(waiting.split()[0])
+
+
+def _open_stream(server, max_tokens: int = 1500) -> socket.socket:
+    """Start a streaming request on a raw socket and read until the first token arrives."""
+    body = json.dumps({"model": MODEL, "messages": USER, "max_tokens": max_tokens, "stream": True,
+                       "temperature": 1.0}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                 + f"authorization: Bearer {API_KEY}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+    received = b""
+    while received.count(b"data:") < 2:
+        received += sock.recv(65536)
+    assert b" 200 " in received.split(b"\r\n", 1)[0]
+    return sock
+
+
+def test_disconnect_stops_generation_and_frees_the_slot(server):
+    socks = [_open_stream(server), _open_stream(server)]
+    assert _busy(server)[0] == 2
+    started = time.monotonic()
+    for sock in socks:
+        sock.close()
+    while _busy(server)[0] and time.monotonic() - started < 5:
+        time.sleep(0.02)
+    elapsed = time.monotonic() - started
+    assert _busy(server) == (0, 0)
+    assert elapsed < 1.0, f"slots freed only after {elapsed:.2f}s"
+
+
+def test_full_queue_answers_429_with_retry_after(server):
+    # 2 slots busy, 8 waiting: the next request is refused at once with 429 and retry-after.
+    socks = [_open_stream(server), _open_stream(server)]
+    waiters = []
+    try:
+        for _ in range(8):
+            sock = socket.create_connection(tuple(server.url.removeprefix("http://").split(":")[0:1]) +
+                                            (int(server.url.rsplit(":", 1)[1]),))
+            body = json.dumps({"model": MODEL, "messages": USER, "max_tokens": 5}).encode()
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         + f"authorization: Bearer {API_KEY}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+            waiters.append(sock)
+        deadline = time.monotonic() + 5
+        while _busy(server) != (2, 8) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _busy(server) == (2, 8)
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model=MODEL, messages=USER, max_tokens=5)
+        headers = info.value.response.headers
+        assert 1 <= int(headers["retry-after"]) <= 60
+        assert int(headers["retry-after-ms"]) == int(headers["retry-after"]) * 1000
+    finally:
+        for sock in socks + waiters:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while _busy(server) != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _busy(server) == (0, 0), "cancelled waiters must leave the line"
