@@ -1,0 +1,317 @@
+"""`make bench`: Modelworks against its peers, side by side, on this machine. Not part of the tests.
+
+1. Embedded single-stream tokens/s through the HTTP API vs in-process llama-cpp-python (same model, threads).
+2. 4 concurrent streams: aggregate tokens/s, time to first token, streams cut (Modelworks and
+   llama-cpp-python's own server).
+3. Proxy overhead to a fake upstream at concurrency 1, 16, 64 (wrk, one worker each): the upstream called
+   directly, through Modelworks and through LiteLLM Proxy.
+
+Figures are printed and written to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from support.servers import Process, free_port  # noqa: E402
+
+KEY = "sk-" + "5f1c0a7e9b3d4c2a8e6f0b1d3c5a7e9f"  # the same key for both gateways (LiteLLM wants sk-)
+PROMPT = "The history of the city of Rome begins"
+THREADS = min(2, os.cpu_count() or 1)
+
+
+def start(args, url, ready, tmp: Path, name: str, env=None, timeout=180.0) -> Process:
+    proc = Process(args, url, tmp / f"{name}.log", env=env)
+    proc.wait_ready(ready, timeout=timeout)
+    return proc
+
+
+def modelworks(tmp: Path, upstream_url: str, parallel: int, threads: int, name: str) -> Process:
+    port = free_port()
+    config = {
+        "server": {"port": port, "data_dir": str(tmp / f"{name}-data")},
+        "backends": {"gemma": {"type": "llama_cpp", "threads": threads, "parallel": parallel, "max_queue": 64,
+                               "context_size": 2048},
+                     "upstream": {"type": "openai", "base_url": f"{upstream_url}/v1", "api_key": "x"}},
+        "deployments": {"gemma-3-270m": {"backend": "gemma"}, "fake-model": {"backend": "upstream"}},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return start([sys.executable, "-m", "modelworks", "serve", "--config", str(path)],
+                 f"http://127.0.0.1:{port}", "/readyz", tmp, name, env={"MODELWORKS_API_KEY": KEY})
+
+
+# -- 1 and 2: token streams -----------------------------------------------------------------------------------------
+
+async def stream_once(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -> dict:
+    started = time.perf_counter()
+    first = last = None
+    tokens = 0
+    finish = None
+    done = False
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as resp:
+            if resp.status_code != 200:
+                return {"ok": False, "status": resp.status_code}
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                event = json.loads(data)
+                for choice in event.get("choices") or []:
+                    if choice.get("text"):
+                        now = time.perf_counter()
+                        first = first or now
+                        last = now
+                        tokens += 1
+                    finish = choice.get("finish_reason") or finish
+    except httpx.HTTPError as exc:
+        return {"ok": False, "error": type(exc).__name__, "tokens": tokens}
+    end = time.perf_counter()
+    return {"ok": done and finish is not None, "tokens": tokens, "ttft": (first or end) - started,
+            "decode_tps": (tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0,
+            "total_s": end - started, "finish": finish}
+
+
+def completion_body(max_tokens: int, seed: int = 1) -> dict:
+    return {"model": "gemma-3-270m", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "seed": seed}
+
+
+async def http_single(url: str, headers: dict, max_tokens: int, runs: int) -> dict:
+    async with httpx.AsyncClient(timeout=300) as client:
+        await stream_once(client, url, completion_body(8), headers)  # warm-up
+        results = [await stream_once(client, url, completion_body(max_tokens), headers) for _ in range(runs)]
+    best = max(results, key=lambda r: r.get("decode_tps", 0))
+    return {"decode_tps": best["decode_tps"], "tokens": best["tokens"], "ttft_s": best["ttft"]}
+
+
+async def http_concurrent(url: str, headers: dict, max_tokens: int, streams: int) -> dict:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=streams * 2)) as client:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(stream_once(client, url, {**completion_body(max_tokens, seed=i),
+                                                                   "temperature": 0.8}, headers)
+                                         for i in range(streams)))
+        elapsed = time.perf_counter() - started
+    tokens = sum(r.get("tokens", 0) for r in results)
+    ttfts = sorted(r["ttft"] for r in results if "ttft" in r)
+    return {"streams": streams, "aggregate_tps": tokens / elapsed, "tokens": tokens,
+            "ttft_first_s": ttfts[0] if ttfts else None, "ttft_last_s": ttfts[-1] if ttfts else None,
+            "ttft_median_s": ttfts[len(ttfts) // 2] if ttfts else None,
+            "cut": sum(1 for r in results if not r["ok"])}
+
+
+def in_process(model_path: str, max_tokens: int, runs: int) -> dict:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=model_path, n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+    list(llm.create_completion(PROMPT, max_tokens=8, temperature=0, stream=True))
+    best = None
+    for _ in range(runs):
+        llm.reset()
+        first = last = None
+        tokens = 0
+        for chunk in llm.create_completion(PROMPT, max_tokens=max_tokens, temperature=0, stream=True):
+            if chunk["choices"][0]["text"]:
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                tokens += 1
+        tps = (tokens - 1) / (last - first)
+        if best is None or tps > best["decode_tps"]:
+            best = {"decode_tps": tps, "tokens": tokens}
+    del llm
+    return best
+
+
+# -- 3: proxy overhead ------------------------------------------------------------------------------------------------
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.body = '{"model": "fake-model", "messages": [{"role": "user", "content": "Say hello."}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+"""
+
+
+def wrk(url: str, connections: int, seconds: int, tmp: Path) -> dict:
+    script = tmp / "wrk.lua"
+    script.write_text(WRK_LUA % KEY)
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M)}
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(1) if errors else None}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def litellm(tmp: Path, peers_python: str, upstream_url: str) -> Process | None:
+    binary = Path(peers_python).parent / "litellm"
+    if not binary.exists():
+        return None
+    port = free_port()
+    config = {"model_list": [{"model_name": "fake-model", "litellm_params": {
+        "model": "openai/fake-model", "api_base": f"{upstream_url}/v1", "api_key": "x"}}],
+        "litellm_settings": {"telemetry": False}, "general_settings": {"master_key": KEY}}
+    path = tmp / "litellm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    return start([str(binary), "--config", str(path), "--port", str(port), "--num_workers", "1"],
+                 f"http://127.0.0.1:{port}", "/health/liveliness", tmp, "litellm", env=env, timeout=240)
+
+
+def llama_server(tmp: Path, peers_python: str, model_path: str) -> Process | None:
+    port = free_port()
+    check = subprocess.run([peers_python, "-c", "import llama_cpp.server"], capture_output=True)
+    if check.returncode != 0:
+        return None
+    return start([peers_python, "-m", "llama_cpp.server", "--model", model_path, "--n_threads", str(THREADS),
+                  "--n_ctx", "2048", "--port", str(port), "--host", "127.0.0.1"],
+                 f"http://127.0.0.1:{port}", "/v1/models", tmp, "llama-server")
+
+
+# -- main ---------------------------------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--peers-python", default=str(ROOT / ".venv-peers/bin/python"))
+    parser.add_argument("--seconds", type=int, default=8, help="wrk duration per point")
+    parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: embedded,concurrent,proxy")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    if shutil.which("wrk") is None and "proxy" not in skip:
+        print("wrk is not installed (apt-get install wrk); skipping the proxy section", file=sys.stderr)
+        skip.add("proxy")
+    from modelworks.model_files import assemble_gemma
+
+    model_path = str(assemble_gemma(Path("~/.cache/modelworks/models").expanduser()))
+    results: dict = {"machine": {"cpus": os.cpu_count(), "threads": THREADS}}
+    procs: list[Process] = []
+    tmp = Path(tempfile.mkdtemp(prefix="mw-bench-"))
+    headers = {"authorization": f"Bearer {KEY}"}
+    try:
+        up_port = free_port()
+        upstream = start([sys.executable, "-m", "modelworks.testing.fake_upstream", "--port", str(up_port)],
+                         f"http://127.0.0.1:{up_port}", "/v1/models", tmp, "upstream")
+        procs.append(upstream)
+        mw = modelworks(tmp, upstream.url, parallel=1, threads=THREADS, name="modelworks")
+        procs.append(mw)
+
+        if "embedded" not in skip:
+            http = asyncio.run(http_single(f"{mw.url}/v1/completions", headers, args.max_tokens, args.runs))
+            local = in_process(model_path, args.max_tokens, args.runs)
+            results["embedded_single_stream"] = {"modelworks_http": http, "llama_cpp_in_process": local,
+                                                 "ratio": http["decode_tps"] / local["decode_tps"]}
+            _print_single(results["embedded_single_stream"])
+
+        if "concurrent" not in skip:
+            conc = {"modelworks (1 slot x 2 threads)": asyncio.run(
+                http_concurrent(f"{mw.url}/v1/completions", headers, args.max_tokens // 2, 4))}
+            mw.stop()
+            procs.remove(mw)
+            mw2 = modelworks(tmp, upstream.url, parallel=2, threads=1, name="modelworks-2slots")
+            procs.append(mw2)
+            conc["modelworks (2 slots x 1 thread)"] = asyncio.run(
+                http_concurrent(f"{mw2.url}/v1/completions", headers, args.max_tokens // 2, 4))
+            mw2.stop()
+            procs.remove(mw2)
+            peer = llama_server(tmp, args.peers_python, model_path)
+            if peer is not None:
+                procs.append(peer)
+                single = asyncio.run(http_single(f"{peer.url}/v1/completions", {}, args.max_tokens, args.runs))
+                conc["llama-cpp-python server"] = asyncio.run(
+                    http_concurrent(f"{peer.url}/v1/completions", {}, args.max_tokens // 2, 4))
+                conc["llama-cpp-python server"]["single_stream_decode_tps"] = single["decode_tps"]
+                peer.stop()
+                procs.remove(peer)
+            results["concurrent_streams"] = conc
+            _print_concurrent(conc)
+            mw = modelworks(tmp, upstream.url, parallel=1, threads=THREADS, name="modelworks-proxy")
+            procs.append(mw)
+
+        if "proxy" not in skip:
+            proxy: dict = {}
+            lite = litellm(tmp, args.peers_python, upstream.url)
+            if lite is not None:
+                procs.append(lite)
+            targets = {"upstream direct": f"{upstream.url}/v1/chat/completions",
+                       "modelworks": f"{mw.url}/v1/chat/completions"}
+            if lite is not None:
+                targets["litellm proxy"] = f"{lite.url}/v1/chat/completions"
+            for name, url in targets.items():
+                wrk(url, 4, 2, tmp)  # warm-up
+                proxy[name] = {str(c): wrk(url, c, args.seconds, tmp) for c in (1, 16, 64)}
+            results["proxy_overhead"] = proxy
+            _print_proxy(proxy)
+    finally:
+        for proc in procs:
+            proc.stop()
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    print(f"\nwritten to {out / 'latest.json'}")
+    return 0
+
+
+def _print_single(r: dict) -> None:
+    print("\n== Embedded model, one stream (Gemma 3 270M Q4_K_M, %d threads, greedy) ==" % THREADS)
+    print(f"  Modelworks HTTP API (SSE)     {r['modelworks_http']['decode_tps']:7.1f} tokens/s  "
+          f"({r['modelworks_http']['tokens']} tokens, first token after {r['modelworks_http']['ttft_s'] * 1000:.0f} ms)")
+    print(f"  llama-cpp-python in-process   {r['llama_cpp_in_process']['decode_tps']:7.1f} tokens/s")
+    print(f"  ratio                         {r['ratio']:7.2f}  (target >= 0.9)")
+
+
+def _print_concurrent(conc: dict) -> None:
+    print("\n== 4 concurrent streams ==")
+    print(f"  {'server':34} {'tokens/s':>9} {'TTFT first':>11} {'TTFT median':>12} {'TTFT last':>10} {'cut':>4}")
+    for name, r in conc.items():
+        print(f"  {name:34} {r['aggregate_tps']:9.1f} {r['ttft_first_s'] or 0:10.2f}s {r['ttft_median_s'] or 0:11.2f}s "
+              f"{r['ttft_last_s'] or 0:9.2f}s {r['cut']:4d}")
+        if "single_stream_decode_tps" in r:
+            print(f"  {'':34} (its single stream: {r['single_stream_decode_tps']:.1f} tokens/s)")
+
+
+def _print_proxy(proxy: dict) -> None:
+    print("\n== Proxy overhead, non-streaming chat to a fake upstream (wrk, 1 worker each) ==")
+    print(f"  {'target':16} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for name, points in proxy.items():
+        for c, r in points.items():
+            print(f"  {name:16} {c:>4} {r['rps']:9.0f} {r['p50_ms'] or 0:8.2f} {r['p99_ms'] or 0:8.2f} {r['non_2xx']:7d}")
+    mw, direct, lite = proxy.get("modelworks"), proxy.get("upstream direct"), proxy.get("litellm proxy")
+    if mw and direct:
+        for c in mw:
+            line = f"  c={c:>2}: Modelworks adds {mw[c]['p50_ms'] - direct[c]['p50_ms']:.2f} ms at p50"
+            if lite:
+                line += f"; Modelworks / LiteLLM requests/s = {mw[c]['rps'] / max(lite[c]['rps'], 1e-9):.1f}x"
+            print(line)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
