@@ -61,6 +61,7 @@ def _serve(settings, args) -> int:
         print(f"API key: the one from {key.source} (set MODELWORKS_API_KEY to choose one)", flush=True)
     print("Deployments: " + ", ".join(settings.deployments), flush=True)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+                            proxy_headers=False, server_header=False,
                             access_log=settings.server.access_log, log_level=settings.server.log_level,
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)

@@ -41,9 +41,10 @@ class Gateway:
                 f"The model '{deployment}' does not exist or you do not have access to it.", param=param)
         return route
 
-    def generation_task(self, route: Route, request: ChatCompletionRequest | CompletionRequest) -> GenerationTask:
+    def generation_task(self, route: Route, request: ChatCompletionRequest | CompletionRequest,
+                        body: bytes = b"") -> GenerationTask:
         chat = isinstance(request, ChatCompletionRequest)
-        task = GenerationTask(kind="chat" if chat else "text", request=request, model=route.model)
+        task = GenerationTask(kind="chat" if chat else "text", request=request, model=route.model, body=body)
         _check_capabilities(route, task)
         return task
 

@@ -3,37 +3,72 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-
-from modelworks.api.http import Endpoint
+from modelworks.api.errors import envelope
+from modelworks.api.http import Endpoint, JSONResult
+from modelworks.api.request import Request
+from modelworks.api.router import Router
 from modelworks.api.routes import Handlers
 from modelworks.backends.base import Backend
 from modelworks.backends.registry import build_backend
+from modelworks.errors import NotFound
 from modelworks.keys import bootstrap_key
 from modelworks.policies.auth import ApiKeyAuth
 from modelworks.policies.chain import PolicyChain
-from modelworks.service import Gateway, Route as DeploymentRoute
+from modelworks.service import Gateway, Route
 from modelworks.settings import Settings
 
 log = logging.getLogger("modelworks")
 
 
+class ModelworksApp:
+    """The ASGI application: lifespan (start and stop backends) and HTTP routing."""
+
+    def __init__(self, router: Router, backends: dict[str, Backend], gateway: Gateway) -> None:
+        self.router = router
+        self.backends = backends
+        self.gateway = gateway
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            try:
+                endpoint, params = self.router.match(scope["method"], scope["path"])
+            except NotFound as exc:
+                status, body, headers = envelope(exc, azure=scope["path"].startswith("/openai/"))
+                await _send_json(send, status, body, headers)
+                return
+            await endpoint(scope, receive, send, params)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        unique = list({id(b): b for b in self.backends.values()}.values())
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await asyncio.gather(*(b.start() for b in unique))
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.gather(*(b.close() for b in unique), return_exceptions=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
 def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None,
-               key_hashes: list[str] | None = None) -> Starlette:
+               key_hashes: list[str] | None = None) -> ModelworksApp:
     """Build the ASGI app. `backends` replaces the configured ones (tests inject fakes this way)."""
     if backends is None:
         backends = {name: build_backend(name, spec, settings) for name, spec in settings.backends.items()}
     routes = {
-        name: DeploymentRoute(deployment=name, backend=backends[dep.backend], model=dep.model or name,
-                              owned_by=dep.owned_by)
+        name: Route(deployment=name, backend=backends[dep.backend], model=dep.model or name, owned_by=dep.owned_by)
         for name, dep in settings.deployments.items()
     }
     gateway = Gateway(routes, created=int(time.time()))
@@ -42,71 +77,43 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     chain = PolicyChain([ApiKeyAuth(key_hashes)])
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
 
-    def openai(path: str, handler, methods=("POST",)) -> Route:
-        return Route(path, Endpoint(handler), methods=list(methods))
-
-    def azure(path: str, handler, methods=("POST",)) -> Route:
-        return Route(path, Endpoint(handler, azure=True), methods=list(methods))
-
-    http_routes = [
-        Route("/healthz", _healthz, methods=["GET"]),
-        Route("/readyz", _readyz(backends), methods=["GET"]),
-    ]
-    for prefix, make in (("/v1", openai), ("/openai/v1", azure)):
-        http_routes += [
-            make(f"{prefix}/chat/completions", h.chat),
-            make(f"{prefix}/completions", h.completions),
-            make(f"{prefix}/embeddings", h.embeddings),
-            make(f"{prefix}/models", h.list_models, ("GET",)),
-            make(f"{prefix}/models/{{model:path}}", h.get_model, ("GET",)),
-        ]
-    http_routes += [
-        azure("/openai/deployments/{deployment}/chat/completions", h.chat),
-        azure("/openai/deployments/{deployment}/completions", h.completions),
-        azure("/openai/deployments/{deployment}/embeddings", h.embeddings),
-        azure("/openai/deployments/{deployment}/models", h.list_models, ("GET",)),
-        azure("/openai/models", h.list_models, ("GET",)),
-        azure("/openai/models/{model:path}", h.get_model, ("GET",)),
-    ]
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        unique = list({id(b): b for b in backends.values()}.values())
-        await asyncio.gather(*(b.start() for b in unique))
-        try:
-            yield
-        finally:
-            await asyncio.gather(*(b.close() for b in unique), return_exceptions=True)
-
-    app = Starlette(routes=http_routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: _http_exception})
-    app.state.gateway = gateway
-    app.state.backends = backends
-    return app
+    router = Router()
+    router.add("/healthz", Endpoint(_healthz), ("GET",))
+    router.add("/readyz", Endpoint(_readyz(backends)), ("GET",))
+    for prefix, azure in (("/v1", False), ("/openai/v1", True)):
+        router.add(f"{prefix}/chat/completions", Endpoint(h.chat, azure=azure))
+        router.add(f"{prefix}/completions", Endpoint(h.completions, azure=azure))
+        router.add(f"{prefix}/embeddings", Endpoint(h.embeddings, azure=azure))
+        router.add(f"{prefix}/models", Endpoint(h.list_models, azure=azure), ("GET",))
+        router.add(f"{prefix}/models/{{model:path}}", Endpoint(h.get_model, azure=azure), ("GET",))
+    router.add("/openai/deployments/{deployment}/chat/completions", Endpoint(h.chat, azure=True))
+    router.add("/openai/deployments/{deployment}/completions", Endpoint(h.completions, azure=True))
+    router.add("/openai/deployments/{deployment}/embeddings", Endpoint(h.embeddings, azure=True))
+    router.add("/openai/deployments/{deployment}/models", Endpoint(h.list_models, azure=True), ("GET",))
+    router.add("/openai/models", Endpoint(h.list_models, azure=True), ("GET",))
+    router.add("/openai/models/{model:path}", Endpoint(h.get_model, azure=True), ("GET",))
+    return ModelworksApp(router, backends, gateway)
 
 
-async def _healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+async def _healthz(request: Request) -> JSONResult:
+    return JSONResult({"status": "ok"})
 
 
 def _readyz(backends: dict[str, Backend]):
-    async def readyz(request: Request) -> JSONResponse:
+    async def readyz(request: Request) -> JSONResult:
         results = await asyncio.gather(*(b.health() for b in backends.values()))
         detail = {name: {"ok": r.ok, "detail": r.detail} for name, r in zip(backends, results)}
         ready = all(r.ok for r in results)
-        return JSONResponse({"status": "ready" if ready else "not_ready", "backends": detail},
-                            status_code=200 if ready else 503)
+        return JSONResult({"status": "ready" if ready else "not_ready", "backends": detail},
+                          status=200 if ready else 503)
     return readyz
 
 
-async def _http_exception(request: Request, exc: HTTPException) -> JSONResponse:
-    if exc.status_code == 404:
-        message = f"Unknown request URL: {request.method} {request.url.path}."
-        code = "unknown_url"
-    elif exc.status_code == 405:
-        message = f"Method {request.method} is not allowed for {request.url.path}."
-        code = "method_not_allowed"
-    else:
-        message, code = str(exc.detail), None
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+async def _send_json(send, status: int, body, headers: dict[str, str]) -> None:
+    import orjson
+
+    payload = orjson.dumps(body)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})

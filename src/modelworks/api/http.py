@@ -8,10 +8,9 @@ import os
 from typing import AsyncIterator, Awaitable, Callable
 
 import orjson
-from starlette.requests import Request
 
 from modelworks.api.errors import envelope
-from modelworks.errors import BodyTooLarge, InvalidRequest
+from modelworks.api.request import Request
 
 log = logging.getLogger("modelworks.http")
 
@@ -44,40 +43,21 @@ class EventStream:
         self.headers = headers
 
 
-Handler = Callable[[Request], Awaitable[JSONResult | EventStream]]
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            declared = int(length)
-        except ValueError:
-            raise InvalidRequest("Invalid Content-Length header.", param=None) from None
-        if declared > limit:
-            raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes.")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"The request body is over the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+Handler = Callable[[Request], Awaitable["JSONResult | EventStream"]]
 
 
 class Endpoint:
     """A raw ASGI endpoint around a handler: errors become envelopes, a client that leaves cancels the work."""
 
-    __slots__ = ("handler", "azure", "max_body", "__name__")
+    __slots__ = ("handler", "azure", "__name__")
 
     def __init__(self, handler: Handler, *, azure: bool = False) -> None:
         self.handler = handler
         self.azure = azure
         self.__name__ = handler.__name__
 
-    async def __call__(self, scope, receive, send) -> None:
-        request = Request(scope, receive)
+    async def __call__(self, scope, receive, send, path_params: dict[str, str]) -> None:
+        request = Request(scope, receive, path_params)
         request_id = os.urandom(8).hex()
         task = asyncio.current_task()
         watcher: asyncio.Task | None = None
@@ -96,7 +76,7 @@ class Endpoint:
                         return
             watcher = asyncio.ensure_future(watch())
 
-        request.state.watch_disconnect = start_watching
+        request.watch_disconnect = start_watching
         try:
             try:
                 result = await self.handler(request)
@@ -110,7 +90,7 @@ class Endpoint:
                 await self._stream(result, send, request_id)
             else:
                 await self._send_json(send, result.status, result.body, result.headers, request_id)
-        except (ClientGone, OSError):
+        except (ClientGone, OSError):  # ConnectionResetError included: the client left mid-request
             return
         except asyncio.CancelledError:
             if gone:

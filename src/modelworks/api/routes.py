@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from typing import AsyncIterator
 
-from starlette.requests import Request
-
-from modelworks.api.http import EventStream, JSONResult, read_body
+from modelworks.api.http import EventStream, JSONResult
+from modelworks.api.request import Request
 from modelworks.backends.base import Delta
 from modelworks.errors import InvalidRequest, MissingApiVersion
 from modelworks.policies.chain import Call, PolicyChain
@@ -35,11 +34,11 @@ class Handlers:
 
     async def _generate(self, request: Request, model_cls, operation: str) -> JSONResult | EventStream:
         deployment = await self._admit(request, operation)
-        body = await read_body(request, self.max_body)
+        body = await request.body(self.max_body)
         req = parse_body(model_cls, body)
         route = self._route(deployment, req.model)
-        task = self.gateway.generation_task(route, req)
-        request.state.watch_disconnect()
+        task = self.gateway.generation_task(route, req, body)
+        request.watch_disconnect()
         chat = task.is_chat
         if not req.stream:
             result = await self.gateway.generate(route, task)
@@ -60,10 +59,10 @@ class Handlers:
 
     async def embeddings(self, request: Request) -> JSONResult:
         deployment = await self._admit(request, "embeddings")
-        body = await read_body(request, self.max_body)
+        body = await request.body(self.max_body)
         req = parse_body(EmbeddingRequest, body)
         route = self._route(deployment, req.model)
-        request.state.watch_disconnect()
+        request.watch_disconnect()
         result = await self.gateway.embed(route, req)
         if req.dimensions is not None:
             result = _truncate(result, req.dimensions)
@@ -90,10 +89,9 @@ class Handlers:
 
     async def _admit(self, request: Request, operation: str) -> str | None:
         """Check api-version where the path needs it, run the policy chain; return the deployment in the path."""
-        path_params = request.path_params
-        deployment = path_params.get("deployment")
-        dated = deployment is not None or request.url.path.startswith("/openai/models")
-        version = request.query_params.get("api-version")
+        deployment = request.path_params.get("deployment")
+        dated = deployment is not None or request.path.startswith("/openai/models")
+        version = request.query("api-version")
         if dated and version is None:
             raise MissingApiVersion(
                 "Missing the required query parameter 'api-version' (for example api-version=2024-10-21).",

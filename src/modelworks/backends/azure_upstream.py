@@ -11,19 +11,19 @@ from modelworks.settings import AzureOpenAIUpstreamBackend, OpenAIUpstreamBacken
 
 class AzureOpenAIUpstream(OpenAIUpstream):
     def __init__(self, name: str, spec: AzureOpenAIUpstreamBackend, api_key: str | None) -> None:
-        base = OpenAIUpstreamBackend(type="openai", base_url=spec.endpoint, timeout_s=spec.timeout_s,
-                                     connect_timeout_s=spec.connect_timeout_s, max_connections=spec.max_connections)
+        base = OpenAIUpstreamBackend(type="openai", base_url=spec.endpoint.rstrip("/") + "/openai",
+                                     timeout_s=spec.timeout_s, connect_timeout_s=spec.connect_timeout_s,
+                                     max_connections=spec.max_connections)
         super().__init__(name, base, api_key=None)
-        self.endpoint = spec.endpoint.rstrip("/")
         self.deployment = spec.deployment
         self.api_version = spec.api_version
         if api_key:
-            self.headers["api-key"] = api_key
+            self.headers.append((b"api-key", api_key.encode()))
 
-    def url(self, operation: str, model: str) -> str:
+    def path(self, operation: str) -> str:
         if operation == "models":
-            return f"{self.endpoint}/openai/models?api-version={self.api_version}"
-        return f"{self.endpoint}/openai/deployments/{self.deployment}/{operation}?api-version={self.api_version}"
+            return f"/models?api-version={self.api_version}"
+        return f"/deployments/{self.deployment}/{operation}?api-version={self.api_version}"
 
     def body(self, task: GenerationTask, stream: bool) -> dict[str, Any]:
         body = super().body(task, stream)

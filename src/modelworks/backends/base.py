@@ -49,6 +49,7 @@ class GenerationTask:
     kind: Literal["chat", "text"]
     request: ChatCompletionRequest | CompletionRequest
     model: str
+    body: bytes = b""  # the client's JSON body, already validated into `request`
 
     @property
     def is_chat(self) -> bool:

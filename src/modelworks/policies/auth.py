@@ -27,7 +27,7 @@ class ApiKeyAuth:
     """Admits calls that carry one of the configured keys. Keys are held only as SHA-256 hashes."""
 
     def __init__(self, key_hashes: list[str]) -> None:
-        self.key_hashes = [h.encode() for h in key_hashes]
+        self.key_hashes = [bytes.fromhex(h) for h in key_hashes]
 
     async def admit(self, call: Call) -> None:
         key = presented_key(call.headers)
@@ -35,7 +35,7 @@ class ApiKeyAuth:
             raise Unauthorized(
                 "You didn't provide an API key. Send it in the 'api-key' header or as 'Authorization: Bearer <key>'.",
                 code="missing_api_key")
-        digest = hash_key(key).encode()
+        digest = hashlib.sha256(key.encode()).digest()
         if not any(hmac.compare_digest(digest, h) for h in self.key_hashes):
             raise Unauthorized("Incorrect API key provided.")
         call.principal = "bootstrap"

@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from starlette.datastructures import Headers
-
 
 @dataclass(slots=True)
 class Call:
     """What the policies see of one API call."""
 
     operation: str
-    headers: Headers
+    headers: dict[str, str]  # lower-case names
     deployment: str | None = None
     principal: Any = None
     facts: dict[str, Any] = field(default_factory=dict)

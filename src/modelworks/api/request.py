@@ -1,0 +1,70 @@
+"""What a handler sees of an HTTP request: read straight from the ASGI scope, nothing computed twice."""
+
+from __future__ import annotations
+
+from typing import Callable
+from urllib.parse import parse_qs
+
+from modelworks.errors import BodyTooLarge, InvalidRequest
+
+
+class Request:
+    __slots__ = ("scope", "receive", "path_params", "_headers", "_query", "watch_disconnect")
+
+    def __init__(self, scope, receive, path_params: dict[str, str]) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.path_params = path_params
+        self._headers: dict[str, str] | None = None
+        self._query: dict[str, list[str]] | None = None
+        self.watch_disconnect: Callable[[], None] = _nothing
+
+    @property
+    def path(self) -> str:
+        return self.scope["path"]
+
+    @property
+    def method(self) -> str:
+        return self.scope["method"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]}
+        return self._headers
+
+    def query(self, name: str) -> str | None:
+        raw = self.scope.get("query_string", b"")
+        if not raw:
+            return None
+        if self._query is None:
+            self._query = parse_qs(raw.decode("latin-1"), keep_blank_values=True)
+        values = self._query.get(name)
+        return values[0] if values else None
+
+    async def body(self, limit: int) -> bytes:
+        length = self.headers.get("content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise InvalidRequest("Invalid Content-Length header.", param=None) from None
+            if declared > limit:
+                raise BodyTooLarge(f"The request body is {declared} bytes; the limit is {limit} bytes.")
+        chunks = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":
+                raise ConnectionResetError("the client left while sending its request")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"The request body is over the limit of {limit} bytes.")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _nothing() -> None:
+    return None
