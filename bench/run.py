@@ -41,15 +41,18 @@ def start(args, url, ready, tmp: Path, name: str, env=None, timeout=180.0) -> Pr
     return proc
 
 
-def modelworks(tmp: Path, upstream_url: str, parallel: int, threads: int, name: str) -> Process:
+def modelworks(tmp: Path, upstream_url: str, parallel: int, threads: int, name: str,
+               embedded: bool = True) -> Process:
     port = free_port()
     config = {
         "server": {"port": port, "data_dir": str(tmp / f"{name}-data")},
-        "backends": {"gemma": {"type": "llama_cpp", "threads": threads, "parallel": parallel, "max_queue": 64,
-                               "context_size": 2048},
-                     "upstream": {"type": "openai", "base_url": f"{upstream_url}/v1", "api_key": "x"}},
-        "deployments": {"gemma-3-270m": {"backend": "gemma"}, "fake-model": {"backend": "upstream"}},
+        "backends": {"upstream": {"type": "openai", "base_url": f"{upstream_url}/v1", "api_key": "x"}},
+        "deployments": {"fake-model": {"backend": "upstream"}},
     }
+    if embedded:
+        config["backends"]["gemma"] = {"type": "llama_cpp", "threads": threads, "parallel": parallel,
+                                       "max_queue": 64, "context_size": 2048}
+        config["deployments"]["gemma-3-270m"] = {"backend": "gemma"}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return start([sys.executable, "-m", "modelworks", "serve", "--config", str(path)],
@@ -195,7 +198,65 @@ def llama_server(tmp: Path, peers_python: str, model_path: str) -> Process | Non
                  f"http://127.0.0.1:{port}", "/v1/models", tmp, "llama-server")
 
 
-# -- main ---------------------------------------------------------------------------------------------------------------
+# -- sections ------------------------------------------------------------------------------------------------------
+
+HEADERS = {"authorization": f"Bearer {KEY}"}
+
+
+def section_embedded(tmp: Path, upstream: Process, model_path: str, args, procs: list[Process]) -> dict:
+    mw = modelworks(tmp, upstream.url, parallel=1, threads=THREADS, name="mw-embedded")
+    procs.append(mw)
+    http = asyncio.run(http_single(f"{mw.url}/v1/completions", HEADERS, args.max_tokens, args.runs))
+    _stop(mw, procs)
+    local = in_process(model_path, args.max_tokens, args.runs)
+    return {"modelworks_http": http, "llama_cpp_in_process": local, "ratio": http["decode_tps"] / local["decode_tps"]}
+
+
+def section_concurrent(tmp: Path, upstream: Process, model_path: str, args, procs: list[Process]) -> dict:
+    conc = {}
+    for parallel, threads in ((1, THREADS), (2, max(1, THREADS // 2))):
+        mw = modelworks(tmp, upstream.url, parallel=parallel, threads=threads, name=f"mw-{parallel}-slots")
+        procs.append(mw)
+        label = f"modelworks ({parallel} slot{'s' if parallel > 1 else ''} x {threads} thread{'s' if threads > 1 else ''})"
+        conc[label] = asyncio.run(http_concurrent(f"{mw.url}/v1/completions", HEADERS, args.max_tokens // 2, 4))
+        _stop(mw, procs)
+    peer = llama_server(tmp, args.peers_python, model_path)
+    if peer is not None:
+        procs.append(peer)
+        single = asyncio.run(http_single(f"{peer.url}/v1/completions", {}, args.max_tokens, args.runs))
+        conc["llama-cpp-python server"] = asyncio.run(
+            http_concurrent(f"{peer.url}/v1/completions", {}, args.max_tokens // 2, 4))
+        conc["llama-cpp-python server"]["single_stream_decode_tps"] = single["decode_tps"]
+        _stop(peer, procs)
+    return conc
+
+
+def section_proxy(tmp: Path, upstream: Process, args, procs: list[Process]) -> dict:
+    """Each target runs alone: nothing else of ours is started while one is measured."""
+    proxy: dict = {}
+    starters = {"upstream direct": lambda: None,
+                "modelworks": lambda: modelworks(tmp, upstream.url, 1, THREADS, "mw-proxy", embedded=False),
+                "litellm proxy": lambda: litellm(tmp, args.peers_python, upstream.url)}
+    for name, starter in starters.items():
+        proc = starter()
+        if proc is None and name != "upstream direct":
+            print(f"  ({name} is not installed: skipped)")
+            continue
+        if proc is not None:
+            procs.append(proc)
+            time.sleep(5)  # let start-up work finish before measuring
+        url = f"{(proc or upstream).url}/v1/chat/completions"
+        wrk(url, 4, 2, tmp)  # warm-up
+        proxy[name] = {str(c): wrk(url, c, args.seconds, tmp) for c in (1, 16, 64)}
+        if proc is not None:
+            _stop(proc, procs)
+    return proxy
+
+
+def _stop(proc: Process, procs: list[Process]) -> None:
+    proc.stop()
+    procs.remove(proc)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser()
@@ -215,64 +276,24 @@ def main() -> int:
     results: dict = {"machine": {"cpus": os.cpu_count(), "threads": THREADS}}
     procs: list[Process] = []
     tmp = Path(tempfile.mkdtemp(prefix="mw-bench-"))
-    headers = {"authorization": f"Bearer {KEY}"}
     try:
-        up_port = free_port()
-        upstream = start([sys.executable, "-m", "modelworks.testing.fake_upstream", "--port", str(up_port)],
-                         f"http://127.0.0.1:{up_port}", "/v1/models", tmp, "upstream")
+        port = free_port()
+        upstream = start([sys.executable, "-m", "modelworks.testing.fake_upstream", "--port", str(port)],
+                         f"http://127.0.0.1:{port}", "/v1/models", tmp, "upstream")
         procs.append(upstream)
-        mw = modelworks(tmp, upstream.url, parallel=1, threads=THREADS, name="modelworks")
-        procs.append(mw)
-
         if "embedded" not in skip:
-            http = asyncio.run(http_single(f"{mw.url}/v1/completions", headers, args.max_tokens, args.runs))
-            local = in_process(model_path, args.max_tokens, args.runs)
-            results["embedded_single_stream"] = {"modelworks_http": http, "llama_cpp_in_process": local,
-                                                 "ratio": http["decode_tps"] / local["decode_tps"]}
+            results["embedded_single_stream"] = section_embedded(tmp, upstream, model_path, args, procs)
             _print_single(results["embedded_single_stream"])
-
         if "concurrent" not in skip:
-            conc = {"modelworks (1 slot x 2 threads)": asyncio.run(
-                http_concurrent(f"{mw.url}/v1/completions", headers, args.max_tokens // 2, 4))}
-            mw.stop()
-            procs.remove(mw)
-            mw2 = modelworks(tmp, upstream.url, parallel=2, threads=1, name="modelworks-2slots")
-            procs.append(mw2)
-            conc["modelworks (2 slots x 1 thread)"] = asyncio.run(
-                http_concurrent(f"{mw2.url}/v1/completions", headers, args.max_tokens // 2, 4))
-            mw2.stop()
-            procs.remove(mw2)
-            peer = llama_server(tmp, args.peers_python, model_path)
-            if peer is not None:
-                procs.append(peer)
-                single = asyncio.run(http_single(f"{peer.url}/v1/completions", {}, args.max_tokens, args.runs))
-                conc["llama-cpp-python server"] = asyncio.run(
-                    http_concurrent(f"{peer.url}/v1/completions", {}, args.max_tokens // 2, 4))
-                conc["llama-cpp-python server"]["single_stream_decode_tps"] = single["decode_tps"]
-                peer.stop()
-                procs.remove(peer)
-            results["concurrent_streams"] = conc
-            _print_concurrent(conc)
-            mw = modelworks(tmp, upstream.url, parallel=1, threads=THREADS, name="modelworks-proxy")
-            procs.append(mw)
-
+            results["concurrent_streams"] = section_concurrent(tmp, upstream, model_path, args, procs)
+            _print_concurrent(results["concurrent_streams"])
         if "proxy" not in skip:
-            proxy: dict = {}
-            lite = litellm(tmp, args.peers_python, upstream.url)
-            if lite is not None:
-                procs.append(lite)
-            targets = {"upstream direct": f"{upstream.url}/v1/chat/completions",
-                       "modelworks": f"{mw.url}/v1/chat/completions"}
-            if lite is not None:
-                targets["litellm proxy"] = f"{lite.url}/v1/chat/completions"
-            for name, url in targets.items():
-                wrk(url, 4, 2, tmp)  # warm-up
-                proxy[name] = {str(c): wrk(url, c, args.seconds, tmp) for c in (1, 16, 64)}
-            results["proxy_overhead"] = proxy
-            _print_proxy(proxy)
+            results["proxy_overhead"] = section_proxy(tmp, upstream, args, procs)
+            _print_proxy(results["proxy_overhead"])
     finally:
         for proc in procs:
             proc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
