@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 import httpx
@@ -12,6 +11,7 @@ import openai
 import pytest
 
 from conftest import API_KEY
+from support.raw_http import open_stream, send_request
 
 pytestmark = pytest.mark.model
 MODEL = "gemma-3-270m"
@@ -117,19 +117,10 @@ def _busy(server) -> tuple[int, int]:
     return int(busy), int(waiting.split()[0])
 
 
-def _open_stream(server, max_tokens: int = 1500) -> socket.socket:
-    """Start a streaming request on a raw socket and read until the first token arrives."""
-    body = json.dumps({"model": MODEL, "messages": USER, "max_tokens": max_tokens, "stream": True,
-                       "temperature": 1.0}).encode()
-    host, port = server.url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                 + f"authorization: Bearer {API_KEY}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
-    received = b""
-    while received.count(b"data:") < 2:
-        received += sock.recv(65536)
-    assert b" 200 " in received.split(b"\r\n", 1)[0]
-    return sock
+def _open_stream(server, max_tokens: int = 1500):
+    """A long streaming generation, held open after its first token."""
+    return open_stream(server.url, API_KEY, {"model": MODEL, "messages": USER, "max_tokens": max_tokens,
+                                             "temperature": 1.0})
 
 
 def test_disconnect_stops_generation_and_frees_the_slot(server):
@@ -151,12 +142,7 @@ def test_full_queue_answers_429_with_retry_after(server):
     waiters = []
     try:
         for _ in range(8):
-            sock = socket.create_connection(tuple(server.url.removeprefix("http://").split(":")[0:1]) +
-                                            (int(server.url.rsplit(":", 1)[1]),))
-            body = json.dumps({"model": MODEL, "messages": USER, "max_tokens": 5}).encode()
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                         + f"authorization: Bearer {API_KEY}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
-            waiters.append(sock)
+            waiters.append(send_request(server.url, API_KEY, {"model": MODEL, "messages": USER, "max_tokens": 5}))
         deadline = time.monotonic() + 5
         while _busy(server) != (2, 8) and time.monotonic() < deadline:
             time.sleep(0.02)

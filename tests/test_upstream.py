@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import httpx
@@ -11,6 +10,7 @@ import openai
 import pytest
 
 from conftest import API_KEY
+from support.raw_http import open_stream
 
 USER = [{"role": "user", "content": "hello upstream"}]
 
@@ -95,14 +95,7 @@ def test_upstream_errors_are_mapped(client):
 
 
 def test_client_disconnect_cuts_the_upstream_stream(server, upstream_log):
-    body = json.dumps({"model": "upstream-slow", "messages": USER, "stream": True}).encode()
-    host, port = server.url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                 + f"authorization: Bearer {API_KEY}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
-    received = b""
-    while received.count(b"data:") < 3:
-        received += sock.recv(65536)
+    sock = open_stream(server.url, API_KEY, {"model": "upstream-slow", "messages": USER}, events=3)
     sock.close()
     deadline = time.monotonic() + 3
     while upstream_log()["cut_streams"] < 1 and time.monotonic() < deadline:
@@ -112,24 +105,26 @@ def test_client_disconnect_cuts_the_upstream_stream(server, upstream_log):
 
 
 def test_unreachable_upstream_is_503(tmp_path):
-    from support.servers import free_port, start_modelworks
-
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    config = {"backends": {"up": {"type": "openai", "base_url": dead, "connect_timeout_s": 1}},
-              "deployments": {"m": {"backend": "up"}}}
-    from support.servers import Process  # noqa: F401 - started below without waiting for readiness
+    """A dead upstream: the server still starts, /readyz says 503, and calls answer 503 in the envelope."""
+    import os
     import subprocess
     import sys
+
     import yaml
 
+    from support.servers import free_port
+
     port = free_port()
-    config["server"] = {"port": port, "data_dir": str(tmp_path / "d")}
+    config = {"server": {"port": port, "data_dir": str(tmp_path / "d")},
+              "backends": {"up": {"type": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                                  "connect_timeout_s": 1}},
+              "deployments": {"m": {"backend": "up"}}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     proc = subprocess.Popen([sys.executable, "-m", "modelworks", "serve", "--config", str(tmp_path / "c.yaml")],
-                            env={**__import__("os").environ, "MODELWORKS_API_KEY": API_KEY},
+                            env={**os.environ, "MODELWORKS_API_KEY": API_KEY},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import random
 from typing import AsyncIterator, Awaitable, Callable
 
 import orjson
@@ -58,7 +58,7 @@ class Endpoint:
 
     async def __call__(self, scope, receive, send, path_params: dict[str, str]) -> None:
         request = Request(scope, receive, path_params)
-        request_id = os.urandom(8).hex()
+        request_id = f"{random.getrandbits(64):016x}"
         task = asyncio.current_task()
         watcher: asyncio.Task | None = None
         gone = False
