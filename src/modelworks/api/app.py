@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 
-from modelworks.api.errors import envelope
+from modelworks.api.errors import AZURE, AZURE_V1, OPENAI, envelope
 from modelworks.api.http import Endpoint, JSONResult
 from modelworks.api.request import Request
 from modelworks.api.router import Router
@@ -37,7 +37,9 @@ class ModelworksApp:
             try:
                 endpoint, params = self.router.match(scope["method"], scope["path"])
             except NotFound as exc:
-                status, body, headers = envelope(exc, azure=scope["path"].startswith("/openai/"))
+                path = scope["path"]
+                dialect = AZURE_V1 if path.startswith("/openai/v1/") else AZURE if path.startswith("/openai/") else OPENAI
+                status, body, headers = envelope(exc, dialect=dialect)
                 await _send_json(send, status, body, headers)
                 return
             await endpoint(scope, receive, send, params)
@@ -80,18 +82,18 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     router = Router()
     router.add("/healthz", Endpoint(_healthz), ("GET",))
     router.add("/readyz", Endpoint(_readyz(backends)), ("GET",))
-    for prefix, azure in (("/v1", False), ("/openai/v1", True)):
-        router.add(f"{prefix}/chat/completions", Endpoint(h.chat, azure=azure))
-        router.add(f"{prefix}/completions", Endpoint(h.completions, azure=azure))
-        router.add(f"{prefix}/embeddings", Endpoint(h.embeddings, azure=azure))
-        router.add(f"{prefix}/models", Endpoint(h.list_models, azure=azure), ("GET",))
-        router.add(f"{prefix}/models/{{model:path}}", Endpoint(h.get_model, azure=azure), ("GET",))
-    router.add("/openai/deployments/{deployment}/chat/completions", Endpoint(h.chat, azure=True))
-    router.add("/openai/deployments/{deployment}/completions", Endpoint(h.completions, azure=True))
-    router.add("/openai/deployments/{deployment}/embeddings", Endpoint(h.embeddings, azure=True))
-    router.add("/openai/deployments/{deployment}/models", Endpoint(h.list_models, azure=True), ("GET",))
-    router.add("/openai/models", Endpoint(h.list_models, azure=True), ("GET",))
-    router.add("/openai/models/{model:path}", Endpoint(h.get_model, azure=True), ("GET",))
+    for prefix, dialect in (("/v1", OPENAI), ("/openai/v1", AZURE_V1)):
+        router.add(f"{prefix}/chat/completions", Endpoint(h.chat, dialect=dialect))
+        router.add(f"{prefix}/completions", Endpoint(h.completions, dialect=dialect))
+        router.add(f"{prefix}/embeddings", Endpoint(h.embeddings, dialect=dialect))
+        router.add(f"{prefix}/models", Endpoint(h.list_models, dialect=dialect), ("GET",))
+        router.add(f"{prefix}/models/{{model:path}}", Endpoint(h.get_model, dialect=dialect), ("GET",))
+    router.add("/openai/deployments/{deployment}/chat/completions", Endpoint(h.chat, dialect=AZURE))
+    router.add("/openai/deployments/{deployment}/completions", Endpoint(h.completions, dialect=AZURE))
+    router.add("/openai/deployments/{deployment}/embeddings", Endpoint(h.embeddings, dialect=AZURE))
+    router.add("/openai/deployments/{deployment}/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
+    router.add("/openai/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
+    router.add("/openai/models/{model:path}", Endpoint(h.get_model, dialect=AZURE), ("GET",))
     return ModelworksApp(router, backends, gateway)
 
 

@@ -10,14 +10,21 @@ from modelworks.errors import ModelworksError, UpstreamError
 log = logging.getLogger("modelworks.errors")
 
 
-def envelope(exc: BaseException, *, azure: bool = False) -> tuple[int, dict[str, Any], dict[str, str]]:
+OPENAI = "openai"        # /v1: the OpenAI envelope and codes
+AZURE_V1 = "azure_v1"    # /openai/v1: the OpenAI envelope with Azure's codes
+AZURE = "azure"          # /openai/deployments/..., /openai/models: Azure's envelope (no null fields) and codes
+
+
+def envelope(exc: BaseException, *, dialect: str = OPENAI) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Return (status, body, headers) for any exception."""
     if isinstance(exc, UpstreamError) and exc.body is not None and _is_envelope(exc.body):
         return exc.status, exc.body, exc.headers
     if isinstance(exc, ModelworksError):
-        code = (exc.azure_code if azure and exc.azure_code else exc.code)
-        body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": code}}
-        return exc.status, body, exc.headers
+        code = exc.azure_code if dialect != OPENAI and exc.azure_code else exc.code
+        error = {"message": exc.message, "type": exc.type, "param": exc.param, "code": code}
+        if dialect == AZURE:  # Azure's schema types `param` and `code` as strings: leave out what is unknown
+            error = {k: v for k, v in error.items() if v is not None}
+        return exc.status, {"error": error}, exc.headers
     log.error("unhandled error", exc_info=exc)
     body = {"error": {"message": "The server had an error while processing your request. Sorry about that!",
                       "type": "server_error", "param": None, "code": "internal_error"}}

@@ -9,7 +9,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import orjson
 
-from modelworks.api.errors import envelope
+from modelworks.api.errors import AZURE, OPENAI, envelope
 from modelworks.api.request import Request
 
 log = logging.getLogger("modelworks.http")
@@ -49,11 +49,12 @@ Handler = Callable[[Request], Awaitable["JSONResult | EventStream"]]
 class Endpoint:
     """A raw ASGI endpoint around a handler: errors become envelopes, a client that leaves cancels the work."""
 
-    __slots__ = ("handler", "azure", "__name__")
+    __slots__ = ("handler", "dialect", "azure", "__name__")
 
-    def __init__(self, handler: Handler, *, azure: bool = False) -> None:
+    def __init__(self, handler: Handler, *, dialect: str = OPENAI) -> None:
         self.handler = handler
-        self.azure = azure
+        self.dialect = dialect
+        self.azure = dialect != OPENAI
         self.__name__ = handler.__name__
 
     async def __call__(self, scope, receive, send, path_params: dict[str, str]) -> None:
@@ -97,7 +98,7 @@ class Endpoint:
                 return
             raise
         except Exception as exc:  # noqa: BLE001 - the one place that renders every error
-            status, body, headers = envelope(exc, azure=self.azure)
+            status, body, headers = envelope(exc, dialect=self.dialect)
             try:
                 await self._send_json(send, status, body, headers, request_id)
             except OSError:
@@ -134,7 +135,7 @@ class Endpoint:
             except (OSError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001 - headers are out: the error travels as an SSE event
-                _, body, _ = envelope(exc, azure=self.azure)
+                _, body, _ = envelope(exc, dialect=self.dialect)
                 await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(body) + b"\n\n",
                             "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
