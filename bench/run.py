@@ -232,25 +232,41 @@ def section_concurrent(tmp: Path, upstream: Process, model_path: str, args, proc
 
 
 def section_proxy(tmp: Path, upstream: Process, args, procs: list[Process]) -> dict:
-    """Each target runs alone: nothing else of ours is started while one is measured."""
-    proxy: dict = {}
-    starters = {"upstream direct": lambda: None,
-                "modelworks": lambda: modelworks(tmp, upstream.url, 1, THREADS, "mw-proxy", embedded=False),
-                "litellm proxy": lambda: litellm(tmp, args.peers_python, upstream.url)}
-    for name, starter in starters.items():
-        proc = starter()
-        if proc is None and name != "upstream direct":
-            print(f"  ({name} is not installed: skipped)")
-            continue
-        if proc is not None:
-            procs.append(proc)
-            time.sleep(5)  # let start-up work finish before measuring
-        url = f"{(proc or upstream).url}/v1/chat/completions"
-        wrk(url, 4, 2, tmp)  # warm-up
-        proxy[name] = {str(c): wrk(url, c, args.seconds, tmp) for c in (1, 16, 64)}
-        if proc is not None:
-            _stop(proc, procs)
+    """All targets run side by side, idle but for the one being measured; each point is measured in `rounds`
+    interleaved rounds (direct, Modelworks, LiteLLM, direct, ...), and the median round is reported. This VM's
+    speed swings by 2-3x from one minute to the next, so only targets measured in the same rounds compare."""
+    targets = {"upstream direct": upstream}
+    targets["modelworks"] = modelworks(tmp, upstream.url, 1, THREADS, "mw-proxy", embedded=False)
+    procs.append(targets["modelworks"])
+    lite = litellm(tmp, args.peers_python, upstream.url)
+    if lite is None:
+        print("  (LiteLLM Proxy is not installed: run `make peers`)")
+    else:
+        procs.append(lite)
+        targets["litellm proxy"] = lite
+    time.sleep(10)  # let start-up work finish before measuring
+    for proc in targets.values():
+        wrk(f"{proc.url}/v1/chat/completions", 4, 2, tmp)  # warm-up
+    proxy: dict = {name: {} for name in targets}
+    for c in (1, 16, 64):
+        rounds: dict[str, list[dict]] = {name: [] for name in targets}
+        for _ in range(args.rounds):
+            for name, proc in targets.items():
+                rounds[name].append(wrk(f"{proc.url}/v1/chat/completions", c, args.seconds, tmp))
+        for name, samples in rounds.items():
+            proxy[name][str(c)] = {"rps": _median([r["rps"] for r in samples]),
+                                   "p50_ms": _median([r["p50_ms"] for r in samples]),
+                                   "p99_ms": _median([r["p99_ms"] for r in samples]),
+                                   "non_2xx": sum(r["non_2xx"] for r in samples),
+                                   "rounds_rps": [r["rps"] for r in samples]}
+    for proc in list(targets.values())[1:]:
+        _stop(proc, procs)
     return proxy
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 def _stop(proc: Process, procs: list[Process]) -> None:
@@ -261,7 +277,8 @@ def _stop(proc: Process, procs: list[Process]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--peers-python", default=str(ROOT / ".venv-peers/bin/python"))
-    parser.add_argument("--seconds", type=int, default=8, help="wrk duration per point")
+    parser.add_argument("--seconds", type=int, default=4, help="wrk duration per target, point and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per point (median reported)")
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip", default="", help="comma list of sections to skip: embedded,concurrent,proxy")
@@ -320,11 +337,13 @@ def _print_concurrent(conc: dict) -> None:
 
 
 def _print_proxy(proxy: dict) -> None:
-    print("\n== Proxy overhead, non-streaming chat to a fake upstream (wrk, 1 worker each) ==")
-    print(f"  {'target':16} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print("\n== Proxy overhead, non-streaming chat to a fake upstream (wrk, 1 worker each; median of rounds) ==")
+    print(f"  {'target':16} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   req/s per round")
     for name, points in proxy.items():
         for c, r in points.items():
-            print(f"  {name:16} {c:>4} {r['rps']:9.0f} {r['p50_ms'] or 0:8.2f} {r['p99_ms'] or 0:8.2f} {r['non_2xx']:7d}")
+            spread = "/".join(f"{x:.0f}" for x in r.get("rounds_rps", []))
+            print(f"  {name:16} {c:>4} {r['rps']:9.0f} {r['p50_ms'] or 0:8.2f} {r['p99_ms'] or 0:8.2f} {r['non_2xx']:7d}"
+                  f"   rounds: {spread}")
     mw, direct, lite = proxy.get("modelworks"), proxy.get("upstream direct"), proxy.get("litellm proxy")
     if mw and direct:
         for c in mw:

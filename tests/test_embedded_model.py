@@ -27,6 +27,24 @@ def test_chat(client):
     assert reply.usage.prompt_tokens > 5
 
 
+def test_every_message_role_and_text_parts(client):
+    messages = [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "developer", "content": [{"type": "text", "text": "Prefer numbers."}]},
+        {"role": "user", "content": [{"type": "text", "text": "What is 2 + 2?"},
+                                     {"type": "text", "text": "Use the tool."}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 2, \"b\": 2}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "4"},
+        {"role": "assistant", "content": "It is 4."},
+        {"role": "user", "content": "And 3 + 3?"},
+    ]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0,
+                                           presence_penalty=0.5, frequency_penalty=0.5, user="someone")
+    assert reply.choices[0].message.content is not None
+    assert reply.usage.prompt_tokens > 40
+
+
 def test_completion(client):
     reply = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
     assert reply.choices[0].text

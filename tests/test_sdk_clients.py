@@ -118,15 +118,19 @@ async def test_async_azure(async_azure_client):
     assert [c async for c in stream]
 
 
-def test_api_key_header_and_bearer(server, raw):
+def test_api_key_header_and_bearer(server, recorder):
     body = {"model": "fake", "messages": MESSAGES}
-    ok_api_key = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers={"api-key": API_KEY})
-    assert ok_api_key.status_code == 200
-    assert raw.post("/v1/chat/completions", json=body).status_code == 200
-    for headers in ({}, {"api-key": "wrong"}, {"authorization": "Bearer wrong"}, {"authorization": "Basic x"}):
-        r = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers)
-        assert r.status_code == 401, headers
-        assert r.json()["error"]["type"] == "invalid_request_error"
+    with httpx.Client(base_url=server.url, transport=CheckingTransport(recorder)) as http:
+        assert http.post("/v1/chat/completions", json=body, headers={"api-key": API_KEY}).status_code == 200
+        assert http.post("/v1/chat/completions", json=body,
+                         headers={"authorization": f"Bearer {API_KEY}"}).status_code == 200
+        for headers in ({}, {"api-key": "wrong"}, {"authorization": "Bearer wrong"}, {"authorization": "Basic x"}):
+            r = http.post("/v1/chat/completions", json=body, headers=headers)
+            assert r.status_code == 401, headers
+            assert r.json()["error"]["type"] == "invalid_request_error"
+        azure = http.post("/openai/deployments/fake/chat/completions?api-version=2024-10-21", json=body,
+                          headers={"api-key": "wrong"})
+        assert azure.status_code == 401 and azure.json()["error"]["code"] == "401"
 
 
 def test_sdk_raises_typed_errors(client):

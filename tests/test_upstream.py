@@ -104,7 +104,7 @@ def test_client_disconnect_cuts_the_upstream_stream(server, upstream_log):
     assert log["cut_streams"] == 1 and log["finished_streams"] == 0
 
 
-def test_unreachable_upstream_is_503(tmp_path):
+def test_unreachable_upstream_is_503(tmp_path, specs):
     """A dead upstream: the server still starts, /readyz says 503, and calls answer 503 in the envelope."""
     import os
     import subprocess
@@ -136,6 +136,7 @@ def test_unreachable_upstream_is_503(tmp_path):
         r = httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": USER},
                        headers={"api-key": API_KEY})
         assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+        specs.check("/v1/chat/completions", r.status_code, r.json())
     finally:
         proc.terminate()
         proc.wait(timeout=10)
