@@ -9,7 +9,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import orjson
 
-from modelworks.api.errors import AZURE, OPENAI, envelope
+from modelworks.api.errors import OPENAI, envelope
 from modelworks.api.request import Request
 
 log = logging.getLogger("modelworks.http")
@@ -17,10 +17,6 @@ log = logging.getLogger("modelworks.http")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
-
-
-class ClientGone(Exception):
-    """The client closed the connection; nothing is left to answer."""
 
 
 class JSONResult:
@@ -91,7 +87,7 @@ class Endpoint:
                 await self._stream(result, send, request_id)
             else:
                 await self._send_json(send, result.status, result.body, result.headers, request_id)
-        except (ClientGone, OSError):  # ConnectionResetError included: the client left mid-request
+        except OSError:  # ConnectionResetError included: the client left mid-request
             return
         except asyncio.CancelledError:
             if gone:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import AsyncIterator
 
@@ -118,8 +119,7 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 
 def _truncate(result, dimensions: int):
-    import math
-
+    """OpenAI's `dimensions`: keep the first N components and renormalise (the model must have at least N)."""
     vectors = []
     for vector in result.vectors:
         if dimensions > len(vector):

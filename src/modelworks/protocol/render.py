@@ -78,10 +78,6 @@ class StreamFramer:
         return sse(chunk) + DONE
 
 
-def error_frame(envelope: dict[str, Any]) -> bytes:
-    return sse(envelope)
-
-
 def embeddings_body(result: Embeddings, *, model: str, encoding_format: str) -> dict[str, Any]:
     data = []
     for i, vector in enumerate(result.vectors):
