@@ -43,6 +43,19 @@ def server_config(upstream_url: str) -> dict:
     }
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Each control-plane test runs on SQLite and on the real PostgreSQL (a fresh database each time)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'control.db'}"
+        return
+    from support.databases import fresh_postgres
+
+    url, drop = fresh_postgres()
+    yield url
+    drop()
+
+
 @pytest.fixture(scope="session")
 def anyio_backend():
     return "asyncio"

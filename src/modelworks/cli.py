@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--config", default=os.environ.get("MODELWORKS_CONFIG"))
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", default=os.environ.get("MODELWORKS_CONFIG"))
+    db = sub.add_parser("db", help="the control-plane database")
+    db.add_argument("action", choices=["upgrade"], help="upgrade: apply the migrations")
+    db.add_argument("--config", default=os.environ.get("MODELWORKS_CONFIG"))
     args = parser.parse_args(argv)
 
     from modelworks.settings import load_settings
@@ -31,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(settings, args)
         if args.command == "fetch-models":
             return _fetch(settings)
+        if args.command == "db":
+            return _db(settings)
         print("configuration is valid")
         return 0
     except ConfigError as exc:
@@ -42,7 +47,6 @@ def _serve(settings, args) -> int:
     import uvicorn
 
     from modelworks.api.app import create_app
-    from modelworks.keys import bootstrap_key
 
     if args.host:
         settings.server.host = args.host
@@ -50,15 +54,17 @@ def _serve(settings, args) -> int:
         settings.server.port = args.port
     _blas_threads(settings)
     logging.basicConfig(level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    key = bootstrap_key(settings.api_key, settings.data_path)
-    app = create_app(settings, key_hashes=[key.hash])
+    app = create_app(settings)
+    new_key = app.control.prepare()
     host, port = settings.server.host, settings.server.port
     shown = f"[{host}]" if ":" in host else host
     print(f"Modelworks base URL: http://{shown}:{port}/v1  (Azure endpoint: http://{shown}:{port})", flush=True)
-    if key.new_key:
-        print(f"API key (shown once; stored hashed in {key.source}): {key.new_key}", flush=True)
+    if new_key:
+        print(f"API key (admin; shown once, stored only as a hash): {new_key}", flush=True)
+    elif settings.api_key:
+        print("API key: MODELWORKS_API_KEY (an admin key)", flush=True)
     else:
-        print(f"API key: the one from {key.source} (set MODELWORKS_API_KEY to choose one)", flush=True)
+        print("API key: the admin key printed at first start (or create one: modelworks keys create)", flush=True)
     print("Deployments: " + ", ".join(settings.deployments), flush=True)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
                             proxy_headers=False, server_header=False,
@@ -77,6 +83,15 @@ def _blas_threads(settings) -> None:
     if threads:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, str(max(threads)))
+
+
+def _db(settings) -> int:
+    from modelworks.store.db import Database, database_url
+
+    db = Database(database_url(settings.database.url, settings.data_path))
+    db.upgrade()
+    print(f"database is at the newest migration ({db.url.split('@')[-1]})")
+    return 0
 
 
 def _fetch(settings) -> int:

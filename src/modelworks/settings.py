@@ -121,11 +121,21 @@ class Server(_Strict):
     log_level: str = "info"
 
 
+class DatabaseSettings(_Strict):
+    url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite file in server.data_dir")
+
+
+class AuthSettings(_Strict):
+    key_cache_seconds: float = Field(default=4.0, gt=0, le=5, description="how long a key check is trusted")
+
+
 class Settings(_Strict):
     server: Server = Server()
+    database: DatabaseSettings = DatabaseSettings()
+    auth: AuthSettings = AuthSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     deployments: dict[str, Deployment] = Field(default_factory=dict)
-    api_key: str | None = Field(default=None, description="fixed API key; else generated at first start")
+    api_key: str | None = Field(default=None, description="first admin key; else one is generated at first start")
 
     @model_validator(mode="after")
     def _references(self) -> "Settings":

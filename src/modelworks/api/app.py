@@ -14,8 +14,7 @@ from modelworks.api.routes import Handlers
 from modelworks.backends.base import Backend
 from modelworks.backends.registry import build_backend
 from modelworks.errors import NotFound
-from modelworks.keys import bootstrap_key
-from modelworks.policies.auth import ApiKeyAuth
+from modelworks.control.plane import ControlPlane
 from modelworks.policies.chain import PolicyChain
 from modelworks.service import Gateway, Route
 from modelworks.settings import Settings
@@ -26,10 +25,11 @@ log = logging.getLogger("modelworks")
 class ModelworksApp:
     """The ASGI application: lifespan (start and stop backends) and HTTP routing."""
 
-    def __init__(self, router: Router, backends: dict[str, Backend], gateway: Gateway) -> None:
+    def __init__(self, router: Router, backends: dict[str, Backend], gateway: Gateway, control: ControlPlane) -> None:
         self.router = router
         self.backends = backends
         self.gateway = gateway
+        self.control = control
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -52,6 +52,7 @@ class ModelworksApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    await self.control.start()
                     await asyncio.gather(*(b.start() for b in unique))
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     log.exception("start-up failed")
@@ -60,12 +61,12 @@ class ModelworksApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await asyncio.gather(*(b.close() for b in unique), return_exceptions=True)
+                await self.control.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
 
-def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None,
-               key_hashes: list[str] | None = None) -> ModelworksApp:
+def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None) -> ModelworksApp:
     """Build the ASGI app. `backends` replaces the configured ones (tests inject fakes this way)."""
     if backends is None:
         backends = {name: build_backend(name, spec, settings) for name, spec in settings.backends.items()}
@@ -74,9 +75,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
         for name, dep in settings.deployments.items()
     }
     gateway = Gateway(routes, created=int(time.time()))
-    if key_hashes is None:
-        key_hashes = [bootstrap_key(settings.api_key, settings.data_path).hash]
-    chain = PolicyChain([ApiKeyAuth(key_hashes)])
+    control = ControlPlane(settings)
+    chain = PolicyChain([control.auth])
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
 
     router = Router()
@@ -94,7 +94,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     router.add("/openai/deployments/{deployment}/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models/{model:path}", Endpoint(h.get_model, dialect=AZURE), ("GET",))
-    return ModelworksApp(router, backends, gateway)
+    return ModelworksApp(router, backends, gateway, control)
 
 
 async def _healthz(request: Request) -> JSONResult:

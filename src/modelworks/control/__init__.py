@@ -1,0 +1,1 @@
+"""Control-plane services over the store: keys, projects, deployments, usage and audit."""

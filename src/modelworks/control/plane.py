@@ -1,0 +1,60 @@
+"""The control plane of one server process: the store, its services, and the auth policy that uses them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from modelworks.control.bootstrap import bootstrap
+from modelworks.control.keys import KeyService
+from modelworks.control.projects import ProjectService
+from modelworks.policies.auth import ApiKeyAuth
+from modelworks.settings import Settings
+from modelworks.store.db import Database, database_url
+
+log = logging.getLogger("modelworks.control")
+
+
+class ControlPlane:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(database_url(settings.database.url, settings.data_path))
+        self.keys = KeyService(self.db)
+        self.projects = ProjectService(self.db)
+        self.auth = ApiKeyAuth(self._lookup, ttl=settings.auth.key_cache_seconds)
+        self._prepared = False
+        self._flusher: asyncio.Task | None = None
+
+    def prepare(self) -> str | None:
+        """Migrate and bootstrap (idempotent). Returns a newly generated admin key to print once, or None."""
+        if self._prepared:
+            return None
+        new_key = bootstrap(self.db, self.settings.api_key)
+        self._prepared = True
+        return new_key
+
+    async def start(self) -> None:
+        new_key = await asyncio.to_thread(self.prepare)
+        if new_key:
+            print(f"API key (shown once; stored only as a hash): {new_key}", flush=True)
+        self._flusher = asyncio.create_task(self._flush_forever())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await asyncio.to_thread(self.keys.touch, self.auth.take_used())
+        await asyncio.to_thread(self.db.dispose)
+
+    async def _lookup(self, digest: str):
+        return await asyncio.to_thread(self.keys.lookup, digest)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(10)
+            used = self.auth.take_used()
+            if used:
+                try:
+                    await asyncio.to_thread(self.keys.touch, used)
+                except Exception:  # noqa: BLE001 - last-used times are best effort; the next flush retries
+                    log.warning("could not record key last-used times", exc_info=True)
+                    self.auth.used.update({k: v for k, v in used.items() if k not in self.auth.used})

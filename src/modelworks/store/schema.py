@@ -1,0 +1,97 @@
+"""Tables of the control plane (SQLAlchemy 2). Changes go through Alembic migrations in `migrations/`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    monthly_token_cap: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    monthly_cost_cap: Mapped[float | None] = mapped_column(Float, nullable=True)
+    soft_threshold: Mapped[float] = mapped_column(Float, default=0.8)
+    rpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    display: Mapped[str] = mapped_column(String(20))  # the key's first characters, to recognise it
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    rpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class DeploymentRow(Base):
+    __tablename__ = "deployments"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    backends: Mapped[list] = mapped_column(JSON)
+    deployment_type: Mapped[str] = mapped_column(String(40), default="GlobalStandard")
+    region: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    data_zone: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    content_filter_policy: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    price_input_per_1k: Mapped[float] = mapped_column(Float, default=0.0)
+    price_output_per_1k: Mapped[float] = mapped_column(Float, default=0.0)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    owned_by: Mapped[str] = mapped_column(String(100), default="modelworks")
+    source: Mapped[str] = mapped_column(String(10), default="api")  # "config" or "api"
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UsageRecord(Base):
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_project_at", "project_id", "at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # written by the node: replays are idempotent
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    project_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    deployment: Mapped[str] = mapped_column(String(100))
+    backend: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    region: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    operation: Mapped[str] = mapped_column(String(40))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[int] = mapped_column(Integer)
+    filter_outcome: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str | None] = mapped_column(String(40), nullable=True)  # key id, never the key
+    action: Mapped[str] = mapped_column(String(60))
+    target: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str] = mapped_column(Text)  # canonical JSON
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -1,0 +1,112 @@
+"""The control-plane store and API keys, on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import inspect, text
+
+from modelworks.control.bootstrap import bootstrap
+from modelworks.control.keys import KeyService, key_hash
+from modelworks.control.principal import ADMIN, USER
+from modelworks.control.projects import DEFAULT_PROJECT, ProjectService
+from modelworks.errors import InvalidRequest, NotFound, Unauthorized
+from modelworks.policies.auth import ApiKeyAuth
+from modelworks.policies.chain import Call
+from modelworks.store.db import Database
+
+
+@pytest.fixture
+def db(database_url):
+    database = Database(database_url)
+    yield database
+    database.dispose()
+
+
+def test_migrations_create_every_table_and_are_idempotent(db):
+    db.upgrade()
+    db.upgrade()
+    tables = set(inspect(db.engine).get_table_names())
+    assert {"projects", "api_keys", "deployments", "usage_records", "audit_log", "alembic_version"} <= tables
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+
+
+def test_bootstrap_generates_one_admin_key_once(db):
+    key = bootstrap(db, None)
+    assert key.startswith("mw-") and len(key) >= 3 + 43  # 256 random bits, url-safe base64
+    assert bootstrap(db, None) is None
+    principal = KeyService(db).lookup(key_hash(key))
+    assert principal.role == ADMIN and principal.project_id == DEFAULT_PROJECT
+
+
+def test_bootstrap_registers_the_configured_key(db):
+    assert bootstrap(db, "mw-configured-key-1234567890") is None
+    assert bootstrap(db, "mw-configured-key-1234567890") is None
+    assert KeyService(db).lookup(key_hash("mw-configured-key-1234567890")).role == ADMIN
+
+
+def test_keys_are_stored_only_as_hashes(db):
+    bootstrap(db, None)
+    project = ProjectService(db).create("team-a")
+    created = KeyService(db).create(project["id"], USER, "ci")
+    with db.engine.connect() as conn:
+        dump = " ".join(str(v) for row in conn.execute(text("SELECT * FROM api_keys")) for v in row)
+    assert created.key not in dump and key_hash(created.key) in dump
+    assert created.record["display"].startswith(created.key[:10]) and "hash" not in created.record
+
+
+def test_revoked_and_expired_keys_are_refused(db):
+    bootstrap(db, None)
+    keys = KeyService(db)
+    live = keys.create(DEFAULT_PROJECT, USER, "live")
+    past = keys.create(DEFAULT_PROJECT, USER, "old", expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+    assert keys.lookup(key_hash(live.key)) is not None
+    assert keys.lookup(key_hash(past.key)) is None
+    keys.revoke(live.record["id"])
+    assert keys.lookup(key_hash(live.key)) is None
+    assert keys.get(live.record["id"])["revoked_at"] is not None
+    with pytest.raises(NotFound):
+        keys.revoke("key_missing")
+    with pytest.raises(InvalidRequest):
+        keys.create(DEFAULT_PROJECT, "emperor", "x")
+
+
+def test_projects(db):
+    bootstrap(db, None)
+    projects = ProjectService(db)
+    made = projects.create("team-b", monthly_token_cap=1000)
+    assert projects.get(made["id"])["monthly_token_cap"] == 1000
+    with pytest.raises(InvalidRequest):
+        projects.create("team-b")
+    with pytest.raises(InvalidRequest):
+        projects.create("bad name!")
+    assert {p["name"] for p in projects.list()} == {"default", "team-b"}
+
+
+@pytest.mark.anyio
+async def test_auth_cache_spares_the_store_and_honours_revocation(db):
+    bootstrap(db, None)
+    keys = KeyService(db)
+    created = keys.create(DEFAULT_PROJECT, USER, "cached")
+    lookups = 0
+
+    async def lookup(digest):
+        nonlocal lookups
+        lookups += 1
+        return await asyncio.to_thread(keys.lookup, digest)
+
+    auth = ApiKeyAuth(lookup, ttl=0.3, negative_ttl=0.1)
+    call = lambda: Call(operation="chat", headers={"authorization": f"Bearer {created.key}"})  # noqa: E731
+    await asyncio.gather(*(auth.admit(call()) for _ in range(20)))
+    assert lookups == 1  # concurrent checks of one key share one query, later ones hit the cache
+    for _ in range(50):
+        await auth.admit(call())
+    assert lookups == 1
+    keys.revoke(created.record["id"])
+    await asyncio.sleep(0.35)
+    with pytest.raises(Unauthorized):
+        await auth.admit(call())
+    assert list(auth.take_used()) == [created.record["id"]]
