@@ -89,6 +89,7 @@ class AuditEntry(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     actor: Mapped[str | None] = mapped_column(String(40), nullable=True)  # key id, never the key
+    project_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     action: Mapped[str] = mapped_column(String(60))
     target: Mapped[str | None] = mapped_column(String(200), nullable=True)
     outcome: Mapped[str] = mapped_column(String(20))

@@ -20,6 +20,7 @@ def upgrade() -> None:
     sa.Column('seq', sa.Integer(), nullable=False),
     sa.Column('at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('actor', sa.String(length=40), nullable=True),
+    sa.Column('project_id', sa.String(length=40), nullable=True),
     sa.Column('action', sa.String(length=60), nullable=False),
     sa.Column('target', sa.String(length=200), nullable=True),
     sa.Column('outcome', sa.String(length=20), nullable=False),
@@ -29,6 +30,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('seq'),
     sa.UniqueConstraint('hash')
     )
+    with op.batch_alter_table('audit_log', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_audit_log_project_id'), ['project_id'], unique=False)
     op.create_table('deployments',
     sa.Column('name', sa.String(length=100), nullable=False),
     sa.Column('model', sa.String(length=200), nullable=True),
@@ -117,5 +120,7 @@ def downgrade() -> None:
     op.drop_table('usage_records')
     op.drop_table('projects')
     op.drop_table('deployments')
+    with op.batch_alter_table('audit_log', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_audit_log_project_id'))
     op.drop_table('audit_log')
     # ### end Alembic commands ###
