@@ -46,6 +46,13 @@ class Unauthorized(ModelworksError):
     azure_code = "401"
 
 
+class Forbidden(ModelworksError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+    azure_code = "403"
+
+
 class NotFound(ModelworksError):
     status = 404
     type = "invalid_request_error"

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 
+from modelworks.api.admin import AdminHandlers
 from modelworks.api.errors import AZURE, AZURE_V1, OPENAI, envelope
 from modelworks.api.http import Endpoint, JSONResult
 from modelworks.api.request import Request
@@ -94,7 +95,25 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     router.add("/openai/deployments/{deployment}/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models/{model:path}", Endpoint(h.get_model, dialect=AZURE), ("GET",))
+    _admin_routes(router, AdminHandlers(control, settings.server.max_body_bytes))
     return ModelworksApp(router, backends, gateway, control)
+
+
+def _admin_routes(router: Router, a: AdminHandlers) -> None:
+    from modelworks.api.admin_openapi import openapi_endpoint
+
+    router.add("/admin/v1/openapi.json", Endpoint(openapi_endpoint), ("GET",))
+    router.add("/admin/v1/projects", Endpoint(a.list_projects), ("GET",))
+    router.add("/admin/v1/projects", Endpoint(a.create_project), ("POST",))
+    router.add("/admin/v1/projects/{project_id}", Endpoint(a.get_project), ("GET",))
+    router.add("/admin/v1/projects/{project_id}", Endpoint(a.update_project), ("PATCH",))
+    router.add("/admin/v1/keys", Endpoint(a.list_keys), ("GET",))
+    router.add("/admin/v1/keys", Endpoint(a.create_key), ("POST",))
+    router.add("/admin/v1/keys/{key_id}", Endpoint(a.get_key), ("GET",))
+    router.add("/admin/v1/keys/{key_id}", Endpoint(a.revoke_key), ("DELETE",))
+    router.add("/admin/v1/audit", Endpoint(a.list_audit), ("GET",))
+    router.add("/admin/v1/audit/verify", Endpoint(a.verify_audit), ("GET",))
+    router.add("/admin/v1/audit/export", Endpoint(a.export_audit), ("GET",))
 
 
 async def _healthz(request: Request) -> JSONResult:

@@ -105,7 +105,9 @@ class Endpoint:
 
     async def _send_json(self, send, status: int, body, headers: dict[str, str] | None, request_id: str) -> None:
         payload = body if isinstance(body, bytes) else orjson.dumps(body)
-        raw = [*JSON_HEADERS, (b"x-request-id", request_id.encode()), (b"content-length", str(len(payload)).encode())]
+        own_type = headers is not None and "content-type" in headers
+        raw = [*([] if own_type else JSON_HEADERS), (b"x-request-id", request_id.encode()),
+               (b"content-length", str(len(payload)).encode())]
         if self.azure:
             raw.append((b"apim-request-id", request_id.encode()))
         if headers:

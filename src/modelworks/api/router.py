@@ -17,14 +17,17 @@ class Router:
     def __init__(self) -> None:
         self.exact: dict[str, dict[str, Any]] = {}
         self.patterns: list[tuple[re.Pattern, dict[str, Any]]] = []
+        self._pattern_tables: dict[str, dict[str, Any]] = {}
 
     def add(self, template: str, endpoint: Any, methods: tuple[str, ...] = ("POST",)) -> None:
         if "{" not in template:
             table = self.exact.setdefault(template, {})
+        elif template in self._pattern_tables:
+            table = self._pattern_tables[template]
         else:
             regex = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", template)
             regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
-            table = {}
+            table = self._pattern_tables[template] = {}
             self.patterns.append((re.compile(f"^{regex}$"), table))
         for method in methods:
             table[method] = endpoint

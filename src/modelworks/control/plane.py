@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from modelworks.control.audit import AuditLog, Event
+from modelworks.control.audit_writer import AuditWriter
 from modelworks.control.bootstrap import bootstrap
 from modelworks.control.keys import KeyService
 from modelworks.control.projects import ProjectService
@@ -21,7 +23,9 @@ class ControlPlane:
         self.db = Database(database_url(settings.database.url, settings.data_path))
         self.keys = KeyService(self.db)
         self.projects = ProjectService(self.db)
-        self.auth = ApiKeyAuth(self._lookup, ttl=settings.auth.key_cache_seconds)
+        self.audit = AuditLog(self.db)
+        self.audit_writer = AuditWriter(self.audit)
+        self.auth = ApiKeyAuth(self._lookup, ttl=settings.auth.key_cache_seconds, on_failure=self._auth_failed)
         self._prepared = False
         self._flusher: asyncio.Task | None = None
 
@@ -38,12 +42,18 @@ class ControlPlane:
         if new_key:
             print(f"API key (shown once; stored only as a hash): {new_key}", flush=True)
         self._flusher = asyncio.create_task(self._flush_forever())
+        self.audit_writer.start()
 
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
+        await self.audit_writer.close()
         await asyncio.to_thread(self.keys.touch, self.auth.take_used())
         await asyncio.to_thread(self.db.dispose)
+
+    def _auth_failed(self, call, reason: str) -> None:
+        self.audit_writer.submit(Event("auth.failed", outcome="denied",
+                                       detail={"reason": reason, "operation": call.operation}))
 
     async def _lookup(self, digest: str):
         return await asyncio.to_thread(self.keys.lookup, digest)

@@ -1,0 +1,173 @@
+"""The admin API, `/admin/v1`: projects, keys and the audit trail (deployments and usage join it next).
+
+Every call is authenticated like an inference call. Admins see everything; a project admin manages its own
+project's keys and reads its audit; a user key may only read its own project. Another project's resources
+answer 404, as if they did not exist. Every change is written to the audit trail before the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from modelworks.api.admin_models import KeyCreate, ProjectCreate, ProjectUpdate
+from modelworks.api.http import JSONResult
+from modelworks.api.request import Request
+from modelworks.control.audit import Event
+from modelworks.control.plane import ControlPlane
+from modelworks.control.principal import ADMIN, PROJECT_ADMIN, Principal
+from modelworks.errors import Forbidden, NotFound
+from modelworks.policies.chain import Call
+from modelworks.protocol.parse import parse_body
+
+
+class AdminHandlers:
+    def __init__(self, control: ControlPlane, max_body: int) -> None:
+        self.control = control
+        self.max_body = max_body
+
+    # -- projects ----------------------------------------------------------------------------------------------
+
+    async def list_projects(self, request: Request) -> JSONResult:
+        who = await self._who(request, "projects.list")
+        rows = await _run(self.control.projects.list, None if who.is_admin else who.project_id)
+        return _list("project", rows)
+
+    async def create_project(self, request: Request) -> JSONResult:
+        who = await self._who(request, "projects.create")
+        _require(who.is_admin, "Only admins create projects.")
+        body = parse_body(ProjectCreate, await request.body(self.max_body))
+        row = await _run(self.control.projects.create, **body.model_dump())
+        await self._audit(who, "project.create", row["id"], row["id"], body.model_dump(exclude_none=True))
+        return JSONResult({"object": "project", **row}, status=201)
+
+    async def get_project(self, request: Request) -> JSONResult:
+        who = await self._who(request, "projects.get")
+        project_id = request.path_params["project_id"]
+        _visible(who.can_read(project_id), f"No project '{project_id}'.")
+        return JSONResult({"object": "project", **await _run(self.control.projects.get, project_id)})
+
+    async def update_project(self, request: Request) -> JSONResult:
+        who = await self._who(request, "projects.update")
+        project_id = request.path_params["project_id"]
+        _visible(who.can_read(project_id), f"No project '{project_id}'.")
+        _require(who.is_admin, "Only admins change a project's budgets and limits.")
+        body = parse_body(ProjectUpdate, await request.body(self.max_body))
+        changes = body.model_dump(exclude_unset=True)
+        row = await _run(self.control.projects.update, project_id, changes)
+        await self._audit(who, "project.update", project_id, project_id, changes)
+        return JSONResult({"object": "project", **row})
+
+    # -- keys ------------------------------------------------------------------------------------------------------
+
+    async def list_keys(self, request: Request) -> JSONResult:
+        who = await self._who(request, "keys.list")
+        _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins list keys.")
+        project_id = request.query("project_id")
+        if not who.is_admin:
+            _visible(project_id in (None, who.project_id), f"No project '{project_id}'.")
+            project_id = who.project_id
+        return _list("api_key", await _run(self.control.keys.list, project_id))
+
+    async def create_key(self, request: Request) -> JSONResult:
+        who = await self._who(request, "keys.create")
+        _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins create keys.")
+        body = parse_body(KeyCreate, await request.body(self.max_body))
+        project_id = body.project_id or who.project_id
+        _visible(who.can_read(project_id), f"No project '{project_id}'.")
+        _require(who.is_admin or body.role != ADMIN, "Only admins create admin keys.")
+        created = await _run(self.control.keys.create, project_id, body.role, body.name,
+                             expires_at=body.expires_at, rpm_limit=body.rpm_limit, tpm_limit=body.tpm_limit)
+        await self._audit(who, "key.create", project_id, created.record["id"],
+                          {"name": body.name, "role": body.role, "expires_at": created.record["expires_at"]})
+        return JSONResult({"object": "api_key", **created.record, "key": created.key}, status=201)
+
+    async def get_key(self, request: Request) -> JSONResult:
+        who = await self._who(request, "keys.get")
+        record = await self._visible_key(who, request.path_params["key_id"])
+        return JSONResult({"object": "api_key", **record})
+
+    async def revoke_key(self, request: Request) -> JSONResult:
+        who = await self._who(request, "keys.revoke")
+        record = await self._visible_key(who, request.path_params["key_id"])
+        _require(who.can_manage(record["project_id"]), "Only admins and project admins revoke keys.")
+        record = await _run(self.control.keys.revoke, record["id"])
+        self.control.auth.forget()  # at once on this replica; the others within the cache time
+        await self._audit(who, "key.revoke", record["project_id"], record["id"], {"name": record["name"]})
+        return JSONResult({"object": "api_key", **record})
+
+    async def _visible_key(self, who: Principal, key_id: str) -> dict:
+        try:
+            record = await _run(self.control.keys.get, key_id)
+        except NotFound:
+            record = None
+        _visible(record is not None and (who.can_manage(record["project_id"]) or record["id"] == who.key_id),
+                 f"No key '{key_id}'.")
+        return record
+
+    # -- audit -------------------------------------------------------------------------------------------------------
+
+    async def list_audit(self, request: Request) -> JSONResult:
+        who = await self._who(request, "audit.list")
+        _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins read the audit trail.")
+        after = _int(request.query("after"), "after", 0)
+        limit = min(_int(request.query("limit"), "limit", 100), 1000)
+        rows = await _run(self.control.audit.entries, project_id=None if who.is_admin else who.project_id,
+                          after=after, limit=limit)
+        return _list("audit_entry", rows)
+
+    async def verify_audit(self, request: Request) -> JSONResult:
+        who = await self._who(request, "audit.verify")
+        _require(who.is_admin, "Only admins verify the whole audit trail.")
+        verdict = await _run(self.control.audit.verify)
+        return JSONResult({"object": "audit_verification", "ok": verdict.ok, "entries": verdict.entries,
+                           "problem": verdict.problem, "seq": verdict.seq})
+
+    async def export_audit(self, request: Request) -> JSONResult:
+        who = await self._who(request, "audit.export")
+        _require(who.is_admin, "Only admins export the whole audit trail.")
+        text = await _run(lambda: "".join(self.control.audit.export_jsonl()))
+        return JSONResult(text.encode(), headers={"content-type": "application/x-ndjson"})
+
+    # -- shared ------------------------------------------------------------------------------------------------------
+
+    async def _who(self, request: Request, operation: str) -> Principal:
+        call = Call(operation=f"admin.{operation}", headers=request.headers)
+        await self.control.auth.admit(call)
+        return call.principal
+
+    async def _audit(self, who: Principal, action: str, project_id: str | None, target: str | None,
+                     detail: dict) -> None:
+        await _run(self.control.audit.append, [Event(action, actor=who.key_id, project_id=project_id,
+                                                     target=target, detail=detail)])
+
+
+async def _run(fn, *args, **kwargs):
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def _list(kind: str, rows: list[dict]) -> JSONResult:
+    return JSONResult({"object": "list", "data": [{"object": kind, **row} for row in rows]})
+
+
+def _require(allowed: bool, message: str) -> None:
+    if not allowed:
+        raise Forbidden(message)
+
+
+def _visible(allowed: bool, message: str) -> None:
+    if not allowed:
+        raise NotFound(message)
+
+
+def _int(raw: str | None, name: str, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        from modelworks.errors import InvalidRequest
+
+        raise InvalidRequest(f"'{name}' must be a non-negative integer.", param=name)
+    return value

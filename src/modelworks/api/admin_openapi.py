@@ -1,0 +1,111 @@
+"""The admin API's OpenAPI 3.1 document, built from the request models that validate the bodies."""
+
+from __future__ import annotations
+
+import functools
+
+from modelworks import __version__
+from modelworks.api.admin_models import KeyCreate, ProjectCreate, ProjectUpdate
+from modelworks.api.http import JSONResult
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+
+_RESPONSES = {
+    "Project": {"type": "object", "required": ["object", "id", "name", "created_at"], "properties": {
+        "object": {"const": "project"}, "id": {"type": "string"}, "name": {"type": "string"},
+        "created_at": {"type": "string", "format": "date-time"}, "monthly_token_cap": _NULLABLE_INT,
+        "monthly_cost_cap": _NULLABLE_NUM, "soft_threshold": _NULLABLE_NUM, "rpm_limit": _NULLABLE_INT,
+        "tpm_limit": _NULLABLE_INT}},
+    "ApiKey": {"type": "object", "required": ["object", "id", "project_id", "name", "role", "display"], "properties": {
+        "object": {"const": "api_key"}, "id": {"type": "string"}, "project_id": {"type": "string"},
+        "name": {"type": "string"}, "role": {"enum": ["admin", "project_admin", "user"]},
+        "display": {"type": "string", "description": "the key's first characters"},
+        "key": {"type": "string", "description": "the key itself: only in the answer that creates it"},
+        "created_at": {"type": "string"}, "expires_at": _NULLABLE_STR, "revoked_at": _NULLABLE_STR,
+        "last_used_at": _NULLABLE_STR, "rpm_limit": _NULLABLE_INT, "tpm_limit": _NULLABLE_INT}},
+    "AuditEntry": {"type": "object", "required": ["object", "seq", "at", "action", "outcome", "hash", "prev_hash"],
+                   "properties": {
+        "object": {"const": "audit_entry"}, "seq": {"type": "integer"}, "at": {"type": "string"},
+        "actor": _NULLABLE_STR, "project_id": _NULLABLE_STR, "action": {"type": "string"}, "target": _NULLABLE_STR,
+        "outcome": {"type": "string"}, "detail": {"type": "object"}, "prev_hash": {"type": "string"},
+        "hash": {"type": "string"}}},
+    "AuditVerification": {"type": "object", "required": ["object", "ok", "entries"], "properties": {
+        "object": {"const": "audit_verification"}, "ok": {"type": "boolean"}, "entries": {"type": "integer"},
+        "problem": _NULLABLE_STR, "seq": _NULLABLE_INT}},
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["message", "type"], "properties": {
+            "message": {"type": "string"}, "type": {"type": "string"}, "param": _NULLABLE_STR,
+            "code": _NULLABLE_STR}}}},
+}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list_of(name: str) -> dict:
+    return {"type": "object", "required": ["object", "data"],
+            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref(name)}}}
+
+
+def _op(summary: str, ok: dict, body: str | None = None, status: str = "200", params: list | None = None) -> dict:
+    op = {"summary": summary, "security": [{"bearer": []}, {"apiKey": []}],
+          "responses": {status: {"description": "OK", "content": {"application/json": {"schema": ok}}},
+                        "default": {"description": "Error", "content": {"application/json": {"schema": _ref("Error")}}}}}
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+@functools.lru_cache(maxsize=1)
+def document() -> dict:
+    schemas = dict(_RESPONSES)
+    for model in (ProjectCreate, ProjectUpdate, KeyCreate):
+        schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    p, k = _path_param("project_id"), _path_param("key_id")
+    paths = {
+        "/admin/v1/projects": {
+            "get": _op("List the projects the caller may see", _list_of("Project")),
+            "post": _op("Create a project (admins)", _ref("Project"), "ProjectCreate", "201")},
+        "/admin/v1/projects/{project_id}": {
+            "get": _op("Read a project", _ref("Project"), params=[p]),
+            "patch": _op("Change a project's budgets and limits (admins)", _ref("Project"), "ProjectUpdate",
+                         params=[p])},
+        "/admin/v1/keys": {
+            "get": _op("List keys (admins: all or ?project_id=; project admins: their project's)",
+                       _list_of("ApiKey"), params=[_query("project_id", {"type": "string"})]),
+            "post": _op("Create a key; the answer holds the key, shown this once", _ref("ApiKey"), "KeyCreate", "201")},
+        "/admin/v1/keys/{key_id}": {
+            "get": _op("Read a key (never the key itself)", _ref("ApiKey"), params=[k]),
+            "delete": _op("Revoke a key (every replica refuses it within 5 seconds)", _ref("ApiKey"), params=[k])},
+        "/admin/v1/audit": {
+            "get": _op("Read the audit trail (project admins: their project's entries)", _list_of("AuditEntry"),
+                       params=[_query("after", {"type": "integer", "minimum": 0}),
+                               _query("limit", {"type": "integer", "minimum": 0, "maximum": 1000})])},
+        "/admin/v1/audit/verify": {"get": _op("Check the hash chain (admins)", _ref("AuditVerification"))},
+        "/admin/v1/audit/export": {"get": {
+            "summary": "The whole audit trail as JSON Lines (admins)", "security": [{"bearer": []}, {"apiKey": []}],
+            "responses": {"200": {"description": "One AuditEntry per line",
+                                  "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}}},
+    }
+    return {"openapi": "3.1.0", "info": {"title": "Modelworks admin API", "version": __version__},
+            "paths": paths,
+            "components": {"schemas": schemas, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "api-key"}}}}
+
+
+async def openapi_endpoint(request) -> JSONResult:
+    return JSONResult(document())
