@@ -194,3 +194,29 @@ def test_revocation_reaches_another_replica_within_5_seconds(admin_server, world
             time.sleep(0.1)
     finally:
         second.stop()
+
+
+def test_cli_over_the_admin_api(world, tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args: str, key: str = API_KEY) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "modelworks", *args, "--url", world["url"], "--api-key", key],
+                              capture_output=True, text=True, timeout=60)
+
+    made = cli("projects", "create", f"cli-{time.time_ns()}", "--monthly-token-cap", "5000")
+    assert made.returncode == 0, made.stderr
+    project = json.loads(made.stdout)
+    key = cli("keys", "create", "--project", project["id"], "--name", "cli-key", "--role", "project_admin")
+    assert key.returncode == 0 and "shown this once" in key.stderr
+    created = json.loads(key.stdout)
+    listed = cli("keys", "list", key=created["key"])
+    assert [k["id"] for k in json.loads(listed.stdout)["data"]] == [created["id"]]
+    assert cli("keys", "revoke", created["id"]).returncode == 0
+    assert cli("keys", "list", key=created["key"]).returncode == 1  # revoked: 401
+    verify = cli("audit", "verify")
+    assert verify.returncode == 0 and json.loads(verify.stdout)["ok"]
+    export = cli("audit", "export")
+    assert all(json.loads(line)["hash"] for line in export.stdout.splitlines())
+    denied = cli("projects", "create", "nope", key=world["a"]["keys"]["user"]["key"])
+    assert denied.returncode == 1 and "403" in denied.stderr

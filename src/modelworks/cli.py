@@ -24,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     db = sub.add_parser("db", help="the control-plane database")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply the migrations")
     db.add_argument("--config", default=os.environ.get("MODELWORKS_CONFIG"))
+    from modelworks import cli_admin
+
+    cli_admin.add_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in cli_admin.ADMIN_COMMANDS:
+        return cli_admin.run(args)
 
     from modelworks.settings import load_settings
 

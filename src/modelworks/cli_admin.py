@@ -1,0 +1,116 @@
+"""Admin commands of the CLI, over the admin API: `modelworks projects|keys|audit ...`.
+
+The server is `--url` (or MODELWORKS_URL, default http://127.0.0.1:8000); the key is `--api-key` (or
+MODELWORKS_API_KEY). Answers are printed as JSON; `audit export` prints JSON Lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+
+def add_commands(sub) -> None:
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--url", default=os.environ.get("MODELWORKS_URL", "http://127.0.0.1:8000"))
+        p.add_argument("--api-key", default=os.environ.get("MODELWORKS_API_KEY"))
+        return p
+
+    projects = sub.add_parser("projects", help="projects (tenants)").add_subparsers(dest="action", required=True)
+    common(projects.add_parser("list"))
+    p = common(projects.add_parser("create"))
+    p.add_argument("name")
+    p.add_argument("--monthly-token-cap", type=int)
+    p.add_argument("--monthly-cost-cap", type=float)
+    p = common(projects.add_parser("show"))
+    p.add_argument("project_id")
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    p = common(keys.add_parser("list"))
+    p.add_argument("--project")
+    p = common(keys.add_parser("create"))
+    p.add_argument("--project", help="default: the calling key's project")
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", choices=["admin", "project_admin", "user"], default="user")
+    p.add_argument("--expires", help="ISO 8601 time, e.g. 2027-01-31T00:00:00Z")
+    p = common(keys.add_parser("revoke"))
+    p.add_argument("key_id")
+
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="action", required=True)
+    p = common(audit.add_parser("list"))
+    p.add_argument("--after", type=int, default=0)
+    p.add_argument("--limit", type=int, default=100)
+    common(audit.add_parser("verify"))
+    common(audit.add_parser("export"))
+
+
+ADMIN_COMMANDS = ("projects", "keys", "audit")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.api_key:
+        print("modelworks: give --api-key or set MODELWORKS_API_KEY", file=sys.stderr)
+        return 2
+    route = {
+        ("projects", "list"): lambda: ("GET", "/admin/v1/projects", None),
+        ("projects", "create"): lambda: ("POST", "/admin/v1/projects", _drop_none(
+            {"name": args.name, "monthly_token_cap": args.monthly_token_cap,
+             "monthly_cost_cap": args.monthly_cost_cap})),
+        ("projects", "show"): lambda: ("GET", f"/admin/v1/projects/{_q(args.project_id)}", None),
+        ("keys", "list"): lambda: ("GET", "/admin/v1/keys" + (f"?project_id={_q(args.project)}" if args.project
+                                                               else ""), None),
+        ("keys", "create"): lambda: ("POST", "/admin/v1/keys", _drop_none(
+            {"name": args.name, "role": args.role, "project_id": args.project, "expires_at": args.expires})),
+        ("keys", "revoke"): lambda: ("DELETE", f"/admin/v1/keys/{_q(args.key_id)}", None),
+        ("audit", "list"): lambda: ("GET", f"/admin/v1/audit?after={args.after}&limit={args.limit}", None),
+        ("audit", "verify"): lambda: ("GET", "/admin/v1/audit/verify", None),
+        ("audit", "export"): lambda: ("GET", "/admin/v1/audit/export", None),
+    }[(args.command, args.action)]
+    method, path, body = route()
+    status, text = _request(args.url, args.api_key, method, path, body)
+    if status >= 400:
+        print(f"modelworks: {status}: {_error_message(text)}", file=sys.stderr)
+        return 1
+    if (args.command, args.action) == ("audit", "export"):
+        sys.stdout.write(text)
+        return 0
+    data = json.loads(text)
+    print(json.dumps(data, indent=2))
+    if (args.command, args.action) == ("keys", "create"):
+        print(f"\nThe key (shown this once): {data['key']}", file=sys.stderr)
+    if (args.command, args.action) == ("audit", "verify") and not data["ok"]:
+        return 3
+    return 0
+
+
+def _request(base: str, key: str, method: str, path: str, body: dict | None) -> tuple[int, str]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base.rstrip("/") + path, data=data, method=method,
+                                     headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except urllib.error.URLError as exc:
+        return 599, json.dumps({"error": {"message": f"cannot reach {base}: {exc.reason}"}})
+
+
+def _error_message(text: str) -> str:
+    try:
+        return json.loads(text)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return text[:300]
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
