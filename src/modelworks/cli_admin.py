@@ -41,6 +41,28 @@ def add_commands(sub) -> None:
     p = common(keys.add_parser("revoke"))
     p.add_argument("key_id")
 
+    deps = sub.add_parser("deployments", help="deployments").add_subparsers(dest="action", required=True)
+    common(deps.add_parser("list"))
+    p = common(deps.add_parser("show"))
+    p.add_argument("name")
+    for verb in ("create", "update"):
+        p = common(deps.add_parser(verb))
+        p.add_argument("name")
+        p.add_argument("--backend", action="append", dest="backends", required=verb == "create",
+                       help="a configured backend (repeat for several)")
+        p.add_argument("--model")
+        p.add_argument("--type", dest="deployment_type")
+        p.add_argument("--region")
+        p.add_argument("--data-zone", choices=["EU", "US"])
+        p.add_argument("--tpm", type=int)
+        p.add_argument("--rpm", type=int)
+        p.add_argument("--content-filter", dest="content_filter_policy")
+        p.add_argument("--price-input-per-1k", type=float)
+        p.add_argument("--price-output-per-1k", type=float)
+        p.add_argument("--enabled", choices=["true", "false"])
+    p = common(deps.add_parser("delete"))
+    p.add_argument("name")
+
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="action", required=True)
     p = common(audit.add_parser("list"))
     p.add_argument("--after", type=int, default=0)
@@ -49,7 +71,18 @@ def add_commands(sub) -> None:
     common(audit.add_parser("export"))
 
 
-ADMIN_COMMANDS = ("projects", "keys", "audit")
+ADMIN_COMMANDS = ("projects", "keys", "deployments", "audit")
+_DEPLOYMENT_FIELDS = ("backends", "model", "deployment_type", "region", "data_zone", "tpm", "rpm",
+                      "content_filter_policy", "price_input_per_1k", "price_output_per_1k")
+
+
+def _deployment_body(args: argparse.Namespace, with_name: bool) -> dict:
+    body = _drop_none({f: getattr(args, f) for f in _DEPLOYMENT_FIELDS})
+    if args.enabled is not None:
+        body["enabled"] = args.enabled == "true"
+    if with_name:
+        body["name"] = args.name
+    return body
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
         ("keys", "create"): lambda: ("POST", "/admin/v1/keys", _drop_none(
             {"name": args.name, "role": args.role, "project_id": args.project, "expires_at": args.expires})),
         ("keys", "revoke"): lambda: ("DELETE", f"/admin/v1/keys/{_q(args.key_id)}", None),
+        ("deployments", "list"): lambda: ("GET", "/admin/v1/deployments", None),
+        ("deployments", "show"): lambda: ("GET", f"/admin/v1/deployments/{_q(args.name)}", None),
+        ("deployments", "create"): lambda: ("POST", "/admin/v1/deployments", _deployment_body(args, True)),
+        ("deployments", "update"): lambda: ("PATCH", f"/admin/v1/deployments/{_q(args.name)}",
+                                            _deployment_body(args, False)),
+        ("deployments", "delete"): lambda: ("DELETE", f"/admin/v1/deployments/{_q(args.name)}", None),
         ("audit", "list"): lambda: ("GET", f"/admin/v1/audit?after={args.after}&limit={args.limit}", None),
         ("audit", "verify"): lambda: ("GET", "/admin/v1/audit/verify", None),
         ("audit", "export"): lambda: ("GET", "/admin/v1/audit/export", None),

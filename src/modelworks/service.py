@@ -5,8 +5,8 @@ It speaks in validated requests and backend results; HTTP lives in `modelworks.a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
 
 from modelworks.backends.base import (
     Backend, Delta, Embeddings, EmbeddingTask, Generation, GenerationTask,
@@ -21,6 +21,7 @@ class Route:
     backend: Backend
     model: str
     owned_by: str
+    info: dict[str, Any] = field(default_factory=dict)  # the deployment as stored: type, region, quota, prices
 
 
 class Gateway:

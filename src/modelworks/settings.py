@@ -105,10 +105,23 @@ BackendSettings = Annotated[
 ]
 
 
+DEPLOYMENT_TYPES = ("GlobalStandard", "DataZoneStandard", "Standard", "GlobalProvisioned", "DataZoneProvisioned",
+                    "ProvisionedManaged", "GlobalBatch", "DataZoneBatch")
+
+
 class Deployment(_Strict):
     backend: str
     model: str | None = Field(default=None, description="model name to ask the backend for; default: the deployment name")
     owned_by: str = "modelworks"
+    type: Literal[DEPLOYMENT_TYPES] = "GlobalStandard"  # type: ignore[valid-type]
+    region: str | None = None
+    data_zone: Literal["EU", "US"] | None = None
+    tpm: int | None = Field(default=None, ge=1, description="tokens per minute; RPM derived as Azure does")
+    rpm: int | None = Field(default=None, ge=1, description="requests per minute; default 6 per 1,000 TPM")
+    content_filter: str | None = None
+    price_input_per_1k: float = Field(default=0.0, ge=0)
+    price_output_per_1k: float = Field(default=0.0, ge=0)
+    enabled: bool = True
 
 
 class Server(_Strict):

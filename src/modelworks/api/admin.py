@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 
-from modelworks.api.admin_models import KeyCreate, ProjectCreate, ProjectUpdate
+from modelworks.api.admin_models import DeploymentCreate, DeploymentUpdate, KeyCreate, ProjectCreate, ProjectUpdate
 from modelworks.api.http import JSONResult
 from modelworks.api.request import Request
+from modelworks.catalog import Catalog
 from modelworks.control.audit import Event
 from modelworks.control.plane import ControlPlane
 from modelworks.control.principal import ADMIN, PROJECT_ADMIN, Principal
@@ -21,8 +22,9 @@ from modelworks.protocol.parse import parse_body
 
 
 class AdminHandlers:
-    def __init__(self, control: ControlPlane, max_body: int) -> None:
+    def __init__(self, control: ControlPlane, catalog: Catalog, max_body: int) -> None:
         self.control = control
+        self.catalog = catalog
         self.max_body = max_body
 
     # -- projects ----------------------------------------------------------------------------------------------
@@ -103,6 +105,45 @@ class AdminHandlers:
         _visible(record is not None and (who.can_manage(record["project_id"]) or record["id"] == who.key_id),
                  f"No key '{key_id}'.")
         return record
+
+    # -- deployments (every key may read them, as it may list models; only admins change them) ---------------------
+
+    async def list_deployments(self, request: Request) -> JSONResult:
+        await self._who(request, "deployments.list")
+        return _list("deployment", await _run(self.control.deployments.all))
+
+    async def get_deployment(self, request: Request) -> JSONResult:
+        await self._who(request, "deployments.get")
+        return JSONResult({"object": "deployment",
+                           **await _run(self.control.deployments.get, request.path_params["name"])})
+
+    async def create_deployment(self, request: Request) -> JSONResult:
+        who = await self._who(request, "deployments.create")
+        _require(who.is_admin, "Only admins manage deployments.")
+        body = parse_body(DeploymentCreate, await request.body(self.max_body))
+        values = body.model_dump(exclude={"name"})
+        row = await _run(self.control.deployments.create, body.name, values)
+        await self.catalog.reload()
+        await self._audit(who, "deployment.create", None, body.name, values)
+        return JSONResult({"object": "deployment", **row}, status=201)
+
+    async def update_deployment(self, request: Request) -> JSONResult:
+        who = await self._who(request, "deployments.update")
+        _require(who.is_admin, "Only admins manage deployments.")
+        body = parse_body(DeploymentUpdate, await request.body(self.max_body))
+        changes = body.model_dump(exclude_unset=True)
+        row = await _run(self.control.deployments.update, request.path_params["name"], changes)
+        await self.catalog.reload()
+        await self._audit(who, "deployment.update", None, row["name"], changes)
+        return JSONResult({"object": "deployment", **row})
+
+    async def delete_deployment(self, request: Request) -> JSONResult:
+        who = await self._who(request, "deployments.delete")
+        _require(who.is_admin, "Only admins manage deployments.")
+        row = await _run(self.control.deployments.delete, request.path_params["name"])
+        await self.catalog.reload()
+        await self._audit(who, "deployment.delete", None, row["name"], {})
+        return JSONResult({"object": "deployment", **row, "deleted": True})
 
     # -- audit -------------------------------------------------------------------------------------------------------
 

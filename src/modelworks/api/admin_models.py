@@ -36,3 +36,32 @@ class KeyCreate(_Body):
     expires_at: datetime | None = None
     rpm_limit: int | None = Field(default=None, ge=1)
     tpm_limit: int | None = Field(default=None, ge=1)
+
+
+DeploymentType = Literal["GlobalStandard", "DataZoneStandard", "Standard", "GlobalProvisioned", "DataZoneProvisioned",
+                         "ProvisionedManaged", "GlobalBatch", "DataZoneBatch"]
+
+
+class DeploymentUpdate(_Body):
+    backends: list[str] | None = Field(default=None, min_length=1)
+    model: str | None = None
+    deployment_type: DeploymentType | None = None
+    region: str | None = None
+    data_zone: Literal["EU", "US"] | None = None
+    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1)
+    content_filter_policy: str | None = None
+    price_input_per_1k: float | None = Field(default=None, ge=0)
+    price_output_per_1k: float | None = Field(default=None, ge=0)
+    enabled: bool | None = None
+    owned_by: str | None = None
+
+
+class DeploymentCreate(DeploymentUpdate):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    backends: list[str] = Field(min_length=1)
+    deployment_type: DeploymentType = "GlobalStandard"
+    price_input_per_1k: float = Field(default=0.0, ge=0)
+    price_output_per_1k: float = Field(default=0.0, ge=0)
+    enabled: bool = True
+    owned_by: str = "modelworks"

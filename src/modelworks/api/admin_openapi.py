@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from modelworks import __version__
-from modelworks.api.admin_models import KeyCreate, ProjectCreate, ProjectUpdate
+from modelworks.api.admin_models import DeploymentCreate, DeploymentUpdate, KeyCreate, ProjectCreate, ProjectUpdate
 from modelworks.api.http import JSONResult
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -25,6 +25,15 @@ _RESPONSES = {
         "key": {"type": "string", "description": "the key itself: only in the answer that creates it"},
         "created_at": {"type": "string"}, "expires_at": _NULLABLE_STR, "revoked_at": _NULLABLE_STR,
         "last_used_at": _NULLABLE_STR, "rpm_limit": _NULLABLE_INT, "tpm_limit": _NULLABLE_INT}},
+    "Deployment": {"type": "object", "required": ["object", "name", "backends", "deployment_type", "enabled", "source"],
+                   "properties": {
+        "object": {"const": "deployment"}, "name": {"type": "string"}, "model": _NULLABLE_STR,
+        "backends": {"type": "array", "items": {"type": "string"}}, "deployment_type": {"type": "string"},
+        "region": _NULLABLE_STR, "data_zone": {"enum": ["EU", "US", None]}, "tpm": _NULLABLE_INT, "rpm": _NULLABLE_INT,
+        "rpm_effective": _NULLABLE_INT, "content_filter_policy": _NULLABLE_STR,
+        "price_input_per_1k": {"type": "number"}, "price_output_per_1k": {"type": "number"},
+        "enabled": {"type": "boolean"}, "owned_by": {"type": "string"}, "source": {"enum": ["config", "api"]},
+        "updated_at": {"type": "string"}, "deleted": {"type": "boolean"}}},
     "AuditEntry": {"type": "object", "required": ["object", "seq", "at", "action", "outcome", "hash", "prev_hash"],
                    "properties": {
         "object": {"const": "audit_entry"}, "seq": {"type": "integer"}, "at": {"type": "string"},
@@ -72,9 +81,9 @@ def _query(name: str, schema: dict) -> dict:
 @functools.lru_cache(maxsize=1)
 def document() -> dict:
     schemas = dict(_RESPONSES)
-    for model in (ProjectCreate, ProjectUpdate, KeyCreate):
+    for model in (ProjectCreate, ProjectUpdate, KeyCreate, DeploymentCreate, DeploymentUpdate):
         schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    p, k = _path_param("project_id"), _path_param("key_id")
+    p, k, d = _path_param("project_id"), _path_param("key_id"), _path_param("name")
     paths = {
         "/admin/v1/projects": {
             "get": _op("List the projects the caller may see", _list_of("Project")),
@@ -90,6 +99,15 @@ def document() -> dict:
         "/admin/v1/keys/{key_id}": {
             "get": _op("Read a key (never the key itself)", _ref("ApiKey"), params=[k]),
             "delete": _op("Revoke a key (every replica refuses it within 5 seconds)", _ref("ApiKey"), params=[k])},
+        "/admin/v1/deployments": {
+            "get": _op("List deployments", _list_of("Deployment")),
+            "post": _op("Create a deployment (admins); it serves at once, on every replica within seconds",
+                        _ref("Deployment"), "DeploymentCreate", "201")},
+        "/admin/v1/deployments/{name}": {
+            "get": _op("Read a deployment", _ref("Deployment"), params=[d]),
+            "patch": _op("Change a deployment made through the API (admins)", _ref("Deployment"),
+                         "DeploymentUpdate", params=[d]),
+            "delete": _op("Delete a deployment made through the API (admins)", _ref("Deployment"), params=[d])},
         "/admin/v1/audit": {
             "get": _op("Read the audit trail (project admins: their project's entries)", _list_of("AuditEntry"),
                        params=[_query("after", {"type": "integer", "minimum": 0}),

@@ -14,10 +14,11 @@ from modelworks.api.router import Router
 from modelworks.api.routes import Handlers
 from modelworks.backends.base import Backend
 from modelworks.backends.registry import build_backend
+from modelworks.catalog import Catalog
 from modelworks.errors import NotFound
 from modelworks.control.plane import ControlPlane
 from modelworks.policies.chain import PolicyChain
-from modelworks.service import Gateway, Route
+from modelworks.service import Gateway
 from modelworks.settings import Settings
 
 log = logging.getLogger("modelworks")
@@ -26,11 +27,13 @@ log = logging.getLogger("modelworks")
 class ModelworksApp:
     """The ASGI application: lifespan (start and stop backends) and HTTP routing."""
 
-    def __init__(self, router: Router, backends: dict[str, Backend], gateway: Gateway, control: ControlPlane) -> None:
+    def __init__(self, router: Router, backends: dict[str, Backend], gateway: Gateway, control: ControlPlane,
+                 catalog: Catalog) -> None:
         self.router = router
         self.backends = backends
         self.gateway = gateway
         self.control = control
+        self.catalog = catalog
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -54,6 +57,8 @@ class ModelworksApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.control.start()
+                    await self.catalog.reload()
+                    self.catalog.start()
                     await asyncio.gather(*(b.start() for b in unique))
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     log.exception("start-up failed")
@@ -61,6 +66,7 @@ class ModelworksApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.catalog.close()
                 await asyncio.gather(*(b.close() for b in unique), return_exceptions=True)
                 await self.control.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -71,12 +77,9 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     """Build the ASGI app. `backends` replaces the configured ones (tests inject fakes this way)."""
     if backends is None:
         backends = {name: build_backend(name, spec, settings) for name, spec in settings.backends.items()}
-    routes = {
-        name: Route(deployment=name, backend=backends[dep.backend], model=dep.model or name, owned_by=dep.owned_by)
-        for name, dep in settings.deployments.items()
-    }
-    gateway = Gateway(routes, created=int(time.time()))
+    gateway = Gateway({}, created=int(time.time()))  # filled from the store at start-up
     control = ControlPlane(settings)
+    catalog = Catalog(control.deployments, backends, gateway)
     chain = PolicyChain([control.auth])
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
 
@@ -95,8 +98,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     router.add("/openai/deployments/{deployment}/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models/{model:path}", Endpoint(h.get_model, dialect=AZURE), ("GET",))
-    _admin_routes(router, AdminHandlers(control, settings.server.max_body_bytes))
-    return ModelworksApp(router, backends, gateway, control)
+    _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
+    return ModelworksApp(router, backends, gateway, control, catalog)
 
 
 def _admin_routes(router: Router, a: AdminHandlers) -> None:
@@ -111,6 +114,11 @@ def _admin_routes(router: Router, a: AdminHandlers) -> None:
     router.add("/admin/v1/keys", Endpoint(a.create_key), ("POST",))
     router.add("/admin/v1/keys/{key_id}", Endpoint(a.get_key), ("GET",))
     router.add("/admin/v1/keys/{key_id}", Endpoint(a.revoke_key), ("DELETE",))
+    router.add("/admin/v1/deployments", Endpoint(a.list_deployments), ("GET",))
+    router.add("/admin/v1/deployments", Endpoint(a.create_deployment), ("POST",))
+    router.add("/admin/v1/deployments/{name}", Endpoint(a.get_deployment), ("GET",))
+    router.add("/admin/v1/deployments/{name}", Endpoint(a.update_deployment), ("PATCH",))
+    router.add("/admin/v1/deployments/{name}", Endpoint(a.delete_deployment), ("DELETE",))
     router.add("/admin/v1/audit", Endpoint(a.list_audit), ("GET",))
     router.add("/admin/v1/audit/verify", Endpoint(a.verify_audit), ("GET",))
     router.add("/admin/v1/audit/export", Endpoint(a.export_audit), ("GET",))

@@ -8,6 +8,7 @@ import logging
 from modelworks.control.audit import AuditLog, Event
 from modelworks.control.audit_writer import AuditWriter
 from modelworks.control.bootstrap import bootstrap
+from modelworks.control.deployments import DeploymentService
 from modelworks.control.keys import KeyService
 from modelworks.control.projects import ProjectService
 from modelworks.policies.auth import ApiKeyAuth
@@ -23,6 +24,7 @@ class ControlPlane:
         self.db = Database(database_url(settings.database.url, settings.data_path))
         self.keys = KeyService(self.db)
         self.projects = ProjectService(self.db)
+        self.deployments = DeploymentService(self.db, set(settings.backends))
         self.audit = AuditLog(self.db)
         self.audit_writer = AuditWriter(self.audit)
         self.auth = ApiKeyAuth(self._lookup, ttl=settings.auth.key_cache_seconds, on_failure=self._auth_failed)
@@ -34,6 +36,7 @@ class ControlPlane:
         if self._prepared:
             return None
         new_key = bootstrap(self.db, self.settings.api_key)
+        self.deployments.sync_config(self.settings.deployments)
         self._prepared = True
         return new_key
 
