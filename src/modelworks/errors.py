@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class ModelworksError(Exception):
     """Base of every error the API may answer with."""
@@ -78,10 +80,15 @@ class Overloaded(ModelworksError):
     code = "rate_limit_exceeded"
     azure_code = "429"
 
-    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kw) -> None:
-        seconds = max(1, min(60, round(retry_after_s)))
-        headers = {"retry-after": str(seconds), "retry-after-ms": str(int(seconds * 1000))}
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, headers: dict[str, str] | None = None,
+                 **kw) -> None:
+        seconds = max(1, min(60, math.ceil(retry_after_s)))  # clients honour values up to 60 s
+        headers = {**(headers or {}), "retry-after": str(seconds), "retry-after-ms": str(int(seconds * 1000))}
         super().__init__(message, headers=headers, **kw)
+
+
+class RateLimited(Overloaded):
+    """A quota (tokens or requests per minute) is spent for now."""
 
 
 class UpstreamError(ModelworksError):

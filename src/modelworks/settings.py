@@ -142,8 +142,16 @@ class AuthSettings(_Strict):
     key_cache_seconds: float = Field(default=4.0, gt=0, le=5, description="how long a key check is trusted")
 
 
+class QuotaSettings(_Strict):
+    limiter: Literal["memory", "redis"] = Field(default="memory",
+                                                description="memory: per process; redis: shared by every replica")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    default_max_tokens: int = Field(default=256, ge=1, description="charged at arrival when a request sets none")
+
+
 class Settings(_Strict):
     server: Server = Server()
+    quota: QuotaSettings = QuotaSettings()
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)

@@ -35,3 +35,20 @@ def fresh_postgres() -> tuple[str, callable]:
         admin.close()
 
     return f"{base.replace('postgresql://', 'postgresql+psycopg://')}/{name}", drop
+
+
+REDIS_URL = os.environ.get("MODELWORKS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def require_redis() -> str:
+    """The real Redis's URL, or skip (a failure in CI) when it cannot be reached."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as exc:  # noqa: BLE001
+        message = f"Redis is not reachable at {REDIS_URL}: {exc}"
+        if require_services():
+            pytest.fail(message)
+        pytest.skip(message)
+    return REDIS_URL

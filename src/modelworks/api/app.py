@@ -18,6 +18,8 @@ from modelworks.catalog import Catalog
 from modelworks.errors import NotFound
 from modelworks.control.plane import ControlPlane
 from modelworks.policies.chain import PolicyChain
+from modelworks.policies.quota import QuotaPolicy
+from modelworks.quota.limiter import build_limiter
 from modelworks.service import Gateway
 from modelworks.settings import Settings
 
@@ -34,6 +36,7 @@ class ModelworksApp:
         self.gateway = gateway
         self.control = control
         self.catalog = catalog
+        self.closers: list = []
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -67,6 +70,8 @@ class ModelworksApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.catalog.close()
+                for close in self.closers:
+                    await close()
                 await asyncio.gather(*(b.close() for b in unique), return_exceptions=True)
                 await self.control.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -80,7 +85,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     gateway = Gateway({}, created=int(time.time()))  # filled from the store at start-up
     control = ControlPlane(settings)
     catalog = Catalog(control.deployments, backends, gateway)
-    chain = PolicyChain([control.auth])
+    limiter = build_limiter(settings.quota)
+    chain = PolicyChain([control.auth, QuotaPolicy(limiter, settings.quota.default_max_tokens)])
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
 
     router = Router()
@@ -99,7 +105,9 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     router.add("/openai/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models/{model:path}", Endpoint(h.get_model, dialect=AZURE), ("GET",))
     _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
-    return ModelworksApp(router, backends, gateway, control, catalog)
+    app = ModelworksApp(router, backends, gateway, control, catalog)
+    app.closers.append(limiter.close)
+    return app
 
 
 def _admin_routes(router: Router, a: AdminHandlers) -> None:

@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 from modelworks.api.http import EventStream, JSONResult
 from modelworks.api.request import Request
-from modelworks.backends.base import Delta
+from modelworks.backends.base import Delta, Usage
 from modelworks.errors import InvalidRequest, MissingApiVersion
 from modelworks.policies.chain import Call, PolicyChain
 from modelworks.protocol import render
@@ -34,35 +34,59 @@ class Handlers:
         return await self._generate(request, CompletionRequest, "completions")
 
     async def _generate(self, request: Request, model_cls, operation: str) -> JSONResult | EventStream:
-        deployment = await self._admit(request, operation)
+        call = await self._authenticate(request, operation)
         body = await request.body(self.max_body)
         req = parse_body(model_cls, body)
-        route = self._route(deployment, req.model)
+        route = self._route(call.deployment, req.model)
         task = self.gateway.generation_task(route, req, body)
+        call.route, call.task = route, task
+        await self.chain.admit(call)
         request.watch_disconnect()
         chat = task.is_chat
         if not req.stream:
-            result = await self.gateway.generate(route, task)
-            return JSONResult(render.completion_body(result, chat=chat, model=route.deployment))
+            try:
+                result = await self.gateway.generate(route, task)
+            except BaseException:
+                await self.chain.complete(call, None, 500)
+                raise
+            await self.chain.complete(call, result.usage, 200)
+            return JSONResult(render.completion_body(result, chat=chat, model=route.deployment),
+                              headers=call.response_headers)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         framer = render.StreamFramer(chat=chat, model=route.deployment, include_usage=include_usage)
         deltas = self.gateway.stream(route, task)
         try:
             first = await anext(deltas)
         except StopAsyncIteration:
-            return EventStream(framer.closing(), _nothing())
+            await self.chain.complete(call, None, 200)
+            return EventStream(framer.closing(), _nothing(), headers=call.response_headers)
         except BaseException:
             await deltas.aclose()
+            await self.chain.complete(call, None, 500)
             raise
-        return EventStream(framer.frame(first), _frames(deltas, framer))
+        return EventStream(framer.frame(first), self._frames(call, deltas, framer), headers=call.response_headers)
+
+    async def _frames(self, call: Call, deltas: AsyncIterator[Delta], framer: render.StreamFramer):
+        status = 500
+        try:
+            async for delta in deltas:
+                yield framer.frame(delta)
+            yield framer.closing()
+            status = 200
+        finally:
+            await deltas.aclose()
+            usage = framer.usage
+            if usage is None or status != 200:  # cut short: what was delivered
+                usage = Usage(call.facts.get("prompt_tokens", 0), framer.delivered)
+            await self.chain.complete(call, usage, 200 if framer.delivered else status)
 
     # -- embeddings -------------------------------------------------------------------------------------------
 
     async def embeddings(self, request: Request) -> JSONResult:
-        deployment = await self._admit(request, "embeddings")
+        call = await self._authenticate(request, "embeddings")
         body = await request.body(self.max_body)
         req = parse_body(EmbeddingRequest, body)
-        route = self._route(deployment, req.model)
+        route = self._route(call.deployment, req.model)
         request.watch_disconnect()
         result = await self.gateway.embed(route, req)
         if req.dimensions is not None:
@@ -72,12 +96,12 @@ class Handlers:
     # -- models -----------------------------------------------------------------------------------------------
 
     async def list_models(self, request: Request) -> JSONResult:
-        await self._admit(request, "models.list")
+        await self._authenticate(request, "models.list")
         data = [render.model_card(r.deployment, r.owned_by, self.gateway.created) for r in self.gateway.routes.values()]
         return JSONResult({"object": "list", "data": data})
 
     async def get_model(self, request: Request) -> JSONResult:
-        await self._admit(request, "models.retrieve")
+        await self._authenticate(request, "models.retrieve")
         route = self.gateway.resolve(request.path_params["model"])
         return JSONResult(render.model_card(route.deployment, route.owned_by, self.gateway.created))
 
@@ -88,8 +112,8 @@ class Handlers:
             return self.gateway.resolve(deployment, param="deployment")
         return self.gateway.resolve(model)
 
-    async def _admit(self, request: Request, operation: str) -> str | None:
-        """Check api-version where the path needs it, run the policy chain; return the deployment in the path."""
+    async def _authenticate(self, request: Request, operation: str) -> Call:
+        """Check api-version where the path needs it and who is calling; the call names the path's deployment."""
         deployment = request.path_params.get("deployment")
         dated = deployment is not None or request.path.startswith("/openai/models")
         version = request.query("api-version")
@@ -100,17 +124,9 @@ class Handlers:
         if version is not None and not API_VERSION.match(version):
             raise InvalidRequest(f"Unsupported api-version '{version}'. Use a dated version such as 2024-10-21.",
                                  param="api-version", code="invalid_api_version")
-        await self.chain.admit(Call(operation=operation, headers=request.headers, deployment=deployment))
-        return deployment
-
-
-async def _frames(deltas: AsyncIterator[Delta], framer: render.StreamFramer) -> AsyncIterator[bytes]:
-    try:
-        async for delta in deltas:
-            yield framer.frame(delta)
-        yield framer.closing()
-    finally:
-        await deltas.aclose()
+        call = Call(operation=operation, headers=request.headers, deployment=deployment)
+        await self.chain.authenticate(call)
+        return call
 
 
 async def _nothing() -> AsyncIterator[bytes]:

@@ -121,6 +121,10 @@ class Backend(ABC):
     async def embed(self, task: EmbeddingTask) -> Embeddings:
         raise Unsupported(f"The model '{task.model}' does not serve embeddings.", param="model")
 
+    def count_prompt_tokens(self, task: GenerationTask) -> int | None:
+        """The prompt's tokens by the model's own tokenizer, when the backend has it (quotas charge them)."""
+        return None
+
 
 def _as_delta(choice: dict[str, Any], chat: bool) -> dict[str, Any]:
     if not chat:

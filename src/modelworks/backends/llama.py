@@ -183,16 +183,25 @@ class LlamaBackend(Backend):
                 # The slot is given back only once its thread has really stopped (within one token).
                 await asyncio.shield(future)
 
-    def _prepare(self, task: GenerationTask) -> tuple[list[int], lg.Params]:
-        req = task.request
+    def count_prompt_tokens(self, task: GenerationTask) -> int | None:
+        if self.template is None:
+            return None
+        try:
+            return len(self._prompt_tokens(task))
+        except Exception:  # noqa: BLE001 - a prompt the model refuses is reported when it is generated
+            return None
+
+    def _prompt_tokens(self, task: GenerationTask) -> list[int]:
         llama = self._slots[0].llama
         if task.is_chat:
-            prompt = self.template.render(template_messages(req.messages))
-            tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-            where = "messages"
-        else:
-            tokens = self._completion_prompt(req, llama)
-            where = "prompt"
+            prompt = self.template.render(template_messages(task.request.messages))
+            return llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        return self._completion_prompt(task.request, llama)
+
+    def _prepare(self, task: GenerationTask) -> tuple[list[int], lg.Params]:
+        req = task.request
+        tokens = self._prompt_tokens(task)
+        where = "messages" if task.is_chat else "prompt"
         if req.logit_bias:
             raise Unsupported("The embedded model does not support logit_bias.", param="logit_bias")
         room = self.n_ctx - len(tokens)

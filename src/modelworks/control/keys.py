@@ -85,8 +85,11 @@ class KeyService:
                 expires = expires.replace(tzinfo=timezone.utc)
             if expires is not None and expires <= now():
                 return None
+            project = s.get(Project, row.project_id)
             return Principal(key_id=row.id, project_id=row.project_id, role=row.role, name=row.name,
-                             expires_at=expires, rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit)
+                             expires_at=expires, rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit,
+                             project_rpm_limit=project.rpm_limit if project else None,
+                             project_tpm_limit=project.tpm_limit if project else None)
 
     def exists(self, digest: str) -> bool:
         with self.db.session() as s:

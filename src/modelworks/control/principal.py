@@ -20,6 +20,8 @@ class Principal:
     expires_at: datetime | None = None
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    project_rpm_limit: int | None = None
+    project_tpm_limit: int | None = None
 
     @property
     def is_admin(self) -> bool:

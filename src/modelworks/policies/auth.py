@@ -32,6 +32,8 @@ def presented_key(headers) -> str | None:
 
 
 class ApiKeyAuth:
+    stage = "authenticate"
+
     def __init__(self, lookup: Lookup, *, ttl: float = 4.0, negative_ttl: float = 1.0,
                  on_failure: Callable[[Call, str], None] | None = None) -> None:
         self.lookup = lookup

@@ -1,9 +1,16 @@
-"""Compose policies into one chain. Each policy sees the call; none knows the others."""
+"""Compose policies into one chain. Each policy sees the call; none knows the others.
+
+Two stages: `authenticate` runs before the request body is read (who is calling), `admit` after it was parsed
+and its deployment resolved (may they, now). `complete` runs when the answer is finished, however it ended,
+with the usage that was delivered: quotas correct their charge there, metering records it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from modelworks.backends.base import Usage
 
 
 @dataclass(slots=True)
@@ -14,18 +21,33 @@ class Call:
     headers: dict[str, str]  # lower-case names
     deployment: str | None = None
     principal: Any = None
+    route: Any = None
+    task: Any = None
     facts: dict[str, Any] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)
 
 
 class Policy(Protocol):
+    stage: str  # "authenticate" or "admit"
+
     async def admit(self, call: Call) -> None:
         """Raise a ModelworksError to refuse the call."""
 
 
 class PolicyChain:
-    def __init__(self, policies: list[Policy]) -> None:
-        self.policies = policies
+    def __init__(self, policies: list) -> None:
+        self.authenticators = [p for p in policies if getattr(p, "stage", "admit") == "authenticate"]
+        self.admitters = [p for p in policies if getattr(p, "stage", "admit") == "admit"]
+        self.completers = [p for p in reversed(policies) if hasattr(p, "complete")]
+
+    async def authenticate(self, call: Call) -> None:
+        for policy in self.authenticators:
+            await policy.admit(call)
 
     async def admit(self, call: Call) -> None:
-        for policy in self.policies:
+        for policy in self.admitters:
             await policy.admit(call)
+
+    async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
+        for policy in self.completers:
+            await policy.complete(call, usage, status)

@@ -1,0 +1,147 @@
+"""Quotas with Azure's semantics: the limiter (in process and on the real Redis), answers and headers, and
+limits that hold across two replicas sharing PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import httpx
+import pytest
+
+from conftest import API_KEY
+from modelworks.quota.limiter import Check, InProcessLimiter
+from support.databases import fresh_postgres, require_redis
+from support.servers import start_modelworks
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request):
+    if request.param == "memory":
+        yield InProcessLimiter()
+        return
+    from modelworks.quota.redis_limiter import RedisLimiter
+
+    made = RedisLimiter(require_redis(), prefix=f"mw:test:{uuid.uuid4().hex}:")
+    yield made
+    await made.close()
+
+
+async def test_all_or_nothing_and_remaining(limiter):
+    checks = [Check("a:tok", 60, 100, 40), Check("a:req", 60, 3, 1)]
+    first = await limiter.acquire(checks)
+    assert first.admitted and first.remaining == (60, 2)
+    assert (await limiter.acquire(checks)).admitted
+    third = await limiter.acquire(checks)
+    assert not third.admitted and third.refused == 0  # 120 tokens > 100: nothing was charged
+    small = await limiter.acquire([Check("a:tok", 60, 100, 20), Check("a:req", 60, 3, 1)])
+    assert small.admitted and small.remaining == (0, 0)
+    refused = await limiter.acquire([Check("a:tok", 60, 100, 0), Check("a:req", 60, 3, 1)])
+    assert not refused.admitted and refused.refused == 1 and 1 <= refused.retry_after_s <= 61
+
+
+async def test_corrections_free_room(limiter):
+    check = Check("b:tok", 60, 100, 90)
+    decision = await limiter.acquire([check])
+    assert not (await limiter.acquire([Check("b:tok", 60, 100, 20)])).admitted
+    await limiter.adjust("b:tok", 60, decision.second, -70)  # it used 20, not 90
+    assert (await limiter.acquire([Check("b:tok", 60, 100, 20)])).admitted
+
+
+async def test_short_window_expires(limiter):
+    assert (await limiter.acquire([Check("c:req10", 2, 1, 1)])).admitted
+    refused = await limiter.acquire([Check("c:req10", 2, 1, 1)])
+    assert not refused.admitted and refused.retry_after_s <= 3
+    await asyncio.sleep(2.1)
+    assert (await limiter.acquire([Check("c:req10", 2, 1, 1)])).admitted
+
+
+def _config(**quota) -> dict:
+    return {"quota": quota,
+            "backends": {"fake": {"type": "fake", "reply": "one two three four"}},
+            "deployments": {"fake": {"backend": "fake"},
+                            "burst": {"backend": "fake", "rpm": 12},              # 2 per 10 s
+                            "tokens": {"backend": "fake", "tpm": 100, "rpm": 600}}}
+
+
+@pytest.fixture(scope="module")
+def quota_server(tmp_path_factory):
+    proc = start_modelworks(tmp_path_factory.mktemp("quota"), _config(), API_KEY, name="quota")
+    yield proc
+    proc.stop()
+
+
+def _chat(url: str, model: str, path: str = "/v1/chat/completions", **extra) -> httpx.Response:
+    return httpx.post(url + path, json={"model": model, "messages": [{"role": "user", "content": "hi there"}], **extra},
+                      headers={"api-key": API_KEY})
+
+
+async def test_bursts_are_refused_azure_style(quota_server, specs):
+    url = quota_server.url
+    ok = _chat(url, "burst")
+    assert ok.status_code == 200
+    assert ok.headers["x-ratelimit-limit-requests"] == "12"
+    assert ok.headers["x-ratelimit-remaining-requests"] == "11"
+    assert _chat(url, "burst").status_code == 200
+    refused = _chat(url, "burst")  # the third in 10 s, though 12 per minute are allowed
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert int(refused.headers["retry-after-ms"]) == 1000 * int(refused.headers["retry-after"])
+    assert "retry after" in refused.json()["error"]["message"]
+    specs.check("/v1/chat/completions", 429, refused.json())
+    azure = _chat(url, "", path="/openai/deployments/burst/chat/completions?api-version=2024-10-21")
+    assert azure.status_code == 429 and azure.json()["error"]["code"] == "429"
+    assert "ChatCompletions_Create" in azure.json()["error"]["message"]
+    specs.check("/openai/deployments/burst/chat/completions", 429, azure.json())
+    unlimited = _chat(url, "fake")
+    assert unlimited.status_code == 200 and "x-ratelimit-limit-tokens" not in unlimited.headers
+
+
+async def test_tokens_are_charged_at_arrival_and_corrected(quota_server):
+    url = quota_server.url
+    first = _chat(url, "tokens", max_tokens=60)  # charged ~8 prompt + 60: 32 left
+    assert first.status_code == 200
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) <= 40
+    # It used only a few tokens: the charge was corrected, so another request of the same size fits.
+    second = _chat(url, "tokens", max_tokens=60)
+    assert second.status_code == 200, second.text
+    assert _chat(url, "tokens", max_tokens=200).status_code == 429  # more than the whole quota
+
+
+def test_limits_hold_across_two_replicas(tmp_path):
+    redis_url = require_redis()
+    db_url, drop = fresh_postgres()
+    tag = uuid.uuid4().hex[:8]
+    config = {"quota": {"limiter": "redis", "redis_url": redis_url}, "database": {"url": db_url},
+              "backends": {"fake": {"type": "fake", "reply": "one two three"}},
+              "deployments": {f"shared-rpm-{tag}": {"backend": "fake", "rpm": 30},       # 5 per 10 s
+                              f"shared-tpm-{tag}": {"backend": "fake", "tpm": 300, "rpm": 6000}}}
+    one = start_modelworks(tmp_path, config, API_KEY, name="replica-a")
+    two = start_modelworks(tmp_path, config, API_KEY, name="replica-b")
+    try:
+        async def blast(model: str, seconds: float, **extra) -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=30, headers={"api-key": API_KEY}) as client:
+                deadline = time.monotonic() + seconds
+                answers = []
+
+                async def worker(url: str) -> None:
+                    while time.monotonic() < deadline:
+                        answers.append(await client.post(f"{url}/v1/chat/completions", json={
+                            "model": model, "messages": [{"role": "user", "content": "hi"}], **extra}))
+                await asyncio.gather(*(worker(u) for u in (one.url, two.url) for _ in range(4)))
+                return answers
+
+        answers = asyncio.run(blast(f"shared-rpm-{tag}", 6))
+        admitted = sum(a.status_code == 200 for a in answers)
+        assert {a.status_code for a in answers} <= {200, 429}
+        assert admitted == 5, f"{admitted} admitted in 6 s by two replicas; the 10-second limit is 5"
+        answers = asyncio.run(blast(f"shared-tpm-{tag}", 6, max_tokens=40))
+        used = sum(a.json()["usage"]["total_tokens"] for a in answers if a.status_code == 200)
+        assert 0 < used <= 300, f"{used} tokens admitted within a minute by two replicas; the TPM is 300"
+    finally:
+        one.stop()
+        two.stop()
+        drop()
