@@ -93,6 +93,9 @@ def test_tenant_isolation_on_every_endpoint(world, mine, theirs):
     other_project = other["project"]["id"]
     other_key = other["keys"]["user"]["id"]
     for client in (me["padmin"], me["user"]):
+        assert client.call("GET", f"/admin/v1/usage?project_id={other_project}").status_code == 404
+        own_usage = client.call("GET", "/admin/v1/usage?group_by=project").json()["data"]
+        assert {r["project_id"] for r in own_usage} <= {me["project"]["id"]}
         assert client.call("GET", f"/admin/v1/projects/{other_project}", "/admin/v1/projects/{project_id}").status_code == 404
         assert client.call("PATCH", f"/admin/v1/projects/{other_project}", "/admin/v1/projects/{project_id}",
                            json={"rpm_limit": 5}).status_code == 404

@@ -63,6 +63,13 @@ def add_commands(sub) -> None:
     p = common(deps.add_parser("delete"))
     p.add_argument("name")
 
+    usage = common(sub.add_parser("usage", help="usage aggregated by day, deployment and key"))
+    usage.add_argument("--group-by", default="day,deployment,key")
+    usage.add_argument("--since")
+    usage.add_argument("--until")
+    usage.add_argument("--project")
+    usage.add_argument("--csv", action="store_true")
+
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="action", required=True)
     p = common(audit.add_parser("list"))
     p.add_argument("--after", type=int, default=0)
@@ -71,7 +78,7 @@ def add_commands(sub) -> None:
     common(audit.add_parser("export"))
 
 
-ADMIN_COMMANDS = ("projects", "keys", "deployments", "audit")
+ADMIN_COMMANDS = ("projects", "keys", "deployments", "usage", "audit")
 _DEPLOYMENT_FIELDS = ("backends", "model", "deployment_type", "region", "data_zone", "tpm", "rpm",
                       "content_filter_policy", "price_input_per_1k", "price_output_per_1k")
 
@@ -89,7 +96,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.api_key:
         print("modelworks: give --api-key or set MODELWORKS_API_KEY", file=sys.stderr)
         return 2
+    if args.command == "usage":
+        query = urllib.parse.urlencode(_drop_none({"group_by": args.group_by, "since": args.since,
+                                                   "until": args.until, "project_id": args.project,
+                                                   "format": "csv" if args.csv else None}))
+        args.action = "csv" if args.csv else "json"
     route = {
+        ("usage", "json"): lambda: ("GET", f"/admin/v1/usage?{query}", None),
+        ("usage", "csv"): lambda: ("GET", f"/admin/v1/usage?{query}", None),
         ("projects", "list"): lambda: ("GET", "/admin/v1/projects", None),
         ("projects", "create"): lambda: ("POST", "/admin/v1/projects", _drop_none(
             {"name": args.name, "monthly_token_cap": args.monthly_token_cap,
@@ -115,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if status >= 400:
         print(f"modelworks: {status}: {_error_message(text)}", file=sys.stderr)
         return 1
-    if (args.command, args.action) == ("audit", "export"):
+    if (args.command, args.action) in (("audit", "export"), ("usage", "csv")):
         sys.stdout.write(text)
         return 0
     data = json.loads(text)

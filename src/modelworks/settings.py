@@ -149,8 +149,13 @@ class QuotaSettings(_Strict):
     default_max_tokens: int = Field(default=256, ge=1, description="charged at arrival when a request sets none")
 
 
+class MeteringSettings(_Strict):
+    flush_seconds: float = Field(default=1.0, gt=0, le=3600, description="how often usage records reach the store")
+
+
 class Settings(_Strict):
     server: Server = Server()
+    metering: MeteringSettings = MeteringSettings()
     quota: QuotaSettings = QuotaSettings()
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()

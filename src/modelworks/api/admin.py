@@ -16,7 +16,8 @@ from modelworks.catalog import Catalog
 from modelworks.control.audit import Event
 from modelworks.control.plane import ControlPlane
 from modelworks.control.principal import ADMIN, PROJECT_ADMIN, Principal
-from modelworks.errors import Forbidden, NotFound
+from modelworks.errors import Forbidden, InvalidRequest, NotFound
+from modelworks.metering.usage import GROUPS, to_csv
 from modelworks.policies.chain import Call
 from modelworks.protocol.parse import parse_body
 
@@ -145,6 +146,25 @@ class AdminHandlers:
         await self._audit(who, "deployment.delete", None, row["name"], {})
         return JSONResult({"object": "deployment", **row, "deleted": True})
 
+    # -- usage ---------------------------------------------------------------------------------------------------------
+
+    async def usage(self, request: Request) -> JSONResult:
+        """Aggregated by any of day, deployment, key and project; `format=csv` for a CSV export."""
+        who = await self._who(request, "usage.read")
+        project_id = request.query("project_id")
+        if not who.is_admin:
+            _visible(project_id in (None, who.project_id), f"No project '{project_id}'.")
+            project_id = who.project_id
+        groups = tuple(g for g in (request.query("group_by") or "day,deployment").split(",") if g)
+        bad = [g for g in groups if g not in GROUPS]
+        if bad:
+            raise InvalidRequest(f"group_by takes {', '.join(GROUPS)}; not {', '.join(bad)}.", param="group_by")
+        rows = await _run(self.control.usage.aggregate, project_id=project_id, group_by=groups,
+                          since=_date(request.query("since"), "since"), until=_date(request.query("until"), "until"))
+        if request.query("format") == "csv":
+            return JSONResult(to_csv(rows).encode(), headers={"content-type": "text/csv; charset=utf-8"})
+        return JSONResult({"object": "list", "group_by": list(groups), "data": rows})
+
     # -- audit -------------------------------------------------------------------------------------------------------
 
     async def list_audit(self, request: Request) -> JSONResult:
@@ -198,6 +218,18 @@ def _require(allowed: bool, message: str) -> None:
 def _visible(allowed: bool, message: str) -> None:
     if not allowed:
         raise NotFound(message)
+
+
+def _date(raw: str | None, name: str):
+    from datetime import datetime, timezone
+
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be an ISO 8601 date or time.", param=name) from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _int(raw: str | None, name: str, default: int) -> int:

@@ -108,6 +108,23 @@ def document() -> dict:
             "patch": _op("Change a deployment made through the API (admins)", _ref("Deployment"),
                          "DeploymentUpdate", params=[d]),
             "delete": _op("Delete a deployment made through the API (admins)", _ref("Deployment"), params=[d])},
+        "/admin/v1/usage": {
+            "get": {"summary": "Usage aggregated by day, deployment, key or project (CSV with format=csv)",
+                    "security": [{"bearer": []}, {"apiKey": []}],
+                    "parameters": [_query("group_by", {"type": "string", "example": "day,deployment,key"}),
+                                   _query("since", {"type": "string", "format": "date-time"}),
+                                   _query("until", {"type": "string", "format": "date-time"}),
+                                   _query("project_id", {"type": "string"}),
+                                   _query("format", {"enum": ["json", "csv"]})],
+                    "responses": {"200": {"description": "OK", "content": {
+                        "application/json": {"schema": {"type": "object", "required": ["object", "data"],
+                                                        "properties": {"object": {"const": "list"},
+                                                                       "group_by": {"type": "array"},
+                                                                       "data": {"type": "array",
+                                                                                "items": {"type": "object"}}}}},
+                        "text/csv": {"schema": {"type": "string"}}}},
+                        "default": {"description": "Error",
+                                    "content": {"application/json": {"schema": _ref("Error")}}}}}},
         "/admin/v1/audit": {
             "get": _op("Read the audit trail (project admins: their project's entries)", _list_of("AuditEntry"),
                        params=[_query("after", {"type": "integer", "minimum": 0}),

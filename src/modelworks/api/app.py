@@ -18,6 +18,7 @@ from modelworks.catalog import Catalog
 from modelworks.errors import NotFound
 from modelworks.control.plane import ControlPlane
 from modelworks.policies.chain import PolicyChain
+from modelworks.policies.metering import MeteringPolicy
 from modelworks.policies.quota import QuotaPolicy
 from modelworks.quota.limiter import build_limiter
 from modelworks.service import Gateway
@@ -86,7 +87,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     control = ControlPlane(settings)
     catalog = Catalog(control.deployments, backends, gateway)
     limiter = build_limiter(settings.quota)
-    chain = PolicyChain([control.auth, QuotaPolicy(limiter, settings.quota.default_max_tokens)])
+    chain = PolicyChain([control.auth, QuotaPolicy(limiter, settings.quota.default_max_tokens),
+                         MeteringPolicy(control.wal)])
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
 
     router = Router()
@@ -127,6 +129,7 @@ def _admin_routes(router: Router, a: AdminHandlers) -> None:
     router.add("/admin/v1/deployments/{name}", Endpoint(a.get_deployment), ("GET",))
     router.add("/admin/v1/deployments/{name}", Endpoint(a.update_deployment), ("PATCH",))
     router.add("/admin/v1/deployments/{name}", Endpoint(a.delete_deployment), ("DELETE",))
+    router.add("/admin/v1/usage", Endpoint(a.usage), ("GET",))
     router.add("/admin/v1/audit", Endpoint(a.list_audit), ("GET",))
     router.add("/admin/v1/audit/verify", Endpoint(a.verify_audit), ("GET",))
     router.add("/admin/v1/audit/export", Endpoint(a.export_audit), ("GET",))

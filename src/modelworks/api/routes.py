@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from typing import AsyncIterator
 
 from modelworks.api.http import EventStream, JSONResult
 from modelworks.api.request import Request
 from modelworks.backends.base import Delta, Usage
-from modelworks.errors import InvalidRequest, MissingApiVersion
+from modelworks.errors import InvalidRequest, MissingApiVersion, ModelworksError
 from modelworks.policies.chain import Call, PolicyChain
 from modelworks.protocol import render
 from modelworks.protocol.parse import parse_body
@@ -40,7 +41,11 @@ class Handlers:
         route = self._route(call.deployment, req.model)
         task = self.gateway.generation_task(route, req, body)
         call.route, call.task = route, task
-        await self.chain.admit(call)
+        try:
+            await self.chain.admit(call)
+        except ModelworksError as exc:  # refused (a quota, say): still one usage record
+            await self.chain.complete(call, None, exc.status)
+            raise
         request.watch_disconnect()
         chat = task.is_chat
         if not req.stream:
@@ -57,6 +62,7 @@ class Handlers:
         deltas = self.gateway.stream(route, task)
         try:
             first = await anext(deltas)
+            call.facts["first_at"] = time.monotonic()
         except StopAsyncIteration:
             await self.chain.complete(call, None, 200)
             return EventStream(framer.closing(), _nothing(), headers=call.response_headers)
@@ -87,8 +93,14 @@ class Handlers:
         body = await request.body(self.max_body)
         req = parse_body(EmbeddingRequest, body)
         route = self._route(call.deployment, req.model)
+        call.route = route
         request.watch_disconnect()
-        result = await self.gateway.embed(route, req)
+        try:
+            result = await self.gateway.embed(route, req)
+        except ModelworksError as exc:
+            await self.chain.complete(call, None, exc.status)
+            raise
+        await self.chain.complete(call, Usage(result.prompt_tokens, 0), 200)
         if req.dimensions is not None:
             result = _truncate(result, req.dimensions)
         return JSONResult(render.embeddings_body(result, model=route.deployment, encoding_format=req.encoding_format))

@@ -11,6 +11,8 @@ from modelworks.control.bootstrap import bootstrap
 from modelworks.control.deployments import DeploymentService
 from modelworks.control.keys import KeyService
 from modelworks.control.projects import ProjectService
+from modelworks.metering.usage import UsageService
+from modelworks.metering.wal import UsageWAL
 from modelworks.policies.auth import ApiKeyAuth
 from modelworks.settings import Settings
 from modelworks.store.db import Database, database_url
@@ -25,6 +27,8 @@ class ControlPlane:
         self.keys = KeyService(self.db)
         self.projects = ProjectService(self.db)
         self.deployments = DeploymentService(self.db, set(settings.backends))
+        self.usage = UsageService(self.db)
+        self.wal = UsageWAL(settings.data_path / "usage-wal", self.usage.insert, settings.metering.flush_seconds)
         self.audit = AuditLog(self.db)
         self.audit_writer = AuditWriter(self.audit)
         self.auth = ApiKeyAuth(self._lookup, ttl=settings.auth.key_cache_seconds, on_failure=self._auth_failed)
@@ -37,6 +41,7 @@ class ControlPlane:
             return None
         new_key = bootstrap(self.db, self.settings.api_key)
         self.deployments.sync_config(self.settings.deployments)
+        self.wal.open()  # replays what a killed process left behind
         self._prepared = True
         return new_key
 
@@ -46,11 +51,13 @@ class ControlPlane:
             print(f"API key (shown once; stored only as a hash): {new_key}", flush=True)
         self._flusher = asyncio.create_task(self._flush_forever())
         self.audit_writer.start()
+        self.wal.start()
 
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
         await self.audit_writer.close()
+        await self.wal.close()
         await asyncio.to_thread(self.keys.touch, self.auth.take_used())
         await asyncio.to_thread(self.db.dispose)
 

@@ -7,6 +7,7 @@ with the usage that was delivered: quotas correct their charge there, metering r
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ class Call:
     task: Any = None
     facts: dict[str, Any] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
 
 
 class Policy(Protocol):

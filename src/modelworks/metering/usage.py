@@ -1,0 +1,94 @@
+"""Usage records in the store: idempotent batch inserts, aggregates by day, deployment and key, CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timezone
+
+from sqlalchemy import func, select
+
+from modelworks.store.db import Database
+from modelworks.store.schema import UsageRecord
+
+GROUPS = ("day", "deployment", "key", "project")
+
+
+def _insert_ignoring_duplicates(dialect: str):
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+class UsageService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def insert(self, records: list[dict]) -> None:
+        rows = [{**r, "at": datetime.fromtimestamp(r["at"], timezone.utc)} for r in records]
+        insert = _insert_ignoring_duplicates(self.db.engine.dialect.name)
+        with self.db.session() as s:
+            for start in range(0, len(rows), 500):
+                s.execute(insert(UsageRecord).values(rows[start:start + 500]).on_conflict_do_nothing(
+                    index_elements=["id"]))
+
+    def totals(self, project_id: str, since: datetime) -> tuple[int, float]:
+        """Tokens and cost of a project since a time (budgets)."""
+        with self.db.session() as s:
+            tokens, cost = s.execute(
+                select(func.coalesce(func.sum(UsageRecord.prompt_tokens + UsageRecord.completion_tokens), 0),
+                       func.coalesce(func.sum(UsageRecord.cost), 0.0))
+                .where(UsageRecord.project_id == project_id, UsageRecord.at >= since)).one()
+            return int(tokens), float(cost)
+
+    def aggregate(self, *, project_id: str | None, since: datetime | None, until: datetime | None,
+                  group_by: tuple[str, ...]) -> list[dict]:
+        columns = {"day": func.date(UsageRecord.at).label("day"), "deployment": UsageRecord.deployment,
+                   "key": UsageRecord.key_id.label("key_id"), "project": UsageRecord.project_id.label("project_id")}
+        keys = [columns[g] for g in group_by]
+        sums = [func.count().label("requests"), func.sum(UsageRecord.prompt_tokens).label("prompt_tokens"),
+                func.sum(UsageRecord.completion_tokens).label("completion_tokens"),
+                func.sum(UsageRecord.cost).label("cost"),
+                func.sum(func.cast(UsageRecord.status >= 400, UsageRecord.status.type)).label("errors"),
+                func.avg(UsageRecord.latency_ms).label("avg_latency_ms")]
+        query = select(*keys, *sums)
+        if project_id is not None:
+            query = query.where(UsageRecord.project_id == project_id)
+        if since is not None:
+            query = query.where(UsageRecord.at >= since)
+        if until is not None:
+            query = query.where(UsageRecord.at < until)
+        if keys:
+            query = query.group_by(*keys).order_by(*keys)
+        with self.db.session() as s:
+            out = []
+            for row in s.execute(query):
+                item = dict(row._mapping)
+                if "day" in item and item["day"] is not None:
+                    item["day"] = str(item["day"])[:10]
+                item["prompt_tokens"] = int(item["prompt_tokens"] or 0)
+                item["completion_tokens"] = int(item["completion_tokens"] or 0)
+                item["cost"] = round(float(item["cost"] or 0.0), 6)
+                item["errors"] = int(item["errors"] or 0)
+                item["avg_latency_ms"] = round(float(item["avg_latency_ms"] or 0.0), 2)
+                out.append(item)
+            return out
+
+    def records(self, project_id: str | None = None, limit: int = 1000) -> list[dict]:
+        with self.db.session() as s:
+            query = select(UsageRecord).order_by(UsageRecord.at.desc()).limit(limit)
+            if project_id is not None:
+                query = query.where(UsageRecord.project_id == project_id)
+            return [{c.name: getattr(r, c.name) for c in UsageRecord.__table__.columns} for r in s.scalars(query)]
+
+
+def to_csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,118 @@
+"""The usage write-ahead log: records reach the store in batches, off the hot path, and none is lost.
+
+Each finished request appends one JSON line to this process's current segment with a single `write` call: once
+written, the operating system keeps it even if the process is killed the next instant. Every `interval` the
+writer starts a new segment, inserts the old segment's records into the store in one transaction (inserts are
+idempotent by record id) and deletes the segment only after that commits. A segment's file is locked while its
+process lives; at start-up, segments nobody holds (left by a killed process) are replayed and deleted. What a
+power failure can lose is what the OS had not yet put on disk (no fsync per request: that would cost more than
+the rest of the request); a process crash or kill loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import orjson
+
+log = logging.getLogger("modelworks.metering")
+
+Insert = Callable[[list[dict]], None]
+
+
+class UsageWAL:
+    def __init__(self, directory: Path, insert: Insert, interval: float = 1.0) -> None:
+        self.dir = directory
+        self.insert = insert
+        self.interval = interval
+        self.pending: list[dict] = []
+        self.done_segments: list[tuple[int, Path]] = []  # written out, waiting for their records to commit
+        self.fd = -1
+        self.path: Path | None = None
+        self._task: asyncio.Task | None = None
+
+    def open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.replay_orphans()
+        self._new_segment()
+
+    def append(self, record: dict) -> None:
+        os.write(self.fd, orjson.dumps(record) + b"\n")
+        self.pending.append(record)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        try:
+            await self.flush()
+        finally:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+            if self.path is not None and not self.pending and self.path.stat().st_size == 0:
+                self.path.unlink(missing_ok=True)
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        self.done_segments.append((self.fd, self.path))
+        self._new_segment()
+        try:
+            await asyncio.to_thread(self.insert, batch)
+        except BaseException:
+            self.pending = batch + self.pending  # the next flush tries again; the files stay until then
+            raise
+        segments, self.done_segments = self.done_segments, []
+        for fd, path in segments:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+
+    def replay_orphans(self) -> int:
+        """Insert the records of segments left by processes that are gone; return how many."""
+        replayed = 0
+        for path in sorted(self.dir.glob("*.jsonl")):
+            fd = os.open(path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a live process owns it
+            try:
+                records = []
+                for line in path.read_bytes().splitlines():
+                    try:
+                        records.append(orjson.loads(line))
+                    except orjson.JSONDecodeError:
+                        log.warning("skipping a torn line in %s", path)
+                if records:
+                    self.insert(records)
+                    replayed += len(records)
+                path.unlink()
+            finally:
+                os.close(fd)
+        if replayed:
+            log.info("replayed %d usage records left by a previous process", replayed)
+        return replayed
+
+    def _new_segment(self) -> None:
+        self.path = self.dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 - the store may be away for a while: the records wait on disk
+                log.warning("could not store usage records; will retry", exc_info=True)

@@ -1,0 +1,44 @@
+"""Metering: one usage record per request that reached a deployment, written to the usage write-ahead log.
+
+Time, project, key id, deployment, backend, region, operation, prompt and completion tokens, cost from the
+deployment's prices, latency, time to first token (streams), status and the content-filter outcome.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from modelworks.backends.base import Usage
+from modelworks.metering.wal import UsageWAL
+from modelworks.policies.chain import Call
+
+
+class MeteringPolicy:
+    stage = "admit"
+
+    def __init__(self, wal: UsageWAL) -> None:
+        self.wal = wal
+
+    async def admit(self, call: Call) -> None:
+        return None
+
+    async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
+        route = call.route
+        if route is None:
+            return
+        who = call.principal
+        info = route.info
+        prompt = usage.prompt_tokens if usage else 0
+        completion = usage.completion_tokens if usage else 0
+        cost = (prompt * (info.get("price_input_per_1k") or 0.0) + completion * (info.get("price_output_per_1k") or 0.0)) / 1000
+        now = time.monotonic()
+        first = call.facts.get("first_at")
+        self.wal.append({
+            "id": uuid.uuid4().hex, "at": time.time(), "project_id": who.project_id if who else "",
+            "key_id": who.key_id if who else None, "deployment": route.deployment, "backend": route.backend.name,
+            "region": info.get("region"), "operation": call.operation, "prompt_tokens": prompt,
+            "completion_tokens": completion, "cost": round(cost, 8), "latency_ms": round((now - call.started) * 1000, 3),
+            "ttft_ms": round((first - call.started) * 1000, 3) if first else None, "status": status,
+            "filter_outcome": call.facts.get("filter_outcome"),
+        })

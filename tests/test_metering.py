@@ -1,0 +1,107 @@
+"""Usage metering: a record per request (streams cut by the client included), the usage API and CSV, and no
+record lost when the server is killed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from conftest import API_KEY
+from modelworks.metering.usage import UsageService
+from modelworks.metering.wal import UsageWAL
+from modelworks.store.db import Database
+from support.raw_http import open_stream
+from support.servers import start_modelworks
+
+CONFIG = {"backends": {"fake": {"type": "fake", "reply": "alpha beta gamma delta"},
+                       "slow": {"type": "fake", "chunk_delay_s": 0.05, "reply": " ".join(["w"] * 100)}},
+          "deployments": {"priced": {"backend": "fake", "price_input_per_1k": 1.0, "price_output_per_1k": 2.0,
+                                     "region": "westeurope"},
+                          "limited": {"backend": "fake", "rpm": 6},
+                          "slow": {"backend": "slow"}}}
+
+
+def _usage(url: str, key: str = API_KEY, **params) -> httpx.Response:
+    return httpx.get(f"{url}/admin/v1/usage", params=params, headers={"api-key": key})
+
+
+def _wait_for(url: str, predicate, **params) -> list[dict]:
+    deadline = time.monotonic() + 5
+    while True:
+        rows = _usage(url, **params).json()["data"]
+        if predicate(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def test_every_request_is_metered(tmp_path):
+    server = start_modelworks(tmp_path, CONFIG, API_KEY, name="meter")
+    try:
+        url, headers = server.url, {"api-key": API_KEY}
+        body = {"model": "priced", "messages": [{"role": "user", "content": "one two three"}]}
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers).status_code == 200
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, headers=headers) as r:
+            r.read()
+        for _ in range(3):  # the 10-second window of rpm 6 admits one: two refusals are metered too
+            httpx.post(f"{url}/v1/chat/completions", json={**body, "model": "limited"}, headers=headers)
+        sock = open_stream(url, API_KEY, {"model": "slow", "messages": body["messages"]}, events=4)
+        sock.close()  # the client leaves: metered for what was delivered
+        rows = _wait_for(url, lambda rows: len(rows) == 3 and sum(r["requests"] for r in rows) == 6,
+                         group_by="deployment")
+        by = {r["deployment"]: r for r in rows}
+        assert by["priced"]["requests"] == 2 and by["priced"]["completion_tokens"] == 8
+        assert by["priced"]["cost"] == pytest.approx((by["priced"]["prompt_tokens"] * 1.0 + 8 * 2.0) / 1000)
+        assert by["limited"]["requests"] == 3 and by["limited"]["errors"] == 2
+        assert 0 < by["slow"]["completion_tokens"] < 100
+        daily = _usage(url, group_by="day,deployment,key").json()["data"]
+        assert {r["key_id"] for r in daily} == {r["key_id"] for r in daily if r["key_id"]}
+        exported = _usage(url, group_by="deployment", format="csv")
+        assert exported.headers["content-type"].startswith("text/csv")
+        table = list(csv.DictReader(io.StringIO(exported.text)))
+        assert {row["deployment"] for row in table} == {"priced", "limited", "slow"}
+        assert _usage(url, group_by="colour").status_code == 400
+    finally:
+        server.stop()
+
+
+def test_no_record_is_lost_when_the_server_is_killed(tmp_path):
+    config = {**CONFIG, "metering": {"flush_seconds": 60}}  # records stay in the write-ahead log only
+    server = start_modelworks(tmp_path, config, API_KEY, name="killed")
+    body = {"model": "priced", "messages": [{"role": "user", "content": "hello"}]}
+    for _ in range(25):
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=body, headers={"api-key": API_KEY}).status_code == 200
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    server.stop()
+    again = start_modelworks(tmp_path, config, API_KEY, name="killed")
+    try:
+        rows = _usage(again.url, group_by="deployment").json()["data"]
+        assert [(r["deployment"], r["requests"]) for r in rows] == [("priced", 25)]
+    finally:
+        again.stop()
+
+
+def test_wal_replay_is_idempotent_and_skips_a_torn_line(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'u.db'}")
+    db.upgrade()
+    usage = UsageService(db)
+    record = {"id": "r1", "at": time.time(), "project_id": "p", "key_id": "k", "deployment": "d", "backend": "b",
+              "region": None, "operation": "chat.completions", "prompt_tokens": 3, "completion_tokens": 4,
+              "cost": 0.0, "latency_ms": 1.0, "ttft_ms": None, "status": 200, "filter_outcome": None}
+    wal_dir = tmp_path / "wal"
+    wal_dir.mkdir()
+    import orjson
+
+    (wal_dir / "dead-1.jsonl").write_bytes(orjson.dumps(record) + b"\n" + orjson.dumps({**record, "id": "r2"})
+                                           + b"\n" + b'{"id": "r3", "at"')
+    usage.insert([record])  # r1 was already stored before the process died
+    wal = UsageWAL(wal_dir, usage.insert)
+    assert wal.replay_orphans() == 2
+    assert not list(wal_dir.glob("*.jsonl"))
+    assert sum(r["requests"] for r in usage.aggregate(project_id=None, since=None, until=None, group_by=())) == 2
