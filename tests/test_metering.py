@@ -105,3 +105,31 @@ def test_wal_replay_is_idempotent_and_skips_a_torn_line(tmp_path):
     assert wal.replay_orphans() == 2
     assert not list(wal_dir.glob("*.jsonl"))
     assert sum(r["requests"] for r in usage.aggregate(project_id=None, since=None, until=None, group_by=())) == 2
+
+
+def test_a_spent_budget_answers_insufficient_quota(tmp_path, specs):
+    server = start_modelworks(tmp_path, CONFIG, API_KEY, name="budget")
+    try:
+        url, admin = server.url, {"api-key": API_KEY}
+        project = httpx.post(f"{url}/admin/v1/projects", json={"name": "capped", "monthly_token_cap": 60,
+                                                               "soft_threshold": 0.5}, headers=admin).json()
+        key = httpx.post(f"{url}/admin/v1/keys", json={"name": "k", "project_id": project["id"]},
+                         headers=admin).json()["key"]
+        body = {"model": "priced", "messages": [{"role": "user", "content": "a few words to spend tokens"}]}
+        statuses = []
+        for _ in range(12):
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"api-key": key})
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                break
+        assert statuses[0] == 200 and statuses[-1] == 429, statuses
+        assert r.json()["error"]["code"] == "insufficient_quota" and r.headers["x-should-retry"] == "false"
+        specs.check("/v1/chat/completions", 429, r.json())
+        time.sleep(1.5)  # metering flush
+        budget = _usage(url, key=key).json()["budget"]
+        assert budget["monthly_token_cap"] == 60 and budget["tokens"] >= 60
+        assert budget["soft_threshold_reached"] and budget["exhausted"]
+        free = httpx.post(f"{url}/v1/chat/completions", json=body, headers=admin)
+        assert free.status_code == 200  # other projects are not affected
+    finally:
+        server.stop()

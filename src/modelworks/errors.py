@@ -91,6 +91,17 @@ class RateLimited(Overloaded):
     """A quota (tokens or requests per minute) is spent for now."""
 
 
+class InsufficientQuota(ModelworksError):
+    """A project's monthly budget is spent: retrying will not help (`x-should-retry: false`)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, message: str, **kw) -> None:
+        super().__init__(message, headers={"x-should-retry": "false"}, **kw)
+
+
 class UpstreamError(ModelworksError):
     """An upstream backend failed or answered with an error we pass on."""
 

@@ -17,6 +17,7 @@ from modelworks.backends.registry import build_backend
 from modelworks.catalog import Catalog
 from modelworks.errors import NotFound
 from modelworks.control.plane import ControlPlane
+from modelworks.policies.budget import BudgetPolicy
 from modelworks.policies.chain import PolicyChain
 from modelworks.policies.metering import MeteringPolicy
 from modelworks.policies.quota import QuotaPolicy
@@ -87,8 +88,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     control = ControlPlane(settings)
     catalog = Catalog(control.deployments, backends, gateway)
     limiter = build_limiter(settings.quota)
-    chain = PolicyChain([control.auth, QuotaPolicy(limiter, settings.quota.default_max_tokens),
-                         MeteringPolicy(control.wal)])
+    chain = PolicyChain([control.auth, BudgetPolicy(control.usage),
+                         QuotaPolicy(limiter, settings.quota.default_max_tokens), MeteringPolicy(control.wal)])
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
 
     router = Router()

@@ -89,7 +89,9 @@ class KeyService:
             return Principal(key_id=row.id, project_id=row.project_id, role=row.role, name=row.name,
                              expires_at=expires, rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit,
                              project_rpm_limit=project.rpm_limit if project else None,
-                             project_tpm_limit=project.tpm_limit if project else None)
+                             project_tpm_limit=project.tpm_limit if project else None,
+                             monthly_token_cap=project.monthly_token_cap if project else None,
+                             monthly_cost_cap=project.monthly_cost_cap if project else None)
 
     def exists(self, digest: str) -> bool:
         with self.db.session() as s:

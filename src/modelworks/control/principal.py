@@ -22,6 +22,8 @@ class Principal:
     tpm_limit: int | None = None
     project_rpm_limit: int | None = None
     project_tpm_limit: int | None = None
+    monthly_token_cap: int | None = None
+    monthly_cost_cap: float | None = None
 
     @property
     def is_admin(self) -> bool:
