@@ -42,13 +42,20 @@ def start(args, url, ready, tmp: Path, name: str, env=None, timeout=180.0) -> Pr
 
 
 def modelworks(tmp: Path, upstream_url: str, parallel: int, threads: int, name: str,
-               embedded: bool = True) -> Process:
+               embedded: bool = True, controls: bool = True) -> Process:
+    """`controls`: auth, Redis quota and metering on (the default); off: auth only, the bare serving path."""
     port = free_port()
+    deployment = {"backend": "upstream"}
     config = {
         "server": {"port": port, "data_dir": str(tmp / f"{name}-data")},
         "backends": {"upstream": {"type": "openai", "base_url": f"{upstream_url}/v1", "api_key": "x"}},
-        "deployments": {"fake-model": {"backend": "upstream"}},
+        "deployments": {"fake-model": deployment},
     }
+    if controls:  # a quota high enough never to refuse: it is checked and charged on every request
+        deployment.update(tpm=1_000_000_000, rpm=100_000_000)
+        config["quota"] = {"limiter": "redis", "redis_url": os.environ.get("MODELWORKS_REDIS", "redis://127.0.0.1:6379/0")}
+    else:
+        config["metering"] = {"enabled": False}
     if embedded:
         config["backends"]["gemma"] = {"type": "llama_cpp", "threads": threads, "parallel": parallel,
                                        "max_queue": 64, "context_size": 2048}
@@ -236,8 +243,10 @@ def section_proxy(tmp: Path, upstream: Process, args, procs: list[Process]) -> d
     interleaved rounds (direct, Modelworks, LiteLLM, direct, ...), and the median round is reported. This VM's
     speed swings by 2-3x from one minute to the next, so only targets measured in the same rounds compare."""
     targets = {"upstream direct": upstream}
+    targets["modelworks bare"] = modelworks(tmp, upstream.url, 1, THREADS, "mw-bare", embedded=False,
+                                            controls=False)
     targets["modelworks"] = modelworks(tmp, upstream.url, 1, THREADS, "mw-proxy", embedded=False)
-    procs.append(targets["modelworks"])
+    procs.extend([targets["modelworks bare"], targets["modelworks"]])
     lite = litellm(tmp, args.peers_python, upstream.url)
     if lite is None:
         print("  (LiteLLM Proxy is not installed: run `make peers`)")
@@ -338,18 +347,23 @@ def _print_concurrent(conc: dict) -> None:
 
 def _print_proxy(proxy: dict) -> None:
     print("\n== Proxy overhead, non-streaming chat to a fake upstream (wrk, 1 worker each; median of rounds) ==")
-    print(f"  {'target':16} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   req/s per round")
+    print(f"  {'target':18} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   req/s per round")
     for name, points in proxy.items():
         for c, r in points.items():
             spread = "/".join(f"{x:.0f}" for x in r.get("rounds_rps", []))
-            print(f"  {name:16} {c:>4} {r['rps']:9.0f} {r['p50_ms'] or 0:8.2f} {r['p99_ms'] or 0:8.2f} {r['non_2xx']:7d}"
+            print(f"  {name:18} {c:>4} {r['rps']:9.0f} {r['p50_ms'] or 0:8.2f} {r['p99_ms'] or 0:8.2f} {r['non_2xx']:7d}"
                   f"   rounds: {spread}")
     mw, direct, lite = proxy.get("modelworks"), proxy.get("upstream direct"), proxy.get("litellm proxy")
+    bare = proxy.get("modelworks bare")
+    print("  (modelworks: auth + Redis quota + budgets + metering; modelworks bare: auth only)")
     if mw and direct:
         for c in mw:
-            line = f"  c={c:>2}: Modelworks adds {mw[c]['p50_ms'] - direct[c]['p50_ms']:.2f} ms at p50"
+            line = (f"  c={c:>2}: Modelworks adds {mw[c]['p50_ms'] - direct[c]['p50_ms']:.2f} ms at p50"
+                    f" (bare: {bare[c]['p50_ms'] - direct[c]['p50_ms']:.2f} ms)")
+            line += f"; with controls / bare requests/s = {mw[c]['rps'] / max(bare[c]['rps'], 1e-9):.2f}"
             if lite:
-                line += f"; Modelworks / LiteLLM requests/s = {mw[c]['rps'] / max(lite[c]['rps'], 1e-9):.1f}x"
+                line += (f"; vs LiteLLM: {mw[c]['rps'] / max(lite[c]['rps'], 1e-9):.1f}x"
+                         f" (bare {bare[c]['rps'] / max(lite[c]['rps'], 1e-9):.1f}x)")
             print(line)
 
 

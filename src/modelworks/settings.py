@@ -150,6 +150,7 @@ class QuotaSettings(_Strict):
 
 
 class MeteringSettings(_Strict):
+    enabled: bool = Field(default=True, description="off only to measure the bare serving path")
     flush_seconds: float = Field(default=1.0, gt=0, le=3600, description="how often usage records reach the store")
 
 

@@ -88,8 +88,10 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     control = ControlPlane(settings)
     catalog = Catalog(control.deployments, backends, gateway)
     limiter = build_limiter(settings.quota)
-    chain = PolicyChain([control.auth, BudgetPolicy(control.usage),
-                         QuotaPolicy(limiter, settings.quota.default_max_tokens), MeteringPolicy(control.wal)])
+    policies = [control.auth, BudgetPolicy(control.usage), QuotaPolicy(limiter, settings.quota.default_max_tokens)]
+    if settings.metering.enabled:
+        policies.append(MeteringPolicy(control.wal))
+    chain = PolicyChain(policies)
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
 
     router = Router()

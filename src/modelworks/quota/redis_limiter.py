@@ -7,9 +7,14 @@ with skewed clocks still share one set of windows.
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+import asyncio
+import logging
 
+from modelworks.errors import Unavailable
 from modelworks.quota.limiter import Check, Decision
+from modelworks.quota.resp import RespClient, sha1
+
+log = logging.getLogger("modelworks.quota")
 
 _ACQUIRE = """
 local now = tonumber(redis.call('TIME')[1])
@@ -73,22 +78,53 @@ return 1
 
 
 class RedisLimiter:
-    def __init__(self, url: str, prefix: str = "mw:rl:") -> None:
-        self.redis = aioredis.from_url(url, decode_responses=False)
+    """Admission is one script call per request. Corrections are summed per bucket and sent together every
+    `adjust_interval` seconds, off the request path (a correction arrives that much later, no more)."""
+
+    def __init__(self, url: str, prefix: str = "mw:rl:", adjust_interval: float = 0.2) -> None:
+        self.redis = RespClient(url)
         self.prefix = prefix
-        self._acquire = self.redis.register_script(_ACQUIRE)
-        self._adjust = self.redis.register_script(_ADJUST)
+        self.adjust_interval = adjust_interval
+        self._acquire_sha = sha1(_ACQUIRE)
+        self._adjust_sha = sha1(_ADJUST)
+        self._corrections: dict[tuple[str, int, int], int] = {}
+        self._flusher: asyncio.Task | None = None
 
     async def acquire(self, checks: list[Check]) -> Decision:
         keys = [self.prefix + c.key for c in checks]
         args = [v for c in checks for v in (c.window, c.limit, c.amount)]
-        result = await self._acquire(keys=keys, args=args)
+        try:
+            result = await self.redis.eval_script(_ACQUIRE, self._acquire_sha, keys, args)
+        except ConnectionError as exc:
+            raise Unavailable(f"Quotas cannot be checked right now ({exc}); retry shortly.") from None
         if result[0] == 1:
             return Decision(True, int(result[1]), tuple(int(r) for r in result[2:]))
         return Decision(False, int(result[1]), (), int(result[2]) - 1, float(result[3]))
 
     async def adjust(self, key: str, window: int, second: int, delta: int) -> None:
-        await self._adjust(keys=[self.prefix + key], args=[window, second, delta])
+        slot = (key, window, second)
+        self._corrections[slot] = self._corrections.get(slot, 0) + delta
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon())
+
+    async def flush(self) -> None:
+        corrections, self._corrections = self._corrections, {}
+        calls = [self.redis.eval_script(_ADJUST, self._adjust_sha, [self.prefix + key], [window, second, delta])
+                 for (key, window, second), delta in corrections.items() if delta]
+        if calls:  # sent back to back on the one connection: a pipeline
+            await asyncio.gather(*calls)
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self.adjust_interval)
+        try:
+            await self.flush()
+        except Exception:  # noqa: BLE001 - a lost correction only leaves a charge at its estimate
+            log.warning("could not send quota corrections to Redis", exc_info=True)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+        try:
+            await self.flush()
+        finally:
+            await self.redis.close()

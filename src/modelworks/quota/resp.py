@@ -1,0 +1,152 @@
+"""A lean Redis client for the limiter: one pipelined connection, RESP2, scripts by SHA.
+
+Requests from every coroutine share the connection; replies come back in order and resolve their futures.
+A lost connection fails the requests in flight and is opened again by the next call. It speaks just what the
+limiter needs (EVALSHA with a fallback to EVAL, AUTH, SELECT, PING).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+from urllib.parse import unquote, urlsplit
+
+
+class RedisError(Exception):
+    """Redis answered with an error."""
+
+
+def _command(*args) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport = None
+        self.buffer = bytearray()
+        self.waiting: collections.deque[asyncio.Future] = collections.deque()
+        self.lost = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while self.waiting:
+            parsed = _parse(self.buffer, 0)
+            if parsed is None:
+                return
+            value, end = parsed
+            del self.buffer[:end]
+            future = self.waiting.popleft()
+            if not future.done():
+                if isinstance(value, RedisError):
+                    future.set_exception(value)
+                else:
+                    future.set_result(value)
+
+    def connection_lost(self, exc) -> None:
+        self.lost = True
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError("the connection to Redis was lost"))
+
+
+def _parse(buf: bytearray, pos: int):
+    """Parse one RESP2 value at `pos`; return (value, end) or None when more bytes are needed."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        return None
+    kind, line = buf[pos:pos + 1], bytes(buf[pos + 1:end])
+    after = end + 2
+    if kind == b"+":
+        return line, after
+    if kind == b"-":
+        return RedisError(line.decode(errors="replace")), after
+    if kind == b":":
+        return int(line), after
+    if kind == b"$":
+        size = int(line)
+        if size < 0:
+            return None, after
+        if len(buf) < after + size + 2:
+            return None
+        return bytes(buf[after:after + size]), after + size + 2
+    if kind == b"*":
+        count = int(line)
+        if count < 0:
+            return None, after
+        items = []
+        for _ in range(count):
+            parsed = _parse(buf, after)
+            if parsed is None:
+                return None
+            item, after = parsed
+            items.append(item)
+        return items, after
+    raise RedisError(f"unexpected reply type {kind!r}")
+
+
+class RespClient:
+    def __init__(self, url: str, connect_timeout: float = 3.0) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 6379
+        self.password = unquote(parts.password) if parts.password else None
+        self.username = unquote(parts.username) if parts.username else None
+        self.db = int(parts.path.lstrip("/") or 0)
+        self.ssl = parts.scheme == "rediss"
+        self.connect_timeout = connect_timeout
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def call(self, *args):
+        protocol = await self._connection()
+        future = asyncio.get_running_loop().create_future()
+        protocol.waiting.append(future)
+        protocol.transport.write(_command(*args))
+        return await future
+
+    async def eval_script(self, script: str, sha: str, keys: list[str], args: list):
+        try:
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        except RedisError as exc:
+            if "NOSCRIPT" not in str(exc):
+                raise
+            return await self.call("EVAL", script, len(keys), *keys, *args)
+
+    async def _connection(self) -> _Protocol:
+        if self._protocol is not None and not self._protocol.lost:
+            return self._protocol
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._protocol is not None and not self._protocol.lost:
+                return self._protocol
+            loop = asyncio.get_running_loop()
+            try:
+                _, protocol = await asyncio.wait_for(
+                    loop.create_connection(_Protocol, self.host, self.port, ssl=self.ssl or None),
+                    self.connect_timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise ConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from None
+            self._protocol = protocol
+            if self.password:
+                await self.call(*(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)))
+            if self.db:
+                await self.call("SELECT", self.db)
+            return protocol
+
+    async def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+
+
+def sha1(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
