@@ -66,7 +66,8 @@ def _config(**quota) -> dict:
             "backends": {"fake": {"type": "fake", "reply": "one two three four"}},
             "deployments": {"fake": {"backend": "fake"},
                             "burst": {"backend": "fake", "rpm": 12},              # 2 per 10 s
-                            "tokens": {"backend": "fake", "tpm": 100, "rpm": 600}}}
+                            "tokens": {"backend": "fake", "tpm": 100, "rpm": 600},
+                            "embed-limited": {"backend": "fake", "tpm": 50}}}
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,16 @@ async def test_tokens_are_charged_at_arrival_and_corrected(quota_server):
     second = _chat(url, "tokens", max_tokens=60)
     assert second.status_code == 200, second.text
     assert _chat(url, "tokens", max_tokens=200).status_code == 429  # more than the whole quota
+
+
+async def test_embeddings_are_limited_too(quota_server):
+    url = quota_server.url
+    text = "word " * 40  # about 50 tokens
+    first = httpx.post(f"{url}/v1/embeddings", json={"model": "embed-limited", "input": text}, headers={"api-key": API_KEY})
+    assert first.status_code == 200 and first.headers["x-ratelimit-limit-tokens"] == "50"
+    second = httpx.post(f"{url}/v1/embeddings", json={"model": "embed-limited", "input": text * 2},
+                        headers={"api-key": API_KEY})
+    assert second.status_code == 429
 
 
 def test_limits_hold_across_two_replicas(tmp_path):

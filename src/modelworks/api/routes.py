@@ -94,8 +94,10 @@ class Handlers:
         req = parse_body(EmbeddingRequest, body)
         route = self._route(call.deployment, req.model)
         call.route = route
-        request.watch_disconnect()
+        call.facts["embedding_input"] = req.input
         try:
+            await self.chain.admit(call)
+            request.watch_disconnect()
             result = await self.gateway.embed(route, req)
         except ModelworksError as exc:
             await self.chain.complete(call, None, exc.status)
@@ -103,7 +105,8 @@ class Handlers:
         await self.chain.complete(call, Usage(result.prompt_tokens, 0), 200)
         if req.dimensions is not None:
             result = _truncate(result, req.dimensions)
-        return JSONResult(render.embeddings_body(result, model=route.deployment, encoding_format=req.encoding_format))
+        return JSONResult(render.embeddings_body(result, model=route.deployment, encoding_format=req.encoding_format),
+                          headers=call.response_headers)
 
     # -- models -----------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ deployment's prices, latency, time to first token (streams), status and the cont
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 
@@ -19,6 +20,8 @@ class MeteringPolicy:
 
     def __init__(self, wal: UsageWAL) -> None:
         self.wal = wal
+        self._node = uuid.uuid4().hex[:16]  # ids: this process's random prefix and a counter (no system call)
+        self._ids = itertools.count()
 
     async def admit(self, call: Call) -> None:
         return None
@@ -35,7 +38,7 @@ class MeteringPolicy:
         now = time.monotonic()
         first = call.facts.get("first_at")
         self.wal.append({
-            "id": uuid.uuid4().hex, "at": time.time(), "project_id": who.project_id if who else "",
+            "id": f"{self._node}{next(self._ids):x}", "at": time.time(), "project_id": who.project_id if who else "",
             "key_id": who.key_id if who else None, "deployment": route.deployment, "backend": route.backend.name,
             "region": info.get("region"), "operation": call.operation, "prompt_tokens": prompt,
             "completion_tokens": completion, "cost": round(cost, 8), "latency_ms": round((now - call.started) * 1000, 3),

@@ -70,6 +70,10 @@ class QuotaPolicy:
                 await self.limiter.adjust(check.key, check.window, second, delta)
 
     def estimate(self, call: Call) -> int:
+        if "embedding_input" in call.facts:  # embeddings: their input is all they cost
+            tokens = _approximate_input_tokens(call.facts["embedding_input"])
+            call.facts["prompt_tokens"] = tokens
+            return tokens
         task = call.task
         req = task.request
         prompt = call.route.backend.count_prompt_tokens(task)
@@ -96,6 +100,14 @@ class QuotaPolicy:
         what = "token rate limit" if kind == "tokens" else "call rate limit"
         return (f"Requests to the {operation} Operation under the deployment '{call.route.deployment}' have exceeded "
                 f"the {scope} {what} of {limit} {kind} per minute. Please retry after {retry} seconds.")
+
+
+def _approximate_input_tokens(value) -> int:
+    if isinstance(value, str):
+        return math.ceil(len(value) / 4)
+    if value and isinstance(value[0], int):
+        return len(value)
+    return sum(_approximate_input_tokens(v) for v in value)
 
 
 def _approximate_prompt_tokens(task) -> int:

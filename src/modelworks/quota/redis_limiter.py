@@ -1,7 +1,8 @@
 """The limiter on Redis: one Lua script checks and charges every window atomically, for all replicas.
 
-Each limited key is a Redis hash from second to amount; the script drops buckets that left the window, sums
-the rest, and charges all checks only when every one has room. Time comes from the Redis server, so replicas
+Each limited key is a Redis hash from second to amount, with the window's running total (`t`) and its oldest
+live second (`o`): a check subtracts only the buckets that just left the window, so it costs the same however
+busy the window is. All checks are charged only when every one has room. Time comes from the Redis server, so replicas
 with skewed clocks still share one set of windows.
 """
 
@@ -21,31 +22,38 @@ local now = tonumber(redis.call('TIME')[1])
 local n = #KEYS
 local totals = {}
 for i = 1, n do
+  local key = KEYS[i]
   local window = tonumber(ARGV[3 * i - 2])
   local limit = tonumber(ARGV[3 * i - 1])
   local amount = tonumber(ARGV[3 * i])
-  local fields = redis.call('HGETALL', KEYS[i])
-  local total = 0
-  local live = {}
-  for j = 1, #fields, 2 do
-    local b = tonumber(fields[j])
-    if b <= now - window then
-      redis.call('HDEL', KEYS[i], fields[j])
+  local state = redis.call('HMGET', key, 't', 'o')
+  local total = tonumber(state[1]) or 0
+  local oldest = tonumber(state[2]) or now
+  local cutoff = now - window
+  if oldest <= cutoff then
+    if cutoff - oldest >= window then
+      redis.call('DEL', key)
+      total = 0
     else
-      local v = tonumber(fields[j + 1])
-      total = total + v
-      table.insert(live, {b, v})
+      for second = oldest, cutoff do
+        local v = redis.call('HGET', key, second)
+        if v then
+          total = total - tonumber(v)
+          redis.call('HDEL', key, second)
+        end
+      end
     end
+    redis.call('HSET', key, 't', total, 'o', cutoff + 1)
+    oldest = cutoff + 1
   end
   if total + amount > limit then
     local retry = window
     if amount <= limit then
-      table.sort(live, function(a, b) return a[1] < b[1] end)
       local freed = 0
-      for _, pair in ipairs(live) do
-        freed = freed + pair[2]
+      for second = oldest, now do
+        freed = freed + (tonumber(redis.call('HGET', key, second)) or 0)
         if total - freed + amount <= limit then
-          retry = pair[1] + window - now + 1
+          retry = second + window - now + 1
           break
         end
       end
@@ -56,11 +64,14 @@ for i = 1, n do
 end
 local out = {1, now}
 for i = 1, n do
+  local key = KEYS[i]
   local window = tonumber(ARGV[3 * i - 2])
   local limit = tonumber(ARGV[3 * i - 1])
   local amount = tonumber(ARGV[3 * i])
-  redis.call('HINCRBY', KEYS[i], now, amount)
-  redis.call('EXPIRE', KEYS[i], window + 2)
+  redis.call('HINCRBY', key, now, amount)
+  redis.call('HINCRBY', key, 't', amount)
+  redis.call('HSETNX', key, 'o', now)
+  redis.call('EXPIRE', key, window + 2)
   table.insert(out, limit - totals[i] - amount)
 end
 return out
@@ -70,9 +81,9 @@ _ADJUST = """
 local now = tonumber(redis.call('TIME')[1])
 local window = tonumber(ARGV[1])
 local second = tonumber(ARGV[2])
-if second <= now - window then return 0 end
+if second <= now - window or redis.call('HEXISTS', KEYS[1], second) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], second, tonumber(ARGV[3]))
-redis.call('EXPIRE', KEYS[1], window + 2)
+redis.call('HINCRBY', KEYS[1], 't', tonumber(ARGV[3]))
 return 1
 """
 
