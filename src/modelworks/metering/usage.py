@@ -13,14 +13,13 @@ from modelworks.store.db import Database
 from modelworks.store.schema import UsageRecord
 
 GROUPS = ("day", "deployment", "key", "project")
+_COLUMNS = tuple(c.name for c in UsageRecord.__table__.columns)
 
 
-def _insert_ignoring_duplicates(dialect: str):
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
+def _at(epoch: float, sqlite: bool):
+    """PostgreSQL takes an aware datetime; on SQLite, the text SQLAlchemy itself stores for a DateTime."""
+    value = datetime.fromtimestamp(epoch, timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else value
 
 
 class UsageService:
@@ -28,15 +27,17 @@ class UsageService:
         self.db = db
 
     def insert(self, records: list[dict]) -> None:
-        """One statement, compiled once, run for every record (executemany): cheap per record."""
-        rows = [{**r, "at": datetime.fromtimestamp(r["at"], timezone.utc)} for r in records]
+        """Straight to the database driver's executemany: a few microseconds a record, not SQLAlchemy's ~90."""
+        sqlite = self.db.engine.dialect.name == "sqlite"
+        rows = [tuple(_at(r["at"], sqlite) if c == "at" else r.get(c) for c in _COLUMNS) for r in records]
         with self.db.engine.begin() as conn:
-            conn.execute(self._insert_statement, rows)
+            conn.exec_driver_sql(self._insert_sql, rows)
 
     @functools.cached_property
-    def _insert_statement(self):
-        insert = _insert_ignoring_duplicates(self.db.engine.dialect.name)
-        return insert(UsageRecord.__table__).on_conflict_do_nothing(index_elements=["id"])
+    def _insert_sql(self) -> str:
+        mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
+        return (f"INSERT INTO usage_records ({', '.join(_COLUMNS)}) VALUES ({', '.join([mark] * len(_COLUMNS))}) "
+                "ON CONFLICT (id) DO NOTHING")
 
     def totals(self, project_id: str, since: datetime) -> tuple[int, float]:
         """Tokens and cost of a project since a time (budgets)."""
