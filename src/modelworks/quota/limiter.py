@@ -62,7 +62,7 @@ class InProcessLimiter:
             if total + check.amount > check.limit:
                 return Decision(False, second, (), i, _retry_after(buckets, total, check, second))
             totals.append(total)
-        for check, total in zip(checks, totals):
+        for check in checks:
             buckets = self.buckets[check.key]
             buckets[second] = buckets.get(second, 0) + check.amount
         return Decision(True, second, tuple(c.limit - t - c.amount for c, t in zip(checks, totals)))
