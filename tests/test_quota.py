@@ -158,3 +158,12 @@ def test_limits_hold_across_two_replicas(tmp_path):
         one.stop()
         two.stop()
         drop()
+
+
+async def test_admissions_decided_together_stay_exact(limiter):
+    """Many admissions in one turn of the event loop: exactly the limit is admitted, in order."""
+    decisions = await asyncio.gather(*(limiter.acquire([Check("d:req10", 10, 7, 1), Check("d:tok", 60, 1000, 10)])
+                                       for _ in range(20)))
+    assert [d.admitted for d in decisions] == [True] * 7 + [False] * 13
+    assert [d.remaining[0] for d in decisions[:7]] == [6, 5, 4, 3, 2, 1, 0]
+    assert all(d.refused == 0 and d.retry_after_s >= 1 for d in decisions[7:])

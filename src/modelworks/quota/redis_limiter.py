@@ -1,5 +1,9 @@
 """The limiter on Redis: one Lua script checks and charges every window atomically, for all replicas.
 
+Admissions asked for in the same turn of the event loop go to Redis together, in one script call that decides
+them in order (each all or nothing, each after the charges of those before it): under load that divides the cost
+of a check by the number of requests arriving together; alone, a request goes at once.
+
 Each limited key is a Redis hash from second to amount, with the window's running total (`t`) and its oldest
 live second (`o`): a check subtracts only the buckets that just left the window, so it costs the same however
 busy the window is. All checks are charged only when every one has room. Time comes from the Redis server, so replicas
@@ -18,61 +22,74 @@ from modelworks.quota.resp import RespClient, sha1
 log = logging.getLogger("modelworks.quota")
 
 _ACQUIRE = """
+-- ARGV: requests, then for each request: checks, then for each check: key index, window, limit, amount.
+-- Requests are decided in order, each all or nothing, each seeing the charges of those before it.
 local now = tonumber(redis.call('TIME')[1])
-local n = #KEYS
-local totals = {}
-for i = 1, n do
-  local key = KEYS[i]
-  local window = tonumber(ARGV[3 * i - 2])
-  local limit = tonumber(ARGV[3 * i - 1])
-  local amount = tonumber(ARGV[3 * i])
-  local state = redis.call('HMGET', key, 't', 'o')
-  local total = tonumber(state[1]) or 0
-  local oldest = tonumber(state[2]) or now
-  local cutoff = now - window
-  if oldest <= cutoff then
-    if cutoff - oldest >= window then
-      redis.call('DEL', key)
-      total = 0
-    else
-      for second = oldest, cutoff do
-        local v = redis.call('HGET', key, second)
-        if v then
-          total = total - tonumber(v)
-          redis.call('HDEL', key, second)
+local pos = 1
+local requests = tonumber(ARGV[pos]); pos = pos + 1
+local out = {now}
+for r = 1, requests do
+  local n = tonumber(ARGV[pos]); pos = pos + 1
+  local checks = {}
+  for i = 1, n do
+    checks[i] = {KEYS[tonumber(ARGV[pos])], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])}
+    pos = pos + 4
+  end
+  local totals = {}
+  local refused = nil
+  for i = 1, n do
+    local key, window, limit, amount = checks[i][1], checks[i][2], checks[i][3], checks[i][4]
+    local state = redis.call('HMGET', key, 't', 'o')
+    local total = tonumber(state[1]) or 0
+    local oldest = tonumber(state[2]) or now
+    local cutoff = now - window
+    if oldest <= cutoff then
+      if cutoff - oldest >= window then
+        redis.call('DEL', key)
+        total = 0
+      else
+        for second = oldest, cutoff do
+          local v = redis.call('HGET', key, second)
+          if v then
+            total = total - tonumber(v)
+            redis.call('HDEL', key, second)
+          end
         end
       end
+      redis.call('HSET', key, 't', total, 'o', cutoff + 1)
+      oldest = cutoff + 1
     end
-    redis.call('HSET', key, 't', total, 'o', cutoff + 1)
-    oldest = cutoff + 1
-  end
-  if total + amount > limit then
-    local retry = window
-    if amount <= limit then
-      local freed = 0
-      for second = oldest, now do
-        freed = freed + (tonumber(redis.call('HGET', key, second)) or 0)
-        if total - freed + amount <= limit then
-          retry = second + window - now + 1
-          break
+    if total + amount > limit then
+      local retry = window
+      if amount <= limit then
+        local freed = 0
+        for second = oldest, now do
+          freed = freed + (tonumber(redis.call('HGET', key, second)) or 0)
+          if total - freed + amount <= limit then
+            retry = second + window - now + 1
+            break
+          end
         end
       end
+      refused = {0, i, retry}
+      break
     end
-    return {0, now, i, retry}
+    totals[i] = total
   end
-  totals[i] = total
-end
-local out = {1, now}
-for i = 1, n do
-  local key = KEYS[i]
-  local window = tonumber(ARGV[3 * i - 2])
-  local limit = tonumber(ARGV[3 * i - 1])
-  local amount = tonumber(ARGV[3 * i])
-  redis.call('HINCRBY', key, now, amount)
-  redis.call('HINCRBY', key, 't', amount)
-  redis.call('HSETNX', key, 'o', now)
-  redis.call('EXPIRE', key, window + 2)
-  table.insert(out, limit - totals[i] - amount)
+  if refused then
+    table.insert(out, refused)
+  else
+    local result = {1}
+    for i = 1, n do
+      local key, window, limit, amount = checks[i][1], checks[i][2], checks[i][3], checks[i][4]
+      redis.call('HINCRBY', key, now, amount)
+      redis.call('HINCRBY', key, 't', amount)
+      redis.call('HSETNX', key, 'o', now)
+      redis.call('EXPIRE', key, window + 2)
+      table.insert(result, limit - totals[i] - amount)
+    end
+    table.insert(out, result)
+  end
 end
 return out
 """
@@ -100,17 +117,51 @@ class RedisLimiter:
         self._adjust_sha = sha1(_ADJUST)
         self._corrections: dict[tuple[str, int, int], int] = {}
         self._flusher: asyncio.Task | None = None
+        self._batch: list = []
+        self._sending: set[asyncio.Task] = set()
 
     async def acquire(self, checks: list[Check]) -> Decision:
-        keys = [self.prefix + c.key for c in checks]
-        args = [v for c in checks for v in (c.window, c.limit, c.amount)]
+        """Joins the admissions asked for in this turn of the event loop; one script call decides them all."""
+        future = asyncio.get_running_loop().create_future()
+        self._batch.append((checks, future))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        return await future
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.ensure_future(self._decide(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _decide(self, batch: list) -> None:
+        keys: list[str] = []
+        index: dict[str, int] = {}
+        args: list = [len(batch)]
+        for checks, _ in batch:
+            args.append(len(checks))
+            for c in checks:
+                k = self.prefix + c.key
+                if k not in index:
+                    index[k] = len(keys) + 1
+                    keys.append(k)
+                args.extend((index[k], c.window, c.limit, c.amount))
         try:
             result = await self.redis.eval_script(_ACQUIRE, self._acquire_sha, keys, args)
-        except ConnectionError as exc:
-            raise Unavailable(f"Quotas cannot be checked right now ({exc}); retry shortly.") from None
-        if result[0] == 1:
-            return Decision(True, int(result[1]), tuple(int(r) for r in result[2:]))
-        return Decision(False, int(result[1]), (), int(result[2]) - 1, float(result[3]))
+        except (ConnectionError, Exception) as exc:  # noqa: BLE001 - every waiter gets the same answer
+            error = Unavailable(f"Quotas cannot be checked right now ({exc}); retry shortly.")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        now = int(result[0])
+        for (_, future), decided in zip(batch, result[1:]):
+            if future.done():
+                continue
+            if decided[0] == 1:
+                future.set_result(Decision(True, now, tuple(int(r) for r in decided[1:])))
+            else:
+                future.set_result(Decision(False, now, (), int(decided[1]) - 1, float(decided[2])))
 
     async def adjust(self, key: str, window: int, second: int, delta: int) -> None:
         slot = (key, window, second)
