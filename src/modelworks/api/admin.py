@@ -8,6 +8,7 @@ answer 404, as if they did not exist. Every change is written to the audit trail
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 from modelworks.api.admin_models import DeploymentCreate, DeploymentUpdate, KeyCreate, ProjectCreate, ProjectUpdate
 from modelworks.api.http import JSONResult
@@ -240,8 +241,6 @@ def _visible(allowed: bool, message: str) -> None:
 
 
 def _date(raw: str | None, name: str):
-    from datetime import datetime, timezone
-
     if raw is None:
         return None
     try:
@@ -259,7 +258,5 @@ def _int(raw: str | None, name: str, default: int) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        from modelworks.errors import InvalidRequest
-
         raise InvalidRequest(f"'{name}' must be a non-negative integer.", param=name)
     return value

@@ -8,7 +8,7 @@ import time
 
 from modelworks.api.admin import AdminHandlers
 from modelworks.api.errors import AZURE, AZURE_V1, OPENAI, envelope
-from modelworks.api.http import Endpoint, JSONResult
+from modelworks.api.http import Endpoint, JSONResult, new_request_id, send_json
 from modelworks.api.request import Request
 from modelworks.api.router import Router
 from modelworks.api.routes import Handlers
@@ -49,7 +49,7 @@ class ModelworksApp:
                 path = scope["path"]
                 dialect = AZURE_V1 if path.startswith("/openai/v1/") else AZURE if path.startswith("/openai/") else OPENAI
                 status, body, headers = envelope(exc, dialect=dialect)
-                await _send_json(send, status, body, headers)
+                await send_json(send, status, body, headers, new_request_id(), azure=dialect != OPENAI)
                 return
             await endpoint(scope, receive, send, params)
         elif kind == "lifespan":
@@ -151,12 +151,3 @@ def _readyz(backends: dict[str, Backend]):
                           status=200 if ready else 503)
     return readyz
 
-
-async def _send_json(send, status: int, body, headers: dict[str, str]) -> None:
-    import orjson
-
-    payload = orjson.dumps(body)
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": payload})

@@ -42,6 +42,25 @@ class EventStream:
 Handler = Callable[[Request], Awaitable["JSONResult | EventStream"]]
 
 
+def new_request_id() -> str:
+    return f"{random.getrandbits(64):016x}"
+
+
+async def send_json(send, status: int, body, headers: dict[str, str] | None, request_id: str,
+                    azure: bool = False) -> None:
+    """A whole JSON (or, with its own content-type, other) answer, with the request id headers."""
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    own_type = headers is not None and "content-type" in headers
+    raw = [*([] if own_type else JSON_HEADERS), (b"x-request-id", request_id.encode()),
+           (b"content-length", str(len(payload)).encode())]
+    if azure:
+        raw.append((b"apim-request-id", request_id.encode()))
+    if headers:
+        raw.extend((k.encode(), v.encode()) for k, v in headers.items())
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
 class Endpoint:
     """A raw ASGI endpoint around a handler: errors become envelopes, a client that leaves cancels the work."""
 
@@ -55,7 +74,7 @@ class Endpoint:
 
     async def __call__(self, scope, receive, send, path_params: dict[str, str]) -> None:
         request = Request(scope, receive, path_params)
-        request_id = f"{random.getrandbits(64):016x}"
+        request_id = new_request_id()
         task = asyncio.current_task()
         watcher: asyncio.Task | None = None
         gone = False
@@ -104,16 +123,7 @@ class Endpoint:
                 watcher.cancel()
 
     async def _send_json(self, send, status: int, body, headers: dict[str, str] | None, request_id: str) -> None:
-        payload = body if isinstance(body, bytes) else orjson.dumps(body)
-        own_type = headers is not None and "content-type" in headers
-        raw = [*([] if own_type else JSON_HEADERS), (b"x-request-id", request_id.encode()),
-               (b"content-length", str(len(payload)).encode())]
-        if self.azure:
-            raw.append((b"apim-request-id", request_id.encode()))
-        if headers:
-            raw.extend((k.encode(), v.encode()) for k, v in headers.items())
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": payload})
+        await send_json(send, status, body, headers, request_id, azure=self.azure)
 
     async def _stream(self, result: EventStream, send, request_id: str) -> None:
         raw = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]

@@ -50,6 +50,7 @@ class GenerationTask:
     request: ChatCompletionRequest | CompletionRequest
     model: str
     body: bytes = b""  # the client's JSON body, already validated into `request`
+    prompt_ids: list[int] | None = None  # the prompt as the model's tokens, once a backend has tokenized it
 
     @property
     def is_chat(self) -> bool:

@@ -192,11 +192,15 @@ class LlamaBackend(Backend):
             return None
 
     def _prompt_tokens(self, task: GenerationTask) -> list[int]:
-        llama = self._slots[0].llama
-        if task.is_chat:
-            prompt = self.template.render(template_messages(task.request.messages))
-            return llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-        return self._completion_prompt(task.request, llama)
+        """Templated and tokenized once per request (quotas count it before generation uses it)."""
+        if task.prompt_ids is None:
+            llama = self._slots[0].llama
+            if task.is_chat:
+                prompt = self.template.render(template_messages(task.request.messages))
+                task.prompt_ids = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+            else:
+                task.prompt_ids = self._completion_prompt(task.request, llama)
+        return task.prompt_ids
 
     def _prepare(self, task: GenerationTask) -> tuple[list[int], lg.Params]:
         req = task.request

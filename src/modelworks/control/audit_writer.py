@@ -30,8 +30,8 @@ class AuditWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    async def flush(self) -> None:
-        batch = []
+    async def flush(self, first: list[Event] | None = None) -> None:
+        batch = list(first or [])
         while not self.queue.empty():
             batch.append(self.queue.get_nowait())
         if self.suppressed:
@@ -53,9 +53,8 @@ class AuditWriter:
     async def _run(self) -> None:
         while True:
             first = await self.queue.get()
-            self.queue.put_nowait(first)
             try:
-                await self.flush()
+                await self.flush([first])
             except Exception:  # noqa: BLE001 - the store may be down for a moment; the events wait for the next try
                 log.warning("could not write audit events; will retry", exc_info=True)
                 await asyncio.sleep(1)

@@ -116,11 +116,4 @@ def _approximate_prompt_tokens(task) -> int:
     if task.is_chat:
         chars = sum(len(m.text()) for m in req.messages)
         return math.ceil(chars / 4) + 4 * len(req.messages) + 3
-    prompt = req.prompt
-    if isinstance(prompt, str):
-        return math.ceil(len(prompt) / 4)
-    if prompt and isinstance(prompt[0], int):
-        return len(prompt)
-    if prompt and isinstance(prompt[0], list):
-        return sum(len(p) for p in prompt)
-    return sum(math.ceil(len(p) / 4) for p in prompt)
+    return _approximate_input_tokens(req.prompt)
