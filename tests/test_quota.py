@@ -167,3 +167,44 @@ async def test_admissions_decided_together_stay_exact(limiter):
     assert [d.admitted for d in decisions] == [True] * 7 + [False] * 13
     assert [d.remaining[0] for d in decisions[:7]] == [6, 5, 4, 3, 2, 1, 0]
     assert all(d.refused == 0 and d.retry_after_s >= 1 for d in decisions[7:])
+
+
+async def test_leases_admit_locally_and_never_overshoot():
+    """Two limiters (two replicas) far from the limit lease surplus and admit from it without asking Redis;
+    the total they admit never passes the limit, and what a lease did not use goes back when its second ends."""
+    from modelworks.quota.redis_limiter import RedisLimiter
+
+    prefix = f"mw:test:{uuid.uuid4().hex}:"
+    one, two = RedisLimiter(require_redis(), prefix=prefix), RedisLimiter(require_redis(), prefix=prefix)
+    calls = {"n": 0}
+    original = one.redis.eval_script
+
+    async def counted(*args, **kwargs):
+        calls["n"] += 1
+        return await original(*args, **kwargs)
+
+    one.redis.eval_script = counted
+    try:
+        checks = [Check("e:req", 60, 400, 1), Check("e:tok", 60, 40_000, 10)]
+        admitted = 0
+        for _ in range(150):  # one after another: after the first, most come from the lease
+            admitted += (await one.acquire(checks)).admitted
+        assert admitted == 150 and calls["n"] < 40, calls
+
+        async def hammer(limiter) -> int:
+            count = 0
+            for _ in range(300):
+                count += (await limiter.acquire(checks)).admitted
+            return count
+
+        admitted += sum(await asyncio.gather(hammer(one), hammer(two)))
+        # never more than the limit; less only by what a lease held when its replica stopped asking (1/20 each)
+        assert 360 <= admitted <= 400, f"{admitted} admitted; the limit is 400 and 750 asked"
+        await asyncio.sleep(1.5)  # every lease's second has ended: the unused rest goes back
+        await one.flush()
+        await two.flush()
+        total = int(await one.redis.call("HGET", prefix + "e:req", "t"))
+        assert total == admitted, f"Redis holds {total} charged requests; {admitted} were admitted"
+    finally:
+        await one.close()
+        await two.close()

@@ -17,12 +17,22 @@ class RedisError(Exception):
     """Redis answered with an error."""
 
 
+_ENCODED: dict = {}  # argument -> its RESP bulk string: the limiter sends the same keys and numbers again and again
+
+
+def _arg(value) -> bytes:
+    cacheable = type(value) is int or type(value) is str  # not bool or float: 1, True and 1.0 are one dict key
+    encoded = _ENCODED.get(value) if cacheable else None
+    if encoded is None:
+        data = value if isinstance(value, bytes) else str(value).encode()
+        encoded = b"$%d\r\n%s\r\n" % (len(data), data)
+        if cacheable and len(_ENCODED) < 65536:
+            _ENCODED[value] = encoded
+    return encoded
+
+
 def _command(*args) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+    return b"*%d\r\n" % len(args) + b"".join(map(_arg, args))
 
 
 class _Protocol(asyncio.Protocol):
