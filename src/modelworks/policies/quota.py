@@ -20,54 +20,92 @@ OPERATIONS = {"chat.completions": "ChatCompletions_Create", "completions": "Comp
               "embeddings": "Embeddings_Create"}
 
 
+class _Plan:
+    """What one (deployment, key) pair is checked against: worked out once, used for every request."""
+
+    __slots__ = ("specs", "labels", "token_keys", "headers")
+
+    def __init__(self, scopes: list) -> None:
+        specs, labels = [], []
+        for scope, key, tpm, rpm in scopes:
+            if tpm:
+                specs.append((f"{key}:tok", 60, tpm, True))
+                labels.append((scope, "tokens", tpm))
+            if rpm:
+                specs.append((f"{key}:req", 60, rpm, False))
+                labels.append((scope, "requests", rpm))
+                specs.append((f"{key}:req10", 10, max(1, rpm // 6), False))
+                labels.append((scope, "requests", rpm))
+        self.specs = tuple(specs)
+        self.labels = tuple(labels)
+        self.token_keys = tuple((key, window) for key, window, _, tokens in specs if tokens)
+        # x-ratelimit-* for the deployment's per-minute limits, as Azure sends them
+        self.headers = tuple((i, f"x-ratelimit-limit-{kind}", str(limit), f"x-ratelimit-remaining-{kind}")
+                             for i, ((_, window, _, _), (scope, kind, limit)) in enumerate(zip(specs, labels))
+                             if scope == "deployment" and window == 60)
+
+
 class QuotaPolicy:
     stage = "admit"
 
     def __init__(self, limiter: Limiter, default_max_tokens: int) -> None:
         self.limiter = limiter
         self.default_max_tokens = default_max_tokens
+        self._plans: dict[tuple, _Plan | None] = {}
 
     async def admit(self, call: Call) -> None:
-        info = call.route.info
-        who = call.principal
-        plan = [("deployment", f"dep:{call.route.deployment}", info.get("tpm"), info.get("rpm_effective"))]
-        if who is not None:
-            plan.append(("key", f"key:{who.key_id}", who.tpm_limit, who.rpm_limit))
-            plan.append(("project", f"proj:{who.project_id}", who.project_tpm_limit, who.project_rpm_limit))
-        if not any(tpm or rpm for _, _, tpm, rpm in plan):
+        plan = self._plan(call)
+        if plan is None:
             return
         tokens = self.estimate(call)
-        checks, labels = [], []
-        for scope, key, tpm, rpm in plan:
-            if tpm:
-                checks.append(Check(f"{key}:tok", 60, tpm, tokens))
-                labels.append((scope, "tokens", tpm))
-            if rpm:
-                checks.append(Check(f"{key}:req", 60, rpm, 1))
-                labels.append((scope, "requests", rpm))
-                checks.append(Check(f"{key}:req10", 10, max(1, rpm // 6), 1))
-                labels.append((scope, "requests", rpm))
+        checks = [Check(key, window, limit, tokens if is_tokens else 1) for key, window, limit, is_tokens in plan.specs]
         decision = await self.limiter.acquire(checks)
         if not decision.admitted:
-            scope, kind, limit = labels[decision.refused]
+            scope, kind, limit = plan.labels[decision.refused]
             retry = max(1, math.ceil(decision.retry_after_s))
             raise RateLimited(self._message(call, scope, kind, limit, retry), retry_after_s=retry,
-                              code="rate_limit_exceeded", headers=self._limit_headers(checks, labels, None))
-        call.facts["quota"] = (decision.second, tokens, [c for c in checks if c.key.endswith(":tok")])
-        call.response_headers.update(self._limit_headers(checks, labels, decision.remaining))
+                              code="rate_limit_exceeded", headers={h[1]: h[2] for h in plan.headers})
+        call.facts["quota"] = (decision.second, tokens, plan.token_keys)
+        headers = call.response_headers
+        remaining = decision.remaining
+        for i, limit_name, limit, remaining_name in plan.headers:
+            headers[limit_name] = limit
+            headers[remaining_name] = str(max(0, remaining[i]))
+
+    def _plan(self, call: Call) -> _Plan | None:
+        info = call.route.info
+        who = call.principal
+        if who is None:
+            cache_key = (call.route.deployment, info.get("tpm"), info.get("rpm_effective"))
+        else:
+            cache_key = (call.route.deployment, info.get("tpm"), info.get("rpm_effective"), who.key_id,
+                         who.tpm_limit, who.rpm_limit, who.project_id, who.project_tpm_limit, who.project_rpm_limit)
+        try:
+            return self._plans[cache_key]
+        except KeyError:
+            pass
+        scopes = [("deployment", f"dep:{call.route.deployment}", info.get("tpm"), info.get("rpm_effective"))]
+        if who is not None:
+            scopes.append(("key", f"key:{who.key_id}", who.tpm_limit, who.rpm_limit))
+            scopes.append(("project", f"proj:{who.project_id}", who.project_tpm_limit, who.project_rpm_limit))
+        plan = _Plan(scopes) if any(tpm or rpm for _, _, tpm, rpm in scopes) else None
+        if len(self._plans) >= 10_000:  # keys come and go: start afresh rather than grow without bound
+            self._plans.clear()
+        self._plans[cache_key] = plan
+        return plan
 
     async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
         charged = call.facts.get("quota")
         if charged is None:
             return
-        second, estimate, token_checks = charged
+        second, estimate, token_keys = charged
         actual = usage.total_tokens if usage is not None else 0
         if status >= 400 and usage is None:
             actual = 0  # refused or failed before any token: give the charge back
         delta = actual - estimate
         if delta:
-            for check in token_checks:
-                await self.limiter.adjust(check.key, check.window, second, delta)
+            for key, window in token_keys:
+                await self.limiter.adjust(key, window, second, delta)
 
     def estimate(self, call: Call) -> int:
         if "embedding_input" in call.facts:  # embeddings: their input is all they cost
@@ -82,17 +120,6 @@ class QuotaPolicy:
         call.facts["prompt_tokens"] = prompt
         limit = req.token_limit if req.token_limit is not None else self.default_max_tokens
         return prompt + limit * req.n
-
-    def _limit_headers(self, checks: list[Check], labels: list, remaining) -> dict[str, str]:
-        """x-ratelimit-* for the deployment's per-minute limits, as Azure sends them."""
-        headers = {}
-        for i, (check, (scope, kind, limit)) in enumerate(zip(checks, labels)):
-            if scope != "deployment" or check.window != 60:
-                continue
-            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-            if remaining is not None:
-                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, remaining[i]))
-        return headers
 
     @staticmethod
     def _message(call: Call, scope: str, kind: str, limit: int, retry: int) -> str:
