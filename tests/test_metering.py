@@ -101,7 +101,7 @@ def test_wal_replay_is_idempotent_and_skips_a_torn_line(tmp_path):
     (wal_dir / "dead-1.jsonl").write_bytes(orjson.dumps(record) + b"\n" + orjson.dumps({**record, "id": "r2"})
                                            + b"\n" + b'{"id": "r3", "at"')
     usage.insert([record])  # r1 was already stored before the process died
-    wal = UsageWAL(wal_dir, usage.insert)
+    wal = UsageWAL(wal_dir, usage.insert_json)
     assert wal.replay_orphans() == 2
     assert not list(wal_dir.glob("*.jsonl"))
     assert sum(r["requests"] for r in usage.aggregate(project_id=None, since=None, until=None, group_by=())) == 2
@@ -133,3 +133,46 @@ def test_a_spent_budget_answers_insufficient_quota(tmp_path, specs):
         assert free.status_code == 200  # other projects are not affected
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("path", ["json", "rows"])
+def test_batch_insert_stores_each_field_as_written(tmp_path, backend, path):
+    """The batch insert (one JSON document unpacked by the database, or row by row where it cannot) stores what
+    metering wrote: the time to the microsecond, nulls as nulls, numbers as numbers."""
+    from datetime import datetime, timezone
+
+    import orjson
+
+    from modelworks.metering.usage import COLUMNS
+    from support.databases import fresh_postgres
+
+    drop = None
+    if backend == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'u.db'}")
+    else:
+        url, drop = fresh_postgres()
+        db = Database(url)
+    try:
+        db.upgrade()
+        usage = UsageService(db)
+        if path == "rows":
+            usage._json_sql = None
+        at = 1795000000.987654  # late in its second: the second must not round up
+        rows = [["r1", at, "p", "k", "d", "b", None, "chat.completions", 3, 4, 0.00125, 12.5, None, 200, None],
+                ["r2", at + 1.5, "p", None, "d", "b", "westeurope", "completions", 0, 0, 0.0, 1.0, 0.25, 429, "filtered"]]
+        usage.insert_json([orjson.dumps(r) for r in rows])
+        usage.insert_json([orjson.dumps(rows[0])])  # a replay: stored once
+        assert (usage._json_sql is not None) == (path == "json"), "the JSON insert failed and fell back"
+        stored = {r["id"]: r for r in usage.records()}
+        assert set(stored) == {"r1", "r2"}
+        for row in rows:
+            got = stored[row[0]]
+            when = got["at"] if got["at"].tzinfo else got["at"].replace(tzinfo=timezone.utc)
+            assert abs(when - datetime.fromtimestamp(row[1], timezone.utc)).total_seconds() < 2e-6, (when, row[1])
+            for name, value in zip(COLUMNS[2:], row[2:]):
+                assert got[name] == value, (name, got[name], value)
+    finally:
+        db.engine.dispose()
+        if drop:
+            drop()

@@ -28,7 +28,7 @@ class ControlPlane:
         self.projects = ProjectService(self.db)
         self.deployments = DeploymentService(self.db, set(settings.backends))
         self.usage = UsageService(self.db)
-        self.wal = UsageWAL(settings.data_path / "usage-wal", self.usage.insert, settings.metering.flush_seconds)
+        self.wal = UsageWAL(settings.data_path / "usage-wal", self.usage.insert_json, settings.metering.flush_seconds)
         self.audit = AuditLog(self.db)
         self.audit_writer = AuditWriter(self.audit)
         self.auth = ApiKeyAuth(self._lookup, ttl=settings.auth.key_cache_seconds, on_failure=self._auth_failed)

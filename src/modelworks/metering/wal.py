@@ -1,12 +1,15 @@
 """The usage write-ahead log: records reach the store in batches, off the hot path, and none is lost.
 
-Each finished request appends one JSON line to this process's current segment with a single `write` call: once
-written, the operating system keeps it even if the process is killed the next instant. Every `interval` the
+Each finished request adds one JSON line to this process's current segment. The lines of the requests that
+finish in one turn of the event loop go out together, in one `write` call at the end of that turn: once written,
+the operating system keeps them even if the process is killed the next instant. (So the window in which a kill
+can lose a finished request's record is the rest of the loop turn it finished in, well under a millisecond;
+one `write` per request instead cost a tenth of the proxy's hot path.) Every `interval` the
 writer starts a new segment, inserts the old segment's records into the store in one transaction (inserts are
 idempotent by record id) and deletes the segment only after that commits. A segment's file is locked while its
 process lives; at start-up, segments nobody holds (left by a killed process) are replayed and deleted. What a
 power failure can lose is what the OS had not yet put on disk (no fsync per request: that would cost more than
-the rest of the request); a process crash or kill loses nothing.
+the rest of the request); a process crash or kill loses at most the records of the turn it struck.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from typing import Callable
 
 import orjson
 
+from modelworks.metering.usage import COLUMNS
+
 log = logging.getLogger("modelworks.metering")
 
-Insert = Callable[[list[dict]], None]
+Insert = Callable[[list[bytes]], None]  # records as JSON lines (see UsageService.insert_json)
 
 
 class UsageWAL:
@@ -31,7 +36,8 @@ class UsageWAL:
         self.dir = directory
         self.insert = insert
         self.interval = interval
-        self.pending: list[dict] = []
+        self.pending: list[bytes] = []     # lines written, not yet in the store
+        self._unwritten: list[bytes] = []  # lines of this loop turn, not yet written
         self.done_segments: list[tuple[int, Path]] = []  # written out, waiting for their records to commit
         self.fd = -1
         self.path: Path | None = None
@@ -42,9 +48,22 @@ class UsageWAL:
         self.replay_orphans()
         self._new_segment()
 
-    def append(self, record: dict) -> None:
-        os.write(self.fd, orjson.dumps(record) + b"\n")
-        self.pending.append(record)
+    def append(self, record) -> None:
+        line = orjson.dumps(record)
+        self.pending.append(line)
+        self._unwritten.append(line)
+        if len(self._unwritten) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.write_out)
+            except RuntimeError:  # no event loop (a tool, a test): write at once
+                self.write_out()
+
+    def write_out(self) -> None:
+        """One `write` for the lines added in this turn of the event loop."""
+        if self._unwritten:
+            lines, self._unwritten = self._unwritten, []
+            lines.append(b"")
+            os.write(self.fd, b"\n".join(lines))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -62,6 +81,7 @@ class UsageWAL:
                 self.path.unlink(missing_ok=True)
 
     async def flush(self) -> None:
+        self.write_out()
         if not self.pending:
             return
         batch, self.pending = self.pending, []
@@ -88,15 +108,19 @@ class UsageWAL:
                 os.close(fd)
                 continue  # a live process owns it
             try:
-                records = []
+                lines = []
                 for line in path.read_bytes().splitlines():
                     try:
-                        records.append(orjson.loads(line))
+                        record = orjson.loads(line)
                     except orjson.JSONDecodeError:
                         log.warning("skipping a torn line in %s", path)
-                if records:
-                    self.insert(records)
-                    replayed += len(records)
+                        continue
+                    if isinstance(record, dict):  # written by an older version
+                        line = orjson.dumps([record.get(c) for c in COLUMNS])
+                    lines.append(line)
+                if lines:
+                    self.insert(lines)
+                    replayed += len(lines)
                 path.unlink()
             finally:
                 os.close(fd)

@@ -37,11 +37,10 @@ class MeteringPolicy:
         cost = (prompt * (info.get("price_input_per_1k") or 0.0) + completion * (info.get("price_output_per_1k") or 0.0)) / 1000
         now = time.monotonic()
         first = call.facts.get("first_at")
-        self.wal.append({
-            "id": f"{self._node}{next(self._ids):x}", "at": time.time(), "project_id": who.project_id if who else "",
-            "key_id": who.key_id if who else None, "deployment": route.deployment, "backend": route.backend.name,
-            "region": info.get("region"), "operation": call.operation, "prompt_tokens": prompt,
-            "completion_tokens": completion, "cost": round(cost, 8), "latency_ms": round((now - call.started) * 1000, 3),
-            "ttft_ms": round((first - call.started) * 1000, 3) if first else None, "status": status,
-            "filter_outcome": call.facts.get("filter_outcome"),
-        })
+        # a row in usage.COLUMNS order
+        self.wal.append([
+            f"{self._node}{next(self._ids):x}", time.time(), who.project_id if who else "",
+            who.key_id if who else None, route.deployment, route.backend.name, info.get("region"), call.operation,
+            prompt, completion, round(cost, 8), round((now - call.started) * 1000, 3),
+            round((first - call.started) * 1000, 3) if first else None, status, call.facts.get("filter_outcome"),
+        ])
