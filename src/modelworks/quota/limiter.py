@@ -8,20 +8,17 @@ included) hold at most `limit - amount`. So any run of `window` consecutive seco
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
+class Check(NamedTuple):  # a tuple: made for every request, and a frozen dataclass is slow to make
     key: str      # what is limited, e.g. "dep:gpt-4o:tok"
     window: int   # seconds
     limit: int
     amount: int
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     admitted: bool
     second: int                      # the bucket charged (for corrections)
     remaining: tuple[int, ...]       # per check, after this request (when admitted)
