@@ -30,7 +30,7 @@ class Call:
 
 
 class Policy(Protocol):
-    stage: str  # "authenticate" or "admit"
+    stage: str  # "authenticate", "admit", or "complete" (only sees calls end)
 
     async def admit(self, call: Call) -> None:
         """Raise a ModelworksError to refuse the call."""

@@ -16,15 +16,12 @@ from modelworks.policies.chain import Call
 
 
 class MeteringPolicy:
-    stage = "admit"
+    stage = "complete"  # nothing to do before the answer
 
     def __init__(self, wal: UsageWAL) -> None:
         self.wal = wal
         self._node = uuid.uuid4().hex[:16]  # ids: this process's random prefix and a counter (no system call)
         self._ids = itertools.count()
-
-    async def admit(self, call: Call) -> None:
-        return None
 
     async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
         route = call.route
