@@ -51,7 +51,8 @@ $(PEERS)/.installed: $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
 	@touch $@
 
 bench: install peers
-	@command -v wrk >/dev/null || (apt-get install -y -q wrk >/dev/null 2>&1 || sudo apt-get install -y -q wrk) \
+	@command -v wrk >/dev/null || (apt-get install -y -q wrk >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1) || sudo apt-get install -y -q wrk) \
 	  || echo "wrk could not be installed: the proxy section will be skipped"
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python bench/run.py --peers-python $(PEERS)/bin/python $(BENCH_ARGS)
 
