@@ -102,6 +102,20 @@ class InsufficientQuota(ModelworksError):
         super().__init__(message, headers={"x-should-retry": "false"}, **kw)
 
 
+class ContentFiltered(InvalidRequest):
+    """The prompt was blocked by the deployment's content filter policy (Azure: 400 `content_filter`)."""
+
+    code = "content_filter"
+    azure_code = "content_filter"
+
+    def __init__(self, results: dict, **kw) -> None:
+        super().__init__("The response was filtered due to the prompt triggering Azure OpenAI's content management "
+                         "policy. Please modify your prompt and retry. To learn more about our content filtering "
+                         "policies please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766",
+                         param="prompt", **kw)
+        self.inner = {"code": "ResponsibleAIPolicyViolation", "content_filter_result": results}
+
+
 class UpstreamError(ModelworksError):
     """An upstream backend failed or answered with an error we pass on."""
 

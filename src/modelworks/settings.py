@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelworks.errors import ConfigError
+from modelworks.safety.policy import ContentFilterPolicy, builtin_policies
 
 ENV_PREFIX = "MODELWORKS__"
 
@@ -162,14 +163,24 @@ class Settings(_Strict):
     auth: AuthSettings = AuthSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     deployments: dict[str, Deployment] = Field(default_factory=dict)
+    content_filters: dict[str, ContentFilterPolicy] = Field(
+        default_factory=dict, description="content-filter policies by name (`default` is built in)")
     api_key: str | None = Field(default=None, description="first admin key; else one is generated at first start")
 
     @model_validator(mode="after")
     def _references(self) -> "Settings":
+        policies = self.content_filter_policies
         for name, dep in self.deployments.items():
             if dep.backend not in self.backends:
                 raise ValueError(f"deployments.{name}.backend: no backend named {dep.backend!r}")
+            if dep.content_filter is not None and dep.content_filter not in policies:
+                raise ValueError(f"deployments.{name}.content_filter: no content filter policy named "
+                                 f"{dep.content_filter!r} (defined: {', '.join(sorted(policies))})")
         return self
+
+    @property
+    def content_filter_policies(self) -> dict[str, ContentFilterPolicy]:
+        return {**builtin_policies(), **self.content_filters}
 
     @property
     def data_path(self) -> Path:

@@ -20,6 +20,7 @@ from modelworks.control.plane import ControlPlane
 from modelworks.policies.budget import BudgetPolicy
 from modelworks.policies.chain import PolicyChain
 from modelworks.policies.metering import MeteringPolicy
+from modelworks.policies.safety import SafetyPolicy
 from modelworks.policies.quota import QuotaPolicy
 from modelworks.quota.limiter import build_limiter
 from modelworks.service import Gateway
@@ -88,7 +89,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     control = ControlPlane(settings)
     catalog = Catalog(control.deployments, backends, gateway)
     limiter = build_limiter(settings.quota)
-    policies = [control.auth, BudgetPolicy(control.usage), QuotaPolicy(limiter, settings.quota.default_max_tokens)]
+    policies = [control.auth, BudgetPolicy(control.usage), QuotaPolicy(limiter, settings.quota.default_max_tokens),
+                SafetyPolicy(settings.content_filter_policies)]
     if settings.metering.enabled:
         policies.append(MeteringPolicy(control.wal))
     chain = PolicyChain(policies)

@@ -22,6 +22,10 @@ def envelope(exc: BaseException, *, dialect: str = OPENAI) -> tuple[int, dict[st
     if isinstance(exc, ModelworksError):
         code = exc.azure_code if dialect != OPENAI and exc.azure_code else exc.code
         error = {"message": exc.message, "type": exc.type, "param": exc.param, "code": code}
+        inner = getattr(exc, "inner", None)
+        if inner is not None:  # content filtering: clients read `innererror.content_filter_result`
+            error["status"] = exc.status
+            error["innererror"] = inner
         if dialect == AZURE:  # Azure's schema types `param` and `code` as strings: leave out what is unknown
             error = {k: v for k, v in error.items() if v is not None}
         return exc.status, {"error": error}, exc.headers

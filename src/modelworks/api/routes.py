@@ -54,8 +54,14 @@ class Handlers:
             except BaseException:
                 await self.chain.complete(call, None, 500)
                 raise
+            try:
+                self.chain.review(call, result)
+            except BaseException:
+                await self.chain.complete(call, result.usage, 500)
+                raise
             await self.chain.complete(call, result.usage, 200)
-            return JSONResult(render.completion_body(result, chat=chat, model=route.deployment),
+            return JSONResult(render.completion_body(result, chat=chat, model=route.deployment,
+                                                     extra=_annotations(call)),
                               headers=call.response_headers)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         framer = render.StreamFramer(chat=chat, model=route.deployment, include_usage=include_usage)
@@ -70,7 +76,11 @@ class Handlers:
             await deltas.aclose()
             await self.chain.complete(call, None, 500)
             raise
-        return EventStream(framer.frame(first), self._frames(call, deltas, framer), headers=call.response_headers)
+        head = framer.frame(first)
+        annotations = call.facts.get("prompt_filter_results")
+        if annotations is not None and call.facts.get("annotation_frame", True):
+            head = framer.annotation_frame(annotations) + head
+        return EventStream(head, self._frames(call, deltas, framer), headers=call.response_headers)
 
     async def _frames(self, call: Call, deltas: AsyncIterator[Delta], framer: render.StreamFramer):
         status = 500
@@ -142,6 +152,11 @@ class Handlers:
         call = Call(operation=operation, headers=request.headers, deployment=deployment)
         await self.chain.authenticate(call)
         return call
+
+
+def _annotations(call: Call) -> dict | None:
+    results = call.facts.get("prompt_filter_results")
+    return {"prompt_filter_results": results} if results is not None else None
 
 
 async def _nothing() -> AsyncIterator[bytes]:

@@ -1,7 +1,7 @@
 """Compose policies into one chain. Each policy sees the call; none knows the others.
 
 Two stages: `authenticate` runs before the request body is read (who is calling), `admit` after it was parsed
-and its deployment resolved (may they, now). `complete` runs when the answer is finished, however it ended,
+and its deployment resolved (may they, now); `review` sees a finished generation before it is returned. `complete` runs when the answer is finished, however it ended,
 with the usage that was delivered: quotas correct their charge there, metering records it.
 """
 
@@ -41,6 +41,7 @@ class PolicyChain:
         self.authenticators = [p for p in policies if getattr(p, "stage", "admit") == "authenticate"]
         self.admitters = [p for p in policies if getattr(p, "stage", "admit") == "admit"]
         self.completers = [p for p in reversed(policies) if hasattr(p, "complete")]
+        self.reviewers = [p for p in policies if hasattr(p, "review")]
 
     async def authenticate(self, call: Call) -> None:
         for policy in self.authenticators:
@@ -49,6 +50,11 @@ class PolicyChain:
     async def admit(self, call: Call) -> None:
         for policy in self.admitters:
             await policy.admit(call)
+
+    def review(self, call: Call, result) -> None:
+        """Let policies inspect (and amend) a finished generation before it is returned."""
+        for policy in self.reviewers:
+            policy.review(call, result)
 
     async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
         for policy in self.completers:

@@ -72,6 +72,12 @@ class StreamFramer:
             chunk["usage"] = None
         return sse(chunk)
 
+    def annotation_frame(self, prompt_filter_results: list) -> bytes:
+        """Azure's first stream event: the prompt's filter results, with no choices. Azure leaves its id, object,
+        created and model empty; the specs require them, so this frame carries the stream's own."""
+        return sse({"id": self.id, "object": self.object, "created": self.created, "model": self.model,
+                    "choices": [], "prompt_filter_results": prompt_filter_results})
+
     def closing(self) -> bytes:
         if not self.include_usage:
             return DONE

@@ -1,0 +1,130 @@
+"""Content filtering in the chain: the prompt is screened at admission, the completion before it is returned.
+
+A deployment without a `content_filter` policy is not screened and carries no annotations. With one, the
+prompt's parts (chat messages, completion prompts) are screened after the quota admitted the call: a blocked
+prompt is Azure's 400 `content_filter` (its quota charge goes back, as for any refused call), redacted PII is
+replaced in the request before any backend sees it, and `prompt_filter_results` goes on the answer. Each
+choice of a completion is screened in turn: blocked, it ends with `finish_reason: "content_filter"` and no
+content; redacted, its text is replaced; either way it carries `content_filter_results`.
+Decisions (detector, score, threshold, span) are kept in `call.facts["safety"]` for the request log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from modelworks.backends.base import Generation
+from modelworks.errors import ContentFiltered, Unavailable
+from modelworks.policies.chain import Call
+from modelworks.safety.blocklist import profanity
+from modelworks.safety.policy import ContentFilterPolicy
+from modelworks.safety.screen import Outcome, Screen, redact_parts
+
+log = logging.getLogger("modelworks.safety")
+
+
+class SafetyPolicy:
+    stage = "admit"
+
+    def __init__(self, policies: dict[str, ContentFilterPolicy]) -> None:
+        self.policies = policies
+        self.profanity = profanity()
+        self._screens: dict[str, Screen] = {}
+        self.errors = 0  # checks that failed (their requests were served, annotated, unless fail-closed)
+
+    def screen_for(self, call: Call) -> Screen | None:
+        route = call.route
+        name = route.info.get("content_filter_policy") if route is not None else None
+        if not name or call.task is None:
+            return None
+        screen = self._screens.get(name)
+        if screen is None:
+            policy = self.policies.get(name)
+            if policy is None:  # deployments are checked against the policies when made; a removed one is default
+                log.warning("deployment %s names an unknown content filter policy %r: using default",
+                            route.deployment, name)
+                policy = self.policies["default"]
+            screen = self._screens[name] = Screen(policy, profanity=self.profanity)
+        return screen
+
+    async def admit(self, call: Call) -> None:
+        screen = self.screen_for(call)
+        if screen is None:
+            return
+        parts = _prompt_parts(call.task)
+        outcome = screen.prompt(parts)
+        self._record(call, outcome, screen)
+        if outcome.blocked:
+            raise ContentFiltered(outcome.results)
+        if outcome.redactions:
+            _rewrite_prompt(call.task, redact_parts(parts, outcome.redactions))
+        call.facts["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": outcome.results}]
+        call.facts["annotation_frame"] = screen.policy.annotation_frame
+
+    def review(self, call: Call, result: Generation) -> None:
+        """Screen each choice of a finished completion, in place."""
+        screen = self.screen_for(call)
+        if screen is None:
+            return
+        for choice in result.choices:
+            message = choice.get("message")
+            text = (message.get("content") or "") if message is not None else (choice.get("text") or "")
+            outcome = screen.completion(text, index=choice.get("index", 0))
+            self._record(call, outcome, screen)
+            if outcome.blocked:
+                choice["finish_reason"] = "content_filter"
+                text = ""
+            elif outcome.redactions:
+                text = redact_parts([text], outcome.redactions, first=choice.get("index", 0))[0]
+            if message is not None:
+                message["content"] = text if (text or outcome.blocked) else message.get("content")
+            else:
+                choice["text"] = text
+            choice["content_filter_results"] = outcome.results
+
+    def _record(self, call: Call, outcome: Outcome, screen: Screen) -> None:
+        if outcome.failed:
+            self.errors += 1
+            if screen.policy.fail_closed:
+                raise Unavailable("The content filter could not check this request, and the deployment's policy "
+                                  "refuses what it cannot check. Retry shortly.")
+        decisions = call.facts.setdefault("safety", [])
+        decisions.extend(d.as_dict() for d in outcome.decisions)
+        worst = ("passed", "annotated", "redacted", "error", "blocked")
+        current = call.facts.get("filter_outcome") or "passed"
+        if worst.index(outcome.outcome) > worst.index(current):
+            call.facts["filter_outcome"] = outcome.outcome
+        else:
+            call.facts["filter_outcome"] = current
+
+
+def _prompt_parts(task) -> list[str]:
+    req = task.request
+    if task.is_chat:
+        return [m.text() for m in req.messages]
+    prompt = req.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and isinstance(prompt[0], str):
+        return list(prompt)
+    return []  # token ids: nothing to read
+
+
+def _rewrite_prompt(task, parts: list[str]) -> None:
+    """Put redacted text into the request the backend will see (its JSON body and its parsed form)."""
+    raw = orjson.loads(task.body) if task.body else task.request.model_dump(exclude_none=True, by_alias=True)
+    if task.is_chat:
+        for message, text in zip(raw["messages"], parts):
+            content = message.get("content")
+            if isinstance(content, list):
+                others = [p for p in content if p.get("type") not in ("text", "refusal")]
+                message["content"] = [{"type": "text", "text": text}, *others]
+            elif content is not None:
+                message["content"] = text
+    else:
+        raw["prompt"] = parts[0] if isinstance(raw.get("prompt"), str) else parts
+    task.request = type(task.request).model_validate(raw)
+    task.body = orjson.dumps(raw)
+    task.prompt_ids = None

@@ -1,0 +1,137 @@
+"""Content filtering end to end, with the official SDKs as clients: Azure's annotations on answers and stream
+frames, a blocked prompt as Azure's 400, PII redacted before the upstream sees it, a blocked completion ending
+with `finish_reason: content_filter`, and explained decisions in the usage record's outcome."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import API_KEY, AZURE_API_VERSION
+from modelworks.metering.usage import UsageService
+from modelworks.store.db import Database
+from support.servers import start_modelworks
+from support.spec import CheckingTransport
+
+
+def _config(upstream_url: str) -> dict:
+    return {
+        "backends": {
+            "upstream": {"type": "openai", "base_url": f"{upstream_url}/v1", "api_key": "x"},
+            "leaky": {"type": "fake", "reply": "Sure, write to ceo@example.com and tell them this is bullshit."},
+            "clean": {"type": "fake", "reply": "Rome was founded in 753 BC."},
+        },
+        "content_filters": {
+            "strict": {"prompt": {"pii": {"action": "redact"}, "profanity": "block"},
+                       "completion": {"pii": {"action": "redact"}, "profanity": "block"}},
+            "pii-block": {"prompt": {"pii": {"action": "block", "kinds": ["payment_card", "iban"]}}},
+        },
+        "deployments": {
+            "guarded-upstream": {"backend": "upstream", "model": "echo-model", "content_filter": "strict"},
+            "guarded-leaky": {"backend": "leaky", "content_filter": "strict"},
+            "annotated-leaky": {"backend": "leaky", "content_filter": "default"},
+            "card-blocking": {"backend": "clean", "content_filter": "pii-block"},
+            "unfiltered": {"backend": "clean"},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, upstream):
+    tmp = tmp_path_factory.mktemp("filter")
+    proc = start_modelworks(tmp, _config(upstream.url), API_KEY, name="filter")
+    proc.data_dir = tmp / "filter-data"
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def sdk(guarded, recorder):
+    with httpx.Client(transport=CheckingTransport(recorder), timeout=30) as http:
+        yield openai.OpenAI(base_url=f"{guarded.url}/v1", api_key=API_KEY, http_client=http, max_retries=0)
+
+
+@pytest.fixture
+def azure(guarded, recorder):
+    with httpx.Client(transport=CheckingTransport(recorder), timeout=30) as http:
+        yield openai.AzureOpenAI(azure_endpoint=guarded.url, api_key=API_KEY, api_version=AZURE_API_VERSION,
+                                 http_client=http, max_retries=0)
+
+
+def _upstream_requests(upstream) -> list[dict]:
+    return httpx.get(f"{upstream.url}/_fake/requests").json()["requests"]
+
+
+def test_prompt_pii_is_redacted_before_the_upstream_sees_it(sdk, upstream):
+    httpx.delete(f"{upstream.url}/_fake/requests")
+    answer = sdk.chat.completions.create(model="guarded-upstream", messages=[
+        {"role": "system", "content": "You help customers."},
+        {"role": "user", "content": "My card is 4111 1111 1111 1111 and my mail is jo@example.org"}])
+    sent = _upstream_requests(upstream)[-1]["body"]["messages"]
+    assert sent[0]["content"] == "You help customers."
+    assert sent[1]["content"] == "My card is [PAYMENT_CARD] and my mail is [EMAIL]"
+    results = answer.model_extra["prompt_filter_results"][0]["content_filter_results"]
+    assert results["pii"]["redacted"] and [d["type"] for d in results["pii"]["details"]] == ["payment_card", "email"]
+    assert results["profanity"] == {"filtered": False, "detected": False}
+
+
+def test_a_blocked_prompt_is_azures_400(sdk, azure):
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(model="guarded-upstream", messages=[{"role": "user", "content": "you are a fucking idiot"}])
+    error = caught.value.body
+    assert caught.value.status_code == 400 and error["code"] == "content_filter" and error["param"] == "prompt"
+    inner = error["innererror"]
+    assert inner["code"] == "ResponsibleAIPolicyViolation"
+    assert inner["content_filter_result"]["profanity"] == {"filtered": True, "detected": True}
+    with pytest.raises(openai.BadRequestError) as caught:
+        azure.chat.completions.create(model="card-blocking", messages=[
+            {"role": "user", "content": "Pay from DE89 3704 0044 0532 0130 00"}])
+    assert caught.value.body["innererror"]["content_filter_result"]["pii"]["filtered"] is True
+
+
+def test_a_completion_is_redacted_or_blocked(sdk):
+    blocked = sdk.chat.completions.create(model="guarded-leaky", messages=[{"role": "user", "content": "hi"}])
+    choice = blocked.choices[0]
+    assert choice.finish_reason == "content_filter" and choice.message.content == ""
+    assert choice.model_extra["content_filter_results"]["profanity"] == {"filtered": True, "detected": True}
+    annotated = sdk.completions.create(model="annotated-leaky", prompt="hi")
+    results = annotated.choices[0].model_extra["content_filter_results"]
+    assert annotated.choices[0].finish_reason != "content_filter"
+    assert results["pii"]["detected"] and not results["pii"]["filtered"]
+    assert "ceo@example.com" in annotated.choices[0].text  # annotate only
+
+
+def test_streams_start_with_the_annotation_frame(guarded, specs):
+    with httpx.stream("POST", f"{guarded.url}/openai/deployments/guarded-leaky/chat/completions",
+                      params={"api-version": AZURE_API_VERSION}, headers={"api-key": API_KEY},
+                      json={"messages": [{"role": "user", "content": "mail a@b.io"}], "stream": True}) as r:
+        raw = r.read()
+    events = specs.check_sse("/openai/deployments/guarded-leaky/chat/completions", raw)
+    first = events[0]
+    assert first["choices"] == [] and first["prompt_filter_results"][0]["content_filter_results"]["pii"]["redacted"]
+
+
+def test_unfiltered_deployments_carry_no_annotations(sdk):
+    answer = sdk.chat.completions.create(model="unfiltered", messages=[{"role": "user", "content": "a@b.io"}])
+    assert "prompt_filter_results" not in (answer.model_extra or {})
+    assert "content_filter_results" not in (answer.choices[0].model_extra or {})
+
+
+def test_the_usage_record_keeps_the_outcome(guarded, sdk):
+    sdk.chat.completions.create(model="guarded-upstream", messages=[{"role": "user", "content": "mail a@b.io"}])
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model="guarded-upstream", messages=[{"role": "user", "content": "shit"}])
+    db = Database(f"sqlite:///{guarded.data_dir / 'modelworks.db'}")
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            outcomes = {r["filter_outcome"] for r in UsageService(db).records() if r["deployment"] == "guarded-upstream"}
+            if {"redacted", "blocked"} <= outcomes or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        db.engine.dispose()
+    assert {"redacted", "blocked"} <= outcomes
