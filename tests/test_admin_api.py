@@ -253,6 +253,9 @@ def test_deployment_rules(world):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "backends"
     kind = admin.call("POST", "/admin/v1/deployments", json={"name": "x", "backends": ["fake"], "deployment_type": "Fast"})
     assert kind.status_code == 400 and kind.json()["error"]["param"] == "deployment_type"
+    policy = admin.call("POST", "/admin/v1/deployments", json={"name": "x", "backends": ["fake"],
+                                                              "content_filter_policy": "nonexistent"})
+    assert policy.status_code == 400 and policy.json()["error"]["param"] == "content_filter_policy"
     locked = admin.call("PATCH", "/admin/v1/deployments/fake", "/admin/v1/deployments/{name}", json={"tpm": 5})
     assert locked.status_code == 400 and locked.json()["error"]["code"] == "managed_by_config"
 

@@ -44,6 +44,9 @@ def test_toml_file(tmp_path):
     ("backends: {u: {type: openai}}\ndeployments: {}", "backends.u.base_url"),
     ("backends: {}\ndeployments: {m: {backend: nowhere}}", "deployments.m.backend"),
     ("backends: {g: {type: llama_cpp, model: {path: a, package: b}}}\ndeployments: {}", "backends.g.model"),
+    ("backends: {f: {type: fake}}\ndeployments: {m: {backend: f, content_filter: nope}}", "deployments.m.content_filter"),
+    ("content_filters: {p: {prompt: {hate: {threshold: extreme}}}}", "content_filters.p.prompt.hate.threshold"),
+    ("content_filters: {p: {prompt: {pii: {kinds: [shoe_size]}}}}", "content_filters.p.prompt.pii.kinds"),
 ])
 def test_errors_name_the_field(tmp_path, text, where):
     path = tmp_path / "c.yaml"

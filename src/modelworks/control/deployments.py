@@ -43,9 +43,10 @@ def from_config(name: str, dep: ConfigDeployment) -> dict:
 
 
 class DeploymentService:
-    def __init__(self, db: Database, backend_names: set[str]) -> None:
+    def __init__(self, db: Database, backend_names: set[str], policy_names: set[str] = frozenset({"default"})) -> None:
         self.db = db
         self.backend_names = backend_names
+        self.policy_names = policy_names
 
     def sync_config(self, deployments: dict[str, ConfigDeployment]) -> None:
         """Make the config file's deployments the store's `source: config` rows (added, changed, removed)."""
@@ -114,6 +115,10 @@ class DeploymentService:
         return row
 
     def _check(self, values: dict) -> None:
+        policy = values.get("content_filter_policy")
+        if policy is not None and policy not in self.policy_names:
+            raise InvalidRequest(f"No content filter policy named '{policy}'; defined: "
+                                 f"{', '.join(sorted(self.policy_names))}.", param="content_filter_policy")
         backends = values.get("backends")
         if backends is not None:
             unknown = [b for b in backends if b not in self.backend_names]

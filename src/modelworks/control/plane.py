@@ -26,7 +26,7 @@ class ControlPlane:
         self.db = Database(database_url(settings.database.url, settings.data_path))
         self.keys = KeyService(self.db)
         self.projects = ProjectService(self.db)
-        self.deployments = DeploymentService(self.db, set(settings.backends))
+        self.deployments = DeploymentService(self.db, set(settings.backends), set(settings.content_filter_policies))
         self.usage = UsageService(self.db)
         self.wal = UsageWAL(settings.data_path / "usage-wal", self.usage.insert_json, settings.metering.flush_seconds)
         self.audit = AuditLog(self.db)
