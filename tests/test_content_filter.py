@@ -23,11 +23,16 @@ def _config(upstream_url: str) -> dict:
             "upstream": {"type": "openai", "base_url": f"{upstream_url}/v1", "api_key": "x"},
             "leaky": {"type": "fake", "reply": "Sure, write to ceo@example.com and tell them this is bullshit."},
             "clean": {"type": "fake", "reply": "Rome was founded in 753 BC."},
+            "mailer": {"type": "fake", "reply": "Write to jo@example.org today, or call the office tomorrow morning please."},
+            "rambler": {"type": "fake", "reply": "Mail ceo@example.com now. " + "Then wait a while. " * 12
+                        + "This is bullshit. " + "More words follow here. " * 30},
         },
         "content_filters": {
             "strict": {"prompt": {"pii": {"action": "redact"}, "profanity": "block"},
                        "completion": {"pii": {"action": "redact"}, "profanity": "block"}},
             "pii-block": {"prompt": {"pii": {"action": "block", "kinds": ["payment_card", "iban"]}}},
+            "small-checks": {"completion": {"pii": {"action": "redact"}}, "stream_check_chars": 50},
+            "async": {"completion": {"profanity": "block"}, "stream_mode": "async", "stream_check_chars": 100},
         },
         "deployments": {
             "guarded-upstream": {"backend": "upstream", "model": "echo-model", "content_filter": "strict"},
@@ -35,6 +40,8 @@ def _config(upstream_url: str) -> dict:
             "annotated-leaky": {"backend": "leaky", "content_filter": "default"},
             "card-blocking": {"backend": "clean", "content_filter": "pii-block"},
             "unfiltered": {"backend": "clean"},
+            "stream-redacting": {"backend": "mailer", "content_filter": "small-checks"},
+            "stream-async": {"backend": "rambler", "content_filter": "async"},
         },
     }
 
@@ -135,3 +142,36 @@ def test_the_usage_record_keeps_the_outcome(guarded, sdk):
     finally:
         db.engine.dispose()
     assert {"redacted", "blocked"} <= outcomes
+
+
+def _stream(guarded, specs, model: str, path: str = "/v1/chat/completions") -> list[dict]:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.stream("POST", guarded.url + path, headers={"api-key": API_KEY}, json=body, timeout=30) as r:
+        raw = r.read()
+    return specs.check_sse(path, raw)
+
+
+def _text(events: list[dict]) -> str:
+    return "".join((c.get("delta") or {}).get("content") or "" for e in events for c in e.get("choices", []))
+
+
+def test_buffered_streams_redact_and_block_before_release(guarded, specs):
+    events = _stream(guarded, specs, "stream-redacting")
+    assert _text(events) == "Write to [EMAIL] today, or call the office tomorrow morning please."
+    annotated = [c for e in events for c in e["choices"] if "content_filter_results" in c]
+    assert annotated and annotated[0]["content_filter_results"]["pii"]["redacted"]
+    blocked = _stream(guarded, specs, "guarded-leaky")
+    finishes = [c["finish_reason"] for e in blocked for c in e["choices"] if c.get("finish_reason")]
+    assert finishes == ["content_filter"]
+    assert "bullshit" not in _text(blocked)
+
+
+def test_async_streams_send_at_once_and_cut_within_a_check(guarded, specs):
+    events = _stream(guarded, specs, "stream-async")
+    offsets = [c["content_filter_offsets"] for e in events for c in e["choices"] if "content_filter_offsets" in c]
+    assert offsets and offsets[0]["start_offset"] == 0
+    finishes = [c["finish_reason"] for e in events for c in e["choices"] if c.get("finish_reason")]
+    assert finishes[-1] == "content_filter"
+    text = _text(events)
+    assert "ceo@example.com" in text  # sent before the check: annotated, not retracted
+    assert len(text) - text.index("bullshit") <= 200, "cut within one check of the violation"

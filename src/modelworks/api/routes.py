@@ -65,7 +65,7 @@ class Handlers:
                               headers=call.response_headers)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         framer = render.StreamFramer(chat=chat, model=route.deployment, include_usage=include_usage)
-        deltas = self.gateway.stream(route, task)
+        deltas = self.chain.review_stream(call, self.gateway.stream(route, task))
         try:
             first = await anext(deltas)
             call.facts["first_at"] = time.monotonic()

@@ -42,6 +42,7 @@ class PolicyChain:
         self.admitters = [p for p in policies if getattr(p, "stage", "admit") == "admit"]
         self.completers = [p for p in reversed(policies) if hasattr(p, "complete")]
         self.reviewers = [p for p in policies if hasattr(p, "review")]
+        self.stream_reviewers = [p for p in policies if hasattr(p, "review_stream")]
 
     async def authenticate(self, call: Call) -> None:
         for policy in self.authenticators:
@@ -55,6 +56,12 @@ class PolicyChain:
         """Let policies inspect (and amend) a finished generation before it is returned."""
         for policy in self.reviewers:
             policy.review(call, result)
+
+    def review_stream(self, call: Call, deltas):
+        """Let policies wrap a generation's stream of deltas (to screen it as it goes)."""
+        for policy in self.stream_reviewers:
+            deltas = policy.review_stream(call, deltas)
+        return deltas
 
     async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
         for policy in self.completers:

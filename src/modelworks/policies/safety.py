@@ -12,15 +12,17 @@ Decisions (detector, score, threshold, span) are kept in `call.facts["safety"]` 
 from __future__ import annotations
 
 import logging
+from typing import AsyncIterator
 
 import orjson
 
-from modelworks.backends.base import Generation
+from modelworks.backends.base import Delta, Generation
 from modelworks.errors import ContentFiltered, Unavailable
 from modelworks.policies.chain import Call
 from modelworks.safety.blocklist import profanity
 from modelworks.safety.policy import ContentFilterPolicy
 from modelworks.safety.screen import Outcome, Screen, redact_parts
+from modelworks.safety.stream import StreamScreen
 
 log = logging.getLogger("modelworks.safety")
 
@@ -83,6 +85,13 @@ class SafetyPolicy:
             else:
                 choice["text"] = text
             choice["content_filter_results"] = outcome.results
+
+    def review_stream(self, call: Call, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+        """Screen a streamed completion as it goes (the policy's `stream_mode`)."""
+        screen = self.screen_for(call)
+        if screen is None:
+            return deltas
+        return StreamScreen(screen, lambda outcome: self._record(call, outcome, screen)).wrap(deltas)
 
     def _record(self, call: Call, outcome: Outcome, screen: Screen) -> None:
         if outcome.failed:
