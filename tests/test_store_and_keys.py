@@ -29,9 +29,17 @@ def test_migrations_create_every_table_and_are_idempotent(db):
     db.upgrade()
     db.upgrade()
     tables = set(inspect(db.engine).get_table_names())
-    assert {"projects", "api_keys", "deployments", "usage_records", "audit_log", "alembic_version"} <= tables
+    assert {"projects", "api_keys", "deployments", "usage_records", "audit_log", "blocklists", "blocklist_items",
+            "alembic_version"} <= tables
     with db.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        # the migrations build exactly what the models describe
+        from alembic.autogenerate import compare_metadata
+        from alembic.migration import MigrationContext
+
+        from modelworks.store.schema import Base
+
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
 
 
 def test_bootstrap_generates_one_admin_key_once(db):

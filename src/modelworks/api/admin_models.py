@@ -65,3 +65,19 @@ class DeploymentCreate(DeploymentUpdate):
     price_output_per_1k: float = Field(default=0.0, ge=0)
     enabled: bool = True
     owned_by: str = "modelworks"
+
+
+class BlocklistCreate(_Body):
+    name: str = Field(min_length=1, max_length=100)
+    project_id: str | None = Field(default=None, description="default: the caller's project")
+    description: str | None = Field(default=None, max_length=500)
+
+
+class BlocklistItem(_Body):
+    kind: Literal["term", "regex"] = Field(default="term", description="term: a whole word or phrase, any case; "
+                                                                       "regex: a regular expression")
+    value: str = Field(min_length=1, max_length=1000)
+
+
+class BlocklistItemsAdd(_Body):
+    items: list[BlocklistItem] = Field(min_length=1, max_length=1000)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 
 from modelworks import __version__
-from modelworks.api.admin_models import DeploymentCreate, DeploymentUpdate, KeyCreate, ProjectCreate, ProjectUpdate
+from modelworks.api.admin_models import (
+    BlocklistCreate, BlocklistItemsAdd, DeploymentCreate, DeploymentUpdate, KeyCreate, ProjectCreate, ProjectUpdate,
+)
 from modelworks.api.http import JSONResult
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -43,6 +45,15 @@ _RESPONSES = {
     "AuditVerification": {"type": "object", "required": ["object", "ok", "entries"], "properties": {
         "object": {"const": "audit_verification"}, "ok": {"type": "boolean"}, "entries": {"type": "integer"},
         "problem": _NULLABLE_STR, "seq": _NULLABLE_INT}},
+    "Blocklist": {"type": "object", "required": ["object", "id", "project_id", "name"], "properties": {
+        "object": {"const": "blocklist"}, "id": {"type": "string"}, "project_id": {"type": "string"},
+        "name": {"type": "string"}, "description": _NULLABLE_STR, "created_at": {"type": "string"},
+        "updated_at": {"type": "string"}, "items": {"type": "integer"}, "deleted": {"type": "boolean"}}},
+    "BlocklistItemRecord": {"type": "object", "required": ["object", "id", "blocklist_id", "kind", "value"],
+                            "properties": {
+        "object": {"const": "blocklist_item"}, "id": {"type": "string"}, "blocklist_id": {"type": "string"},
+        "kind": {"enum": ["term", "regex"]}, "value": {"type": "string"}, "created_at": {"type": "string"},
+        "deleted": {"type": "boolean"}}},
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["message", "type"], "properties": {
             "message": {"type": "string"}, "type": {"type": "string"}, "param": _NULLABLE_STR,
@@ -81,9 +92,11 @@ def _query(name: str, schema: dict) -> dict:
 @functools.lru_cache(maxsize=1)
 def document() -> dict:
     schemas = dict(_RESPONSES)
-    for model in (ProjectCreate, ProjectUpdate, KeyCreate, DeploymentCreate, DeploymentUpdate):
+    for model in (ProjectCreate, ProjectUpdate, KeyCreate, DeploymentCreate, DeploymentUpdate, BlocklistCreate,
+                  BlocklistItemsAdd):
         schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
     p, k, d = _path_param("project_id"), _path_param("key_id"), _path_param("name")
+    bl = _path_param("blocklist_id")
     paths = {
         "/admin/v1/projects": {
             "get": _op("List the projects the caller may see", _list_of("Project")),
@@ -125,6 +138,20 @@ def document() -> dict:
                         "text/csv": {"schema": {"type": "string"}}}},
                         "default": {"description": "Error",
                                     "content": {"application/json": {"schema": _ref("Error")}}}}}},
+        "/admin/v1/blocklists": {
+            "get": _op("List blocklists (admins: all or ?project_id=; project admins: their project's)",
+                       _list_of("Blocklist"), params=[_query("project_id", {"type": "string"})]),
+            "post": _op("Create a blocklist in a project (admins, project admins)", _ref("Blocklist"),
+                        "BlocklistCreate", "201")},
+        "/admin/v1/blocklists/{blocklist_id}": {
+            "get": _op("Read a blocklist", _ref("Blocklist"), params=[bl]),
+            "delete": _op("Delete a blocklist and its items", _ref("Blocklist"), params=[bl])},
+        "/admin/v1/blocklists/{blocklist_id}/items": {
+            "get": _op("List a blocklist's terms and patterns", _list_of("BlocklistItemRecord"), params=[bl]),
+            "post": _op("Add terms and patterns (patterns are compiled now: a bad one is a 400)",
+                        _list_of("BlocklistItemRecord"), "BlocklistItemsAdd", "201", params=[bl])},
+        "/admin/v1/blocklists/{blocklist_id}/items/{item_id}": {
+            "delete": _op("Remove an item", _ref("BlocklistItemRecord"), params=[bl, _path_param("item_id")])},
         "/admin/v1/audit": {
             "get": _op("Read the audit trail (project admins: their project's entries)", _list_of("AuditEntry"),
                        params=[_query("after", {"type": "integer", "minimum": 0}),

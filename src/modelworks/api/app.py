@@ -20,7 +20,7 @@ from modelworks.control.plane import ControlPlane
 from modelworks.policies.budget import BudgetPolicy
 from modelworks.policies.chain import PolicyChain
 from modelworks.policies.metering import MeteringPolicy
-from modelworks.policies.safety import SafetyPolicy
+from modelworks.policies.safety import ProjectBlocklists, SafetyPolicy
 from modelworks.policies.quota import QuotaPolicy
 from modelworks.quota.limiter import build_limiter
 from modelworks.service import Gateway
@@ -90,7 +90,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     catalog = Catalog(control.deployments, backends, gateway)
     limiter = build_limiter(settings.quota)
     policies = [control.auth, BudgetPolicy(control.usage), QuotaPolicy(limiter, settings.quota.default_max_tokens),
-                SafetyPolicy(settings.content_filter_policies)]
+                SafetyPolicy(settings.content_filter_policies, ProjectBlocklists(control.blocklists))]
     if settings.metering.enabled:
         policies.append(MeteringPolicy(control.wal))
     chain = PolicyChain(policies)
@@ -118,6 +118,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
 
 
 def _admin_routes(router: Router, a: AdminHandlers) -> None:
+    from modelworks.api.admin_blocklists import BlocklistHandlers
     from modelworks.api.admin_openapi import openapi_endpoint
 
     router.add("/admin/v1/openapi.json", Endpoint(openapi_endpoint), ("GET",))
@@ -135,6 +136,14 @@ def _admin_routes(router: Router, a: AdminHandlers) -> None:
     router.add("/admin/v1/deployments/{name}", Endpoint(a.update_deployment), ("PATCH",))
     router.add("/admin/v1/deployments/{name}", Endpoint(a.delete_deployment), ("DELETE",))
     router.add("/admin/v1/usage", Endpoint(a.usage), ("GET",))
+    b = BlocklistHandlers(a)
+    router.add("/admin/v1/blocklists", Endpoint(b.list), ("GET",))
+    router.add("/admin/v1/blocklists", Endpoint(b.create), ("POST",))
+    router.add("/admin/v1/blocklists/{blocklist_id}", Endpoint(b.get), ("GET",))
+    router.add("/admin/v1/blocklists/{blocklist_id}", Endpoint(b.delete), ("DELETE",))
+    router.add("/admin/v1/blocklists/{blocklist_id}/items", Endpoint(b.list_items), ("GET",))
+    router.add("/admin/v1/blocklists/{blocklist_id}/items", Endpoint(b.add_items), ("POST",))
+    router.add("/admin/v1/blocklists/{blocklist_id}/items/{item_id}", Endpoint(b.remove_item), ("DELETE",))
     router.add("/admin/v1/audit", Endpoint(a.list_audit), ("GET",))
     router.add("/admin/v1/audit/verify", Endpoint(a.verify_audit), ("GET",))
     router.add("/admin/v1/audit/export", Endpoint(a.export_audit), ("GET",))

@@ -7,6 +7,7 @@ import logging
 
 from modelworks.control.audit import AuditLog, Event
 from modelworks.control.audit_writer import AuditWriter
+from modelworks.control.blocklists import BlocklistService
 from modelworks.control.bootstrap import bootstrap
 from modelworks.control.deployments import DeploymentService
 from modelworks.control.keys import KeyService
@@ -27,6 +28,7 @@ class ControlPlane:
         self.keys = KeyService(self.db)
         self.projects = ProjectService(self.db)
         self.deployments = DeploymentService(self.db, set(settings.backends), set(settings.content_filter_policies))
+        self.blocklists = BlocklistService(self.db)
         self.usage = UsageService(self.db)
         self.wal = UsageWAL(settings.data_path / "usage-wal", self.usage.insert_json, settings.metering.flush_seconds)
         self.audit = AuditLog(self.db)

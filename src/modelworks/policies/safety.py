@@ -11,7 +11,9 @@ Decisions (detector, score, threshold, span) are kept in `call.facts["safety"]` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import AsyncIterator
 
 import orjson
@@ -19,7 +21,7 @@ import orjson
 from modelworks.backends.base import Delta, Generation
 from modelworks.errors import ContentFiltered, Unavailable
 from modelworks.policies.chain import Call
-from modelworks.safety.blocklist import profanity
+from modelworks.safety.blocklist import Blocklist, profanity
 from modelworks.safety.policy import ContentFilterPolicy
 from modelworks.safety.screen import Outcome, Screen, redact_parts
 from modelworks.safety.stream import StreamScreen
@@ -27,16 +29,51 @@ from modelworks.safety.stream import StreamScreen
 log = logging.getLogger("modelworks.safety")
 
 
+class ProjectBlocklists:
+    """Each project's blocklists, compiled, read again when they changed (checked at most every `refresh_s`)."""
+
+    def __init__(self, service, refresh_s: float = 5.0) -> None:
+        self.service = service
+        self.refresh_s = refresh_s
+        self._cache: dict[str, tuple[float, object, dict[str, Blocklist]]] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+
+    async def get(self, project_id: str) -> dict[str, Blocklist]:
+        entry = self._cache.get(project_id)
+        if entry is not None and time.monotonic() - entry[0] < self.refresh_s:
+            return entry[2]
+        pending = self._loading.get(project_id)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(self._load, project_id, entry))
+            self._loading[project_id] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(project_id, None))
+        return await asyncio.shield(pending)
+
+    def _load(self, project_id: str, entry) -> dict[str, Blocklist]:
+        version = self.service.version(project_id)
+        if entry is not None and entry[1] == version:
+            lists = entry[2]
+        else:
+            lists = {name: Blocklist(name, terms, patterns)
+                     for name, (terms, patterns) in self.service.for_project(project_id).items()}
+        self._cache[project_id] = (time.monotonic(), version, lists)
+        return lists
+
+    def forget(self, project_id: str) -> None:
+        self._cache.pop(project_id, None)
+
+
 class SafetyPolicy:
     stage = "admit"
 
-    def __init__(self, policies: dict[str, ContentFilterPolicy]) -> None:
+    def __init__(self, policies: dict[str, ContentFilterPolicy], blocklists: ProjectBlocklists | None = None) -> None:
         self.policies = policies
+        self.blocklists = blocklists
         self.profanity = profanity()
         self._screens: dict[str, Screen] = {}
         self.errors = 0  # checks that failed (their requests were served, annotated, unless fail-closed)
 
-    def screen_for(self, call: Call) -> Screen | None:
+    async def screen_for(self, call: Call) -> Screen | None:
         route = call.route
         name = route.info.get("content_filter_policy") if route is not None else None
         if not name or call.task is None:
@@ -49,12 +86,18 @@ class SafetyPolicy:
                             route.deployment, name)
                 policy = self.policies["default"]
             screen = self._screens[name] = Screen(policy, profanity=self.profanity)
+        if screen.policy.blocklists and self.blocklists is not None and call.principal is not None:
+            lists = await self.blocklists.get(call.principal.project_id)
+            chosen = [lists[n] for n in screen.policy.blocklists if n in lists]
+            if chosen:
+                screen = Screen(screen.policy, blocklists=chosen, profanity=self.profanity)
         return screen
 
     async def admit(self, call: Call) -> None:
-        screen = self.screen_for(call)
+        screen = await self.screen_for(call)
         if screen is None:
             return
+        call.facts["screen"] = screen
         parts = _prompt_parts(call.task)
         outcome = screen.prompt(parts)
         self._record(call, outcome, screen)
@@ -67,7 +110,7 @@ class SafetyPolicy:
 
     def review(self, call: Call, result: Generation) -> None:
         """Screen each choice of a finished completion, in place."""
-        screen = self.screen_for(call)
+        screen = call.facts.get("screen")
         if screen is None:
             return
         for choice in result.choices:
@@ -88,7 +131,7 @@ class SafetyPolicy:
 
     def review_stream(self, call: Call, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
         """Screen a streamed completion as it goes (the policy's `stream_mode`)."""
-        screen = self.screen_for(call)
+        screen = call.facts.get("screen")
         if screen is None:
             return deltas
         return StreamScreen(screen, lambda outcome: self._record(call, outcome, screen)).wrap(deltas)
