@@ -132,3 +132,26 @@ def test_the_store_on_both_databases(database_url):
         assert "words" not in service.for_project(DEFAULT_PROJECT)
     finally:
         db.dispose()
+
+
+def test_cli_manages_blocklists(world):
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "modelworks", *args, "--url", world["url"],
+                               "--api-key", world["a"]["keys"]["project_admin"]["key"]],
+                              capture_output=True, text=True, timeout=60)
+
+    made = cli("blocklists", "create", "from-cli", "--description", "made by the CLI")
+    assert made.returncode == 0, made.stderr
+    blocklist = json.loads(made.stdout)
+    added = cli("blocklists", "add", blocklist["id"], "--term", "Woodgrove", "--regex", r"WG-\d+")
+    assert added.returncode == 0, added.stderr
+    items = json.loads(cli("blocklists", "items", blocklist["id"]).stdout)["data"]
+    assert sorted(i["value"] for i in items) == ["WG-\\d+", "Woodgrove"]
+    assert cli("blocklists", "remove", blocklist["id"], items[0]["id"]).returncode == 0
+    assert json.loads(cli("blocklists", "show", blocklist["id"]).stdout)["items"] == 1
+    assert cli("blocklists", "delete", blocklist["id"]).returncode == 0
+    assert cli("blocklists", "show", blocklist["id"]).returncode == 1

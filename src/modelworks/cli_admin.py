@@ -1,4 +1,4 @@
-"""Admin commands of the CLI, over the admin API: `modelworks projects|keys|audit ...`.
+"""Admin commands of the CLI, over the admin API: `modelworks projects|keys|deployments|blocklists|usage|audit`.
 
 The server is `--url` (or MODELWORKS_URL, default http://127.0.0.1:8000); the key is `--api-key` (or
 MODELWORKS_API_KEY). Answers are printed as JSON; `audit export` prints JSON Lines.
@@ -63,6 +63,24 @@ def add_commands(sub) -> None:
     p = common(deps.add_parser("delete"))
     p.add_argument("name")
 
+    lists = sub.add_parser("blocklists", help="custom blocklists of a project").add_subparsers(dest="action",
+                                                                                              required=True)
+    p = common(lists.add_parser("list"))
+    p.add_argument("--project")
+    p = common(lists.add_parser("create"))
+    p.add_argument("name")
+    p.add_argument("--project", help="default: the calling key's project")
+    p.add_argument("--description")
+    for verb in ("show", "delete", "items"):
+        common(lists.add_parser(verb)).add_argument("blocklist_id")
+    p = common(lists.add_parser("add"))
+    p.add_argument("blocklist_id")
+    p.add_argument("--term", action="append", default=[], help="a word or phrase (repeat for several)")
+    p.add_argument("--regex", action="append", default=[], help="a regular expression (repeat for several)")
+    p = common(lists.add_parser("remove"))
+    p.add_argument("blocklist_id")
+    p.add_argument("item_id")
+
     usage = common(sub.add_parser("usage", help="usage aggregated by day, deployment and key"))
     usage.add_argument("--group-by", default="day,deployment,key")
     usage.add_argument("--since")
@@ -78,7 +96,7 @@ def add_commands(sub) -> None:
     common(audit.add_parser("export"))
 
 
-ADMIN_COMMANDS = ("projects", "keys", "deployments", "usage", "audit")
+ADMIN_COMMANDS = ("projects", "keys", "deployments", "blocklists", "usage", "audit")
 _DEPLOYMENT_FIELDS = ("backends", "model", "deployment_type", "region", "data_zone", "tpm", "rpm",
                       "content_filter_policy", "price_input_per_1k", "price_output_per_1k")
 
@@ -120,6 +138,17 @@ def run(args: argparse.Namespace) -> int:
         ("deployments", "update"): lambda: ("PATCH", f"/admin/v1/deployments/{_q(args.name)}",
                                             _deployment_body(args, False)),
         ("deployments", "delete"): lambda: ("DELETE", f"/admin/v1/deployments/{_q(args.name)}", None),
+        ("blocklists", "list"): lambda: ("GET", "/admin/v1/blocklists" + (
+            f"?project_id={_q(args.project)}" if args.project else ""), None),
+        ("blocklists", "create"): lambda: ("POST", "/admin/v1/blocklists", _drop_none(
+            {"name": args.name, "project_id": args.project, "description": args.description})),
+        ("blocklists", "show"): lambda: ("GET", f"/admin/v1/blocklists/{_q(args.blocklist_id)}", None),
+        ("blocklists", "delete"): lambda: ("DELETE", f"/admin/v1/blocklists/{_q(args.blocklist_id)}", None),
+        ("blocklists", "items"): lambda: ("GET", f"/admin/v1/blocklists/{_q(args.blocklist_id)}/items", None),
+        ("blocklists", "add"): lambda: ("POST", f"/admin/v1/blocklists/{_q(args.blocklist_id)}/items", {"items": [
+            *({"kind": "term", "value": t} for t in args.term), *({"kind": "regex", "value": r} for r in args.regex)]}),
+        ("blocklists", "remove"): lambda: (
+            "DELETE", f"/admin/v1/blocklists/{_q(args.blocklist_id)}/items/{_q(args.item_id)}", None),
         ("audit", "list"): lambda: ("GET", f"/admin/v1/audit?after={args.after}&limit={args.limit}", None),
         ("audit", "verify"): lambda: ("GET", "/admin/v1/audit/verify", None),
         ("audit", "export"): lambda: ("GET", "/admin/v1/audit/export", None),
