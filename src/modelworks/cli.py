@@ -24,12 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     db = sub.add_parser("db", help="the control-plane database")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply the migrations")
     db.add_argument("--config", default=os.environ.get("MODELWORKS_CONFIG"))
+    safety = sub.add_parser("safety", help="the built-in safety classifiers").add_subparsers(dest="action",
+                                                                                             required=True)
+    train = safety.add_parser("train", help="train them from the labelled datasets (rewrites the model file)")
+    train.add_argument("--data", default="../shared/datasets", help="folder of the labelled JSON Lines files")
+    train.add_argument("--out", help="model file to write (default: the one the server loads)")
+    evaluate = safety.add_parser("eval", help="precision, recall, F1 and AUPRC on a labelled JSON Lines file")
+    evaluate.add_argument("file")
+    evaluate.add_argument("--all-rows", action="store_true", help="not only the held-out fifth")
     from modelworks import cli_admin
 
     cli_admin.add_commands(sub)
     args = parser.parse_args(argv)
     if args.command in cli_admin.ADMIN_COMMANDS:
         return cli_admin.run(args)
+    if args.command == "safety":
+        return _safety(args)
 
     from modelworks.settings import load_settings
 
@@ -46,6 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"modelworks: {exc}", file=sys.stderr)
         return 2
+
+
+def _safety(args) -> int:
+    from pathlib import Path
+
+    if args.action == "train":
+        from modelworks.safety.train import train
+
+        kwargs = {"out": Path(args.out)} if args.out else {}
+        train(Path(args.data), **kwargs)
+        return 0
+    from modelworks.safety.evaluate import evaluate, format_report
+
+    path = Path(args.file)
+    if not path.exists():
+        print(f"modelworks: no such file: {path}", file=sys.stderr)
+        return 2
+    print(format_report(evaluate(path, holdout_only=not args.all_rows)))
+    return 0
 
 
 def _serve(settings, args) -> int:

@@ -9,6 +9,7 @@ import time
 from modelworks.api.admin import AdminHandlers
 from modelworks.api.errors import AZURE, AZURE_V1, OPENAI, envelope
 from modelworks.api.http import Endpoint, JSONResult, new_request_id, send_json
+from modelworks.api.moderation import ModerationHandlers
 from modelworks.api.request import Request
 from modelworks.api.router import Router
 from modelworks.api.routes import Handlers
@@ -20,8 +21,8 @@ from modelworks.control.plane import ControlPlane
 from modelworks.policies.budget import BudgetPolicy
 from modelworks.policies.chain import PolicyChain
 from modelworks.policies.metering import MeteringPolicy
-from modelworks.policies.safety import ProjectBlocklists, SafetyPolicy
 from modelworks.policies.quota import QuotaPolicy
+from modelworks.policies.safety import ProjectBlocklists, SafetyPolicy
 from modelworks.quota.limiter import build_limiter
 from modelworks.service import Gateway
 from modelworks.settings import Settings
@@ -81,6 +82,12 @@ class ModelworksApp:
                 return
 
 
+def _safety_model():
+    from modelworks.safety.classifier import default_model  # NumPy: loaded on first use, not at import
+
+    return default_model()
+
+
 def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None) -> ModelworksApp:
     """Build the ASGI app. `backends` replaces the configured ones (tests inject fakes this way)."""
     if backends is None:
@@ -95,6 +102,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
         policies.append(MeteringPolicy(control.wal))
     chain = PolicyChain(policies)
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
+    moderation = ModerationHandlers(chain, _safety_model, settings.server.max_body_bytes)
 
     router = Router()
     router.add("/healthz", Endpoint(_healthz), ("GET",))
@@ -103,6 +111,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
         router.add(f"{prefix}/chat/completions", Endpoint(h.chat, dialect=dialect))
         router.add(f"{prefix}/completions", Endpoint(h.completions, dialect=dialect))
         router.add(f"{prefix}/embeddings", Endpoint(h.embeddings, dialect=dialect))
+        router.add(f"{prefix}/moderations", Endpoint(moderation.create, dialect=dialect))
         router.add(f"{prefix}/models", Endpoint(h.list_models, dialect=dialect), ("GET",))
         router.add(f"{prefix}/models/{{model:path}}", Endpoint(h.get_model, dialect=dialect), ("GET",))
     router.add("/openai/deployments/{deployment}/chat/completions", Endpoint(h.chat, dialect=AZURE))

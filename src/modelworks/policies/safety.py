@@ -22,7 +22,7 @@ from modelworks.backends.base import Delta, Generation
 from modelworks.errors import ContentFiltered, Unavailable
 from modelworks.policies.chain import Call
 from modelworks.safety.blocklist import Blocklist, profanity
-from modelworks.safety.policy import ContentFilterPolicy
+from modelworks.safety.policy import HARM_CATEGORIES, ContentFilterPolicy
 from modelworks.safety.screen import Outcome, Screen, redact_parts
 from modelworks.safety.stream import StreamScreen
 
@@ -70,6 +70,7 @@ class SafetyPolicy:
         self.policies = policies
         self.blocklists = blocklists
         self.profanity = profanity()
+        self.model = None  # the classifiers: loaded when the first policy that classifies is used
         self._screens: dict[str, Screen] = {}
         self.errors = 0  # checks that failed (their requests were served, annotated, unless fail-closed)
 
@@ -85,12 +86,16 @@ class SafetyPolicy:
                 log.warning("deployment %s names an unknown content filter policy %r: using default",
                             route.deployment, name)
                 policy = self.policies["default"]
-            screen = self._screens[name] = Screen(policy, profanity=self.profanity)
+            if self.model is None and _classifies(policy):
+                from modelworks.safety.classifier import default_model  # NumPy: only when needed
+
+                self.model = default_model()
+            screen = self._screens[name] = Screen(policy, profanity=self.profanity, model=self.model)
         if screen.policy.blocklists and self.blocklists is not None and call.principal is not None:
             lists = await self.blocklists.get(call.principal.project_id)
             chosen = [lists[n] for n in screen.policy.blocklists if n in lists]
             if chosen:
-                screen = Screen(screen.policy, blocklists=chosen, profanity=self.profanity)
+                screen = Screen(screen.policy, blocklists=chosen, profanity=self.profanity, model=self.model)
         return screen
 
     async def admit(self, call: Call) -> None:
@@ -98,8 +103,8 @@ class SafetyPolicy:
         if screen is None:
             return
         call.facts["screen"] = screen
-        parts = _prompt_parts(call.task)
-        outcome = screen.prompt(parts)
+        parts, roles = _prompt_parts(call.task)
+        outcome = screen.prompt(parts, roles)
         self._record(call, outcome, screen)
         if outcome.blocked:
             raise ContentFiltered(outcome.results)
@@ -152,16 +157,23 @@ class SafetyPolicy:
             call.facts["filter_outcome"] = current
 
 
-def _prompt_parts(task) -> list[str]:
+def _classifies(policy: ContentFilterPolicy) -> bool:
+    sides = (policy.prompt, policy.completion)
+    return (policy.jailbreak != "off" or policy.indirect_attack != "off"
+            or any(side.harm(c).min_severity is not None for side in sides for c in HARM_CATEGORIES))
+
+
+def _prompt_parts(task) -> tuple[list[str], list[str]]:
+    """The prompt's texts and their roles (chat messages; a completion prompt is the user's)."""
     req = task.request
     if task.is_chat:
-        return [m.text() for m in req.messages]
+        return [m.text() for m in req.messages], [m.role for m in req.messages]
     prompt = req.prompt
     if isinstance(prompt, str):
-        return [prompt]
+        return [prompt], ["user"]
     if prompt and isinstance(prompt[0], str):
-        return list(prompt)
-    return []  # token ids: nothing to read
+        return list(prompt), ["user"] * len(prompt)
+    return [], []  # token ids: nothing to read
 
 
 def _rewrite_prompt(task, parts: list[str]) -> None:

@@ -212,3 +212,25 @@ class EmbeddingRequest(_Body):
         if isinstance(value, list) and any(isinstance(v, str) and not v for v in value):
             raise ValueError("input must not contain empty strings")
         return value
+
+
+class ModerationTextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ModerationImagePart(_Body):
+    type: Literal["image_url"]
+    image_url: dict
+
+
+class ModerationRequest(_Body):
+    input: str | list[str] | list[ModerationTextPart | ModerationImagePart]
+    model: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _input_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("input must not be an empty list")
+        return value

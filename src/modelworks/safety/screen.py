@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from modelworks.safety import pii
 from modelworks.safety.blocklist import Blocklist, normalize
-from modelworks.safety.policy import ContentFilterPolicy, Direction
+from modelworks.safety.policy import HARM_CATEGORIES, ContentFilterPolicy, Direction, severity_level
 
 log = logging.getLogger("modelworks.safety")
 
@@ -64,20 +64,25 @@ class Outcome:
 
 class Screen:
     def __init__(self, policy: ContentFilterPolicy, blocklists: list[Blocklist] = (),
-                 profanity: Blocklist | None = None) -> None:
+                 profanity: Blocklist | None = None, model=None) -> None:
         self.policy = policy
         self.blocklists = list(blocklists)
         self.profanity = profanity
+        self.model = model  # the harm and attack classifiers (classifier.TextSafetyModel), if any
 
-    def prompt(self, parts: list[str]) -> Outcome:
-        return self._screen("prompt", self.policy.prompt, parts)
+    def prompt(self, parts: list[str], roles: list[str] | None = None) -> Outcome:
+        """`roles`: each part's chat role; `tool` parts are documents, checked for indirect attacks."""
+        return self._screen("prompt", self.policy.prompt, parts, roles=roles)
 
     def completion(self, text: str, index: int = 0) -> Outcome:
         return self._screen("completion", self.policy.completion, [text], first_index=index)
 
-    def _screen(self, direction: str, rules: Direction, parts: list[str], first_index: int = 0) -> Outcome:
+    def _screen(self, direction: str, rules: Direction, parts: list[str], first_index: int = 0,
+                roles: list[str] | None = None) -> Outcome:
         out = Outcome()
         try:
+            if self.model is not None:
+                self._classify(direction, rules, parts, out, first_index, roles)
             self._pii(direction, rules, parts, out, first_index)
             self._lists(direction, rules, parts, out, first_index)
         except Exception:  # noqa: BLE001 - a detector's failure is an annotation, not a failed request
@@ -85,6 +90,51 @@ class Screen:
             out.failed = True
             out.results["error"] = dict(FILTER_ERROR)
         return out
+
+    def _classify(self, direction: str, rules: Direction, parts: list[str], out: Outcome, first: int,
+                  roles: list[str] | None) -> None:
+        categories = [c for c in HARM_CATEGORIES if rules.harm(c).min_severity is not None]
+        attacks = []
+        if direction == "prompt":
+            if self.policy.jailbreak != "off":
+                attacks.append(("jailbreak", self.policy.jailbreak, lambda role: role != "tool"))
+            if self.policy.indirect_attack != "off":
+                attacks.append(("indirect_attack", self.policy.indirect_attack, lambda role: role == "tool"))
+        if not categories and not attacks:
+            return
+        worst = {c: (0, 0.0, None) for c in categories}       # severity, score, part
+        attack = {name: (0.0, None) for name, _, _ in attacks}  # score, part
+        threshold = self.model.thresholds.get("jailbreak", 0.5)
+        for i, text in enumerate(parts):
+            if not text:
+                continue
+            scores = self.model.score(text)
+            for c in categories:
+                severity = scores.severity(c)
+                if severity > worst[c][0] or worst[c][2] is None:
+                    worst[c] = (severity, scores.values[c], i)
+            role = roles[i] if roles else "user"
+            for name, _, applies in attacks:
+                if applies(role) and scores.values["jailbreak"] > attack[name][0]:
+                    attack[name] = (scores.values["jailbreak"], i)
+        for c in categories:
+            rule = rules.harm(c)
+            severity, score, part = worst[c]
+            hit = severity >= rule.min_severity
+            filtered = hit and rule.action == "block"
+            out.blocked |= filtered
+            out.results[c] = {"filtered": filtered, "severity": severity_level(severity)}
+            if hit:
+                out.decisions.append(Decision(direction, first + (part or 0), "harm", c, score,
+                                              rule.min_severity / 8, rule.action))
+        for name, action, _ in attacks:
+            score, part = attack[name]
+            detected = score >= threshold
+            filtered = detected and action == "block"
+            out.blocked |= filtered
+            out.results[name] = {"filtered": filtered, "detected": detected}
+            if detected:
+                out.decisions.append(Decision(direction, first + (part or 0), name, name, score, threshold, action))
 
     def _pii(self, direction: str, rules: Direction, parts: list[str], out: Outcome, first: int) -> None:
         rule = rules.pii
