@@ -9,6 +9,7 @@ import time
 from modelworks.api.admin import AdminHandlers
 from modelworks.api.errors import AZURE, AZURE_V1, OPENAI, envelope
 from modelworks.api.http import Endpoint, JSONResult, new_request_id, send_json
+from modelworks.api.content_safety import ContentSafetyHandlers
 from modelworks.api.moderation import ModerationHandlers
 from modelworks.api.request import Request
 from modelworks.api.router import Router
@@ -96,13 +97,15 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     control = ControlPlane(settings)
     catalog = Catalog(control.deployments, backends, gateway)
     limiter = build_limiter(settings.quota)
+    blocklists = ProjectBlocklists(control.blocklists)
     policies = [control.auth, BudgetPolicy(control.usage), QuotaPolicy(limiter, settings.quota.default_max_tokens),
-                SafetyPolicy(settings.content_filter_policies, ProjectBlocklists(control.blocklists))]
+                SafetyPolicy(settings.content_filter_policies, blocklists)]
     if settings.metering.enabled:
         policies.append(MeteringPolicy(control.wal))
     chain = PolicyChain(policies)
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
     moderation = ModerationHandlers(chain, _safety_model, settings.server.max_body_bytes)
+    safety = ContentSafetyHandlers(chain, _safety_model, blocklists, settings.server.max_body_bytes)
 
     router = Router()
     router.add("/healthz", Endpoint(_healthz), ("GET",))
@@ -117,6 +120,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     router.add("/openai/deployments/{deployment}/chat/completions", Endpoint(h.chat, dialect=AZURE))
     router.add("/openai/deployments/{deployment}/completions", Endpoint(h.completions, dialect=AZURE))
     router.add("/openai/deployments/{deployment}/embeddings", Endpoint(h.embeddings, dialect=AZURE))
+    router.add("/contentsafety/text:analyze", Endpoint(safety.analyze, dialect=AZURE), ("POST",))
+    router.add("/contentsafety/text:shieldPrompt", Endpoint(safety.shield_prompt, dialect=AZURE), ("POST",))
     router.add("/openai/deployments/{deployment}/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models/{model:path}", Endpoint(h.get_model, dialect=AZURE), ("GET",))

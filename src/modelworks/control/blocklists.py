@@ -124,17 +124,23 @@ class BlocklistService:
 
     def for_project(self, project_id: str) -> dict[str, tuple[list[str], list[str]]]:
         """The project's lists for screening: name -> (terms, patterns)."""
+        return {name: (terms, patterns) for name, (terms, patterns, _) in self.with_ids(project_id).items()}
+
+    def with_ids(self, project_id: str) -> dict[str, tuple[list[str], list[str], dict[str, str]]]:
+        """name -> (terms, patterns, {term or pattern: item id})."""
         with self.db.session() as s:
-            query = (select(BlocklistRow.name, BlocklistItemRow.kind, BlocklistItemRow.value)
+            query = (select(BlocklistRow.name, BlocklistItemRow.kind, BlocklistItemRow.value, BlocklistItemRow.id)
                      .join(BlocklistItemRow, BlocklistItemRow.blocklist_id == BlocklistRow.id, isouter=True)
                      .where(BlocklistRow.project_id == project_id))
-            lists: dict[str, tuple[list[str], list[str]]] = {}
-            for name, kind, value in s.execute(query):
-                terms, patterns = lists.setdefault(name, ([], []))
+            lists: dict[str, tuple[list[str], list[str], dict[str, str]]] = {}
+            for name, kind, value, item_id in s.execute(query):
+                terms, patterns, ids = lists.setdefault(name, ([], [], {}))
                 if kind == "term":
                     terms.append(value)
                 elif kind == "regex":
                     patterns.append(value)
+                if item_id is not None:
+                    ids[value] = item_id
             return lists
 
     def version(self, project_id: str):

@@ -22,7 +22,7 @@ _MAX_ENTRIES = 50_000
 
 
 def presented_key(headers) -> str | None:
-    key = headers.get("api-key")
+    key = headers.get("api-key") or headers.get("ocp-apim-subscription-key")  # the latter: Azure AI Content Safety
     if key:
         return key.strip()
     auth = headers.get("authorization")

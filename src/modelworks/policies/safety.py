@@ -54,8 +54,10 @@ class ProjectBlocklists:
         if entry is not None and entry[1] == version:
             lists = entry[2]
         else:
-            lists = {name: Blocklist(name, terms, patterns)
-                     for name, (terms, patterns) in self.service.for_project(project_id).items()}
+            lists = {}
+            for name, (terms, patterns, ids) in self.service.with_ids(project_id).items():
+                lists[name] = Blocklist(name, terms, patterns)
+                lists[name].ids = ids
         self._cache[project_id] = (time.monotonic(), version, lists)
         return lists
 

@@ -234,3 +234,23 @@ class ModerationRequest(_Body):
         if isinstance(value, list) and not value:
             raise ValueError("input must not be an empty list")
         return value
+
+
+class AnalyzeTextRequest(BaseModel):
+    """Azure AI Content Safety `text:analyze` (camelCase on the wire)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    text: str = Field(max_length=10_000)
+    categories: list[Literal["Hate", "SelfHarm", "Sexual", "Violence"]] | None = None
+    blocklist_names: list[str] | None = Field(default=None, alias="blocklistNames")
+    halt_on_blocklist_hit: bool | None = Field(default=None, alias="haltOnBlocklistHit")
+    output_type: Literal["FourSeverityLevels", "EightSeverityLevels"] = Field(default="FourSeverityLevels",
+                                                                              alias="outputType")
+
+
+class ShieldPromptRequest(BaseModel):
+    """Azure AI Content Safety `text:shieldPrompt`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    user_prompt: str | None = Field(default=None, alias="userPrompt", max_length=10_000)
+    documents: list[str] | None = Field(default=None, max_length=5)

@@ -58,6 +58,7 @@ class Blocklist:
         alternation = "|".join(regex.escape(t) for t in sorted(self.terms, key=len, reverse=True))
         self._terms = regex.compile(rf"(?<!\w)(?:{alternation})(?!\w)") if self.terms else None
         self._originals = {normalize(t.strip()): t.strip() for t in terms}
+        self.ids: dict[str, str] = {}  # item (term or pattern) -> its id in the store, where it came from there
 
     def find(self, text: str, normalized: str | None = None) -> list[Hit]:
         """Every match in `text`. Raises TimeoutError when a pattern runs past its time limit."""
