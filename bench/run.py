@@ -5,6 +5,8 @@
    llama-cpp-python's own server).
 3. Proxy overhead to a fake upstream at concurrency 1, 16, 64 (wrk, one worker each): the upstream called
    directly, through Modelworks and through LiteLLM Proxy.
+4. Content filtering: added latency of the default content-filter policy (classifiers, PII, profanity) on a
+   500-token prompt, p50 and p99 at one connection, against the same deployment unfiltered.
 
 Figures are printed and written to bench/results/latest.json.
 """
@@ -156,15 +158,17 @@ class InProcess:
 
 WRK_LUA = """
 wrk.method = "POST"
-wrk.body = '{"model": "fake-model", "messages": [{"role": "user", "content": "Say hello."}]}'
+wrk.body = [==[%s]==]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %s"
 """
 
 
-def wrk(url: str, connections: int, seconds: int, tmp: Path) -> dict:
+def wrk(url: str, connections: int, seconds: int, tmp: Path, model: str = "fake-model",
+        prompt: str = "Say hello.") -> dict:
     script = tmp / "wrk.lua"
-    script.write_text(WRK_LUA % KEY)
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]})
+    script.write_text(WRK_LUA % (body, KEY))
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -284,6 +288,53 @@ def section_proxy(tmp: Path, upstream: Process, args, procs: list[Process]) -> d
     return proxy
 
 
+SAFETY_PROMPT = ("The quarterly report shows revenue growth across our European markets, driven by new customers "
+                 "in Germany and France. ") * 25  # 502 tokens (MiniLM's tokenizer), 2,950 characters
+
+
+def section_safety(tmp: Path, upstream: Process, args, procs: list[Process]) -> dict:
+    """Two deployments on the same fast upstream, one with the default content-filter policy; wrk at one
+    connection, interleaved rounds: the difference is what screening the prompt and the completion costs."""
+    port = free_port()
+    config = {"server": {"port": port, "data_dir": str(tmp / "mw-safety-data")},
+              "backends": {"upstream": {"type": "openai", "base_url": f"{upstream.url}/v1", "api_key": "x"}},
+              "deployments": {"plain": {"backend": "upstream", "model": "fake-model"},
+                              "filtered": {"backend": "upstream", "model": "fake-model", "content_filter": "default"}},
+              "metering": {"enabled": False}}
+    path = tmp / "mw-safety.yaml"
+    path.write_text(yaml.safe_dump(config))
+    mw = start([sys.executable, "-m", "modelworks", "serve", "--config", str(path)], f"http://127.0.0.1:{port}",
+               "/readyz", tmp, "mw-safety", env={"MODELWORKS_API_KEY": KEY})
+    procs.append(mw)
+    out: dict = {}
+    try:
+        rounds: dict[str, list[dict]] = {"plain": [], "filtered": []}
+        for name in rounds:
+            wrk(f"{mw.url}/v1/chat/completions", 1, 2, tmp, model=name, prompt=SAFETY_PROMPT)  # warm-up
+        for _ in range(args.rounds):
+            for name in rounds:
+                rounds[name].append(wrk(f"{mw.url}/v1/chat/completions", 1, args.seconds, tmp, model=name,
+                                        prompt=SAFETY_PROMPT))
+        for name, samples in rounds.items():
+            out[name] = {"rps": _median([r["rps"] for r in samples]), "p50_ms": _median([r["p50_ms"] for r in samples]),
+                         "p99_ms": _median([r["p99_ms"] for r in samples]),
+                         "non_2xx": sum(r["non_2xx"] for r in samples)}
+    finally:
+        _stop(mw, procs)
+    out["added_p50_ms"] = out["filtered"]["p50_ms"] - out["plain"]["p50_ms"]
+    out["added_p99_ms"] = out["filtered"]["p99_ms"] - out["plain"]["p99_ms"]
+    return out
+
+
+def _print_safety(r: dict) -> None:
+    print("\n== Content filtering, 500-token prompt, one connection (wrk; median of rounds) ==")
+    for name in ("plain", "filtered"):
+        print(f"  {name:9} {r[name]['rps']:8.0f} req/s  p50 {r[name]['p50_ms']:6.2f} ms  p99 {r[name]['p99_ms']:6.2f} ms"
+              f"  non-2xx {r[name]['non_2xx']}")
+    print(f"  the default policy adds {r['added_p50_ms']:.2f} ms at p50 and {r['added_p99_ms']:.2f} ms at p99 "
+          "(targets: <= 10 ms and <= 30 ms)")
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2]
@@ -301,12 +352,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per point (median reported)")
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--runs", type=int, default=5, help="alternating rounds of the embedded comparison")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: embedded,concurrent,proxy")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: embedded,concurrent,proxy,safety")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    if shutil.which("wrk") is None and "proxy" not in skip:
-        print("wrk is not installed (apt-get install wrk); skipping the proxy section", file=sys.stderr)
-        skip.add("proxy")
+    if shutil.which("wrk") is None and not {"proxy", "safety"} <= skip:
+        print("wrk is not installed (apt-get install wrk); skipping the proxy and safety sections", file=sys.stderr)
+        skip.update({"proxy", "safety"})
     from modelworks.model_files import assemble_gemma
 
     model_path = str(assemble_gemma(Path("~/.cache/modelworks/models").expanduser()))
@@ -327,6 +378,9 @@ def main() -> int:
         if "proxy" not in skip:
             results["proxy_overhead"] = section_proxy(tmp, upstream, args, procs)
             _print_proxy(results["proxy_overhead"])
+        if "safety" not in skip:
+            results["content_filtering"] = section_safety(tmp, upstream, args, procs)
+            _print_safety(results["content_filtering"])
     finally:
         for proc in procs:
             proc.stop()
