@@ -4,6 +4,7 @@ with `finish_reason: content_filter`, and explained decisions in the usage recor
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -135,13 +136,22 @@ def test_the_usage_record_keeps_the_outcome(guarded, sdk):
     try:
         deadline = time.monotonic() + 5
         while True:
-            outcomes = {r["filter_outcome"] for r in UsageService(db).records() if r["deployment"] == "guarded-upstream"}
+            records = [r for r in UsageService(db).records() if r["deployment"] == "guarded-upstream"]
+            outcomes = {r["filter_outcome"] for r in records}
             if {"redacted", "blocked"} <= outcomes or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     finally:
         db.engine.dispose()
     assert {"redacted", "blocked"} <= outcomes
+    # each decision explained: detector, category, score, threshold, action and, for PII, the span
+    redacted = next(r for r in records if r["filter_outcome"] == "redacted")
+    decisions = json.loads(redacted["filter_decisions"])
+    assert {"direction": "prompt", "index": 0, "detector": "pii", "category": "email", "score": 1.0,
+            "threshold": None, "action": "redact", "span": [5, 11]} in decisions
+    blocked = next(r for r in records if r["filter_outcome"] == "blocked")
+    assert any(d["detector"] == "profanity" and d["action"] == "block" for d in json.loads(blocked["filter_decisions"]))
+    assert "a@b.io" not in redacted["filter_decisions"], "decisions hold spans, never the text"
 
 
 def _stream(guarded, specs, model: str, path: str = "/v1/chat/completions") -> list[dict]:

@@ -20,7 +20,7 @@ log = logging.getLogger("modelworks.metering")
 GROUPS = ("day", "deployment", "key", "project")
 # A usage record as metering writes it: a row of these, in this order ("at" in seconds since the epoch)
 COLUMNS = ("id", "at", "project_id", "key_id", "deployment", "backend", "region", "operation", "prompt_tokens",
-           "completion_tokens", "cost", "latency_ms", "ttft_ms", "status", "filter_outcome")
+           "completion_tokens", "cost", "latency_ms", "ttft_ms", "status", "filter_outcome", "filter_decisions")
 assert set(COLUMNS) == {c.name for c in UsageRecord.__table__.columns}, "usage record columns out of step"
 
 
@@ -41,7 +41,8 @@ def _row(record, sqlite: bool) -> tuple:
     """A record as written by metering (a list in COLUMNS order), or as a dict (older write-ahead files)."""
     if isinstance(record, dict):
         record = [record.get(c) for c in COLUMNS]
-    return (record[0], _at(record[1], sqlite), *record[2:])
+    row = (record[0], _at(record[1], sqlite), *record[2:])
+    return row + (None,) * (len(COLUMNS) - len(row))  # lines written before a column was added
 
 
 class UsageService:

@@ -10,6 +10,8 @@ import itertools
 import time
 import uuid
 
+import orjson
+
 from modelworks.backends.base import Usage
 from modelworks.metering.wal import UsageWAL
 from modelworks.policies.chain import Call
@@ -40,4 +42,12 @@ class MeteringPolicy:
             who.key_id if who else None, route.deployment, route.backend.name, info.get("region"), call.operation,
             prompt, completion, round(cost, 8), round((now - call.started) * 1000, 3),
             round((first - call.started) * 1000, 3) if first else None, status, call.facts.get("filter_outcome"),
+            _decisions(call.facts.get("safety")),
         ])
+
+
+def _decisions(decisions: list | None) -> str | None:
+    """The content filter's decisions as JSON text (at most 50 kept: a long text can have many PII matches)."""
+    if not decisions:
+        return None
+    return orjson.dumps(decisions[:50]).decode()

@@ -83,6 +83,8 @@ class UsageRecord(Base):
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     status: Mapped[int] = mapped_column(Integer)
     filter_outcome: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # the content filter's explained decisions (detector, category, score, threshold, action, span), as JSON
+    filter_decisions: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AuditEntry(Base):
