@@ -34,6 +34,8 @@ def _config(upstream_url: str) -> dict:
             "pii-block": {"prompt": {"pii": {"action": "block", "kinds": ["payment_card", "iban"]}}},
             "small-checks": {"completion": {"pii": {"action": "redact"}}, "stream_check_chars": 50},
             "async": {"completion": {"profanity": "block"}, "stream_mode": "async", "stream_check_chars": 100},
+            "logged": {"prompt": {"pii": {"action": "redact"}, "profanity": "block"}, "log_content": True,
+                       "content_retention_days": 7},
         },
         "deployments": {
             "guarded-upstream": {"backend": "upstream", "model": "echo-model", "content_filter": "strict"},
@@ -43,6 +45,7 @@ def _config(upstream_url: str) -> dict:
             "unfiltered": {"backend": "clean"},
             "stream-redacting": {"backend": "mailer", "content_filter": "small-checks"},
             "stream-async": {"backend": "rambler", "content_filter": "async"},
+            "logged": {"backend": "clean", "content_filter": "logged"},
         },
     }
 
@@ -214,3 +217,37 @@ def test_moderations_with_the_sdk(sdk):
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.moderations.create(input=[{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}])
     assert caught.value.body["param"] == "input[0]"
+
+
+def test_content_is_logged_only_where_the_policy_opts_in_and_expires(guarded, sdk):
+    from datetime import datetime, timedelta, timezone
+
+    from modelworks.control.content_log import ContentLog
+
+    sdk.chat.completions.create(model="logged", messages=[{"role": "user", "content": "Reach me at jo@example.org"}])
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model="logged", messages=[{"role": "user", "content": "this is shit"}])
+    sdk.chat.completions.create(model="stream-redacting", messages=[{"role": "user", "content": "not logged"}])
+    streamed = sdk.chat.completions.create(model="logged", stream=True,
+                                           messages=[{"role": "user", "content": "stream it"}])
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "Rome was founded in 753 BC."
+    db = Database(f"sqlite:///{guarded.data_dir / 'modelworks.db'}")
+    try:
+        log = ContentLog(db)
+        deadline = time.monotonic() + 5
+        while len(entries := log.entries()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert {e["deployment"] for e in entries} == {"logged"}, "only the deployment that opts in is logged"
+        served = next(e for e in entries if e["filter_outcome"] == "redacted")
+        assert json.loads(served["prompt"]) == ["Reach me at [EMAIL]"]  # as the backend saw it
+        assert json.loads(served["completion"]) == ["Rome was founded in 753 BC."]
+        refused = next(e for e in entries if e["filter_outcome"] == "blocked")
+        assert json.loads(refused["prompt"]) == ["this is shit"] and json.loads(refused["completion"]) == []
+        expires = served["expires_at"] if served["expires_at"].tzinfo else served["expires_at"].replace(tzinfo=timezone.utc)
+        assert timedelta(days=6.9) < expires - datetime.now(timezone.utc) <= timedelta(days=7)
+        logged_stream = next(e for e in entries if json.loads(e["prompt"]) == ["stream it"])
+        assert json.loads(logged_stream["completion"]) == ["Rome was founded in 753 BC."]
+        assert log.purge(datetime.now(timezone.utc) + timedelta(days=8)) >= 3
+        assert log.entries() == []
+    finally:
+        db.engine.dispose()

@@ -9,6 +9,7 @@ from modelworks.control.audit import AuditLog, Event
 from modelworks.control.audit_writer import AuditWriter
 from modelworks.control.blocklists import BlocklistService
 from modelworks.control.bootstrap import bootstrap
+from modelworks.control.content_log import ContentLog
 from modelworks.control.deployments import DeploymentService
 from modelworks.control.keys import KeyService
 from modelworks.control.projects import ProjectService
@@ -29,6 +30,7 @@ class ControlPlane:
         self.projects = ProjectService(self.db)
         self.deployments = DeploymentService(self.db, set(settings.backends), set(settings.content_filter_policies))
         self.blocklists = BlocklistService(self.db)
+        self.content_log = ContentLog(self.db)
         self.usage = UsageService(self.db)
         self.wal = UsageWAL(settings.data_path / "usage-wal", self.usage.insert_json, settings.metering.flush_seconds)
         self.audit = AuditLog(self.db)
@@ -54,12 +56,14 @@ class ControlPlane:
         self._flusher = asyncio.create_task(self._flush_forever())
         self.audit_writer.start()
         self.wal.start()
+        self.content_log.start()
 
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
         await self.audit_writer.close()
         await self.wal.close()
+        await self.content_log.close()
         await asyncio.to_thread(self.keys.touch, self.auth.take_used())
         await asyncio.to_thread(self.db.dispose)
 

@@ -68,9 +68,11 @@ class ProjectBlocklists:
 class SafetyPolicy:
     stage = "admit"
 
-    def __init__(self, policies: dict[str, ContentFilterPolicy], blocklists: ProjectBlocklists | None = None) -> None:
+    def __init__(self, policies: dict[str, ContentFilterPolicy], blocklists: ProjectBlocklists | None = None,
+                 content_log=None) -> None:
         self.policies = policies
         self.blocklists = blocklists
+        self.content_log = content_log  # control.content_log.ContentLog: text of the deployments that opt in
         self.profanity = profanity()
         self.model = None  # the classifiers: loaded when the first policy that classifies is used
         self._screens: dict[str, Screen] = {}
@@ -109,9 +111,15 @@ class SafetyPolicy:
         outcome = screen.prompt(parts, roles)
         self._record(call, outcome, screen)
         if outcome.blocked:
+            if screen.policy.log_content:  # refused prompts are what reviewers most want to see
+                call.facts["logged_prompt"] = parts
+                self._log(call, screen, [])
             raise ContentFiltered(outcome.results)
         if outcome.redactions:
-            _rewrite_prompt(call.task, redact_parts(parts, outcome.redactions))
+            parts = redact_parts(parts, outcome.redactions)
+            _rewrite_prompt(call.task, parts)
+        if screen.policy.log_content:
+            call.facts["logged_prompt"] = parts
         call.facts["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": outcome.results}]
         call.facts["annotation_frame"] = screen.policy.annotation_frame
 
@@ -135,13 +143,33 @@ class SafetyPolicy:
             else:
                 choice["text"] = text
             choice["content_filter_results"] = outcome.results
+        self._log(call, screen, [(c.get("message") or {}).get("content") or c.get("text") or "" for c in result.choices])
 
     def review_stream(self, call: Call, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
         """Screen a streamed completion as it goes (the policy's `stream_mode`)."""
         screen = call.facts.get("screen")
         if screen is None:
             return deltas
-        return StreamScreen(screen, lambda outcome: self._record(call, outcome, screen)).wrap(deltas)
+        watcher = StreamScreen(screen, lambda outcome: self._record(call, outcome, screen))
+        return self._log_stream(call, screen, watcher, watcher.wrap(deltas))
+
+    async def _log_stream(self, call: Call, screen: Screen, watcher: StreamScreen, deltas: AsyncIterator[Delta]):
+        try:
+            async for delta in deltas:
+                yield delta
+        finally:
+            await deltas.aclose()
+            # what the client was sent of each choice (released text; all of it in async mode)
+            self._log(call, screen, [c.text[:c.released] for _, c in sorted(watcher.choices.items())])
+
+    def _log(self, call: Call, screen: Screen, completions: list[str]) -> None:
+        if not screen.policy.log_content or self.content_log is None or "logged_prompt" not in call.facts:
+            return
+        who = call.principal
+        self.content_log.record(project_id=who.project_id if who else None, key_id=who.key_id if who else None,
+                                deployment=call.route.deployment, outcome=call.facts.get("filter_outcome"),
+                                prompt=call.facts.pop("logged_prompt"), completion=completions,
+                                retention_days=screen.policy.content_retention_days)
 
     def _record(self, call: Call, outcome: Outcome, screen: Screen) -> None:
         if outcome.failed:

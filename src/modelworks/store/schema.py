@@ -124,3 +124,20 @@ class BlocklistItemRow(Base):
     kind: Mapped[str] = mapped_column(String(10))  # term or regex
     value: Mapped[str] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ContentLogEntry(Base):
+    """Prompt and completion text, kept only for deployments whose content-filter policy opts in, and purged
+    when `expires_at` passes."""
+
+    __tablename__ = "content_log"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    project_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    deployment: Mapped[str] = mapped_column(String(100))
+    filter_outcome: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    prompt: Mapped[str] = mapped_column(Text)       # JSON: the prompt's parts as the backend saw them
+    completion: Mapped[str] = mapped_column(Text)   # JSON: each choice's text as the client got it
