@@ -208,3 +208,18 @@ async def test_leases_admit_locally_and_never_overshoot():
     finally:
         await one.close()
         await two.close()
+
+
+async def test_no_leases_when_one_check_cannot_be_leased():
+    """A request that must ask Redis for one check anyway leases none: no surplus held for nothing."""
+    from modelworks.quota.redis_limiter import RedisLimiter
+
+    prefix = f"mw:test:{uuid.uuid4().hex}:"
+    limiter = RedisLimiter(require_redis(), prefix=prefix)
+    try:
+        checks = [Check("f:req", 60, 100_000, 1), Check("f:tok", 60, 1_000, 100)]  # 1/20 of 1,000 < 100
+        assert all([(await limiter.acquire(checks)).admitted for _ in range(5)])
+        assert limiter._held == {}
+        assert int(await limiter.redis.call("HGET", prefix + "f:req", "t")) == 5
+    finally:
+        await limiter.close()

@@ -181,6 +181,9 @@ class RedisLimiter:
             if decision is not None:
                 return decision
         extras = [self._lease_size(c) for c in checks] if self.leases else None
+        if extras and not all(extras):  # a check that cannot be leased sends every such request to Redis anyway
+            self._asking.difference_update(c.key for c, e in zip(checks, extras) if e)
+            extras = None
         future = loop.create_future()
         self._batch.append((checks, extras, future))
         if len(self._batch) == 1:
