@@ -245,6 +245,15 @@ def test_content_is_logged_only_where_the_policy_opts_in_and_expires(guarded, sd
         assert json.loads(refused["prompt"]) == ["this is shit"] and json.loads(refused["completion"]) == []
         expires = served["expires_at"] if served["expires_at"].tzinfo else served["expires_at"].replace(tzinfo=timezone.utc)
         assert timedelta(days=6.9) < expires - datetime.now(timezone.utc) <= timedelta(days=7)
+        from test_admin_api import AdminClient
+
+        admin = AdminClient(guarded.url, API_KEY, httpx.get(f"{guarded.url}/admin/v1/openapi.json").json())
+        listed = admin.call("GET", "/admin/v1/content-log?limit=50").json()["data"]  # checked against the document
+        assert {e["id"] for e in listed} == {e["id"] for e in entries}
+        assert ["Reach me at [EMAIL]"] in [e["prompt"] for e in listed]
+        user = httpx.post(f"{guarded.url}/admin/v1/keys", headers={"api-key": API_KEY},
+                          json={"name": "reader", "role": "user"}).json()["key"]
+        assert httpx.get(f"{guarded.url}/admin/v1/content-log", headers={"api-key": user}).status_code == 403
         logged_stream = next(e for e in entries if json.loads(e["prompt"]) == ["stream it"])
         assert json.loads(logged_stream["completion"]) == ["Rome was founded in 753 BC."]
         assert log.purge(datetime.now(timezone.utc) + timedelta(days=8)) >= 3

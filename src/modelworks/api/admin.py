@@ -8,6 +8,7 @@ answer 404, as if they did not exist. Every change is written to the audit trail
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timezone
 
 from modelworks.api.admin_models import DeploymentCreate, DeploymentUpdate, KeyCreate, ProjectCreate, ProjectUpdate
@@ -15,6 +16,7 @@ from modelworks.api.http import JSONResult
 from modelworks.api.request import Request
 from modelworks.catalog import Catalog
 from modelworks.control.audit import Event
+from modelworks.control.keys import _iso
 from modelworks.control.plane import ControlPlane
 from modelworks.control.principal import ADMIN, PROJECT_ADMIN, Principal
 from modelworks.errors import Forbidden, InvalidRequest, NotFound
@@ -184,6 +186,21 @@ class AdminHandlers:
                 "soft_threshold": project["soft_threshold"], "used_fraction": used,
                 "soft_threshold_reached": used is not None and used >= (project["soft_threshold"] or 1.0),
                 "exhausted": used is not None and used >= 1.0}
+
+    # -- content log (only deployments whose content-filter policy opts in write to it) ---------------------------
+
+    async def list_content_log(self, request: Request) -> JSONResult:
+        who = await self._who(request, "content_log.list")
+        _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins read logged content.")
+        project_id = request.query("project_id")
+        if not who.is_admin:
+            _visible(project_id in (None, who.project_id), f"No project '{project_id}'.")
+            project_id = who.project_id
+        limit = min(_int(request.query("limit"), "limit", 100), 1000)
+        rows = await _run(self.control.content_log.entries, project_id, limit)
+        data = [{**row, "at": _iso(row["at"]), "expires_at": _iso(row["expires_at"]),
+                 "prompt": json.loads(row["prompt"]), "completion": json.loads(row["completion"])} for row in rows]
+        return _list("content_log_entry", data)
 
     # -- audit -------------------------------------------------------------------------------------------------------
 

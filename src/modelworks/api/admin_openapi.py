@@ -54,6 +54,13 @@ _RESPONSES = {
         "object": {"const": "blocklist_item"}, "id": {"type": "string"}, "blocklist_id": {"type": "string"},
         "kind": {"enum": ["term", "regex"]}, "value": {"type": "string"}, "created_at": {"type": "string"},
         "deleted": {"type": "boolean"}}},
+    "ContentLogEntry": {"type": "object", "required": ["object", "id", "at", "expires_at", "deployment", "prompt",
+                                                       "completion"], "properties": {
+        "object": {"const": "content_log_entry"}, "id": {"type": "string"}, "at": {"type": "string"},
+        "expires_at": {"type": "string"}, "project_id": _NULLABLE_STR, "key_id": _NULLABLE_STR,
+        "deployment": {"type": "string"}, "filter_outcome": _NULLABLE_STR,
+        "prompt": {"type": "array", "items": {"type": "string"}},
+        "completion": {"type": "array", "items": {"type": "string"}}}},
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["message", "type"], "properties": {
             "message": {"type": "string"}, "type": {"type": "string"}, "param": _NULLABLE_STR,
@@ -152,6 +159,11 @@ def document() -> dict:
                         _list_of("BlocklistItemRecord"), "BlocklistItemsAdd", "201", params=[bl])},
         "/admin/v1/blocklists/{blocklist_id}/items/{item_id}": {
             "delete": _op("Remove an item", _ref("BlocklistItemRecord"), params=[bl, _path_param("item_id")])},
+        "/admin/v1/content-log": {
+            "get": _op("Logged prompts and completions of the deployments whose policy sets log_content, newest "
+                       "first (admins: all or ?project_id=; project admins: their project's)", _list_of("ContentLogEntry"),
+                       params=[_query("project_id", {"type": "string"}),
+                               _query("limit", {"type": "integer", "minimum": 0, "maximum": 1000})])},
         "/admin/v1/audit": {
             "get": _op("Read the audit trail (project admins: their project's entries)", _list_of("AuditEntry"),
                        params=[_query("after", {"type": "integer", "minimum": 0}),

@@ -158,6 +158,7 @@ def _admin_routes(router: Router, a: AdminHandlers) -> None:
     router.add("/admin/v1/blocklists/{blocklist_id}/items", Endpoint(b.list_items), ("GET",))
     router.add("/admin/v1/blocklists/{blocklist_id}/items", Endpoint(b.add_items), ("POST",))
     router.add("/admin/v1/blocklists/{blocklist_id}/items/{item_id}", Endpoint(b.remove_item), ("DELETE",))
+    router.add("/admin/v1/content-log", Endpoint(a.list_content_log), ("GET",))
     router.add("/admin/v1/audit", Endpoint(a.list_audit), ("GET",))
     router.add("/admin/v1/audit/verify", Endpoint(a.verify_audit), ("GET",))
     router.add("/admin/v1/audit/export", Endpoint(a.export_audit), ("GET",))
