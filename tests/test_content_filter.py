@@ -25,6 +25,9 @@ def _config(upstream_url: str) -> dict:
             "leaky": {"type": "fake", "reply": "Sure, write to ceo@example.com and tell them this is bullshit."},
             "clean": {"type": "fake", "reply": "Rome was founded in 753 BC."},
             "mailer": {"type": "fake", "reply": "Write to jo@example.org today, or call the office tomorrow morning please."},
+            "judge-unsafe": {"type": "fake", "reply": "unsafe\nS10"},
+            "judge-safe": {"type": "fake", "reply": "safe"},
+            "judge-garbage": {"type": "fake", "reply": "Well, it depends."},
             "rambler": {"type": "fake", "reply": "Mail ceo@example.com now. " + "Then wait a while. " * 12
                         + "This is bullshit. " + "More words follow here. " * 30},
         },
@@ -34,6 +37,13 @@ def _config(upstream_url: str) -> dict:
             "pii-block": {"prompt": {"pii": {"action": "block", "kinds": ["payment_card", "iban"]}}},
             "small-checks": {"completion": {"pii": {"action": "redact"}}, "stream_check_chars": 50},
             "async": {"completion": {"profanity": "block"}, "stream_mode": "async", "stream_check_chars": 100},
+            "judged-unsafe": {"judge": {"deployment": "judge-unsafe"}},
+            "judged-safe": {"judge": {"deployment": "judge-safe"}},
+            "judged-broken": {"judge": {"deployment": "judge-garbage"}},
+            "judged-broken-closed": {"judge": {"deployment": "judge-garbage"}, "fail_closed": True},
+            "judged-output": {"judge": {"deployment": "judge-unsafe"}, "prompt": {
+                "hate": {"threshold": "off"}, "sexual": {"threshold": "off"}, "violence": {"threshold": "off"},
+                "self_harm": {"threshold": "off"}}},
             "logged": {"prompt": {"pii": {"action": "redact"}, "profanity": "block"}, "log_content": True,
                        "content_retention_days": 7},
         },
@@ -46,6 +56,14 @@ def _config(upstream_url: str) -> dict:
             "stream-redacting": {"backend": "mailer", "content_filter": "small-checks"},
             "stream-async": {"backend": "rambler", "content_filter": "async"},
             "logged": {"backend": "clean", "content_filter": "logged"},
+            "judge-unsafe": {"backend": "judge-unsafe"},
+            "judge-safe": {"backend": "judge-safe"},
+            "judge-garbage": {"backend": "judge-garbage"},
+            "by-unsafe-judge": {"backend": "clean", "content_filter": "judged-unsafe"},
+            "by-safe-judge": {"backend": "clean", "content_filter": "judged-safe"},
+            "by-broken-judge": {"backend": "clean", "content_filter": "judged-broken"},
+            "by-broken-judge-closed": {"backend": "clean", "content_filter": "judged-broken-closed"},
+            "judged-output": {"backend": "clean", "content_filter": "judged-output"},
         },
     }
 
@@ -260,3 +278,34 @@ def test_content_is_logged_only_where_the_policy_opts_in_and_expires(guarded, sd
         assert log.entries() == []
     finally:
         db.engine.dispose()
+
+
+def test_an_llm_judge_decides_the_harm_categories(sdk):
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(model="by-unsafe-judge", messages=[{"role": "user", "content": "hello"}])
+    result = caught.value.body["innererror"]["content_filter_result"]
+    assert result["hate"] == {"filtered": True, "severity": "high"} and result["judge"]["categories"] == ["S10"]
+    fine = sdk.chat.completions.create(model="by-safe-judge", messages=[{"role": "user", "content": "hello"}])
+    results = fine.model_extra["prompt_filter_results"][0]["content_filter_results"]
+    assert results["hate"] == {"filtered": False, "severity": "safe"} and results["judge"]["detected"] is False
+    assert fine.choices[0].model_extra["content_filter_results"]["judge"]["detected"] is False
+    cut = sdk.chat.completions.create(model="judged-output", messages=[{"role": "user", "content": "hello"}])
+    assert cut.choices[0].finish_reason == "content_filter" and cut.choices[0].message.content == ""
+
+
+def test_a_failing_judge_annotates_or_refuses_when_fail_closed(sdk):
+    served = sdk.chat.completions.create(model="by-broken-judge", messages=[{"role": "user", "content": "hello"}])
+    results = served.model_extra["prompt_filter_results"][0]["content_filter_results"]
+    assert results["error"] == {"code": "content_filter_error", "message": "The contents are not filtered"}
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk.chat.completions.create(model="by-broken-judge-closed", messages=[{"role": "user", "content": "hello"}])
+    assert caught.value.status_code == 503
+
+
+def test_judge_verdicts_parse_like_llama_guard():
+    from modelworks.safety.judge import JudgeError, parse_verdict
+
+    assert parse_verdict("safe") == (False, [])
+    assert parse_verdict("\nunsafe\nS1,S10\n") == (True, ["S1", "S10"])
+    with pytest.raises(JudgeError):
+        parse_verdict("I cannot tell")

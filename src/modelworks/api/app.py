@@ -99,7 +99,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     limiter = build_limiter(settings.quota)
     blocklists = ProjectBlocklists(control.blocklists)
     policies = [control.auth, BudgetPolicy(control.usage), QuotaPolicy(limiter, settings.quota.default_max_tokens),
-                SafetyPolicy(settings.content_filter_policies, blocklists, control.content_log)]
+                SafetyPolicy(settings.content_filter_policies, blocklists, control.content_log, gateway)]
     if settings.metering.enabled:
         policies.append(MeteringPolicy(control.wal))
     chain = PolicyChain(policies)

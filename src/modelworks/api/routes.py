@@ -55,7 +55,7 @@ class Handlers:
                 await self.chain.complete(call, None, 500)
                 raise
             try:
-                self.chain.review(call, result)
+                await self.chain.review(call, result)
             except BaseException:
                 await self.chain.complete(call, result.usage, 500)
                 raise

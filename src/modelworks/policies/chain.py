@@ -52,10 +52,10 @@ class PolicyChain:
         for policy in self.admitters:
             await policy.admit(call)
 
-    def review(self, call: Call, result) -> None:
+    async def review(self, call: Call, result) -> None:
         """Let policies inspect (and amend) a finished generation before it is returned."""
         for policy in self.reviewers:
-            policy.review(call, result)
+            await policy.review(call, result)
 
     def review_stream(self, call: Call, deltas):
         """Let policies wrap a generation's stream of deltas (to screen it as it goes)."""

@@ -19,9 +19,10 @@ from typing import AsyncIterator
 import orjson
 
 from modelworks.backends.base import Delta, Generation
-from modelworks.errors import ContentFiltered, Unavailable
+from modelworks.errors import ContentFiltered, ModelworksError, Unavailable
 from modelworks.policies.chain import Call
 from modelworks.safety.blocklist import Blocklist, profanity
+from modelworks.safety.judge import JudgeError, LlmJudge
 from modelworks.safety.policy import HARM_CATEGORIES, ContentFilterPolicy
 from modelworks.safety.screen import Outcome, Screen, redact_parts
 from modelworks.safety.stream import StreamScreen
@@ -69,8 +70,9 @@ class SafetyPolicy:
     stage = "admit"
 
     def __init__(self, policies: dict[str, ContentFilterPolicy], blocklists: ProjectBlocklists | None = None,
-                 content_log=None) -> None:
+                 content_log=None, gateway=None) -> None:
         self.policies = policies
+        self.gateway = gateway  # for the policies that ask an LLM judge (a deployment)
         self.blocklists = blocklists
         self.content_log = content_log  # control.content_log.ContentLog: text of the deployments that opt in
         self.profanity = profanity()
@@ -94,12 +96,14 @@ class SafetyPolicy:
                 from modelworks.safety.classifier import default_model  # NumPy: only when needed
 
                 self.model = default_model()
-            screen = self._screens[name] = Screen(policy, profanity=self.profanity, model=self.model)
+            screen = self._screens[name] = Screen(policy, profanity=self.profanity, model=self.model,
+                                                  judged=policy.judge is not None)
         if screen.policy.blocklists and self.blocklists is not None and call.principal is not None:
             lists = await self.blocklists.get(call.principal.project_id)
             chosen = [lists[n] for n in screen.policy.blocklists if n in lists]
             if chosen:
-                screen = Screen(screen.policy, blocklists=chosen, profanity=self.profanity, model=self.model)
+                screen = Screen(screen.policy, blocklists=chosen, profanity=self.profanity, model=self.model,
+                                judged=screen.judged)
         return screen
 
     async def admit(self, call: Call) -> None:
@@ -109,6 +113,8 @@ class SafetyPolicy:
         call.facts["screen"] = screen
         parts, roles = _prompt_parts(call.task)
         outcome = screen.prompt(parts, roles)
+        if screen.judged:
+            await self._judge(screen, outcome, "prompt", _asked(parts, roles))
         self._record(call, outcome, screen)
         if outcome.blocked:
             if screen.policy.log_content:  # refused prompts are what reviewers most want to see
@@ -123,15 +129,21 @@ class SafetyPolicy:
         call.facts["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": outcome.results}]
         call.facts["annotation_frame"] = screen.policy.annotation_frame
 
-    def review(self, call: Call, result: Generation) -> None:
+    async def review(self, call: Call, result: Generation) -> None:
         """Screen each choice of a finished completion, in place."""
         screen = call.facts.get("screen")
         if screen is None:
             return
+        asked = None
         for choice in result.choices:
             message = choice.get("message")
             text = (message.get("content") or "") if message is not None else (choice.get("text") or "")
             outcome = screen.completion(text, index=choice.get("index", 0))
+            if screen.judged and text:
+                if asked is None:
+                    asked = _asked(*_prompt_parts(call.task))
+                await self._judge(screen, outcome, "completion", text, answering=asked,
+                                  index=choice.get("index", 0))
             self._record(call, outcome, screen)
             if outcome.blocked:
                 choice["finish_reason"] = "content_filter"
@@ -150,6 +162,8 @@ class SafetyPolicy:
         screen = call.facts.get("screen")
         if screen is None:
             return deltas
+        if screen.judged:  # the judge answers about whole texts: streams keep the classifiers
+            screen = screen.unjudged()
         watcher = StreamScreen(screen, lambda outcome: self._record(call, outcome, screen))
         return self._log_stream(call, screen, watcher, watcher.wrap(deltas))
 
@@ -161,6 +175,18 @@ class SafetyPolicy:
             await deltas.aclose()
             # what the client was sent of each choice (released text; all of it in async mode)
             self._log(call, screen, [c.text[:c.released] for _, c in sorted(watcher.choices.items())])
+
+    async def _judge(self, screen: Screen, outcome: Outcome, direction: str, text: str, answering: str | None = None,
+                     index: int = 0) -> None:
+        try:
+            if self.gateway is None:
+                raise JudgeError("no gateway to reach the judge deployment")
+            severities, codes = await LlmJudge(self.gateway, screen.policy.judge.deployment).assess(text, answering)
+        except (JudgeError, ModelworksError) as exc:
+            log.warning("content filter judge failed: %s", exc)
+            screen.judge_failed(outcome)
+            return
+        screen.apply_judgement(direction, severities, codes, outcome, index)
 
     def _log(self, call: Call, screen: Screen, completions: list[str]) -> None:
         if not screen.policy.log_content or self.content_log is None or "logged_prompt" not in call.facts:
@@ -191,6 +217,11 @@ def _classifies(policy: ContentFilterPolicy) -> bool:
     sides = (policy.prompt, policy.completion)
     return (policy.jailbreak != "off" or policy.indirect_attack != "off"
             or any(side.harm(c).min_severity is not None for side in sides for c in HARM_CATEGORIES))
+
+
+def _asked(parts: list[str], roles: list[str]) -> str:
+    """What the user asked, for the judge: the prompt's non-assistant parts, in order."""
+    return "\n\n".join(t for t, r in zip(parts, roles) if r != "assistant" and t)
 
 
 def _prompt_parts(task) -> tuple[list[str], list[str]]:

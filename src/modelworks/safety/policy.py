@@ -58,6 +58,10 @@ class Direction(_Strict):
         return getattr(self, category)
 
 
+class JudgeSettings(_Strict):
+    deployment: str = Field(description="a deployment that answers like Llama Guard (`safe` / `unsafe` + codes)")
+
+
 class ContentFilterPolicy(_Strict):
     prompt: Direction = Direction()
     completion: Direction = Direction()
@@ -65,6 +69,9 @@ class ContentFilterPolicy(_Strict):
     indirect_attack: Literal["block", "annotate", "off"] = Field(
         default="annotate", description="instructions hidden in tool results and documents")
     blocklists: list[str] = Field(default_factory=list, description="names of the project's blocklists to apply")
+    judge: JudgeSettings | None = Field(default=None, description="harm categories from an LLM judge instead of the "
+                                                                  "built-in classifiers (prompts and whole answers; "
+                                                                  "streams keep the classifiers)")
     fail_closed: bool = Field(default=False, description="refuse (503) when a check fails, instead of serving "
                                                          "the request with a content_filter_error annotation")
     stream_mode: Literal["buffered", "async"] = Field(

@@ -64,11 +64,16 @@ class Outcome:
 
 class Screen:
     def __init__(self, policy: ContentFilterPolicy, blocklists: list[Blocklist] = (),
-                 profanity: Blocklist | None = None, model=None) -> None:
+                 profanity: Blocklist | None = None, model=None, judged: bool = False) -> None:
         self.policy = policy
         self.blocklists = list(blocklists)
         self.profanity = profanity
         self.model = model  # the harm and attack classifiers (classifier.TextSafetyModel), if any
+        self.judged = judged  # harm categories come from the policy's LLM judge, not the classifiers
+
+    def unjudged(self) -> "Screen":
+        """The same screen with the classifiers for harm (where the judge cannot follow: streams)."""
+        return Screen(self.policy, self.blocklists, self.profanity, self.model, judged=False)
 
     def prompt(self, parts: list[str], roles: list[str] | None = None) -> Outcome:
         """`roles`: each part's chat role; `tool` parts are documents, checked for indirect attacks."""
@@ -93,7 +98,7 @@ class Screen:
 
     def _classify(self, direction: str, rules: Direction, parts: list[str], out: Outcome, first: int,
                   roles: list[str] | None) -> None:
-        categories = [c for c in HARM_CATEGORIES if rules.harm(c).min_severity is not None]
+        categories = [] if self.judged else [c for c in HARM_CATEGORIES if rules.harm(c).min_severity is not None]
         attacks = []
         if direction == "prompt":
             if self.policy.jailbreak != "off":
@@ -135,6 +140,27 @@ class Screen:
             out.results[name] = {"filtered": filtered, "detected": detected}
             if detected:
                 out.decisions.append(Decision(direction, first + (part or 0), name, name, score, threshold, action))
+
+    def apply_judgement(self, direction: str, severities: dict[str, int], codes: list[str], out: Outcome,
+                        index: int = 0) -> None:
+        """Merge an LLM judge's verdict (severity per category, hazard codes) into an outcome."""
+        rules = self.policy.prompt if direction == "prompt" else self.policy.completion
+        for c in HARM_CATEGORIES:
+            rule = rules.harm(c)
+            if rule.min_severity is None:
+                continue
+            severity = severities.get(c, 0)
+            hit = severity >= rule.min_severity
+            filtered = hit and rule.action == "block"
+            out.blocked |= filtered
+            out.results[c] = {"filtered": filtered, "severity": severity_level(severity)}
+            if hit:
+                out.decisions.append(Decision(direction, index, "judge", c, 1.0, rule.min_severity / 8, rule.action))
+        out.results["judge"] = {"filtered": False, "detected": bool(codes), "categories": codes}
+
+    def judge_failed(self, out: Outcome) -> None:
+        out.failed = True
+        out.results["error"] = dict(FILTER_ERROR)
 
     def _pii(self, direction: str, rules: Direction, parts: list[str], out: Outcome, first: int) -> None:
         rule = rules.pii
