@@ -68,10 +68,7 @@ class AdminHandlers:
     async def list_keys(self, request: Request) -> JSONResult:
         who = await self._who(request, "keys.list")
         _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins list keys.")
-        project_id = request.query("project_id")
-        if not who.is_admin:
-            _visible(project_id in (None, who.project_id), f"No project '{project_id}'.")
-            project_id = who.project_id
+        project_id = _project_scope(who, request.query("project_id"))
         return _list("api_key", await _run(self.control.keys.list, project_id))
 
     async def create_key(self, request: Request) -> JSONResult:
@@ -154,10 +151,7 @@ class AdminHandlers:
     async def usage(self, request: Request) -> JSONResult:
         """Aggregated by any of day, deployment, key and project; `format=csv` for a CSV export."""
         who = await self._who(request, "usage.read")
-        project_id = request.query("project_id")
-        if not who.is_admin:
-            _visible(project_id in (None, who.project_id), f"No project '{project_id}'.")
-            project_id = who.project_id
+        project_id = _project_scope(who, request.query("project_id"))
         groups = tuple(g for g in (request.query("group_by") or "day,deployment").split(",") if g)
         bad = [g for g in groups if g not in GROUPS]
         if bad:
@@ -192,10 +186,7 @@ class AdminHandlers:
     async def list_content_log(self, request: Request) -> JSONResult:
         who = await self._who(request, "content_log.list")
         _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins read logged content.")
-        project_id = request.query("project_id")
-        if not who.is_admin:
-            _visible(project_id in (None, who.project_id), f"No project '{project_id}'.")
-            project_id = who.project_id
+        project_id = _project_scope(who, request.query("project_id"))
         limit = min(_int(request.query("limit"), "limit", 100), 1000)
         rows = await _run(self.control.content_log.entries, project_id, limit)
         data = [{**row, "at": _iso(row["at"]), "expires_at": _iso(row["expires_at"]),
@@ -245,6 +236,15 @@ async def _run(fn, *args, **kwargs):
 
 def _list(kind: str, rows: list[dict]) -> JSONResult:
     return JSONResult({"object": "list", "data": [{"object": kind, **row} for row in rows]})
+
+
+def _project_scope(who: Principal, asked: str | None) -> str | None:
+    """The project a listing covers: admins any they ask for (None: all); others their own, and another one
+    asked for answers 404 as if it did not exist."""
+    if who.is_admin:
+        return asked
+    _visible(asked in (None, who.project_id), f"No project '{asked}'.")
+    return who.project_id
 
 
 def _require(allowed: bool, message: str) -> None:

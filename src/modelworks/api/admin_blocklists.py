@@ -6,7 +6,7 @@ answers 404. Every change is audited. Changes reach request screening on every r
 
 from __future__ import annotations
 
-from modelworks.api.admin import AdminHandlers, _list, _require, _run, _visible
+from modelworks.api.admin import AdminHandlers, _list, _project_scope, _require, _run, _visible
 from modelworks.api.admin_models import BlocklistCreate, BlocklistItemsAdd
 from modelworks.api.http import JSONResult
 from modelworks.api.request import Request
@@ -22,10 +22,7 @@ class BlocklistHandlers:
 
     async def list(self, request: Request) -> JSONResult:
         who = await self._manager(request, "blocklists.list")
-        project_id = request.query("project_id")
-        if not who.is_admin:
-            _visible(project_id in (None, who.project_id), f"No project '{project_id}'.")
-            project_id = who.project_id
+        project_id = _project_scope(who, request.query("project_id"))
         return _list("blocklist", await _run(self.service.list, project_id))
 
     async def create(self, request: Request) -> JSONResult:

@@ -30,6 +30,9 @@ from modelworks.safety.stream import StreamScreen
 log = logging.getLogger("modelworks.safety")
 
 
+_SEVERITY_OF_OUTCOME = ("passed", "annotated", "redacted", "error", "blocked")  # a call keeps its worst
+
+
 class ProjectBlocklists:
     """Each project's blocklists, compiled, read again when they changed (checked at most every `refresh_s`)."""
 
@@ -55,10 +58,8 @@ class ProjectBlocklists:
         if entry is not None and entry[1] == version:
             lists = entry[2]
         else:
-            lists = {}
-            for name, (terms, patterns, ids) in self.service.with_ids(project_id).items():
-                lists[name] = Blocklist(name, terms, patterns)
-                lists[name].ids = ids
+            lists = {name: Blocklist(name, terms, patterns, ids)
+                     for name, (terms, patterns, ids) in self.service.with_ids(project_id).items()}
         self._cache[project_id] = (time.monotonic(), version, lists)
         return lists
 
@@ -205,12 +206,8 @@ class SafetyPolicy:
                                   "refuses what it cannot check. Retry shortly.")
         decisions = call.facts.setdefault("safety", [])
         decisions.extend(d.as_dict() for d in outcome.decisions)
-        worst = ("passed", "annotated", "redacted", "error", "blocked")
-        current = call.facts.get("filter_outcome") or "passed"
-        if worst.index(outcome.outcome) > worst.index(current):
-            call.facts["filter_outcome"] = outcome.outcome
-        else:
-            call.facts["filter_outcome"] = current
+        call.facts["filter_outcome"] = max(call.facts.get("filter_outcome") or "passed", outcome.outcome,
+                                           key=_SEVERITY_OF_OUTCOME.index)
 
 
 def _classifies(policy: ContentFilterPolicy) -> bool:

@@ -187,9 +187,7 @@ class CompletionRequest(_Sampling):
     @field_validator("prompt")
     @classmethod
     def _prompt_not_empty(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("prompt must not be an empty list")
-        return value
+        return _not_empty_list(value, "prompt")
 
 
 class EmbeddingRequest(_Body):
@@ -231,9 +229,13 @@ class ModerationRequest(_Body):
     @field_validator("input")
     @classmethod
     def _input_not_empty(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("input must not be an empty list")
-        return value
+        return _not_empty_list(value, "input")
+
+
+def _not_empty_list(value: Any, name: str) -> Any:
+    if isinstance(value, list) and not value:
+        raise ValueError(f"{name} must not be an empty list")
+    return value
 
 
 class AnalyzeTextRequest(BaseModel):

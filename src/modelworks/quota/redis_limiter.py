@@ -182,8 +182,9 @@ class RedisLimiter:
                 return decision
         extras = [self._lease_size(c) for c in checks] if self.leases else None
         if extras and not all(extras):  # a check that cannot be leased sends every such request to Redis anyway
-            self._asking.difference_update(c.key for c, e in zip(checks, extras) if e)
             extras = None
+        if extras:
+            self._asking.update(c.key for c in checks)
         future = loop.create_future()
         self._batch.append((checks, extras, future))
         if len(self._batch) == 1:
@@ -207,13 +208,10 @@ class RedisLimiter:
         return Decision(True, second, tuple(remaining))
 
     def _lease_size(self, check: Check) -> int:
-        if check.key in self._asking:
+        if check.key in self._asking:  # one lease on its way per key
             return 0
         size = min(check.limit // self.LEASE_SHARE, max(8 * check.amount, self._pace.get(check.key, 0)))
-        if size < max(1, check.amount):  # would not cover even one more such request
-            return 0
-        self._asking.add(check.key)
-        return size
+        return size if size >= max(1, check.amount) else 0  # else it would not cover one more such request
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, []

@@ -49,8 +49,10 @@ def check_pattern(pattern: str) -> None:
 
 
 class Blocklist:
-    def __init__(self, name: str, terms: list[str] = (), patterns: list[str] = ()) -> None:
+    def __init__(self, name: str, terms: list[str] = (), patterns: list[str] = (),
+                 ids: dict[str, str] | None = None) -> None:
         self.name = name
+        self.ids = ids or {}  # item (term or pattern) -> its id in the store, where it came from there
         self.terms = [t for t in dict.fromkeys(normalize(t.strip()) for t in terms) if t]
         for p in patterns:
             check_pattern(p)
@@ -58,7 +60,6 @@ class Blocklist:
         alternation = "|".join(regex.escape(t) for t in sorted(self.terms, key=len, reverse=True))
         self._terms = regex.compile(rf"(?<!\w)(?:{alternation})(?!\w)") if self.terms else None
         self._originals = {normalize(t.strip()): t.strip() for t in terms}
-        self.ids: dict[str, str] = {}  # item (term or pattern) -> its id in the store, where it came from there
 
     def find(self, text: str, normalized: str | None = None) -> list[Hit]:
         """Every match in `text`. Raises TimeoutError when a pattern runs past its time limit."""

@@ -45,7 +45,7 @@ def evaluate(path: Path, model: TextSafetyModel | None = None, holdout_only: boo
     for head in (*model.heads, "unsafe"):
         pairs = [(t[head], (policy_flags(v, model.thresholds) if head == "unsafe" else v[head]))
                  for t, v, _ in scored if t.get(head) is not None]
-        if not pairs or head == "unsafe" and not any(head in t for t, _, _ in scored):
+        if not pairs:
             continue
         y = np.array([p[0] for p in pairs], dtype=np.float64)
         s = np.array([float(p[1]) for p in pairs])

@@ -182,11 +182,12 @@ class Screen:
                               "redacted": bool(details) and rule.action == "redact", "details": details}
 
     def _lists(self, direction: str, rules: Direction, parts: list[str], out: Outcome, first: int) -> None:
-        normalized = [normalize(t) for t in parts] if self.blocklists or self.profanity else []
-        if self.profanity is not None and rules.profanity != "off":
+        profanity = self.profanity if rules.profanity != "off" else None
+        normalized = [normalize(t) for t in parts] if self.blocklists or profanity else []
+        if profanity is not None:
             detected = False
             for i, text in enumerate(parts):
-                for hit in self.profanity.find(text, normalized[i]):
+                for hit in profanity.find(text, normalized[i]):
                     detected = True
                     out.decisions.append(Decision(direction, first + i, "profanity", "profanity", 1.0, None,
                                                   rules.profanity, (hit.start, hit.end)))

@@ -24,8 +24,7 @@ from modelworks.safety import features, labels
 from modelworks.safety.classifier import MODEL_PATH
 
 HEADS = ("hate", "sexual", "violence", "self_harm", "flagged", "jailbreak")
-L2 = {"jailbreak": 1e-4}  # per-sample L2 strength; the rest use DEFAULT_L2
-DEFAULT_L2 = 1e-4
+L2 = 1e-4  # per-sample L2 strength, every head
 
 
 class Matrix:
@@ -100,7 +99,7 @@ def train(data_dir: Path, out: Path = MODEL_PATH, log=print) -> dict:
                 ys.append(value)
         y = np.array(ys, dtype=np.float64)
         x = Matrix([vectors[i] for i in picked])
-        w, b = fit_head(x, y, L2.get(head, DEFAULT_L2))
+        w, b = fit_head(x, y, L2)
         weights.append(w)
         biases.append(b)
         counts[head] = {"rows": len(ys), "positive": int(y.sum())}
