@@ -1,4 +1,5 @@
-"""The live deployment catalog: the store's enabled deployments, each bound to its configured backend.
+"""The live deployment catalog: the store's enabled deployments, each bound to its pool of configured backends
+(only those inside the deployment's residency scope: see `modelworks.routing.residency`).
 
 It reloads at once after a change made through this replica, and polls the store's version every
 `interval` seconds for changes made through other replicas, so no change needs a restart.
@@ -11,6 +12,8 @@ import logging
 
 from modelworks.backends.base import Backend
 from modelworks.control.deployments import DeploymentService
+from modelworks.routing.pool import Members
+from modelworks.routing.residency import Scope
 from modelworks.service import Gateway, Route
 
 log = logging.getLogger("modelworks.catalog")
@@ -18,10 +21,12 @@ log = logging.getLogger("modelworks.catalog")
 
 class Catalog:
     def __init__(self, deployments: DeploymentService, backends: dict[str, Backend], gateway: Gateway,
-                 interval: float = 2.0) -> None:
+                 interval: float = 2.0, members: Members | None = None, latency_aware: bool = False) -> None:
         self.deployments = deployments
         self.backends = backends
         self.gateway = gateway
+        self.members = members or Members(backends, {}, {})
+        self.latency_aware = latency_aware
         self.interval = interval
         self._version = None
         self._task: asyncio.Task | None = None
@@ -32,12 +37,17 @@ class Catalog:
         for dep in self.deployments.all():
             if not dep["enabled"]:
                 continue
-            backend = self.backends.get(dep["backends"][0])
-            if backend is None:
-                log.warning("deployment %s names an unknown backend %s; skipped", dep["name"], dep["backends"][0])
+            names = [n for n in dep["backends"] if n in self.backends]
+            if len(names) < len(dep["backends"]):
+                log.warning("deployment %s names unknown backends %s; they are left out", dep["name"],
+                            sorted(set(dep["backends"]) - set(names)))
+            if not names:
                 continue
-            routes[dep["name"]] = Route(deployment=dep["name"], backend=backend, model=dep["model"] or dep["name"],
-                                        owned_by=dep["owned_by"], info=dep)
+            scope = Scope(dep["deployment_type"], dep["region"], dep["data_zone"])
+            model = dep["model"] or dep["name"]
+            pool = self.members.pool(dep["name"], scope, names, model, self.latency_aware)
+            routes[dep["name"]] = Route(deployment=dep["name"], backend=self.backends[names[0]], model=model,
+                                        owned_by=dep["owned_by"], info=dep, pool=pool)
         self.gateway.routes = routes  # one reference swap: requests see the old or the new table, never half
         self._version = version
 

@@ -60,6 +60,7 @@ def add_commands(sub) -> None:
         p.add_argument("--price-input-per-1k", type=float)
         p.add_argument("--price-output-per-1k", type=float)
         p.add_argument("--enabled", choices=["true", "false"])
+        p.add_argument("--spillover", help="provisioned types: the standard deployment taking overflow")
     p = common(deps.add_parser("delete"))
     p.add_argument("name")
 
@@ -98,7 +99,7 @@ def add_commands(sub) -> None:
 
 ADMIN_COMMANDS = ("projects", "keys", "deployments", "blocklists", "usage", "audit")
 _DEPLOYMENT_FIELDS = ("backends", "model", "deployment_type", "region", "data_zone", "tpm", "rpm",
-                      "content_filter_policy", "price_input_per_1k", "price_output_per_1k")
+                      "content_filter_policy", "price_input_per_1k", "price_output_per_1k", "spillover")
 
 
 def _deployment_body(args: argparse.Namespace, with_name: bool) -> dict:

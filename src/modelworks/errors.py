@@ -82,9 +82,14 @@ class Overloaded(ModelworksError):
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0, headers: dict[str, str] | None = None,
                  **kw) -> None:
+        self.retry_after_s = retry_after_s
         seconds = max(1, min(60, math.ceil(retry_after_s)))  # clients honour values up to 60 s
         headers = {**(headers or {}), "retry-after": str(seconds), "retry-after-ms": str(int(seconds * 1000))}
         super().__init__(message, headers=headers, **kw)
+
+
+class UpstreamRateLimited(Overloaded):
+    """An upstream answered 429: that backend is cooled for its retry-after, and another one may answer."""
 
 
 class RateLimited(Overloaded):

@@ -1,4 +1,5 @@
-"""The gateway: resolves a deployment to its backend, checks what the backend can do, and runs the call.
+"""The gateway: resolves a deployment to its pool of backends, checks that one of them can do what the request asks,
+and hands the call to a `Dispatch` that picks the backend, retries and fails over (`modelworks.routing`).
 
 It speaks in validated requests and backend results; HTTP lives in `modelworks.api`.
 """
@@ -11,23 +12,43 @@ from typing import Any, AsyncIterator
 from modelworks.backends.base import (
     Backend, Delta, Embeddings, EmbeddingTask, Generation, GenerationTask,
 )
-from modelworks.errors import InvalidRequest, ModelNotFound, Unsupported
+from modelworks.errors import InvalidRequest, ModelNotFound, ModelworksError, Unsupported
 from modelworks.protocol.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from modelworks.routing.dispatch import Dispatch, RoutingConfig
+from modelworks.routing.pool import Member, Pool
+from modelworks.routing.residency import Place, Scope
 
 
 @dataclass(slots=True)
 class Route:
     deployment: str
-    backend: Backend
+    backend: Backend  # the pool's first backend: its tokenizer counts prompts for quotas
     model: str
     owned_by: str
     info: dict[str, Any] = field(default_factory=dict)  # the deployment as stored: type, region, quota, prices
+    pool: Pool | None = None
 
 
 class Gateway:
-    def __init__(self, routes: dict[str, Route], created: int) -> None:
+    def __init__(self, routes: dict[str, Route], created: int, routing: RoutingConfig | None = None,
+                 metrics=None) -> None:
         self.routes = routes
         self.created = created
+        self.routing = routing or RoutingConfig()
+        self.metrics = metrics
+
+    def routes_get(self, deployment: str) -> Route | None:
+        return self.routes.get(deployment)
+
+    def dispatch(self, route: Route, task: GenerationTask | None = None) -> Dispatch:
+        """The routing of one call; with a task, only backends able to do what it asks are picked."""
+        pool = route.pool if route.pool is not None else Pool(route.deployment, _ANYWHERE, [
+            Member(route.backend.name, route.backend, _LOCAL)])
+        capable = None
+        if task is not None:
+            def capable(member: Member) -> bool:
+                return _problem(route.deployment, member.backend, task) is None
+        return Dispatch(pool, self.routing, self.metrics, capable)
 
     def resolve(self, deployment: str | None, *, param: str = "model") -> Route:
         if not deployment:
@@ -46,29 +67,48 @@ class Gateway:
                         body: bytes = b"") -> GenerationTask:
         chat = isinstance(request, ChatCompletionRequest)
         task = GenerationTask(kind="chat" if chat else "text", request=request, model=route.model, body=body)
-        _check_capabilities(route, task)
+        backends = [m.backend for m in route.pool.members] if route.pool is not None and route.pool.members else [
+            route.backend]
+        problems = [_problem(route.deployment, b, task) for b in backends]
+        if all(problems):
+            raise problems[0]
         return task
 
-    async def generate(self, route: Route, task: GenerationTask) -> Generation:
-        return await route.backend.generate(task)
+    async def generate(self, route: Route, task: GenerationTask, dispatch: Dispatch | None = None) -> Generation:
+        return await (dispatch or self.dispatch(route, task)).generate(task)
 
-    def stream(self, route: Route, task: GenerationTask) -> AsyncIterator[Delta]:
-        return route.backend.stream(task)
+    def stream(self, route: Route, task: GenerationTask, dispatch: Dispatch | None = None) -> AsyncIterator[Delta]:
+        return (dispatch or self.dispatch(route, task)).stream(task)
 
-    async def embed(self, route: Route, request: EmbeddingRequest) -> Embeddings:
-        caps = route.backend.capabilities
-        if not caps.embeddings:
+    async def embed(self, route: Route, request: EmbeddingRequest, dispatch: Dispatch | None = None) -> Embeddings:
+        members = route.pool.members if route.pool is not None and route.pool.members else None
+        if not any(b.capabilities.embeddings for b in ([m.backend for m in members] if members else [route.backend])):
             raise Unsupported(f"The model '{route.deployment}' does not serve embeddings.", param="model")
         inputs = [request.input] if isinstance(request.input, str) else request.input
         if inputs and isinstance(inputs[0], int):
             inputs = [inputs]
-        return await route.backend.embed(EmbeddingTask(request=request, model=route.model, inputs=inputs))
+        task = EmbeddingTask(request=request, model=route.model, inputs=inputs)
+        if dispatch is None:
+            dispatch = self.dispatch(route)
+        dispatch.capable = lambda m: m.backend.capabilities.embeddings
+        return await dispatch.embed(task)
 
 
-def _check_capabilities(route: Route, task: GenerationTask) -> None:
-    caps = route.backend.capabilities
+_ANYWHERE = Scope("GlobalStandard")
+_LOCAL = Place("embedded", None, None)
+
+
+def _problem(name: str, backend: Backend, task: GenerationTask) -> ModelworksError | None:
+    try:
+        _check_capabilities(name, backend, task)
+    except Unsupported as exc:
+        return exc
+    return None
+
+
+def _check_capabilities(name: str, backend: Backend, task: GenerationTask) -> None:
+    caps = backend.capabilities
     req = task.request
-    name = route.deployment
     if task.is_chat and not caps.chat:
         raise Unsupported(f"The model '{name}' does not serve chat completions.", param="model")
     if not task.is_chat and not caps.completions:

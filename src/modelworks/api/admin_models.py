@@ -55,6 +55,7 @@ class DeploymentUpdate(_Body):
     price_output_per_1k: float | None = Field(default=None, ge=0)
     enabled: bool | None = None
     owned_by: str | None = None
+    spillover: str | None = Field(default=None, description="provisioned types: a standard deployment for overflow")
 
 
 class DeploymentCreate(DeploymentUpdate):

@@ -34,7 +34,8 @@ _RESPONSES = {
         "region": _NULLABLE_STR, "data_zone": {"enum": ["EU", "US", None]}, "tpm": _NULLABLE_INT, "rpm": _NULLABLE_INT,
         "rpm_effective": _NULLABLE_INT, "content_filter_policy": _NULLABLE_STR,
         "price_input_per_1k": {"type": "number"}, "price_output_per_1k": {"type": "number"},
-        "enabled": {"type": "boolean"}, "owned_by": {"type": "string"}, "source": {"enum": ["config", "api"]},
+        "enabled": {"type": "boolean"}, "owned_by": {"type": "string"}, "spillover": _NULLABLE_STR,
+        "source": {"enum": ["config", "api"]},
         "updated_at": {"type": "string"}, "deleted": {"type": "boolean"}}},
     "AuditEntry": {"type": "object", "required": ["object", "seq", "at", "action", "outcome", "hash", "prev_hash"],
                    "properties": {

@@ -21,10 +21,15 @@ from modelworks.errors import NotFound
 from modelworks.control.plane import ControlPlane
 from modelworks.policies.budget import BudgetPolicy
 from modelworks.policies.chain import PolicyChain
+from modelworks.metrics import ServiceMetrics
 from modelworks.policies.metering import MeteringPolicy
+from modelworks.policies.metrics import MetricsPolicy
 from modelworks.policies.quota import QuotaPolicy
 from modelworks.policies.safety import ProjectBlocklists, SafetyPolicy
 from modelworks.quota.limiter import build_limiter
+from modelworks.routing.dispatch import RoutingConfig
+from modelworks.routing.health import HealthMonitor
+from modelworks.routing.pool import Members
 from modelworks.service import Gateway
 from modelworks.settings import Settings
 
@@ -35,12 +40,13 @@ class ModelworksApp:
     """The ASGI application: lifespan (start and stop backends) and HTTP routing."""
 
     def __init__(self, router: Router, backends: dict[str, Backend], gateway: Gateway, control: ControlPlane,
-                 catalog: Catalog) -> None:
+                 catalog: Catalog, health: HealthMonitor) -> None:
         self.router = router
         self.backends = backends
         self.gateway = gateway
         self.control = control
         self.catalog = catalog
+        self.health = health
         self.closers: list = []
 
     async def __call__(self, scope, receive, send) -> None:
@@ -68,12 +74,14 @@ class ModelworksApp:
                     await self.catalog.reload()
                     self.catalog.start()
                     await asyncio.gather(*(b.start() for b in unique))
+                    self.health.start()
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.health.close()
                 await self.catalog.close()
                 for close in self.closers:
                     await close()
@@ -93,15 +101,27 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     """Build the ASGI app. `backends` replaces the configured ones (tests inject fakes this way)."""
     if backends is None:
         backends = {name: build_backend(name, spec, settings) for name, spec in settings.backends.items()}
-    gateway = Gateway({}, created=int(time.time()))  # filled from the store at start-up
+    r = settings.routing
+    metrics = ServiceMetrics()
+    members = Members(backends, settings.backend_places,
+                      {name: spec.weight for name, spec in settings.backends.items()})
+    metrics.watch_backends(members)
+    gateway = Gateway({}, created=int(time.time()),  # routes filled from the store at start-up
+                      routing=RoutingConfig(r.max_attempts, r.try_timeout_s, r.stream_idle_timeout_s,
+                                            r.failure_threshold, r.cooldown_s), metrics=metrics)
     control = ControlPlane(settings)
-    catalog = Catalog(control.deployments, backends, gateway)
+    catalog = Catalog(control.deployments, backends, gateway, members=members,
+                      latency_aware=r.strategy == "latency")
+    health = HealthMonitor(members, r.health_interval_s)
     limiter = build_limiter(settings.quota)
     blocklists = ProjectBlocklists(control.blocklists)
-    policies = [control.auth, BudgetPolicy(control.usage), QuotaPolicy(limiter, settings.quota.default_max_tokens),
+    policies = [control.auth, BudgetPolicy(control.usage),
+                QuotaPolicy(limiter, settings.quota.default_max_tokens, resolve=gateway.routes_get),
                 SafetyPolicy(settings.content_filter_policies, blocklists, control.content_log, gateway)]
     if settings.metering.enabled:
         policies.append(MeteringPolicy(control.wal))
+    if settings.metrics.enabled:
+        policies.append(MetricsPolicy(metrics))
     chain = PolicyChain(policies)
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
     moderation = ModerationHandlers(chain, _safety_model, settings.server.max_body_bytes)
@@ -109,7 +129,9 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
 
     router = Router()
     router.add("/healthz", Endpoint(_healthz), ("GET",))
-    router.add("/readyz", Endpoint(_readyz(backends)), ("GET",))
+    router.add("/readyz", Endpoint(_readyz(backends, gateway)), ("GET",))
+    if settings.metrics.enabled:
+        router.add(settings.metrics.path, Endpoint(_metrics_endpoint(metrics)), ("GET",))
     for prefix, dialect in (("/v1", OPENAI), ("/openai/v1", AZURE_V1)):
         router.add(f"{prefix}/chat/completions", Endpoint(h.chat, dialect=dialect))
         router.add(f"{prefix}/completions", Endpoint(h.completions, dialect=dialect))
@@ -126,7 +148,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     router.add("/openai/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models/{model:path}", Endpoint(h.get_model, dialect=AZURE), ("GET",))
     _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
-    app = ModelworksApp(router, backends, gateway, control, catalog)
+    app = ModelworksApp(router, backends, gateway, control, catalog, health)
     app.closers.append(limiter.close)
     return app
 
@@ -168,12 +190,25 @@ async def _healthz(request: Request) -> JSONResult:
     return JSONResult({"status": "ok"})
 
 
-def _readyz(backends: dict[str, Backend]):
+def _metrics_endpoint(metrics: ServiceMetrics):
+    async def metrics_text(request: Request) -> JSONResult:
+        return JSONResult(metrics.registry.render().encode(),
+                          headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"})
+    return metrics_text
+
+
+def _readyz(backends: dict[str, Backend], gateway: Gateway):
+    """Ready when every deployment has at least one backend that answers its health check (a pool with one
+    backend down still serves); the answer details each backend and each deployment."""
     async def readyz(request: Request) -> JSONResult:
         results = await asyncio.gather(*(b.health() for b in backends.values()))
         detail = {name: {"ok": r.ok, "detail": r.detail} for name, r in zip(backends, results)}
-        ready = all(r.ok for r in results)
-        return JSONResult({"status": "ready" if ready else "not_ready", "backends": detail},
-                          status=200 if ready else 503)
+        deployments = {}
+        for name, route in gateway.routes.items():
+            members = [m.name for m in route.pool.members] if route.pool is not None else [route.backend.name]
+            deployments[name] = any(detail.get(m, {}).get("ok") for m in members)
+        ready = all(deployments.values()) if deployments else all(r.ok for r in results)
+        return JSONResult({"status": "ready" if ready else "not_ready", "backends": detail,
+                           "deployments": deployments}, status=200 if ready else 503)
     return readyz
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -47,13 +48,16 @@ class Handlers:
             await self.chain.complete(call, None, exc.status)
             raise
         request.watch_disconnect()
+        route, task = call.route, call.task  # a provisioned deployment over capacity may have spilled over
+        dispatch = call.dispatch = self.gateway.dispatch(route, task)
         chat = task.is_chat
         if not req.stream:
             try:
-                result = await self.gateway.generate(route, task)
-            except BaseException:
-                await self.chain.complete(call, None, 500)
+                result = await self.gateway.generate(route, task, dispatch)
+            except BaseException as exc:
+                await self.chain.complete(call, None, _status(exc))
                 raise
+            call.response_headers.update(dispatch.headers())
             try:
                 await self.chain.review(call, result)
             except BaseException:
@@ -65,17 +69,19 @@ class Handlers:
                               headers=call.response_headers)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         framer = render.StreamFramer(chat=chat, model=route.deployment, include_usage=include_usage)
-        deltas = self.chain.review_stream(call, self.gateway.stream(route, task))
+        deltas = self.chain.review_stream(call, self.gateway.stream(route, task, dispatch))
         try:
             first = await anext(deltas)
             call.facts["first_at"] = time.monotonic()
         except StopAsyncIteration:
+            call.response_headers.update(dispatch.headers())
             await self.chain.complete(call, None, 200)
             return EventStream(framer.closing(), _nothing(), headers=call.response_headers)
-        except BaseException:
+        except BaseException as exc:
             await deltas.aclose()
-            await self.chain.complete(call, None, 500)
+            await self.chain.complete(call, None, _status(exc))
             raise
+        call.response_headers.update(dispatch.headers())
         head = framer.frame(first)
         annotations = call.facts.get("prompt_filter_results")
         if annotations is not None and call.facts.get("annotation_frame", True):
@@ -108,10 +114,13 @@ class Handlers:
         try:
             await self.chain.admit(call)
             request.watch_disconnect()
-            result = await self.gateway.embed(route, req)
+            route = call.route
+            call.dispatch = self.gateway.dispatch(route)
+            result = await self.gateway.embed(route, req, call.dispatch)
         except ModelworksError as exc:
             await self.chain.complete(call, None, exc.status)
             raise
+        call.response_headers.update(call.dispatch.headers())
         await self.chain.complete(call, Usage(result.prompt_tokens, 0), 200)
         if req.dimensions is not None:
             result = _truncate(result, req.dimensions)
@@ -152,6 +161,15 @@ class Handlers:
         call = Call(operation=operation, headers=request.headers, deployment=deployment)
         await self.chain.authenticate(call)
         return call
+
+
+def _status(exc: BaseException) -> int:
+    """The status a failed call is metered with: the error's own, 499 for a client that left, else 500."""
+    if isinstance(exc, ModelworksError):
+        return exc.status
+    if isinstance(exc, asyncio.CancelledError):
+        return 499
+    return 500
 
 
 def _annotations(call: Call) -> dict | None:

@@ -15,7 +15,7 @@ from modelworks.backends.base import (
     Backend, Capabilities, Delta, Embeddings, EmbeddingTask, Generation, GenerationTask, Health, Usage,
 )
 from modelworks.backends.upstream_http import Response, UpstreamConnectionError, UpstreamPool
-from modelworks.errors import Overloaded, Unavailable, UpstreamError
+from modelworks.errors import Unavailable, UpstreamError, UpstreamRateLimited
 from modelworks.settings import OpenAIUpstreamBackend
 
 # Fields forwarded upstream. Anything else in the client's body was ignored at validation and stays behind.
@@ -112,7 +112,12 @@ class OpenAIUpstream(Backend):
                     data = line[5:].strip()
                     if data == b"[DONE]":
                         return
-                    event = orjson.loads(data)
+                    try:
+                        event = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        event = None
+                    if not isinstance(event, dict):
+                        raise UpstreamError(f"The upstream for '{self.name}' sent a malformed stream event.")
                     if "error" in event:
                         raise UpstreamError("The upstream failed during the stream.", body={"error": event["error"]})
                     usage = event.get("usage")
@@ -166,14 +171,23 @@ class OpenAIUpstream(Backend):
             body = None
         status = resp.status
         if status == 429:
-            try:
-                retry = float(resp.header("retry-after") or 1)
-            except ValueError:
-                retry = 1.0
-            raise Overloaded(f"The upstream for '{self.name}' is rate limited; retry later.", retry_after_s=retry)
+            raise UpstreamRateLimited(f"The upstream for '{self.name}' is rate limited; retry later.",
+                                      retry_after_s=_retry_after(resp))
         if status in (401, 403):
             raise UpstreamError(f"The upstream for '{self.name}' refused our credentials ({status}).", status=502)
         if 400 <= status < 500:
             raise UpstreamError(f"The upstream for '{self.name}' refused the request ({status}).", status=status,
                                 body=body if isinstance(body, dict) else None)
         raise UpstreamError(f"The upstream for '{self.name}' failed ({status}).", status=502)
+
+
+def _retry_after(resp: Response) -> float:
+    """The upstream's wait: `retry-after-ms` (Azure) before `retry-after` (seconds); 1 s when it says neither."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = resp.header(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return 1.0

@@ -14,12 +14,13 @@ from sqlalchemy import delete, func, select
 
 from modelworks.control.keys import _iso, now
 from modelworks.errors import InvalidRequest, NotFound
+from modelworks.routing.residency import PROVISIONED_TYPES, Place, Scope, check_backends
 from modelworks.settings import Deployment as ConfigDeployment
 from modelworks.store.db import Database
 from modelworks.store.schema import DeploymentRow
 
 FIELDS = ("model", "backends", "deployment_type", "region", "data_zone", "tpm", "rpm", "content_filter_policy",
-          "price_input_per_1k", "price_output_per_1k", "enabled", "owned_by")
+          "price_input_per_1k", "price_output_per_1k", "enabled", "owned_by", "spillover")
 
 
 def derived_rpm(tpm: int | None, rpm: int | None) -> int | None:
@@ -31,21 +32,24 @@ def derived_rpm(tpm: int | None, rpm: int | None) -> int | None:
 
 
 def deployment_view(row: DeploymentRow) -> dict:
-    return {"name": row.name, **{f: getattr(row, f) for f in FIELDS}, "rpm_effective": derived_rpm(row.tpm, row.rpm),
+    # provisioned capacity is in tokens alone: no requests-per-minute limit is derived from it
+    rpm = row.rpm if row.deployment_type in PROVISIONED_TYPES else derived_rpm(row.tpm, row.rpm)
+    return {"name": row.name, **{f: getattr(row, f) for f in FIELDS}, "rpm_effective": rpm,
             "source": row.source, "updated_at": _iso(row.updated_at)}
 
 
 def from_config(name: str, dep: ConfigDeployment) -> dict:
-    return {"model": dep.model, "backends": [dep.backend], "deployment_type": dep.type, "region": dep.region,
+    return {"model": dep.model, "backends": dep.backend_names, "deployment_type": dep.type, "region": dep.region,
             "data_zone": dep.data_zone, "tpm": dep.tpm, "rpm": dep.rpm, "content_filter_policy": dep.content_filter,
             "price_input_per_1k": dep.price_input_per_1k, "price_output_per_1k": dep.price_output_per_1k,
-            "enabled": dep.enabled, "owned_by": dep.owned_by}
+            "enabled": dep.enabled, "owned_by": dep.owned_by, "spillover": dep.spillover}
 
 
 class DeploymentService:
-    def __init__(self, db: Database, backend_names: set[str], policy_names: set[str] = frozenset({"default"})) -> None:
+    def __init__(self, db: Database, places: dict[str, Place], policy_names: set[str] = frozenset({"default"})) -> None:
         self.db = db
-        self.backend_names = backend_names
+        self.places = places
+        self.backend_names = set(places)
         self.policy_names = policy_names
 
     def sync_config(self, deployments: dict[str, ConfigDeployment]) -> None:
@@ -84,6 +88,7 @@ class DeploymentService:
             if s.get(DeploymentRow, name) is not None:
                 raise InvalidRequest(f"A deployment named '{name}' already exists.", param="name",
                                      code="already_exists")
+            self._check_placement(s, name, {"deployment_type": "GlobalStandard", **values})
             row = DeploymentRow(name=name, source="api", updated_at=now(), **values)
             s.add(row)
             s.flush()
@@ -93,6 +98,7 @@ class DeploymentService:
         self._check(changes)
         with self.db.session() as s:
             row = self._editable(s, name)
+            self._check_placement(s, name, {**{f: getattr(row, f) for f in FIELDS}, **changes})
             for f, v in changes.items():
                 setattr(row, f, v)
             row.updated_at = now()
@@ -125,3 +131,22 @@ class DeploymentService:
             if unknown or not backends:
                 raise InvalidRequest(f"Unknown backend(s): {', '.join(unknown) or '(none given)'}; configured: "
                                      f"{', '.join(sorted(self.backend_names))}.", param="backends")
+
+    def _check_placement(self, s, name: str, values: dict) -> None:
+        """Residency: every backend inside the deployment's scope; a spillover never wider than it."""
+        scope = Scope(values["deployment_type"], values.get("region"), values.get("data_zone"))
+        problem = check_backends(scope, values.get("backends") or [], self.places)
+        if problem:
+            param = "backends" if "backend '" in problem else ("data_zone" if "data_zone" in problem else "region")
+            raise InvalidRequest(f"Deployment '{name}': {problem}.", param=param)
+        spill = values.get("spillover")
+        if spill is None:
+            return
+        other = s.get(DeploymentRow, spill)
+        if values["deployment_type"] not in PROVISIONED_TYPES:
+            raise InvalidRequest("Only provisioned deployments spill over.", param="spillover")
+        if other is None or other.deployment_type in PROVISIONED_TYPES or spill == name:
+            raise InvalidRequest(f"'{spill}' is not a standard deployment.", param="spillover")
+        if not Scope(other.deployment_type, other.region, other.data_zone).within(scope):
+            raise InvalidRequest(f"'{spill}' may use backends outside {scope.describe()[3:]}; a spillover must stay "
+                                 f"within its deployment's residency.", param="spillover")

@@ -37,9 +37,11 @@ class BudgetPolicy:
             return
         tokens, cost = await self.spent(who.project_id)
         if who.monthly_token_cap is not None and tokens >= who.monthly_token_cap:
+            call.facts["limit"] = "budget"
             raise InsufficientQuota(f"The project's monthly token budget ({who.monthly_token_cap}) is spent. "
                                     "Ask an admin to raise it; it renews on the first of the month (UTC).")
         if who.monthly_cost_cap is not None and cost >= who.monthly_cost_cap:
+            call.facts["limit"] = "budget"
             raise InsufficientQuota(f"The project's monthly cost budget ({who.monthly_cost_cap:g}) is spent. "
                                     "Ask an admin to raise it; it renews on the first of the month (UTC).")
 

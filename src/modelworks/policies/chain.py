@@ -24,6 +24,7 @@ class Call:
     principal: Any = None
     route: Any = None
     task: Any = None
+    dispatch: Any = None  # the routing of the call (modelworks.routing.dispatch): which backend served it
     facts: dict[str, Any] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)

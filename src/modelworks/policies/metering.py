@@ -31,6 +31,7 @@ class MeteringPolicy:
             return
         who = call.principal
         info = route.info
+        served = call.dispatch.served if call.dispatch is not None else None
         prompt = usage.prompt_tokens if usage else 0
         completion = usage.completion_tokens if usage else 0
         cost = (prompt * (info.get("price_input_per_1k") or 0.0) + completion * (info.get("price_output_per_1k") or 0.0)) / 1000
@@ -39,7 +40,9 @@ class MeteringPolicy:
         # a row in usage.COLUMNS order
         self.wal.append([
             f"{self._node}{next(self._ids):x}", time.time(), who.project_id if who else "",
-            who.key_id if who else None, route.deployment, route.backend.name, info.get("region"), call.operation,
+            who.key_id if who else None, route.deployment,
+            served.name if served is not None else route.backend.name,
+            served.region if served is not None else info.get("region"), call.operation,
             prompt, completion, round(cost, 8), round((now - call.started) * 1000, 3),
             round((first - call.started) * 1000, 3) if first else None, status, call.facts.get("filter_outcome"),
             _decisions(call.facts.get("safety")),

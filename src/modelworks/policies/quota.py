@@ -48,8 +48,9 @@ class _Plan:
 class QuotaPolicy:
     stage = "admit"
 
-    def __init__(self, limiter: Limiter, default_max_tokens: int) -> None:
+    def __init__(self, limiter: Limiter, default_max_tokens: int, resolve=None) -> None:
         self.limiter = limiter
+        self.resolve = resolve  # deployment name -> its route (for provisioned deployments' spillover)
         self.default_max_tokens = default_max_tokens
         self._plans: dict[tuple, _Plan | None] = {}
 
@@ -62,6 +63,15 @@ class QuotaPolicy:
         decision = await self.limiter.acquire(checks)
         if not decision.admitted:
             scope, kind, limit = plan.labels[decision.refused]
+            spill = self._spillover(call, scope)
+            if spill is not None:
+                call.response_headers["x-modelworks-spillover-from"] = call.route.deployment
+                call.facts["spilled_from"] = call.route.deployment
+                call.route = spill
+                if call.task is not None:
+                    call.task.model = spill.model
+                return await self.admit(call)  # the spillover deployment's own quota applies
+            call.facts["limit"] = f"{scope}_{kind}"
             retry = max(1, math.ceil(decision.retry_after_s))
             raise RateLimited(self._message(call, scope, kind, limit, retry), retry_after_s=retry,
                               code="rate_limit_exceeded", headers={h[1]: h[2] for h in plan.headers})
@@ -93,6 +103,18 @@ class QuotaPolicy:
             self._plans.clear()
         self._plans[cache_key] = plan
         return plan
+
+    def _spillover(self, call: Call, scope: str):
+        """A provisioned deployment over its capacity hands the call to its spillover deployment, if it has one
+        and that one stays inside the same residency scope (the config and the admin API refuse others)."""
+        name = call.route.info.get("spillover")
+        if scope != "deployment" or not name or self.resolve is None or "spilled_from" in call.facts:
+            return None
+        spill = self.resolve(name)
+        here = call.route.pool
+        if spill is None or (here is not None and spill.pool is not None and not spill.pool.scope.within(here.scope)):
+            return None
+        return spill
 
     async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
         charged = call.facts.get("quota")

@@ -65,7 +65,11 @@ class StreamFramer:
             self.usage = delta.usage
         if not delta.choices:
             return b""
-        self.delivered += 1
+        for choice in delta.choices:  # a role-only or finishing frame carries no generated token
+            d = choice.get("delta")
+            if choice.get("text") or (d is not None and (d.get("content") or d.get("tool_calls"))):
+                self.delivered += 1
+                break
         chunk = {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
                  "choices": delta.choices}
         if self.include_usage and self.chat:

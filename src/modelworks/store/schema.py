@@ -60,6 +60,7 @@ class DeploymentRow(Base):
     price_output_per_1k: Mapped[float] = mapped_column(Float, default=0.0)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     owned_by: Mapped[str] = mapped_column(String(100), default="modelworks")
+    spillover: Mapped[str | None] = mapped_column(String(100), nullable=True)
     source: Mapped[str] = mapped_column(String(10), default="api")  # "config" or "api"
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

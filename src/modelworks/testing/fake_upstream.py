@@ -7,8 +7,19 @@ Serves `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models`
 - `error-<status>`: answers that HTTP status with an OpenAI error envelope;
 - anything else: answers at once with a fixed reply.
 
-It records what it received (`GET /_fake/requests`, `DELETE /_fake/requests`), including whether each stream
-was cut by its client. Run it with `python -m modelworks.testing.fake_upstream --port 9000`.
+One process plays many upstreams: a path that starts with a name other than `v1` or `openai`
+(`/eu-1/v1/chat/completions`) is served as the upstream instance `eu-1`, and faults can be injected per instance
+with `POST /_fake/faults/{instance}` and a JSON body (`DELETE` clears it):
+
+- `{"mode": "status", "status": 500}` (`"retry_after": 2` adds retry-after to a 429; `"health": true` fails the
+  health check `GET .../models` too);
+- `{"mode": "slow_first_byte", "seconds": 3}`: waits before answering;
+- `{"mode": "stall", "after": 3}`: a stream sends 3 events, then nothing until its client leaves;
+- `{"mode": "die", "after": 3}`: a stream sends 3 events, then the connection drops without an end;
+- `{"mode": "malformed", "after": 3}`: a stream sends 3 events, then one that is not JSON.
+
+It records what it received (`GET /_fake/requests`, `DELETE /_fake/requests`), including the instance and
+whether each stream was cut by its client. Run it with `python -m modelworks.testing.fake_upstream --port 9000`.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ class FakeUpstream:
         self.requests: deque[dict] = deque(maxlen=record)
         self.cut_streams = 0
         self.finished_streams = 0
+        self.faults: dict[str, dict] = {}
         self._chat_body = orjson.dumps(_chat_completion("fake-model"))
 
     async def __call__(self, scope, receive, send) -> None:
@@ -53,7 +65,22 @@ class FakeUpstream:
             payload = {"requests": list(self.requests), "cut_streams": self.cut_streams,
                        "finished_streams": self.finished_streams}
             return await _respond(send, 200, orjson.dumps(payload))
+        if path.startswith("/_fake/faults/"):
+            instance = path.rsplit("/", 1)[1]
+            if method == "DELETE":
+                self.faults.pop(instance, None)
+            else:
+                self.faults[instance] = orjson.loads(body)
+            return await _respond(send, 200, orjson.dumps(self.faults))
+        instance = ""
+        first = path.split("/", 2)[1] if path.count("/") >= 2 else ""
+        if first not in ("v1", "openai", "_fake"):
+            instance, path = first, path[len(first) + 1:]
+        fault = self.faults.get(instance) or {}
+        mode = fault.get("mode")
         if path.endswith("/models") and method == "GET":
+            if mode == "status" and fault.get("health"):
+                return await _respond(send, fault["status"], _error(fault["status"], "fake health failure"))
             data = [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]
             return await _respond(send, 200, orjson.dumps({"object": "list", "data": data}))
         try:
@@ -63,8 +90,14 @@ class FakeUpstream:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         azure_deployment = _azure_deployment(path)
         model = azure_deployment or request.get("model", "")
-        self.requests.append({"path": path, "query": scope["query_string"].decode(), "headers": headers,
-                              "body": request})
+        self.requests.append({"instance": instance, "path": path, "query": scope["query_string"].decode(),
+                              "headers": headers, "body": request})
+        if mode == "slow_first_byte":
+            await asyncio.sleep(float(fault.get("seconds", 1)))
+        if mode == "status":
+            status = int(fault["status"])
+            extra = [(b"retry-after", str(fault["retry_after"]).encode())] if "retry_after" in fault else []
+            return await _respond(send, status, _error(status, f"injected fault {status}"), extra)
         if model.startswith("error-"):
             status = int(model.split("-", 1)[1])
             extra = [(b"retry-after", b"1")] if status == 429 else []
@@ -80,13 +113,13 @@ class FakeUpstream:
         if not path.endswith("/completions"):
             return await _respond(send, 404, _error(404, f"no route {path}"))
         if request.get("stream"):
-            return await self._stream(send, receive, chat, model, request)
+            return await self._stream(send, receive, chat, model, request, fault)
         if chat and model == "fake-model" and not request.get("tools"):
             return await _respond(send, 200, self._chat_body)
         body = _chat_completion(model, request) if chat else _text_completion(model)
         return await _respond(send, 200, orjson.dumps(body))
 
-    async def _stream(self, send, receive, chat: bool, model: str, request: dict) -> None:
+    async def _stream(self, send, receive, chat: bool, model: str, request: dict, fault: dict) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         delay = 0.05 if model.startswith("slow-") else 0.0
         words = REPLY.split(" ") * (20 if delay else 1)
@@ -105,7 +138,14 @@ class FakeUpstream:
                 await _send_event(send, {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
                                          "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                       "finish_reason": None}]})
+            mode, after = fault.get("mode"), int(fault.get("after", 0))
             for i, word in enumerate(words):
+                if mode in ("stall", "die", "malformed") and i == after:
+                    if mode == "stall":
+                        await asyncio.Event().wait()  # until the client leaves (this task is cancelled)
+                    if mode == "die":
+                        raise _Die()
+                    await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
                 if delay:
                     await asyncio.sleep(delay)
                 piece = word if i == 0 else " " + word
@@ -124,8 +164,14 @@ class FakeUpstream:
             self.finished_streams += 1
         except (OSError, asyncio.CancelledError):
             self.cut_streams += 1
+        except _Die:
+            raise RuntimeError("injected fault: the stream dies") from None  # uvicorn drops the connection
         finally:
             watcher.cancel()
+
+
+class _Die(Exception):
+    pass
 
 
 def _azure_deployment(path: str) -> str | None:

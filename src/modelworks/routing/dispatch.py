@@ -1,0 +1,210 @@
+"""One call's way through a deployment's pool: pick a backend, try it, and on a failure before the first byte try
+another eligible one, within the retry budget (`max_attempts`) and a per-try timeout.
+
+Retried: connection errors and timeouts, 5xx, 429 (that backend is cooled for its `retry-after`), and a local
+backend whose queue is full. Not retried: the client's own errors (4xx), and anything after the first byte of a
+stream has reached the client: a stream that breaks or stalls (`stream_idle_timeout_s`) after that ends with an
+error event, and its backend's failure counts towards its circuit breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator, Awaitable, Callable
+
+from modelworks.backends.base import Delta, Embeddings, EmbeddingTask, Generation, GenerationTask
+from modelworks.errors import ModelworksError, Overloaded, Unavailable, UpstreamError, UpstreamRateLimited
+from modelworks.routing.pool import Member, Pool
+
+
+class RoutingConfig:
+    __slots__ = ("max_attempts", "try_timeout_s", "stream_idle_timeout_s", "failure_threshold", "cooldown_s")
+
+    def __init__(self, max_attempts: int = 3, try_timeout_s: float = 120.0, stream_idle_timeout_s: float = 60.0,
+                 failure_threshold: int = 3, cooldown_s: float = 15.0) -> None:
+        self.max_attempts = max_attempts
+        self.try_timeout_s = try_timeout_s
+        self.stream_idle_timeout_s = stream_idle_timeout_s
+        self.failure_threshold = failure_threshold
+        self.cooldown_s = cooldown_s
+
+
+class Dispatch:
+    """Routes one call. After it, `served` is the member that answered (None if none did), `attempts` the tries."""
+
+    __slots__ = ("pool", "config", "metrics", "served", "attempts", "capable")
+
+    def __init__(self, pool: Pool, config: RoutingConfig, metrics=None,
+                 capable: Callable[[Member], bool] | None = None) -> None:
+        self.pool = pool
+        self.config = config
+        self.metrics = metrics
+        self.capable = capable
+        self.served: Member | None = None
+        self.attempts = 0
+
+    def headers(self) -> dict[str, str]:
+        m = self.served
+        if m is None:
+            return {}
+        return {"x-ms-region": m.region, "x-modelworks-backend": m.name}
+
+    # -- whole answers -----------------------------------------------------------------------------------------------
+
+    async def generate(self, task: GenerationTask) -> Generation:
+        return await self._whole(lambda m: m.backend.generate(task))
+
+    async def embed(self, task: EmbeddingTask) -> Embeddings:
+        return await self._whole(lambda m: m.backend.embed(task))
+
+    async def _whole(self, run: Callable[[Member], Awaitable]):
+        tried: set[str] = set()
+        last: BaseException | None = None
+        while self.attempts < self.config.max_attempts:
+            member = self._pick(tried, last)
+            tried.add(member.name)
+            started = time.monotonic()
+            member.taken(started)
+            try:
+                async with asyncio.timeout(self.config.try_timeout_s):
+                    result = await run(member)
+            except BaseException as exc:  # noqa: BLE001 - classified, then retried or raised
+                member.released()
+                last = self._failed(member, exc)
+                if last is None:
+                    raise
+                continue
+            member.released()
+            member.succeeded(time.monotonic() - started)
+            self._outcome(member, "ok")
+            self.served = member
+            return result
+        raise last
+
+    # -- streams ---------------------------------------------------------------------------------------------------------
+
+    async def stream(self, task: GenerationTask) -> AsyncIterator[Delta]:
+        tried: set[str] = set()
+        last: BaseException | None = None
+        while True:
+            if self.attempts >= self.config.max_attempts:
+                raise last
+            member = self._pick(tried, last)
+            tried.add(member.name)
+            started = time.monotonic()
+            member.taken(started)
+            deltas = member.backend.stream(task)
+            try:
+                async with asyncio.timeout(self.config.try_timeout_s):
+                    first = await anext(deltas)
+            except StopAsyncIteration:
+                member.released()
+                member.succeeded(time.monotonic() - started)
+                self.served = member
+                return
+            except BaseException as exc:  # noqa: BLE001 - before the first byte: another backend may answer
+                await _close(deltas)
+                member.released()
+                last = self._failed(member, exc)
+                if last is None:
+                    raise
+                continue
+            break
+        member.succeeded(time.monotonic() - started)
+        self.served = member
+        async for delta in self._rest(member, first, deltas):
+            yield delta
+
+    async def _rest(self, member: Member, first: Delta, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+        idle = self.config.stream_idle_timeout_s
+        tbt = self.metrics.time_between_tokens if self.metrics is not None else None
+        labels = (self.pool.deployment, member.name)
+        outcome = "ok"
+        try:
+            yield first
+            last_at = time.monotonic()
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        delta = await anext(deltas)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    outcome = "stalled"
+                    raise Unavailable(f"The backend '{member.name}' sent nothing for {idle:g}s; the stream was "
+                                      f"ended.") from None
+                except ModelworksError:
+                    outcome = "broken"
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a backend's bug or garbage: the client gets an error event
+                    outcome = "broken"
+                    raise UpstreamError(f"The backend '{member.name}' broke off the stream "
+                                        f"({exc.__class__.__name__}).") from None
+                now = time.monotonic()
+                if tbt is not None:
+                    tbt.observe(labels, now - last_at)
+                last_at = now
+                yield delta
+        finally:
+            await _close(deltas)
+            member.released()
+            if outcome != "ok":
+                member.failed(time.monotonic(), self.config.failure_threshold, self.config.cooldown_s)
+            self._outcome(member, outcome)
+
+    # -- shared ----------------------------------------------------------------------------------------------------------
+
+    def _pick(self, tried: set[str], last: BaseException | None) -> Member:
+        member = self.pool.pick(tried, self.capable)
+        if member is None:
+            if last is not None:
+                raise last
+            wait = self.pool.cooling_wait()
+            if wait is not None:
+                raise Overloaded(f"Every backend of deployment '{self.pool.deployment}' is rate limited for now; "
+                                 f"retry after {wait:.1f}s.", retry_after_s=wait)
+            raise Unavailable(f"No healthy backend {self.pool.scope.describe()} is available for deployment "
+                              f"'{self.pool.deployment}' ({self.pool.unavailable_reason()}).")
+        self.attempts += 1
+        return member
+
+    def _failed(self, member: Member, exc: BaseException) -> BaseException | None:
+        """Book a failed try; return the error to retry after, or None when it must be raised as it is."""
+        now = time.monotonic()
+        if isinstance(exc, asyncio.CancelledError):
+            self._outcome(member, "cancelled")
+            return None
+        if isinstance(exc, UpstreamRateLimited):
+            member.cool(now, exc.retry_after_s)
+            self._outcome(member, "rate_limited")
+            return exc
+        if isinstance(exc, Overloaded):  # a local backend's queue is full: not a failure of the backend
+            self._outcome(member, "busy")
+            return exc
+        if isinstance(exc, TimeoutError):
+            member.failed(now, self.config.failure_threshold, self.config.cooldown_s)
+            self._outcome(member, "timeout")
+            return Unavailable(f"The backend '{member.name}' did not answer within "
+                               f"{self.config.try_timeout_s:g}s.")
+        if isinstance(exc, Unavailable) or (isinstance(exc, UpstreamError) and exc.status >= 500):
+            member.failed(now, self.config.failure_threshold, self.config.cooldown_s)
+            self._outcome(member, "error")
+            return exc
+        if isinstance(exc, ModelworksError):  # the request's own fault (a 4xx): the backend is fine
+            self._outcome(member, "refused")
+            return None
+        member.failed(now, self.config.failure_threshold, self.config.cooldown_s)
+        self._outcome(member, "error")
+        return None
+
+    def _outcome(self, member: Member, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.backend_attempts.inc((member.name, outcome))
+
+
+async def _close(deltas) -> None:
+    try:
+        await deltas.aclose()
+    except Exception:  # noqa: BLE001 - closing a broken stream may fail again; it is being dropped anyway
+        pass

@@ -1,0 +1,431 @@
+"""Backend pools: residency, choice, circuit breaking, retries, streams that survive faults, and the metrics that
+show it. Faults are injected into loopback fake upstreams (one fake process playing several named upstreams),
+a port with nothing listening (a killed upstream) and a server that resets connections."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import API_KEY
+from support.reset_server import ResetServer
+from support.servers import free_port, start_modelworks
+from support.spec import CheckingTransport
+
+USER = [{"role": "user", "content": "Say hello."}]
+
+
+def _openai(base: str, name: str, region: str, zone: str | None = None, **extra) -> dict:
+    spec = {"type": "openai", "base_url": f"{base}/{name}/v1", "model": "fake-model", "region": region,
+            "connect_timeout_s": 1, **extra}
+    if zone:
+        spec["data_zone"] = zone
+    return spec
+
+
+def pool_config(upstream_url: str, dead_url: str, reset_url: str, health_interval: float) -> dict:
+    u = upstream_url
+    backends = {
+        "eu-1": _openai(u, "eu-1", "westeurope", "EU"),
+        "eu-2": _openai(u, "eu-2", "swedencentral", "EU"),
+        "us-1": _openai(u, "us-1", "eastus", "US"),
+        "heavy": _openai(u, "heavy", "westeurope", weight=3),
+        "light": _openai(u, "light", "eastus", weight=1),
+        "flaky": _openai(u, "flaky", "westeurope"),
+        "good": _openai(u, "good", "northeurope"),
+        "limited": _openai(u, "limited", "westeurope"),
+        "slow": _openai(u, "slow", "westeurope"),
+        "stally": _openai(u, "stally", "westeurope"),
+        "sick": _openai(u, "sick", "westeurope"),
+        "dead": {"type": "openai", "base_url": f"{dead_url}/v1", "model": "fake-model", "region": "westeurope",
+                 "connect_timeout_s": 1},
+        "resetting": {"type": "openai", "base_url": f"{reset_url}/v1", "model": "fake-model",
+                      "region": "westeurope", "connect_timeout_s": 1},
+        "cap": _openai(u, "cap", "westeurope", "EU"),
+        "overflow": _openai(u, "overflow", "swedencentral", "EU"),
+    }
+    deployments = {
+        "weighted": {"backends": ["heavy", "light"]},
+        "failover": {"backends": ["flaky", "good"]},
+        "killed": {"backends": ["dead", "good"]},
+        "reset": {"backends": ["resetting", "good"]},
+        "cooling": {"backends": ["limited", "good"]},
+        "slow-first": {"backends": ["slow", "good"]},
+        "stalling": {"backends": ["stally"]},
+        "stall-or-good": {"backends": ["stally", "good"]},
+        "health": {"backends": ["sick", "good"]},
+        "eu-chat": {"backends": ["eu-1", "eu-2"], "type": "DataZoneStandard", "data_zone": "EU"},
+        "us-chat": {"backends": ["us-1"], "type": "DataZoneStandard", "data_zone": "US"},
+        "eu-overflow": {"backends": ["overflow"], "type": "DataZoneStandard", "data_zone": "EU"},
+        "ptu": {"backends": ["cap"], "type": "DataZoneProvisioned", "data_zone": "EU", "tpm": 1000,
+                "spillover": "eu-overflow"},
+        "ptu-strict": {"backends": ["cap"], "type": "DataZoneProvisioned", "data_zone": "EU", "tpm": 1000},
+    }
+    return {"backends": backends, "deployments": deployments,
+            "routing": {"max_attempts": 3, "try_timeout_s": 1.5, "stream_idle_timeout_s": 1.0,
+                        "failure_threshold": 2, "cooldown_s": 2.0, "health_interval_s": health_interval},
+            "quota": {"default_max_tokens": 100}}
+
+
+@pytest.fixture(scope="module")
+def reset_server():
+    server = ResetServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory, upstream, reset_server):
+    """A server whose health checks wait an hour: every fault is met by the request path itself."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = start_modelworks(tmp_path_factory.mktemp("pools"), pool_config(upstream.url, dead, reset_server.url, 3600),
+                            API_KEY, name="pools")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory, upstream, reset_server):
+    """The same pools with health checks every 0.3 s."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = start_modelworks(tmp_path_factory.mktemp("checked"), pool_config(upstream.url, dead, reset_server.url, 0.3),
+                            API_KEY, name="checked")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def fake(upstream):
+    """Inject faults into named fake upstreams and read what each received."""
+    class Fake:
+        def fault(self, instance: str, **spec) -> None:
+            httpx.post(f"{upstream.url}/_fake/faults/{instance}", json=spec).raise_for_status()
+
+        def clear(self, instance: str) -> None:
+            httpx.delete(f"{upstream.url}/_fake/faults/{instance}").raise_for_status()
+
+        def received(self, instance: str) -> int:
+            log = httpx.get(f"{upstream.url}/_fake/requests").json()
+            return sum(1 for r in log["requests"] if r["instance"] == instance)
+
+        def reset(self) -> None:
+            httpx.delete(f"{upstream.url}/_fake/requests").raise_for_status()
+
+        def log(self) -> dict:
+            return httpx.get(f"{upstream.url}/_fake/requests").json()
+
+    f = Fake()
+    f.reset()
+    return f
+
+
+def sdk(server, recorder) -> openai.OpenAI:
+    http = httpx.Client(transport=CheckingTransport(recorder), timeout=30)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, http_client=http, max_retries=0)
+
+
+def metrics(server) -> dict[tuple[str, frozenset], float]:
+    text = httpx.get(f"{server.url}/metrics").text
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$", line)
+        assert match, line
+        labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+        out[(match.group(1), labels)] = float(match.group(3))
+    return out
+
+
+def metric(values: dict, name: str, **labels) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in values.items() if n == name and want <= set(ls))
+
+
+# -- choice -------------------------------------------------------------------------------------------------------------
+
+def test_weights_split_traffic_and_every_answer_names_its_backend_and_region(pools, fake, recorder):
+    client = sdk(pools, recorder)
+    served = {"heavy": 0, "light": 0}
+    for _ in range(80):
+        raw = client.chat.completions.with_raw_response.create(model="weighted", messages=USER)
+        backend = raw.headers["x-modelworks-backend"]
+        served[backend] += 1
+        assert raw.headers["x-ms-region"] == {"heavy": "westeurope", "light": "eastus"}[backend]
+        assert raw.parse().choices[0].message.content
+    assert served["heavy"] + served["light"] == 80
+    assert 0.6 <= served["heavy"] / 80 <= 0.9, served  # weight 3 : 1
+    assert fake.received("heavy") == served["heavy"] and fake.received("light") == served["light"]
+
+
+# -- failures before the first byte -------------------------------------------------------------------------------------
+
+def test_5xx_fails_over_and_opens_the_circuit_then_a_probe_closes_it(pools, fake, recorder):
+    client = sdk(pools, recorder)
+    fake.fault("flaky", mode="status", status=500)
+    for _ in range(20):
+        raw = client.chat.completions.with_raw_response.create(model="failover", messages=USER)
+        assert raw.headers["x-modelworks-backend"] == "good"
+    assert fake.received("flaky") <= 2  # failure_threshold: then the circuit is open for cooldown_s
+    m = metrics(pools)
+    assert metric(m, "modelworks_backend_circuit_state", backend="flaky") == 2
+    assert metric(m, "modelworks_backend_attempts_total", backend="flaky", outcome="error") >= 1
+    assert metric(m, "modelworks_backend_healthy", backend="flaky") == 0
+    fake.clear("flaky")
+    time.sleep(2.1)  # the cooldown passes: one request may probe
+    deadline = time.monotonic() + 10
+    while fake.received("flaky") <= 2 and time.monotonic() < deadline:
+        client.chat.completions.create(model="failover", messages=USER)
+    assert metric(metrics(pools), "modelworks_backend_circuit_state", backend="flaky") == 0
+
+
+def test_killed_upstream_fails_over(pools, fake, recorder):
+    client = sdk(pools, recorder)
+    for _ in range(15):
+        raw = client.chat.completions.with_raw_response.create(model="killed", messages=USER)
+        assert raw.headers["x-modelworks-backend"] == "good"
+    m = metrics(pools)
+    assert 1 <= metric(m, "modelworks_backend_attempts_total", backend="dead", outcome="error") <= 2
+    assert metric(m, "modelworks_backend_circuit_state", backend="dead") == 2
+
+
+def test_connection_reset_fails_over(pools, fake, recorder, reset_server):
+    client = sdk(pools, recorder)
+    for _ in range(15):
+        assert client.chat.completions.create(model="reset", messages=USER).choices[0].message.content
+    assert 1 <= reset_server.connections <= 4  # the pool's one silent retry on a fresh connection, per failure
+    assert metric(metrics(pools), "modelworks_backend_attempts_total", backend="resetting", outcome="error") >= 1
+
+
+def test_upstream_429_cools_that_backend_for_its_retry_after(pools, fake, recorder):
+    client = sdk(pools, recorder)
+    fake.fault("limited", mode="status", status=429, retry_after=2)
+    for _ in range(15):
+        raw = client.chat.completions.with_raw_response.create(model="cooling", messages=USER)
+        assert raw.headers["x-modelworks-backend"] == "good"
+    assert fake.received("limited") == 1  # told to wait 2 s: asked again only after that
+    m = metrics(pools)
+    assert metric(m, "modelworks_backend_attempts_total", backend="limited", outcome="rate_limited") >= 1
+    assert metric(m, "modelworks_backend_circuit_state", backend="limited") == 0  # a 429 is not a failure
+    fake.clear("limited")
+
+
+def test_only_429s_left_means_429_with_retry_after(pools, fake, recorder):
+    fake.fault("stally", mode="status", status=429, retry_after=3)
+    with pytest.raises(openai.RateLimitError) as info:
+        sdk(pools, recorder).chat.completions.create(model="stalling", messages=USER)
+    assert info.value.response.headers["retry-after"] == "3"
+    assert info.value.response.headers["retry-after-ms"] == "3000"
+    fake.clear("stally")
+    time.sleep(3.1)
+
+
+def test_slow_first_byte_is_a_timed_out_try_and_another_backend_answers(pools, fake, recorder):
+    client = sdk(pools, recorder)
+    fake.fault("slow", mode="slow_first_byte", seconds=5)
+    started = time.monotonic()
+    for _ in range(12):  # the pick is random: 12 tries make missing the slow backend a 1-in-4,096 chance
+        raw = client.chat.completions.with_raw_response.create(model="slow-first", messages=USER)
+        assert raw.headers["x-modelworks-backend"] == "good"
+    assert time.monotonic() - started < 10  # at most two tries of 1.5 s waited for it, then its circuit opened
+    assert metric(metrics(pools), "modelworks_backend_attempts_total", backend="slow", outcome="timeout") >= 1
+    fake.clear("slow")
+
+
+def test_a_stream_retries_before_its_first_byte(pools, fake, recorder):
+    fake.fault("stally", mode="status", status=503)
+    client = sdk(pools, recorder)
+    for _ in range(3):
+        stream = client.chat.completions.create(model="stall-or-good", messages=USER, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    fake.clear("stally")
+    time.sleep(2.1)  # let stally's circuit close again for the tests below
+
+
+# -- faults after the first byte ------------------------------------------------------------------------------------------
+
+def _stream_until_error(client, model: str) -> tuple[str, BaseException | None, float]:
+    started = time.monotonic()
+    text, error = "", None
+    try:
+        for chunk in client.chat.completions.create(model=model, messages=USER, stream=True,
+                                                    stream_options={"include_usage": True}):
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+    except openai.APIError as exc:
+        error = exc
+    return text, error, time.monotonic() - started
+
+
+@pytest.mark.parametrize("mode", ["stall", "die", "malformed"])
+def test_a_stream_that_breaks_mid_way_ends_with_an_error_event_never_a_hang(pools, fake, recorder, mode):
+    fake.fault("stally", mode=mode, after=3)
+    before = metrics(pools)
+    text, error, took = _stream_until_error(sdk(pools, recorder), "stalling")
+    fake.clear("stally")
+    assert text == "Hello from the"  # the three words sent before the fault reached the client
+    assert isinstance(error, openai.APIError), error
+    assert took < 5  # the idle timeout is 1 s
+    assert fake.received("good") == 0  # never retried after the first byte
+    # what was delivered is metered
+    after = metrics(pools)
+    delivered = (metric(after, "modelworks_completion_tokens_total", deployment="stalling")
+                 - metric(before, "modelworks_completion_tokens_total", deployment="stalling"))
+    assert delivered == 3
+    outcome = {"stall": "stalled", "die": "broken", "malformed": "broken"}[mode]
+    assert metric(after, "modelworks_backend_attempts_total", backend="stally", outcome=outcome) >= 1
+    time.sleep(2.1)  # one failure each: keep stally's circuit closed for the next mode
+
+
+def test_the_error_event_and_the_end_of_the_stream_on_the_wire(pools, fake, specs):
+    """Raw SSE: content events, one error event in the OpenAI envelope, then the body ends (no hang)."""
+    fake.fault("stally", mode="die", after=2)
+    with httpx.stream("POST", f"{pools.url}/v1/chat/completions", timeout=10,
+                      headers={"authorization": f"Bearer {API_KEY}"},
+                      json={"model": "stalling", "messages": USER, "stream": True}) as r:
+        raw = r.read()
+    fake.clear("stally")
+    events = specs.check_sse("/v1/chat/completions", raw)
+    assert "error" in events[-1] and events[-1]["error"]["type"] == "server_error"
+    assert any(e.get("choices") for e in events[:-1])
+    time.sleep(2.1)
+
+
+def test_client_disconnect_cancels_the_upstream_within_a_second(pools, fake):
+    from support.raw_http import open_stream
+
+    fake.fault("stally", mode="stall", after=2)
+    sock = open_stream(pools.url, API_KEY, {"model": "stalling", "messages": USER}, events=2)
+    sock.close()
+    left = time.monotonic()
+    while fake.log()["cut_streams"] < 1 and time.monotonic() - left < 1.0:
+        time.sleep(0.02)
+    assert fake.log()["cut_streams"] == 1
+    fake.clear("stally")
+
+
+# -- residency --------------------------------------------------------------------------------------------------------------
+
+def test_an_eu_deployment_answers_503_rather_than_leave_the_eu(checked, fake, recorder):
+    client = sdk(checked, recorder)
+    raw = client.chat.completions.with_raw_response.create(model="eu-chat", messages=USER)
+    assert raw.headers["x-ms-region"] in ("westeurope", "swedencentral")
+    for name in ("eu-1", "eu-2"):
+        fake.fault(name, mode="status", status=500, health=True)
+    try:
+        time.sleep(1.0)  # health checks every 0.3 s take both EU backends out
+        fake.reset()
+        for _ in range(5):
+            with pytest.raises(openai.InternalServerError) as info:
+                client.chat.completions.create(model="eu-chat", messages=USER)
+            assert info.value.status_code == 503
+            assert "No healthy backend in data zone EU" in info.value.message
+        us = client.chat.completions.with_raw_response.create(model="us-chat", messages=USER)
+        assert us.headers["x-ms-region"] == "eastus"  # the US backend is healthy all along
+        assert fake.received("eu-1") == fake.received("eu-2") == 0
+        assert all(r["instance"] == "us-1" for r in fake.log()["requests"])  # nothing of eu-chat left the EU
+        m = metrics(checked)
+        assert metric(m, "modelworks_backend_healthy", backend="eu-1", data_zone="EU") == 0
+        assert metric(m, "modelworks_backend_healthy", backend="us-1", data_zone="US") == 1
+        assert metric(m, "modelworks_requests_total", deployment="eu-chat", backend="none", status="503") == 5
+    finally:
+        for name in ("eu-1", "eu-2"):
+            fake.clear(name)
+
+
+def test_health_checks_take_a_backend_out_and_bring_it_back(checked, fake, recorder):
+    client = sdk(checked, recorder)
+    fake.fault("sick", mode="status", status=500, health=True)
+    time.sleep(1.0)
+    fake.reset()
+    for _ in range(10):
+        raw = client.chat.completions.with_raw_response.create(model="health", messages=USER)
+        assert raw.headers["x-modelworks-backend"] == "good"
+    assert fake.received("sick") == 0
+    fake.clear("sick")
+    time.sleep(1.0)
+    assert metric(metrics(checked), "modelworks_backend_healthy", backend="sick") == 1
+
+
+def test_a_backend_outside_the_zone_is_refused_by_config_and_admin_api(pools):
+    from modelworks.errors import ConfigError
+    from modelworks.settings import settings_from_dict
+
+    config = pool_config("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3", 10)
+    config["deployments"]["eu-chat"]["backends"].append("us-1")
+    with pytest.raises(ConfigError, match="backend 'us-1' is in data zone US"):
+        settings_from_dict(config)
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    r = httpx.post(f"{pools.url}/admin/v1/deployments", headers=headers, json={
+        "name": "eu-leaky", "backends": ["eu-1", "us-1"], "deployment_type": "DataZoneStandard", "data_zone": "EU"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "backends"
+    r = httpx.post(f"{pools.url}/admin/v1/deployments", headers=headers, json={
+        "name": "eu-nozone", "backends": ["eu-1"], "deployment_type": "DataZoneStandard"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "data_zone"
+    r = httpx.patch(f"{pools.url}/admin/v1/deployments/weighted", headers=headers, json={"backends": ["us-1"]})
+    assert r.status_code == 400  # a config deployment: changed in the config file only
+
+
+# -- provisioned ---------------------------------------------------------------------------------------------------------------
+
+def test_provisioned_over_capacity_is_a_fast_429_or_spills_over(pools, fake, recorder):
+    client = sdk(pools, recorder)
+    # 1,000 TPM of capacity; a call charges its prompt (~10 tokens) and max_tokens (990) at arrival, and is
+    # corrected to what it used (11) when it ends: the second of two such calls does not fit
+    first = client.chat.completions.with_raw_response.create(model="ptu-strict", messages=USER, max_tokens=990)
+    assert first.headers["x-modelworks-backend"] == "cap"
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="ptu-strict", messages=USER, max_tokens=990)
+    assert time.monotonic() - started < 0.5
+    assert int(info.value.response.headers["retry-after-ms"]) >= 1000
+    client.chat.completions.create(model="ptu", messages=USER, max_tokens=990)
+    spilled = client.chat.completions.with_raw_response.create(model="ptu", messages=USER, max_tokens=990)
+    assert spilled.headers["x-modelworks-spillover-from"] == "ptu"
+    assert spilled.headers["x-modelworks-backend"] == "overflow"
+    assert spilled.headers["x-ms-region"] == "swedencentral"
+    m = metrics(pools)
+    assert metric(m, "modelworks_limiter_rejections_total", deployment="ptu-strict", limit="deployment_tokens") == 1
+    assert metric(m, "modelworks_requests_total", deployment="eu-overflow", backend="overflow", status="200") == 1
+
+
+# -- metrics ---------------------------------------------------------------------------------------------------------------------
+
+def test_metrics_cover_requests_tokens_latency_and_backends(pools, recorder):
+    client = sdk(pools, recorder)
+    client.chat.completions.create(model="weighted", messages=USER)
+    for _ in client.chat.completions.create(model="weighted", messages=USER, stream=True):
+        pass
+    r = httpx.get(f"{pools.url}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    m = metrics(pools)
+    assert metric(m, "modelworks_requests_total", deployment="weighted", status="200") >= 2
+    assert metric(m, "modelworks_prompt_tokens_total", deployment="weighted") > 0
+    assert metric(m, "modelworks_completion_tokens_total", deployment="weighted") > 0
+    assert metric(m, "modelworks_time_to_first_token_seconds_count", deployment="weighted") >= 1
+    assert metric(m, "modelworks_time_between_tokens_seconds_count", deployment="weighted") >= 1
+    assert metric(m, "modelworks_output_tokens_per_second_count", deployment="weighted") >= 1
+    assert metric(m, "modelworks_request_duration_seconds_count", deployment="weighted") >= 2
+    assert metric(m, "modelworks_backend_healthy", backend="heavy", region="westeurope", provider="openai") == 1
+    for name in ("modelworks_queue_depth", "modelworks_backend_in_flight", "modelworks_backend_circuit_state"):
+        assert any(n == name for n, _ in m), name
+    for line in r.text.splitlines():  # the exposition format: HELP and TYPE for every family
+        if line.startswith("# TYPE"):
+            assert line.split()[3] in ("counter", "gauge", "histogram")
+
+
+def test_a_pool_that_is_only_cooling_answers_429_not_503(pools, fake, recorder):
+    client = sdk(pools, recorder)
+    fake.fault("stally", mode="status", status=429, retry_after=2)
+    for _ in range(2):  # the upstream's own 429, then ours while it cools
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model="stalling", messages=USER)
+        assert info.value.response.headers["retry-after"] == "2"
+    assert fake.received("stally") == 1
+    fake.clear("stally")
+    time.sleep(2.1)
