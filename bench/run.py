@@ -7,6 +7,8 @@
    directly, through Modelworks and through LiteLLM Proxy.
 4. Content filtering: added latency of the default content-filter policy (classifiers, PII, profanity) on a
    500-token prompt, p50 and p99 at one connection, against the same deployment unfiltered.
+5. Soak (`bench/soak.py`): 10 minutes of mixed traffic through a pool of three upstreams under a schedule of
+   faults: lost usage records, hung requests, streams cut without an end, resident memory from start to end.
 
 Figures are printed and written to bench/results/latest.json.
 """
@@ -352,7 +354,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per point (median reported)")
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--runs", type=int, default=5, help="alternating rounds of the embedded comparison")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: embedded,concurrent,proxy,safety")
+    parser.add_argument("--skip", default="",
+                        help="comma list of sections to skip: embedded,concurrent,proxy,safety,soak")
+    parser.add_argument("--soak-minutes", type=float, default=10)
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     if shutil.which("wrk") is None and not {"proxy", "safety"} <= skip:
@@ -381,6 +385,11 @@ def main() -> int:
         if "safety" not in skip:
             results["content_filtering"] = section_safety(tmp, upstream, args, procs)
             _print_safety(results["content_filtering"])
+        if "soak" not in skip:
+            import soak
+
+            results["soak"] = soak.run(tmp, upstream.url, args.soak_minutes)
+            soak.print_result(results["soak"])
     finally:
         for proc in procs:
             proc.stop()

@@ -161,6 +161,7 @@ def test_weights_split_traffic_and_every_answer_names_its_backend_and_region(poo
     assert served["heavy"] + served["light"] == 80
     assert 0.6 <= served["heavy"] / 80 <= 0.9, served  # weight 3 : 1
     assert fake.received("heavy") == served["heavy"] and fake.received("light") == served["light"]
+    assert {r["body"]["model"] for r in fake.log()["requests"]} == {"fake-model"}  # each backend's own model name
 
 
 # -- failures before the first byte -------------------------------------------------------------------------------------
@@ -429,3 +430,31 @@ def test_a_pool_that_is_only_cooling_answers_429_not_503(pools, fake, recorder):
     assert fake.received("stally") == 1
     fake.clear("stally")
     time.sleep(2.1)
+
+
+def test_a_client_that_does_not_read_holds_back_the_upstream_not_the_servers_memory(pools, fake):
+    """~15 MB of stream from a fast upstream to a client that reads nothing: the server must not take it all in."""
+    from support.raw_http import open_stream
+
+    def rss_mib() -> float:
+        for line in open(f"/proc/{pools.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    fake.fault("stally", mode="flood", events=100_000)
+    before = rss_mib()
+    sock = open_stream(pools.url, API_KEY, {"model": "stalling", "messages": USER}, events=2)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        time.sleep(3)  # the client reads nothing
+        log = fake.log()
+        assert log["finished_streams"] == 0  # the upstream is held back by the full pipes
+        assert rss_mib() - before < 10  # not the ~15 MB (and much more as Python objects) it would take to hold
+    finally:
+        sock.close()
+        fake.clear("stally")
+    deadline = time.monotonic() + 3
+    while fake.log()["cut_streams"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.log()["cut_streams"] == 1

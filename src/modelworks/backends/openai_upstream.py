@@ -46,7 +46,7 @@ class OpenAIUpstream(Backend):
     def body(self, task: GenerationTask, stream: bool) -> dict[str, Any]:
         raw = orjson.loads(task.body) if task.body else task.request.model_dump(exclude_none=True, by_alias=True)
         fields = _CHAT_FIELDS if task.is_chat else _TEXT_FIELDS
-        body: dict[str, Any] = {"model": task.model}
+        body: dict[str, Any] = {"model": self.spec.model or task.model}
         for name in fields:
             value = raw.get(name)
             if value is not None:
@@ -128,7 +128,7 @@ class OpenAIUpstream(Backend):
             resp.close()
 
     async def embed(self, task: EmbeddingTask) -> Embeddings:
-        body = {"model": task.model, "input": task.request.input, "encoding_format": "float"}
+        body = {"model": self.spec.model or task.model, "input": task.request.input, "encoding_format": "float"}
         if task.request.dimensions is not None:
             body["dimensions"] = task.request.dimensions
         data = await self._call("embeddings", orjson.dumps(body))

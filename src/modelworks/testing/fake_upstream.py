@@ -16,7 +16,8 @@ with `POST /_fake/faults/{instance}` and a JSON body (`DELETE` clears it):
 - `{"mode": "slow_first_byte", "seconds": 3}`: waits before answering;
 - `{"mode": "stall", "after": 3}`: a stream sends 3 events, then nothing until its client leaves;
 - `{"mode": "die", "after": 3}`: a stream sends 3 events, then the connection drops without an end;
-- `{"mode": "malformed", "after": 3}`: a stream sends 3 events, then one that is not JSON.
+- `{"mode": "malformed", "after": 3}`: a stream sends 3 events, then one that is not JSON;
+- `{"mode": "flood", "events": 100000}`: a stream sends that many 100-character events as fast as it can.
 
 It records what it received (`GET /_fake/requests`, `DELETE /_fake/requests`), including the instance and
 whether each stream was cut by its client. Run it with `python -m modelworks.testing.fake_upstream --port 9000`.
@@ -123,6 +124,8 @@ class FakeUpstream:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         delay = 0.05 if model.startswith("slow-") else 0.0
         words = REPLY.split(" ") * (20 if delay else 1)
+        if fault.get("mode") == "flood":
+            words = ["x" * 100] * int(fault.get("events", 100_000))
         created = int(time.time())
         obj = "chat.completion.chunk" if chat else "text_completion"
         task = asyncio.current_task()
