@@ -39,6 +39,7 @@ def server_config(upstream_url: str) -> dict:
             "upstream-broken": {"backend": "upstream", "model": "error-500"},
             "upstream-limited": {"backend": "upstream", "model": "error-429"},
             "azure-upstream": {"backend": "azure-upstream"},
+            "mixed": {"backends": ["gemma", "upstream", "azure-upstream"], "model": "fake-model"},
         },
     }
 

@@ -5,6 +5,7 @@ with `finish_reason: content_filter`, and explained decisions in the usage recor
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import httpx
@@ -107,7 +108,7 @@ def test_prompt_pii_is_redacted_before_the_upstream_sees_it(sdk, upstream):
     assert results["profanity"] == {"filtered": False, "detected": False}
 
 
-def test_a_blocked_prompt_is_azures_400(sdk, azure):
+def test_a_blocked_prompt_is_azures_400(sdk, azure, guarded):
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.chat.completions.create(model="guarded-upstream", messages=[{"role": "user", "content": "you are a fucking idiot"}])
     error = caught.value.body
@@ -119,6 +120,14 @@ def test_a_blocked_prompt_is_azures_400(sdk, azure):
         azure.chat.completions.create(model="card-blocking", messages=[
             {"role": "user", "content": "Pay from DE89 3704 0044 0532 0130 00"}])
     assert caught.value.body["innererror"]["content_filter_result"]["pii"]["filtered"] is True
+    # and the blocks are counted by category in the metrics
+    text = httpx.get(f"{guarded.url}/metrics").text
+    assert re.search(r'modelworks_content_filter_blocks_total\{deployment="guarded-upstream",category="[a-z_]+",'
+                     r'direction="prompt"\} [1-9]', text)
+    assert re.search(r'modelworks_content_filter_blocks_total\{deployment="card-blocking",category="iban",'
+                     r'direction="prompt"\} [1-9]', text)
+    assert re.search(r'modelworks_requests_total\{deployment="card-blocking",backend="none",status="400"\} [1-9]',
+                     text)
 
 
 def test_a_completion_is_redacted_or_blocked(sdk):

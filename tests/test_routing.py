@@ -79,12 +79,16 @@ def reset_server():
     server.stop()
 
 
+def _serve_pools(tmp_path_factory, upstream, reset_server, name: str, health_interval: float):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: a killed upstream
+    config = pool_config(upstream.url, dead, reset_server.url, health_interval)
+    return start_modelworks(tmp_path_factory.mktemp(name), config, API_KEY, name=name)
+
+
 @pytest.fixture(scope="module")
 def pools(tmp_path_factory, upstream, reset_server):
     """A server whose health checks wait an hour: every fault is met by the request path itself."""
-    dead = f"http://127.0.0.1:{free_port()}"
-    proc = start_modelworks(tmp_path_factory.mktemp("pools"), pool_config(upstream.url, dead, reset_server.url, 3600),
-                            API_KEY, name="pools")
+    proc = _serve_pools(tmp_path_factory, upstream, reset_server, "pools", 3600)
     yield proc
     proc.stop()
 
@@ -92,9 +96,7 @@ def pools(tmp_path_factory, upstream, reset_server):
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory, upstream, reset_server):
     """The same pools with health checks every 0.3 s."""
-    dead = f"http://127.0.0.1:{free_port()}"
-    proc = start_modelworks(tmp_path_factory.mktemp("checked"), pool_config(upstream.url, dead, reset_server.url, 0.3),
-                            API_KEY, name="checked")
+    proc = _serve_pools(tmp_path_factory, upstream, reset_server, "checked", 0.3)
     yield proc
     proc.stop()
 
@@ -301,13 +303,26 @@ def test_client_disconnect_cancels_the_upstream_within_a_second(pools, fake):
     from support.raw_http import open_stream
 
     fake.fault("stally", mode="stall", after=2)
-    sock = open_stream(pools.url, API_KEY, {"model": "stalling", "messages": USER}, events=2)
+    before = metrics(pools)
+    sock = open_stream(pools.url, API_KEY, {"model": "stalling", "messages": USER}, events=3)
     sock.close()
     left = time.monotonic()
     while fake.log()["cut_streams"] < 1 and time.monotonic() - left < 1.0:
         time.sleep(0.02)
     assert fake.log()["cut_streams"] == 1
     fake.clear("stally")
+    deadline = time.monotonic() + 2
+    while True:  # metered: one call, with the two words it was sent
+        after = metrics(pools)
+        if metric(after, "modelworks_requests_total", deployment="stalling", status="200") > metric(
+                before, "modelworks_requests_total", deployment="stalling", status="200") or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+
+    def grew(name, **labels):
+        return metric(after, name, **labels) - metric(before, name, **labels)
+    assert grew("modelworks_requests_total", deployment="stalling", backend="stally", status="200") == 1
+    assert grew("modelworks_completion_tokens_total", deployment="stalling") == 2
 
 
 # -- residency --------------------------------------------------------------------------------------------------------------
@@ -458,3 +473,13 @@ def test_a_client_that_does_not_read_holds_back_the_upstream_not_the_servers_mem
     while fake.log()["cut_streams"] < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fake.log()["cut_streams"] == 1
+
+
+def test_one_deployment_over_the_embedded_model_an_openai_and_an_azure_upstream(client):
+    seen = set()
+    for _ in range(30):
+        raw = client.chat.completions.with_raw_response.create(model="mixed", messages=USER, max_tokens=4)
+        assert raw.parse().choices[0].message.content is not None
+        assert raw.headers["x-ms-region"] == "local"  # none of the three is tagged with a region
+        seen.add(raw.headers["x-modelworks-backend"])
+    assert seen == {"gemma", "upstream", "azure-upstream"}

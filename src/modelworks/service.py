@@ -31,11 +31,12 @@ class Route:
 
 class Gateway:
     def __init__(self, routes: dict[str, Route], created: int, routing: RoutingConfig | None = None,
-                 metrics=None) -> None:
+                 metrics=None, tracing=None) -> None:
         self.routes = routes
         self.created = created
         self.routing = routing or RoutingConfig()
         self.metrics = metrics
+        self.tracing = tracing
 
     def routes_get(self, deployment: str) -> Route | None:
         return self.routes.get(deployment)
@@ -48,7 +49,7 @@ class Gateway:
         if task is not None:
             def capable(member: Member) -> bool:
                 return _problem(route.deployment, member.backend, task) is None
-        return Dispatch(pool, self.routing, self.metrics, capable)
+        return Dispatch(pool, self.routing, self.metrics, capable, self.tracing)
 
     def resolve(self, deployment: str | None, *, param: str = "model") -> Route:
         if not deployment:

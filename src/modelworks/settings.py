@@ -165,6 +165,18 @@ class RoutingSettings(_Strict):
     health_interval_s: float = Field(default=10.0, gt=0, description="active health checks of pooled backends")
 
 
+class TracingSettings(_Strict):
+    """OpenTelemetry traces over OTLP/HTTP (needs the `tracing` extra). Off by default."""
+
+    enabled: bool = False
+    otlp_endpoint: str = Field(default="http://127.0.0.1:4318", description="the collector; /v1/traces is added")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every export (an API key, say)")
+    service_name: str = "modelworks"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="of traces started here; a caller's sampled "
+                                                                     "flag is followed")
+    export_delay_ms: int = Field(default=1000, ge=10)
+
+
 class MetricsSettings(_Strict):
     enabled: bool = True
     path: str = "/metrics"
@@ -208,6 +220,7 @@ class Settings(_Strict):
     auth: AuthSettings = AuthSettings()
     routing: RoutingSettings = RoutingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     deployments: dict[str, Deployment] = Field(default_factory=dict)
     content_filters: dict[str, ContentFilterPolicy] = Field(

@@ -24,6 +24,7 @@ from modelworks.policies.chain import PolicyChain
 from modelworks.metrics import ServiceMetrics
 from modelworks.policies.metering import MeteringPolicy
 from modelworks.policies.metrics import MetricsPolicy
+from modelworks.policies.tracing import TracingPolicy
 from modelworks.policies.quota import QuotaPolicy
 from modelworks.policies.safety import ProjectBlocklists, SafetyPolicy
 from modelworks.quota.limiter import build_limiter
@@ -91,6 +92,15 @@ class ModelworksApp:
                 return
 
 
+def _tracing(settings: Settings):
+    t = settings.tracing
+    if not t.enabled:
+        return None
+    from modelworks.tracing import Tracing  # OpenTelemetry: imported only when tracing is on
+
+    return Tracing(t.otlp_endpoint, t.service_name, t.sample_ratio, t.headers, t.export_delay_ms)
+
+
 def _safety_model():
     from modelworks.safety.classifier import default_model  # NumPy: loaded on first use, not at import
 
@@ -106,16 +116,17 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     members = Members(backends, settings.backend_places,
                       {name: spec.weight for name, spec in settings.backends.items()})
     metrics.watch_backends(members)
+    tracing = _tracing(settings)
     gateway = Gateway({}, created=int(time.time()),  # routes filled from the store at start-up
                       routing=RoutingConfig(r.max_attempts, r.try_timeout_s, r.stream_idle_timeout_s,
-                                            r.failure_threshold, r.cooldown_s), metrics=metrics)
+                                            r.failure_threshold, r.cooldown_s), metrics=metrics, tracing=tracing)
     control = ControlPlane(settings)
     catalog = Catalog(control.deployments, backends, gateway, members=members,
                       latency_aware=r.strategy == "latency")
     health = HealthMonitor(members, r.health_interval_s)
     limiter = build_limiter(settings.quota)
     blocklists = ProjectBlocklists(control.blocklists)
-    policies = [control.auth, BudgetPolicy(control.usage),
+    policies = [control.auth, *([TracingPolicy(tracing)] if tracing is not None else []), BudgetPolicy(control.usage),
                 QuotaPolicy(limiter, settings.quota.default_max_tokens, resolve=gateway.routes_get),
                 SafetyPolicy(settings.content_filter_policies, blocklists, control.content_log, gateway)]
     if settings.metering.enabled:
@@ -150,6 +161,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
     app = ModelworksApp(router, backends, gateway, control, catalog, health)
     app.closers.append(limiter.close)
+    if tracing is not None:
+        app.closers.append(lambda: asyncio.to_thread(tracing.close))
     return app
 
 

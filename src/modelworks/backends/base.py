@@ -51,6 +51,7 @@ class GenerationTask:
     model: str
     body: bytes = b""  # the client's JSON body, already validated into `request`
     prompt_ids: list[int] | None = None  # the prompt as the model's tokens, once a backend has tokenized it
+    trace_headers: list[tuple[bytes, bytes]] | None = None  # W3C trace context for an upstream, when tracing
 
     @property
     def is_chat(self) -> bool:
@@ -79,6 +80,7 @@ class EmbeddingTask:
     request: EmbeddingRequest
     model: str
     inputs: list[str] | list[list[int]] = field(default_factory=list)
+    trace_headers: list[tuple[bytes, bytes]] | None = None
 
 
 @dataclass(slots=True)

@@ -79,7 +79,7 @@ class OpenAIUpstream(Backend):
 
     async def generate(self, task: GenerationTask) -> Generation:
         op = "chat/completions" if task.is_chat else "completions"
-        data = await self._call(op, orjson.dumps(self.body(task, stream=False)))
+        data = await self._call(op, orjson.dumps(self.body(task, stream=False)), task.trace_headers)
         usage = data.get("usage")
         return Generation(choices=data.get("choices") or [],
                           usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)) if usage else None,
@@ -87,7 +87,7 @@ class OpenAIUpstream(Backend):
 
     async def stream(self, task: GenerationTask) -> AsyncIterator[Delta]:
         op = "chat/completions" if task.is_chat else "completions"
-        resp = await self._send(op, orjson.dumps(self.body(task, stream=True)))
+        resp = await self._send(op, orjson.dumps(self.body(task, stream=True)), task.trace_headers)
         try:
             if resp.status != 200:
                 await self._raise_for(resp)
@@ -131,23 +131,24 @@ class OpenAIUpstream(Backend):
         body = {"model": self.spec.model or task.model, "input": task.request.input, "encoding_format": "float"}
         if task.request.dimensions is not None:
             body["dimensions"] = task.request.dimensions
-        data = await self._call("embeddings", orjson.dumps(body))
+        data = await self._call("embeddings", orjson.dumps(body), task.trace_headers)
         items = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
         usage = data.get("usage") or {}
         return Embeddings(vectors=[d["embedding"] for d in items], prompt_tokens=usage.get("prompt_tokens", 0))
 
     # -- transport ----------------------------------------------------------------------------------------------------
 
-    async def _send(self, operation: str, payload: bytes) -> Response:
+    async def _send(self, operation: str, payload: bytes, extra: list | None = None) -> Response:
+        headers = self.headers + extra if extra else self.headers
         try:
-            return await self.pool.request("POST", self.path(operation), self.headers, payload)
+            return await self.pool.request("POST", self.path(operation), headers, payload)
         except UpstreamConnectionError as exc:
             raise Unavailable(f"The upstream for '{self.name}' is unreachable: {exc}") from None
 
-    async def _call(self, operation: str, payload: bytes) -> dict[str, Any]:
+    async def _call(self, operation: str, payload: bytes, extra: list | None = None) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self.spec.timeout_s):
-                resp = await self._send(operation, payload)
+                resp = await self._send(operation, payload, extra)
                 try:
                     if resp.status != 200:
                         await self._raise_for(resp)

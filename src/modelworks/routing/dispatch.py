@@ -33,16 +33,21 @@ class RoutingConfig:
 class Dispatch:
     """Routes one call. After it, `served` is the member that answered (None if none did), `attempts` the tries."""
 
-    __slots__ = ("pool", "config", "metrics", "served", "attempts", "capable")
+    __slots__ = ("pool", "config", "metrics", "served", "attempts", "capable", "tracing", "parent_span", "_span",
+                 "_task")
 
     def __init__(self, pool: Pool, config: RoutingConfig, metrics=None,
-                 capable: Callable[[Member], bool] | None = None) -> None:
+                 capable: Callable[[Member], bool] | None = None, tracing=None) -> None:
         self.pool = pool
         self.config = config
         self.metrics = metrics
         self.capable = capable
         self.served: Member | None = None
         self.attempts = 0
+        self.tracing = tracing  # modelworks.tracing.Tracing, when on: a client span per try
+        self.parent_span = None
+        self._span = None
+        self._task = None
 
     def headers(self) -> dict[str, str]:
         m = self.served
@@ -53,9 +58,11 @@ class Dispatch:
     # -- whole answers -----------------------------------------------------------------------------------------------
 
     async def generate(self, task: GenerationTask) -> Generation:
+        self._task = task
         return await self._whole(lambda m: m.backend.generate(task))
 
     async def embed(self, task: EmbeddingTask) -> Embeddings:
+        self._task = task
         return await self._whole(lambda m: m.backend.embed(task))
 
     async def _whole(self, run: Callable[[Member], Awaitable]):
@@ -85,6 +92,7 @@ class Dispatch:
     # -- streams ---------------------------------------------------------------------------------------------------------
 
     async def stream(self, task: GenerationTask) -> AsyncIterator[Delta]:
+        self._task = task
         tried: set[str] = set()
         last: BaseException | None = None
         while True:
@@ -101,6 +109,7 @@ class Dispatch:
             except StopAsyncIteration:
                 member.released()
                 member.succeeded(time.monotonic() - started)
+                self._outcome(member, "ok")
                 self.served = member
                 return
             except BaseException as exc:  # noqa: BLE001 - before the first byte: another backend may answer
@@ -113,8 +122,12 @@ class Dispatch:
             break
         member.succeeded(time.monotonic() - started)
         self.served = member
-        async for delta in self._rest(member, first, deltas):
-            yield delta
+        rest = self._rest(member, first, deltas)
+        try:
+            async for delta in rest:
+                yield delta
+        finally:
+            await rest.aclose()  # at once, not when the collector finds it: it frees the member and the upstream
 
     async def _rest(self, member: Member, first: Delta, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
         idle = self.config.stream_idle_timeout_s
@@ -167,6 +180,12 @@ class Dispatch:
             raise Unavailable(f"No healthy backend {self.pool.scope.describe()} is available for deployment "
                               f"'{self.pool.deployment}' ({self.pool.unavailable_reason()}).")
         self.attempts += 1
+        if self.tracing is not None:
+            self._span = self.tracing.client_span(self.parent_span, f"backend {member.name}", {
+                "modelworks.backend": member.name, "cloud.region": member.region,
+                "modelworks.provider": member.place.provider, "modelworks.attempt": self.attempts})
+            if self._task is not None:
+                self._task.trace_headers = self.tracing.headers_for(self._span)
         return member
 
     def _failed(self, member: Member, exc: BaseException) -> BaseException | None:
@@ -201,6 +220,12 @@ class Dispatch:
     def _outcome(self, member: Member, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.backend_attempts.inc((member.name, outcome))
+        span, self._span = self._span, None
+        if span is not None:
+            span.set_attribute("modelworks.outcome", outcome)
+            if outcome not in ("ok", "refused", "cancelled"):
+                self.tracing.failed(span)
+            span.end()
 
 
 async def _close(deltas) -> None:
