@@ -224,6 +224,7 @@ def test_only_429s_left_means_429_with_retry_after(pools, fake, recorder):
         sdk(pools, recorder).chat.completions.create(model="stalling", messages=USER)
     assert info.value.response.headers["retry-after"] == "3"
     assert info.value.response.headers["retry-after-ms"] == "3000"
+    assert info.value.response.headers["x-modelworks-backend"] == "stally"  # an error names its backend too
     fake.clear("stally")
     time.sleep(3.1)
 

@@ -140,5 +140,9 @@ class Unavailable(ModelworksError):
     code = "service_unavailable"
 
 
+class UpstreamTimeout(Unavailable):
+    """A backend did not answer by the deadline it was given."""
+
+
 class ConfigError(Exception):
     """The configuration is invalid; raised at start, never during a request."""

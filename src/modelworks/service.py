@@ -46,7 +46,7 @@ class Gateway:
         pool = route.pool if route.pool is not None else Pool(route.deployment, _ANYWHERE, [
             Member(route.backend.name, route.backend, _LOCAL)])
         capable = None
-        if task is not None:
+        if task is not None and len(pool.members) > 1:  # a pool of one was checked by generation_task
             def capable(member: Member) -> bool:
                 return _problem(route.deployment, member.backend, task) is None
         return Dispatch(pool, self.routing, self.metrics, capable, self.tracing)

@@ -54,8 +54,9 @@ class Handlers:
         chat = task.is_chat
         if not req.stream:
             try:
-                result = await self.gateway.generate(route, task, dispatch)
+                result = await dispatch.generate(task)
             except BaseException as exc:
+                _name_backend(exc, dispatch)
                 await self.chain.complete(call, None, _status(exc))
                 raise
             call.response_headers.update(dispatch.headers())
@@ -70,7 +71,7 @@ class Handlers:
                               headers=call.response_headers)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         framer = render.StreamFramer(chat=chat, model=route.deployment, include_usage=include_usage)
-        deltas = self.chain.review_stream(call, self.gateway.stream(route, task, dispatch))
+        deltas = self.chain.review_stream(call, dispatch.stream(task))
         try:
             first = await anext(deltas)
             call.facts["first_at"] = time.monotonic()
@@ -79,6 +80,7 @@ class Handlers:
             await self.chain.complete(call, None, 200)
             return EventStream(framer.closing(), _nothing(), headers=call.response_headers)
         except BaseException as exc:
+            _name_backend(exc, dispatch)
             await deltas.aclose()
             await self.chain.complete(call, None, _status(exc))
             raise
@@ -163,6 +165,12 @@ class Handlers:
         call = Call(operation=operation, headers=request.headers, deployment=deployment)
         await self.chain.authenticate(call)
         return call
+
+
+def _name_backend(exc: BaseException, dispatch) -> None:
+    """An error that came from a backend says which one (x-modelworks-backend, x-ms-region), as answers do."""
+    if isinstance(exc, ModelworksError) and dispatch.last is not None:
+        exc.headers = {**exc.headers, **dispatch.headers()}
 
 
 def _status(exc: BaseException) -> int:

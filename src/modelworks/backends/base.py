@@ -52,6 +52,7 @@ class GenerationTask:
     body: bytes = b""  # the client's JSON body, already validated into `request`
     prompt_ids: list[int] | None = None  # the prompt as the model's tokens, once a backend has tokenized it
     trace_headers: list[tuple[bytes, bytes]] | None = None  # W3C trace context for an upstream, when tracing
+    deadline: float | None = None  # time.monotonic() by which a whole answer is due (backends that honour it)
 
     @property
     def is_chat(self) -> bool:
@@ -81,6 +82,7 @@ class EmbeddingTask:
     model: str
     inputs: list[str] | list[list[int]] = field(default_factory=list)
     trace_headers: list[tuple[bytes, bytes]] | None = None
+    deadline: float | None = None
 
 
 @dataclass(slots=True)
@@ -99,6 +101,7 @@ class Backend(ABC):
     """Serves generations (and optionally embeddings) for deployments."""
 
     capabilities: Capabilities = Capabilities()
+    honours_deadline = False  # True: `generate` and `embed` raise UpstreamTimeout by the task's deadline
 
     def __init__(self, name: str) -> None:
         self.name = name

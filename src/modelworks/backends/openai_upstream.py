@@ -7,6 +7,7 @@ event, never buffered. Closing a stream early closes its upstream connection, so
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, AsyncIterator
 
 import orjson
@@ -15,7 +16,7 @@ from modelworks.backends.base import (
     Backend, Capabilities, Delta, Embeddings, EmbeddingTask, Generation, GenerationTask, Health, Usage,
 )
 from modelworks.backends.upstream_http import Response, UpstreamConnectionError, UpstreamPool
-from modelworks.errors import Unavailable, UpstreamError, UpstreamRateLimited
+from modelworks.errors import Unavailable, UpstreamError, UpstreamRateLimited, UpstreamTimeout
 from modelworks.settings import OpenAIUpstreamBackend
 
 # Fields forwarded upstream. Anything else in the client's body was ignored at validation and stays behind.
@@ -27,6 +28,8 @@ _TEXT_FIELDS = ("prompt", "max_tokens", "temperature", "top_p", "n", "stop", "se
 
 
 class OpenAIUpstream(Backend):
+    honours_deadline = True
+
     def __init__(self, name: str, spec: OpenAIUpstreamBackend, api_key: str | None) -> None:
         super().__init__(name)
         self.capabilities = Capabilities(embeddings=spec.supports_embeddings, tools=spec.supports_tools,
@@ -79,7 +82,7 @@ class OpenAIUpstream(Backend):
 
     async def generate(self, task: GenerationTask) -> Generation:
         op = "chat/completions" if task.is_chat else "completions"
-        data = await self._call(op, orjson.dumps(self.body(task, stream=False)), task.trace_headers)
+        data = await self._call(op, orjson.dumps(self.body(task, stream=False)), task.trace_headers, task.deadline)
         usage = data.get("usage")
         return Generation(choices=data.get("choices") or [],
                           usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)) if usage else None,
@@ -131,7 +134,7 @@ class OpenAIUpstream(Backend):
         body = {"model": self.spec.model or task.model, "input": task.request.input, "encoding_format": "float"}
         if task.request.dimensions is not None:
             body["dimensions"] = task.request.dimensions
-        data = await self._call("embeddings", orjson.dumps(body), task.trace_headers)
+        data = await self._call("embeddings", orjson.dumps(body), task.trace_headers, task.deadline)
         items = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
         usage = data.get("usage") or {}
         return Embeddings(vectors=[d["embedding"] for d in items], prompt_tokens=usage.get("prompt_tokens", 0))
@@ -145,9 +148,13 @@ class OpenAIUpstream(Backend):
         except UpstreamConnectionError as exc:
             raise Unavailable(f"The upstream for '{self.name}' is unreachable: {exc}") from None
 
-    async def _call(self, operation: str, payload: bytes, extra: list | None = None) -> dict[str, Any]:
+    async def _call(self, operation: str, payload: bytes, extra: list | None = None,
+                    deadline: float | None = None) -> dict[str, Any]:
+        timeout = self.spec.timeout_s
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
         try:
-            async with asyncio.timeout(self.spec.timeout_s):
+            async with asyncio.timeout(timeout):
                 resp = await self._send(operation, payload, extra)
                 try:
                     if resp.status != 200:
@@ -156,7 +163,7 @@ class OpenAIUpstream(Backend):
                 finally:
                     resp.close()
         except TimeoutError:
-            raise Unavailable(f"The upstream for '{self.name}' did not answer within {self.spec.timeout_s:g}s.") from None
+            raise UpstreamTimeout(f"The upstream for '{self.name}' did not answer within {timeout:.3g}s.") from None
         except UpstreamConnectionError as exc:
             raise Unavailable(f"The upstream for '{self.name}' broke off: {exc}") from None
         try:

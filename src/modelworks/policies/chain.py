@@ -41,7 +41,8 @@ class PolicyChain:
     def __init__(self, policies: list) -> None:
         self.authenticators = [p for p in policies if getattr(p, "stage", "admit") == "authenticate"]
         self.admitters = [p for p in policies if getattr(p, "stage", "admit") == "admit"]
-        self.completers = [p for p in reversed(policies) if hasattr(p, "complete")]
+        # a policy with a plain `record(call, usage, status)` is called without a coroutine (it never waits)
+        self.completers = [(p, getattr(p, "record", None)) for p in reversed(policies) if hasattr(p, "complete")]
         self.reviewers = [p for p in policies if hasattr(p, "review")]
         self.stream_reviewers = [p for p in policies if hasattr(p, "review_stream")]
 
@@ -65,5 +66,8 @@ class PolicyChain:
         return deltas
 
     async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
-        for policy in self.completers:
-            await policy.complete(call, usage, status)
+        for policy, record in self.completers:
+            if record is not None:
+                record(call, usage, status)
+            else:
+                await policy.complete(call, usage, status)

@@ -26,6 +26,9 @@ class MeteringPolicy:
         self._ids = itertools.count()
 
     async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
+        self.record(call, usage, status)
+
+    def record(self, call: Call, usage: Usage | None, status: int) -> None:
         route = call.route
         if route is None:
             return

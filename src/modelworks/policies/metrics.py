@@ -17,6 +17,9 @@ class MetricsPolicy:
         self.m = metrics
 
     async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
+        self.record(call, usage, status)
+
+    def record(self, call: Call, usage: Usage | None, status: int) -> None:
         route = call.route
         if route is None:
             return

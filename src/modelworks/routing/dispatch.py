@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Callable
 
 from modelworks.backends.base import Delta, Embeddings, EmbeddingTask, Generation, GenerationTask
-from modelworks.errors import ModelworksError, Overloaded, Unavailable, UpstreamError, UpstreamRateLimited
+from modelworks.errors import (
+    ModelworksError, Overloaded, Unavailable, UpstreamError, UpstreamRateLimited, UpstreamTimeout,
+)
 from modelworks.routing.pool import Member, Pool
 
 
@@ -34,7 +36,7 @@ class Dispatch:
     """Routes one call. After it, `served` is the member that answered (None if none did), `attempts` the tries."""
 
     __slots__ = ("pool", "config", "metrics", "served", "attempts", "capable", "tracing", "parent_span", "_span",
-                 "_task")
+                 "_task", "last")
 
     def __init__(self, pool: Pool, config: RoutingConfig, metrics=None,
                  capable: Callable[[Member], bool] | None = None, tracing=None) -> None:
@@ -43,6 +45,7 @@ class Dispatch:
         self.metrics = metrics
         self.capable = capable
         self.served: Member | None = None
+        self.last: Member | None = None  # the member tried last (named on an error answer)
         self.attempts = 0
         self.tracing = tracing  # modelworks.tracing.Tracing, when on: a client span per try
         self.parent_span = None
@@ -50,22 +53,21 @@ class Dispatch:
         self._task = None
 
     def headers(self) -> dict[str, str]:
-        m = self.served
+        """The serving backend and its region; on a failed call, the backend tried last."""
+        m = self.served or self.last
         if m is None:
             return {}
         return {"x-ms-region": m.region, "x-modelworks-backend": m.name}
 
     # -- whole answers -----------------------------------------------------------------------------------------------
 
-    async def generate(self, task: GenerationTask) -> Generation:
-        self._task = task
-        return await self._whole(lambda m: m.backend.generate(task))
-
     async def embed(self, task: EmbeddingTask) -> Embeddings:
-        self._task = task
-        return await self._whole(lambda m: m.backend.embed(task))
+        return await self.generate(task, embed=True)
 
-    async def _whole(self, run: Callable[[Member], Awaitable]):
+    async def generate(self, task, embed: bool = False):
+        """The whole answer (or, with `embed`, the embeddings). One coroutine: every await layer costs on every
+        resumption of the call, so the loop is here rather than behind a helper."""
+        self._task = task
         tried: set[str] = set()
         last: BaseException | None = None
         while self.attempts < self.config.max_attempts:
@@ -74,8 +76,13 @@ class Dispatch:
             started = time.monotonic()
             member.taken(started)
             try:
-                async with asyncio.timeout(self.config.try_timeout_s):
-                    result = await run(member)
+                backend = member.backend
+                if backend.honours_deadline:
+                    task.deadline = started + self.config.try_timeout_s  # one timer, the backend's own
+                    result = await (backend.embed(task) if embed else backend.generate(task))
+                else:
+                    async with asyncio.timeout(self.config.try_timeout_s):
+                        result = await (backend.embed(task) if embed else backend.generate(task))
             except BaseException as exc:  # noqa: BLE001 - classified, then retried or raised
                 member.released()
                 last = self._failed(member, exc)
@@ -134,16 +141,20 @@ class Dispatch:
         tbt = self.metrics.time_between_tokens if self.metrics is not None else None
         labels = (self.pool.deployment, member.name)
         outcome = "ok"
+        watchdog = _IdleWatchdog(idle)
         try:
             yield first
             last_at = time.monotonic()
             while True:
+                watchdog.waiting_since = time.monotonic()  # waiting for the backend (not for the client)
                 try:
-                    async with asyncio.timeout(idle):
-                        delta = await anext(deltas)
+                    delta = await anext(deltas)
                 except StopAsyncIteration:
                     return
-                except TimeoutError:
+                except asyncio.CancelledError:
+                    if not watchdog.fired:
+                        raise  # the client left
+                    asyncio.current_task().uncancel()
                     outcome = "stalled"
                     raise Unavailable(f"The backend '{member.name}' sent nothing for {idle:g}s; the stream was "
                                       f"ended.") from None
@@ -154,12 +165,15 @@ class Dispatch:
                     outcome = "broken"
                     raise UpstreamError(f"The backend '{member.name}' broke off the stream "
                                         f"({exc.__class__.__name__}).") from None
+                finally:
+                    watchdog.waiting_since = None
                 now = time.monotonic()
                 if tbt is not None:
                     tbt.observe(labels, now - last_at)
                 last_at = now
                 yield delta
         finally:
+            watchdog.stop()
             await _close(deltas)
             member.released()
             if outcome != "ok":
@@ -180,6 +194,7 @@ class Dispatch:
             raise Unavailable(f"No healthy backend {self.pool.scope.describe()} is available for deployment "
                               f"'{self.pool.deployment}' ({self.pool.unavailable_reason()}).")
         self.attempts += 1
+        self.last = member
         if self.tracing is not None:
             self._span = self.tracing.client_span(self.parent_span, f"backend {member.name}", {
                 "modelworks.backend": member.name, "cloud.region": member.region,
@@ -201,7 +216,7 @@ class Dispatch:
         if isinstance(exc, Overloaded):  # a local backend's queue is full: not a failure of the backend
             self._outcome(member, "busy")
             return exc
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, (TimeoutError, UpstreamTimeout)):
             member.failed(now, self.config.failure_threshold, self.config.cooldown_s)
             self._outcome(member, "timeout")
             return Unavailable(f"The backend '{member.name}' did not answer within "
@@ -226,6 +241,34 @@ class Dispatch:
             if outcome not in ("ok", "refused", "cancelled"):
                 self.tracing.failed(span)
             span.end()
+
+
+class _IdleWatchdog:
+    """One timer per stream, not one per delta: it wakes every `idle` seconds and cancels the stream's task only
+    when the stream has been waiting for its backend (not for a slow client) for `idle` seconds."""
+
+    __slots__ = ("idle", "waiting_since", "fired", "_task", "_loop", "_handle")
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        self.waiting_since: float | None = None
+        self.fired = False
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(idle, self._check)
+
+    def _check(self) -> None:
+        since = self.waiting_since
+        now = time.monotonic()
+        if since is not None and now - since >= self.idle:
+            self.fired = True
+            self._task.cancel()
+            return
+        self._handle = self._loop.call_later(self.idle - (now - since) if since is not None else self.idle,
+                                             self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 async def _close(deltas) -> None:
