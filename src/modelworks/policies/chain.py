@@ -37,6 +37,18 @@ class Policy(Protocol):
         """Raise a ModelworksError to refuse the call."""
 
 
+class Recorder:
+    """A policy that only records a finished call and never waits: the chain calls its `record` directly."""
+
+    stage = "complete"
+
+    def record(self, call: Call, usage: Usage | None, status: int) -> None:
+        raise NotImplementedError
+
+    async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
+        self.record(call, usage, status)
+
+
 class PolicyChain:
     def __init__(self, policies: list) -> None:
         self.authenticators = [p for p in policies if getattr(p, "stage", "admit") == "authenticate"]

@@ -14,19 +14,15 @@ import orjson
 
 from modelworks.backends.base import Usage
 from modelworks.metering.wal import UsageWAL
-from modelworks.policies.chain import Call
+from modelworks.policies.chain import Call, Recorder
 
 
-class MeteringPolicy:
-    stage = "complete"  # nothing to do before the answer
+class MeteringPolicy(Recorder):
 
     def __init__(self, wal: UsageWAL) -> None:
         self.wal = wal
         self._node = uuid.uuid4().hex[:16]  # ids: this process's random prefix and a counter (no system call)
         self._ids = itertools.count()
-
-    async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
-        self.record(call, usage, status)
 
     def record(self, call: Call, usage: Usage | None, status: int) -> None:
         route = call.route

@@ -7,17 +7,13 @@ import time
 
 from modelworks.backends.base import Usage
 from modelworks.metrics import ServiceMetrics
-from modelworks.policies.chain import Call
+from modelworks.policies.chain import Call, Recorder
 
 
-class MetricsPolicy:
-    stage = "complete"
+class MetricsPolicy(Recorder):
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self.m = metrics
-
-    async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
-        self.record(call, usage, status)
 
     def record(self, call: Call, usage: Usage | None, status: int) -> None:
         route = call.route
