@@ -21,11 +21,11 @@ log = logging.getLogger("modelworks.catalog")
 
 class Catalog:
     def __init__(self, deployments: DeploymentService, backends: dict[str, Backend], gateway: Gateway,
-                 interval: float = 2.0, members: Members | None = None, latency_aware: bool = False) -> None:
+                 members: Members, interval: float = 2.0, latency_aware: bool = False) -> None:
         self.deployments = deployments
         self.backends = backends
         self.gateway = gateway
-        self.members = members or Members(backends, {}, {})
+        self.members = members
         self.latency_aware = latency_aware
         self.interval = interval
         self._version = None

@@ -10,6 +10,8 @@ import bisect
 import math
 from typing import Callable, Iterable
 
+from modelworks.routing.pool import STATE_NAMES
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 RATE_BUCKETS = (1, 5, 10, 20, 40, 60, 80, 100, 150, 200, 400, 1000)
@@ -129,8 +131,6 @@ class ServiceMetrics:
 
     def watch_backends(self, members) -> None:
         """Gauges over the routing state: health, circuit, in flight, queue depth."""
-        from modelworks.routing.pool import STATE_NAMES
-
         def place(m):
             return (m.name, m.model, m.place.provider, m.region, m.place.data_zone or "")
 

@@ -7,16 +7,14 @@ It speaks in validated requests and backend results; HTTP lives in `modelworks.a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
-from modelworks.backends.base import (
-    Backend, Delta, Embeddings, EmbeddingTask, Generation, GenerationTask,
-)
+from modelworks.backends.base import Backend, Embeddings, EmbeddingTask, Generation, GenerationTask
 from modelworks.errors import InvalidRequest, ModelNotFound, ModelworksError, Unsupported
 from modelworks.protocol.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from modelworks.routing.dispatch import Dispatch, RoutingConfig
+from modelworks.routing.dispatch import Dispatch
 from modelworks.routing.pool import Member, Pool
-from modelworks.routing.residency import Place, Scope
+from modelworks.settings import RoutingSettings
 
 
 @dataclass(slots=True)
@@ -25,31 +23,32 @@ class Route:
     backend: Backend  # the pool's first backend: its tokenizer counts prompts for quotas
     model: str
     owned_by: str
+    pool: Pool  # the backends it may use, all inside its residency scope
     info: dict[str, Any] = field(default_factory=dict)  # the deployment as stored: type, region, quota, prices
-    pool: Pool | None = None
 
 
 class Gateway:
-    def __init__(self, routes: dict[str, Route], created: int, routing: RoutingConfig | None = None,
+    def __init__(self, routes: dict[str, Route], created: int, routing: RoutingSettings | None = None,
                  metrics=None, tracing=None) -> None:
         self.routes = routes
         self.created = created
-        self.routing = routing or RoutingConfig()
+        self.routing = routing or RoutingSettings()
         self.metrics = metrics
         self.tracing = tracing
 
     def routes_get(self, deployment: str) -> Route | None:
         return self.routes.get(deployment)
 
-    def dispatch(self, route: Route, task: GenerationTask | None = None) -> Dispatch:
-        """The routing of one call; with a task, only backends able to do what it asks are picked."""
-        pool = route.pool if route.pool is not None else Pool(route.deployment, _ANYWHERE, [
-            Member(route.backend.name, route.backend, _LOCAL)])
+    def dispatch(self, route: Route, task: GenerationTask | None = None, span=None) -> Dispatch:
+        """The routing of one call (under the call's trace `span`, when tracing); with a task, only backends able
+        to do what it asks are picked."""
         capable = None
-        if task is not None and len(pool.members) > 1:  # a pool of one was checked by generation_task
+        if task is not None and len(route.pool.members) > 1:  # a pool of one was checked by generation_task
             def capable(member: Member) -> bool:
                 return _problem(route.deployment, member.backend, task) is None
-        return Dispatch(pool, self.routing, self.metrics, capable, self.tracing)
+        dispatch = Dispatch(route.pool, self.routing, self.metrics, capable, self.tracing)
+        dispatch.parent_span = span
+        return dispatch
 
     def resolve(self, deployment: str | None, *, param: str = "model") -> Route:
         if not deployment:
@@ -68,35 +67,24 @@ class Gateway:
                         body: bytes = b"") -> GenerationTask:
         chat = isinstance(request, ChatCompletionRequest)
         task = GenerationTask(kind="chat" if chat else "text", request=request, model=route.model, body=body)
-        backends = [m.backend for m in route.pool.members] if route.pool is not None and route.pool.members else [
-            route.backend]
-        problems = [_problem(route.deployment, b, task) for b in backends]
-        if all(problems):
+        # an empty pool (every backend outside the scope) is left to the dispatch, which answers 503
+        problems = [_problem(route.deployment, m.backend, task) for m in route.pool.members]
+        if problems and all(problems):
             raise problems[0]
         return task
 
-    async def generate(self, route: Route, task: GenerationTask, dispatch: Dispatch | None = None) -> Generation:
-        return await (dispatch or self.dispatch(route, task)).generate(task)
+    async def generate(self, route: Route, task: GenerationTask) -> Generation:
+        return await self.dispatch(route, task).generate(task)
 
-    def stream(self, route: Route, task: GenerationTask, dispatch: Dispatch | None = None) -> AsyncIterator[Delta]:
-        return (dispatch or self.dispatch(route, task)).stream(task)
-
-    async def embed(self, route: Route, request: EmbeddingRequest, dispatch: Dispatch | None = None) -> Embeddings:
-        members = route.pool.members if route.pool is not None and route.pool.members else None
-        if not any(b.capabilities.embeddings for b in ([m.backend for m in members] if members else [route.backend])):
+    async def embed(self, route: Route, request: EmbeddingRequest, dispatch: Dispatch) -> Embeddings:
+        members = route.pool.members
+        if members and not any(m.backend.capabilities.embeddings for m in members):
             raise Unsupported(f"The model '{route.deployment}' does not serve embeddings.", param="model")
         inputs = [request.input] if isinstance(request.input, str) else request.input
         if inputs and isinstance(inputs[0], int):
             inputs = [inputs]
-        task = EmbeddingTask(request=request, model=route.model, inputs=inputs)
-        if dispatch is None:
-            dispatch = self.dispatch(route)
         dispatch.capable = lambda m: m.backend.capabilities.embeddings
-        return await dispatch.embed(task)
-
-
-_ANYWHERE = Scope("GlobalStandard")
-_LOCAL = Place("embedded", None, None)
+        return await dispatch.embed(EmbeddingTask(request=request, model=route.model, inputs=inputs))
 
 
 def _problem(name: str, backend: Backend, task: GenerationTask) -> ModelworksError | None:

@@ -236,9 +236,9 @@ class Settings(_Strict):
                 if backend not in self.backends:
                     raise ValueError(f"deployments.{name}.backends: no backend named {backend!r}")
             scope = Scope(dep.type, dep.region, dep.data_zone)
-            problem = check_backends(scope, dep.backend_names, places)
-            if problem:
-                raise ValueError(f"deployments.{name}: {problem}")
+            fault = check_backends(scope, dep.backend_names, places)
+            if fault:
+                raise ValueError(f"deployments.{name}: {fault[1]}")
             if dep.spillover is not None:
                 other = self.deployments.get(dep.spillover)
                 if dep.type not in PROVISIONED_TYPES:

@@ -28,7 +28,6 @@ from modelworks.policies.tracing import TracingPolicy
 from modelworks.policies.quota import QuotaPolicy
 from modelworks.policies.safety import ProjectBlocklists, SafetyPolicy
 from modelworks.quota.limiter import build_limiter
-from modelworks.routing.dispatch import RoutingConfig
 from modelworks.routing.health import HealthMonitor
 from modelworks.routing.pool import Members
 from modelworks.service import Gateway
@@ -118,10 +117,9 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     metrics.watch_backends(members)
     tracing = _tracing(settings)
     gateway = Gateway({}, created=int(time.time()),  # routes filled from the store at start-up
-                      routing=RoutingConfig(r.max_attempts, r.try_timeout_s, r.stream_idle_timeout_s,
-                                            r.failure_threshold, r.cooldown_s), metrics=metrics, tracing=tracing)
+                      routing=r, metrics=metrics, tracing=tracing)
     control = ControlPlane(settings)
-    catalog = Catalog(control.deployments, backends, gateway, members=members,
+    catalog = Catalog(control.deployments, backends, gateway, members,
                       latency_aware=r.strategy == "latency")
     health = HealthMonitor(members, r.health_interval_s)
     limiter = build_limiter(settings.quota)
@@ -218,8 +216,7 @@ def _readyz(backends: dict[str, Backend], gateway: Gateway):
         detail = {name: {"ok": r.ok, "detail": r.detail} for name, r in zip(backends, results)}
         deployments = {}
         for name, route in gateway.routes.items():
-            members = [m.name for m in route.pool.members] if route.pool is not None else [route.backend.name]
-            deployments[name] = any(detail.get(m, {}).get("ok") for m in members)
+            deployments[name] = any(detail.get(m.name, {}).get("ok") for m in route.pool.members)
         ready = all(deployments.values()) if deployments else all(r.ok for r in results)
         return JSONResult({"status": "ready" if ready else "not_ready", "backends": detail,
                            "deployments": deployments}, status=200 if ready else 503)

@@ -49,8 +49,7 @@ class Handlers:
             raise
         request.watch_disconnect()
         route, task = call.route, call.task  # a provisioned deployment over capacity may have spilled over
-        dispatch = call.dispatch = self.gateway.dispatch(route, task)
-        dispatch.parent_span = call.facts.get("span")
+        dispatch = call.dispatch = self.gateway.dispatch(route, task, call.facts.get("span"))
         chat = task.is_chat
         if not req.stream:
             try:
@@ -118,8 +117,7 @@ class Handlers:
             await self.chain.admit(call)
             request.watch_disconnect()
             route = call.route
-            call.dispatch = self.gateway.dispatch(route)
-            call.dispatch.parent_span = call.facts.get("span")
+            call.dispatch = self.gateway.dispatch(route, span=call.facts.get("span"))
             result = await self.gateway.embed(route, req, call.dispatch)
         except ModelworksError as exc:
             await self.chain.complete(call, None, exc.status)

@@ -135,9 +135,9 @@ class DeploymentService:
     def _check_placement(self, s, name: str, values: dict) -> None:
         """Residency: every backend inside the deployment's scope; a spillover never wider than it."""
         scope = Scope(values["deployment_type"], values.get("region"), values.get("data_zone"))
-        problem = check_backends(scope, values.get("backends") or [], self.places)
-        if problem:
-            param = "backends" if "backend '" in problem else ("data_zone" if "data_zone" in problem else "region")
+        fault = check_backends(scope, values.get("backends") or [], self.places)
+        if fault:
+            param, problem = fault
             raise InvalidRequest(f"Deployment '{name}': {problem}.", param=param)
         spill = values.get("spillover")
         if spill is None:

@@ -111,8 +111,7 @@ class QuotaPolicy:
         if scope != "deployment" or not name or self.resolve is None or "spilled_from" in call.facts:
             return None
         spill = self.resolve(name)
-        here = call.route.pool
-        if spill is None or (here is not None and spill.pool is not None and not spill.pool.scope.within(here.scope)):
+        if spill is None or not spill.pool.scope.within(call.route.pool.scope):
             return None
         return spill
 

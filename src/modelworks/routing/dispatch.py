@@ -18,18 +18,7 @@ from modelworks.errors import (
     ModelworksError, Overloaded, Unavailable, UpstreamError, UpstreamRateLimited, UpstreamTimeout,
 )
 from modelworks.routing.pool import Member, Pool
-
-
-class RoutingConfig:
-    __slots__ = ("max_attempts", "try_timeout_s", "stream_idle_timeout_s", "failure_threshold", "cooldown_s")
-
-    def __init__(self, max_attempts: int = 3, try_timeout_s: float = 120.0, stream_idle_timeout_s: float = 60.0,
-                 failure_threshold: int = 3, cooldown_s: float = 15.0) -> None:
-        self.max_attempts = max_attempts
-        self.try_timeout_s = try_timeout_s
-        self.stream_idle_timeout_s = stream_idle_timeout_s
-        self.failure_threshold = failure_threshold
-        self.cooldown_s = cooldown_s
+from modelworks.settings import RoutingSettings
 
 
 class Dispatch:
@@ -38,7 +27,7 @@ class Dispatch:
     __slots__ = ("pool", "config", "metrics", "served", "attempts", "capable", "tracing", "parent_span", "_span",
                  "_task", "last")
 
-    def __init__(self, pool: Pool, config: RoutingConfig, metrics=None,
+    def __init__(self, pool: Pool, config: RoutingSettings, metrics=None,
                  capable: Callable[[Member], bool] | None = None, tracing=None) -> None:
         self.pool = pool
         self.config = config

@@ -48,4 +48,3 @@ class HealthMonitor:
             log.warning("backend %s is %s (%s)", group[0].name, "healthy again" if ok else "unhealthy", detail)
         for member in group:
             member.healthy = ok
-            member.health_detail = detail

@@ -28,7 +28,7 @@ class Member:
     """One backend's live state, shared by every pool it is in."""
 
     __slots__ = ("name", "model", "backend", "place", "weight", "in_flight", "failures", "state", "open_until",
-                 "cooled_until", "healthy", "health_detail", "ttfb", "probing")
+                 "cooled_until", "healthy", "ttfb", "probing")
 
     def __init__(self, name: str, backend: Backend, place: Place, weight: float = 1.0, model: str = "") -> None:
         self.name = name
@@ -42,7 +42,6 @@ class Member:
         self.open_until = 0.0
         self.cooled_until = 0.0
         self.healthy = True
-        self.health_detail = ""
         self.ttfb = 0.0  # recent time to first byte (exponential average), seconds
         self.probing = False
 

@@ -75,13 +75,13 @@ class Scope:
         return self.deployment_type in REGIONAL_TYPES and self.region == other.region
 
 
-def check_backends(scope: Scope, backends: list[str], places: dict[str, Place]) -> str | None:
-    """The first reason `backends` cannot serve `scope`, or None."""
+def check_backends(scope: Scope, backends: list[str], places: dict[str, Place]) -> tuple[str, str] | None:
+    """The first reason `backends` cannot serve `scope`, as (the field at fault, the reason), or None."""
     problem = scope.problem()
     if problem:
-        return problem
+        return ("data_zone" if scope.deployment_type in DATA_ZONE_TYPES else "region"), problem
     for name in backends:
         place = places.get(name)
         if place is not None and not scope.allows(place):
-            return scope.refusal(name, place)
+            return "backends", scope.refusal(name, place)
     return None
