@@ -1,15 +1,17 @@
 """The usage write-ahead log: records reach the store in batches, off the hot path, and none is lost.
 
 Each finished request adds one JSON line to this process's current segment. The lines of the requests that
-finish in one turn of the event loop go out together, in one `write` call at the end of that turn: once written,
-the operating system keeps them even if the process is killed the next instant. (So the window in which a kill
-can lose a finished request's record is the rest of the loop turn it finished in, well under a millisecond;
-one `write` per request instead cost a tenth of the proxy's hot path.) Every `interval` the
+finish in one turn of the event loop go out together, in one `write` call at the end of that turn (a group
+commit: one `write` per request instead cost a tenth of the proxy's hot path); once written, the operating
+system keeps them even if the process is killed the next instant. Nothing is answered before its record is
+written: `written()` gives the requests of the turn one future to wait on before they send their last byte
+(the policy chain's `complete` waits on it), so a kill at any moment loses no record of an answered request.
+Every `interval` the
 writer starts a new segment, inserts the old segment's records into the store in one transaction (inserts are
 idempotent by record id) and deletes the segment only after that commits. A segment's file is locked while its
 process lives; at start-up, segments nobody holds (left by a killed process) are replayed and deleted. What a
 power failure can lose is what the OS had not yet put on disk (no fsync per request: that would cost more than
-the rest of the request); a process crash or kill loses at most the records of the turn it struck.
+the rest of the request); a process crash or kill loses no record of a request that was answered.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class UsageWAL:
         self.interval = interval
         self.pending: list[bytes] = []     # lines written, not yet in the store
         self._unwritten: list[bytes] = []  # lines of this loop turn, not yet written
+        self._turn: asyncio.Future | None = None  # resolved when the lines of this turn are written
         self.done_segments: list[tuple[int, Path]] = []  # written out, waiting for their records to commit
         self.fd = -1
         self.path: Path | None = None
@@ -54,16 +57,30 @@ class UsageWAL:
         self._unwritten.append(line)
         if len(self._unwritten) == 1:
             try:
-                asyncio.get_running_loop().call_soon(self.write_out)
+                loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop (a tool, a test): write at once
                 self.write_out()
+                return
+            self._turn = loop.create_future()
+            loop.call_soon(self.write_out)
+
+    def written(self) -> asyncio.Future | None:
+        """What to wait for before answering: the write of this turn's lines (None when nothing is unwritten)."""
+        return self._turn if self._unwritten else None
 
     def write_out(self) -> None:
-        """One `write` for the lines added in this turn of the event loop."""
-        if self._unwritten:
-            lines, self._unwritten = self._unwritten, []
-            lines.append(b"")
-            os.write(self.fd, b"\n".join(lines))
+        """One `write` for the lines added in this turn of the event loop; wakes the requests waiting on it."""
+        turn, self._turn = self._turn, None
+        try:
+            if self._unwritten:
+                lines, self._unwritten = self._unwritten, []
+                lines.append(b"")
+                os.write(self.fd, b"\n".join(lines))
+        except OSError:  # a full disk, say: the lines are still pending and reach the store at the next flush
+            log.exception("could not write usage records to the write-ahead log")
+        finally:
+            if turn is not None and not turn.done():
+                turn.set_result(None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())

@@ -2,11 +2,14 @@
 
 Two stages: `authenticate` runs before the request body is read (who is calling), `admit` after it was parsed
 and its deployment resolved (may they, now); `review` sees a finished generation before it is returned. `complete` runs when the answer is finished, however it ended,
-with the usage that was delivered: quotas correct their charge there, metering records it.
+with the usage that was delivered: quotas correct their charge there, metering records it. `complete` returns
+only once what the policies recorded is durable (a policy's `durable()` says what to wait for), so a handler that
+completes a call before it sends the answer's last byte never answers a request whose record a kill could lose.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -45,6 +48,10 @@ class Recorder:
     def record(self, call: Call, usage: Usage | None, status: int) -> None:
         raise NotImplementedError
 
+    def durable(self):
+        """An awaitable that completes when the records made so far are durable, or None if they are."""
+        return None
+
     async def complete(self, call: Call, usage: Usage | None, status: int) -> None:
         self.record(call, usage, status)
 
@@ -57,6 +64,7 @@ class PolicyChain:
         self.completers = [(p, getattr(p, "record", None)) for p in reversed(policies) if hasattr(p, "complete")]
         self.reviewers = [p for p in policies if hasattr(p, "review")]
         self.stream_reviewers = [p for p in policies if hasattr(p, "review_stream")]
+        self.recorders = [p for p in policies if isinstance(p, Recorder)]
 
     async def authenticate(self, call: Call) -> None:
         for policy in self.authenticators:
@@ -83,3 +91,7 @@ class PolicyChain:
                 record(call, usage, status)
             else:
                 await policy.complete(call, usage, status)
+        for recorder in self.recorders:  # one wait for all the calls that completed in this turn of the loop
+            pending = recorder.durable()
+            if pending is not None:  # shared by the turn's calls: one that is cancelled must not cancel it
+                await asyncio.shield(pending)

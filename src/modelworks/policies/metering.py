@@ -1,4 +1,5 @@
-"""Metering: one usage record per request that reached a deployment, written to the usage write-ahead log.
+"""Metering: one usage record per request that reached a deployment, written to the usage write-ahead log
+before the request's answer is finished (see metering.wal).
 
 Time, project, key id, deployment, backend, region, operation, prompt and completion tokens, cost from the
 deployment's prices, latency, time to first token (streams), status and the content-filter outcome.
@@ -46,6 +47,9 @@ class MeteringPolicy(Recorder):
             round((first - call.started) * 1000, 3) if first else None, status, call.facts.get("filter_outcome"),
             _decisions(call.facts.get("safety")),
         ])
+
+    def durable(self):
+        return self.wal.written()
 
 
 def _decisions(decisions: list | None) -> str | None:
