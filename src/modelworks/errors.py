@@ -72,6 +72,12 @@ class BodyTooLarge(ModelworksError):
     code = "request_too_large"
 
 
+class UnsupportedMediaType(ModelworksError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class Overloaded(ModelworksError):
     """A bounded queue is full: retry later (429 with retry-after)."""
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from modelworks.api.http import JSONResult
 from modelworks.api.request import Request
 from modelworks.errors import InvalidRequest, MissingApiVersion
+from modelworks.offload import offload
 from modelworks.policies.chain import Call, PolicyChain
-from modelworks.protocol.parse import parse_body
+from modelworks.protocol.api_version import api_version_supported
+from modelworks.protocol.parse import parse_request
 from modelworks.protocol.requests import AnalyzeTextRequest, ShieldPromptRequest
 
 CATEGORIES = {"Hate": "hate", "SelfHarm": "self_harm", "Sexual": "sexual", "Violence": "violence"}
@@ -27,7 +29,7 @@ class ContentSafetyHandlers:
 
     async def analyze(self, request: Request) -> JSONResult:
         call = await self._authenticate(request, "contentsafety.analyze")
-        req = parse_body(AnalyzeTextRequest, await request.body(self.max_body))
+        req = await parse_request(AnalyzeTextRequest, await request.body(self.max_body))
         matches = []
         if req.blocklist_names:
             lists = await self.blocklists.get(call.principal.project_id)
@@ -35,14 +37,11 @@ class ContentSafetyHandlers:
             if missing:
                 raise InvalidRequest(f"No blocklist named {', '.join(missing)} in this project.",
                                      param="blocklistNames", code="InvalidRequestBody")
-            for name in req.blocklist_names:
-                blocklist = lists[name]
-                for hit in blocklist.find(req.text):
-                    matches.append({"blocklistName": name, "blocklistItemId": blocklist.ids.get(hit.item, hit.item),
-                                    "blocklistItemText": hit.item})
+            matches = await offload(_blocklist_matches, [(name, lists[name]) for name in req.blocklist_names],
+                                    req.text)
         analysis = []
         if not (matches and req.halt_on_blocklist_hit):
-            scores = self.model_loader().score(req.text)
+            scores = await offload(lambda: self.model_loader().score(req.text))
             for category in req.categories or list(CATEGORIES):
                 severity = scores.severity(CATEGORIES[category])
                 if req.output_type == "FourSeverityLevels":
@@ -52,22 +51,39 @@ class ContentSafetyHandlers:
 
     async def shield_prompt(self, request: Request) -> JSONResult:
         await self._authenticate(request, "contentsafety.shield")
-        req = parse_body(ShieldPromptRequest, await request.body(self.max_body))
+        req = await parse_request(ShieldPromptRequest, await request.body(self.max_body))
         if req.user_prompt is None and not req.documents:
             raise InvalidRequest("Give a userPrompt, documents, or both.", param="userPrompt")
-        model = self.model_loader()
-        threshold = model.thresholds.get("jailbreak", 0.5)
-        out: dict = {}
-        if req.user_prompt is not None:
-            out["userPromptAnalysis"] = {"attackDetected": model.score(req.user_prompt).values["jailbreak"] >= threshold}
-        out["documentsAnalysis"] = [{"attackDetected": model.score(d).values["jailbreak"] >= threshold}
-                                    for d in req.documents or []]
-        return JSONResult(out)
+        return JSONResult(await offload(_shield, self.model_loader, req))
 
     async def _authenticate(self, request: Request, operation: str) -> Call:
-        if request.query("api-version") is None:
+        version = request.query("api-version")
+        if version is None:
             raise MissingApiVersion("Missing the required query parameter 'api-version' (for example "
                                     "api-version=2024-09-01).", param="api-version")
+        if not api_version_supported(version):
+            raise InvalidRequest(f"Unsupported api-version '{version[:40]}'. Use a dated version such as 2024-09-01.",
+                                 param="api-version", code="InvalidRequestBody")
         call = Call(operation=operation, headers=request.headers)
         await self.chain.authenticate(call)
         return call
+
+
+def _blocklist_matches(lists, text: str) -> list[dict]:
+    matches = []
+    for name, blocklist in lists:
+        for hit in blocklist.find(text):
+            matches.append({"blocklistName": name, "blocklistItemId": blocklist.ids.get(hit.item, hit.item),
+                            "blocklistItemText": hit.item})
+    return matches
+
+
+def _shield(model_loader, req: ShieldPromptRequest) -> dict:
+    model = model_loader()
+    threshold = model.thresholds.get("jailbreak", 0.5)
+    out: dict = {}
+    if req.user_prompt is not None:
+        out["userPromptAnalysis"] = {"attackDetected": model.score(req.user_prompt).values["jailbreak"] >= threshold}
+    out["documentsAnalysis"] = [{"attackDetected": model.score(d).values["jailbreak"] >= threshold}
+                                for d in req.documents or []]
+    return out

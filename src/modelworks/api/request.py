@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 from urllib.parse import parse_qs
 
-from modelworks.errors import BodyTooLarge, InvalidRequest
+from modelworks.errors import BodyTooLarge, InvalidRequest, UnsupportedMediaType
 
 
 class Request:
@@ -43,6 +43,12 @@ class Request:
         return values[0] if values else None
 
     async def body(self, limit: int) -> bytes:
+        """The whole body, at most `limit` bytes. Every body of this API is JSON: a request that says it sends
+        something else (a form, plain text) is refused before its body is read; one that says nothing is read."""
+        kind = self.headers.get("content-type")
+        if kind is not None and not _is_json(kind):
+            raise UnsupportedMediaType(f"Unsupported Content-Type '{kind[:100]}': send the body as "
+                                       "application/json.")
         length = self.headers.get("content-length")
         if length is not None:
             try:
@@ -64,6 +70,11 @@ class Request:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 def _nothing() -> None:

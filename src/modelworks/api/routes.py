@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from typing import AsyncIterator
 
@@ -14,11 +13,11 @@ from modelworks.backends.base import Delta, Usage
 from modelworks.errors import InvalidRequest, MissingApiVersion, ModelworksError
 from modelworks.policies.chain import Call, PolicyChain
 from modelworks.protocol import render
-from modelworks.protocol.parse import parse_body
+from modelworks.protocol.api_version import api_version_supported
+from modelworks.protocol.parse import parse_request
 from modelworks.protocol.requests import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from modelworks.service import Gateway
 
-API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2}(-preview)?|v1|latest|preview)$")
 
 
 class Handlers:
@@ -38,7 +37,7 @@ class Handlers:
     async def _generate(self, request: Request, model_cls, operation: str) -> JSONResult | EventStream:
         call = await self._authenticate(request, operation)
         body = await request.body(self.max_body)
-        req = parse_body(model_cls, body)
+        req = await parse_request(model_cls, body)
         route = self._route(call.deployment, req.model)
         task = self.gateway.generation_task(route, req, body)
         call.route, call.task = route, task
@@ -91,25 +90,30 @@ class Handlers:
         return EventStream(head, self._frames(call, deltas, framer), headers=call.response_headers)
 
     async def _frames(self, call: Call, deltas: AsyncIterator[Delta], framer: render.StreamFramer):
-        status = 500
         try:
             async for delta in deltas:
                 yield framer.frame(delta)
-            yield framer.closing()
-            status = 200
-        finally:
-            await deltas.aclose()
-            usage = framer.usage
-            if usage is None or status != 200:  # cut short: what was delivered
-                usage = Usage(call.facts.get("prompt_tokens", 0), framer.delivered)
-            await self.chain.complete(call, usage, 200 if framer.delivered else status)
+        except BaseException:  # an error, or the client left (GeneratorExit, cancellation)
+            await self._end_stream(call, deltas, framer, 500)
+            raise
+        closing = framer.closing()
+        # the record is durable before the last frame ([DONE]) goes out
+        await self._end_stream(call, deltas, framer, 200)
+        yield closing
+
+    async def _end_stream(self, call: Call, deltas, framer: render.StreamFramer, status: int) -> None:
+        await deltas.aclose()
+        usage = framer.usage
+        if usage is None or status != 200:  # cut short: what was delivered
+            usage = Usage(call.facts.get("prompt_tokens", 0), framer.delivered)
+        await self.chain.complete(call, usage, 200 if framer.delivered else status)
 
     # -- embeddings -------------------------------------------------------------------------------------------
 
     async def embeddings(self, request: Request) -> JSONResult:
         call = await self._authenticate(request, "embeddings")
         body = await request.body(self.max_body)
-        req = parse_body(EmbeddingRequest, body)
+        req = await parse_request(EmbeddingRequest, body)
         route = self._route(call.deployment, req.model)
         call.route = route
         call.facts["embedding_input"] = req.input
@@ -157,8 +161,8 @@ class Handlers:
             raise MissingApiVersion(
                 "Missing the required query parameter 'api-version' (for example api-version=2024-10-21).",
                 param="api-version")
-        if version is not None and not API_VERSION.match(version):
-            raise InvalidRequest(f"Unsupported api-version '{version}'. Use a dated version such as 2024-10-21.",
+        if version is not None and not api_version_supported(version):
+            raise InvalidRequest(f"Unsupported api-version '{version[:40]}'. Use a dated version such as 2024-10-21.",
                                  param="api-version", code="invalid_api_version")
         call = Call(operation=operation, headers=request.headers, deployment=deployment)
         await self.chain.authenticate(call)

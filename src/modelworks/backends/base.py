@@ -127,8 +127,9 @@ class Backend(ABC):
     async def embed(self, task: EmbeddingTask) -> Embeddings:
         raise Unsupported(f"The model '{task.model}' does not serve embeddings.", param="model")
 
-    def count_prompt_tokens(self, task: GenerationTask) -> int | None:
-        """The prompt's tokens by the model's own tokenizer, when the backend has it (quotas charge them)."""
+    async def count_prompt_tokens(self, task: GenerationTask) -> int | None:
+        """The prompt's tokens by the model's own tokenizer, when the backend has it (quotas charge them).
+        Counting grows with the prompt: a backend that counts does it off the event loop."""
         return None
 
 

@@ -34,6 +34,12 @@ FAMILY_TEMPLATES = {
 
 _ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
 
+# Private-use characters put around each message's text by `render_guarded`, so the text can be found again in
+# the rendered prompt (and tokenized as plain text: see llama_prompt). Removed from what users send.
+OPEN, CLOSE = "\ue000", "\ue001"
+_SENTINELS = str.maketrans({OPEN: "\ufffd", CLOSE: "\ufffd"})
+_PROBE = "  \ue002probe\ue002  "
+
 
 def _raise_exception(message: str):
     raise TemplateError(message)
@@ -48,6 +54,32 @@ class ChatTemplate:
         self.bos_token = bos_token
         self.eos_token = eos_token
         self.origin = origin
+        self.trims = self._trimmed_roles()
+
+    def render_guarded(self, messages: list[dict[str, str]]) -> str | None:
+        """The prompt with each message's text between OPEN and CLOSE, or None if the template does more to a
+        text than trim it (the sentinels then do not come back in pairs)."""
+        guarded = []
+        for m in messages:
+            text = m["content"].translate(_SENTINELS)
+            if m["role"] in self.trims:
+                text = text.strip()
+            guarded.append({**m, "content": OPEN + text + CLOSE})
+        text = self.render(guarded)
+        pairs = text.count(OPEN)
+        if pairs != len(messages) or text.count(CLOSE) != pairs:
+            return None
+        return text
+
+    def _trimmed_roles(self) -> frozenset[str]:
+        """Which roles' texts the template trims (`| trim`): found by rendering a probe once."""
+        for roles in (("system", "user", "assistant", "user"), ("user", "assistant", "user")):
+            try:
+                text = self.render([{"role": r, "content": f"{_PROBE}{i}"} for i, r in enumerate(roles)])
+            except InvalidRequest:
+                continue
+            return frozenset(r for i, r in enumerate(roles) if f"{_PROBE}{i}" not in text)
+        return frozenset()
 
     def render(self, messages: list[dict[str, str]]) -> str:
         try:

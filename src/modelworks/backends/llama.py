@@ -23,7 +23,9 @@ from modelworks.backends.base import (
     Backend, Capabilities, Delta, Generation, GenerationTask, Health, Usage,
 )
 from modelworks.backends.chat_templates import ChatTemplate, choose_template, template_messages
+from modelworks.backends.llama_prompt import Vocabulary, tokenize_chat
 from modelworks.errors import InvalidRequest, Unsupported
+from modelworks.offload import offload
 from modelworks.settings import LlamaCppBackend
 
 log = logging.getLogger("modelworks.llama")
@@ -47,6 +49,7 @@ class LlamaBackend(Backend):
         self.cache_dir = cache_dir
         self.admission: Admission[_Slot] | None = None
         self.template: ChatTemplate | None = None
+        self.vocab: Vocabulary | None = None
         self.n_ctx = spec.context_size
         self.model_path: Path | None = None
         self._slots: list[_Slot] = []
@@ -67,6 +70,7 @@ class LlamaBackend(Backend):
         bos = _token_text(first, first.token_bos())
         eos = _token_text(first, first.token_eos())
         self.template = choose_template(self.spec.chat_template, first.metadata, bos, eos)
+        self.vocab = await loop.run_in_executor(self._slots[0].executor, Vocabulary.read, first)
         self.admission = Admission(self.name, self._slots, self.spec.max_queue)
         log.info("loaded %s (%d slot(s), %d threads, context %d, chat template: %s)", self.model_path,
                  self.spec.parallel, self.spec.threads, self.n_ctx, self.template.origin)
@@ -145,7 +149,8 @@ class LlamaBackend(Backend):
 
     async def _run(self, task: GenerationTask):
         """Yield (choice index, step or None, outcome or None, prompt tokens) as the worker thread produces them."""
-        prompt_tokens, params = self._prepare(task)
+        # templating, tokenizing and building a grammar grow with the request: off the event loop
+        prompt_tokens, params = await offload(self._prepare, task)
         async with self.admission.slot() as slot:
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()
@@ -183,24 +188,34 @@ class LlamaBackend(Backend):
                 # The slot is given back only once its thread has really stopped (within one token).
                 await asyncio.shield(future)
 
-    def count_prompt_tokens(self, task: GenerationTask) -> int | None:
+    async def count_prompt_tokens(self, task: GenerationTask) -> int | None:
         if self.template is None:
             return None
         try:
-            return len(self._prompt_tokens(task))
+            return len(await offload(self._prompt_tokens, task))
         except Exception:  # noqa: BLE001 - a prompt the model refuses is reported when it is generated
             return None
 
     def _prompt_tokens(self, task: GenerationTask) -> list[int]:
-        """Templated and tokenized once per request (quotas count it before generation uses it)."""
+        """Templated and tokenized once per request (quotas count it before generation uses it). Called off the
+        event loop. Text from users never becomes a control token (see llama_prompt); a text too long for the
+        context by a cheap bound is refused before it is tokenized."""
         if task.prompt_ids is None:
             llama = self._slots[0].llama
             if task.is_chat:
-                prompt = self.template.render(template_messages(task.request.messages))
-                task.prompt_ids = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+                messages = template_messages(task.request.messages)
+                self._refuse_unfit(sum(len(m["content"]) for m in messages), "messages")
+                task.prompt_ids = tokenize_chat(llama, self.vocab, self.template, messages)
             else:
                 task.prompt_ids = self._completion_prompt(task.request, llama)
         return task.prompt_ids
+
+    def _refuse_unfit(self, chars: int, where: str) -> None:
+        if self.vocab.cannot_fit(chars, self.n_ctx):
+            raise InvalidRequest(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, your {where} hold {chars} "
+                f"characters, which is more than {self.n_ctx} tokens of this model can hold.", param=where,
+                code="context_length_exceeded")
 
     def _prepare(self, task: GenerationTask) -> tuple[list[int], lg.Params]:
         req = task.request
@@ -252,6 +267,7 @@ class LlamaBackend(Backend):
             if any(t < 0 or t >= vocab for t in prompt):
                 raise InvalidRequest(f"Token ids in 'prompt' must be between 0 and {vocab - 1}.", param="prompt")
             return list(prompt)
+        self._refuse_unfit(len(prompt), "prompt")
         return llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
 
     def _grammar(self, task: GenerationTask):

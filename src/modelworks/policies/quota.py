@@ -13,8 +13,11 @@ import math
 
 from modelworks.backends.base import Usage
 from modelworks.errors import RateLimited
+from modelworks.offload import run_sized
 from modelworks.policies.chain import Call
 from modelworks.quota.limiter import Check, Limiter
+
+INLINE_BELOW = 32 * 1024  # request bodies up to this size are counted on the event loop
 
 OPERATIONS = {"chat.completions": "ChatCompletions_Create", "completions": "Completions_Create",
               "embeddings": "Embeddings_Create"}
@@ -58,7 +61,7 @@ class QuotaPolicy:
         plan = self._plan(call)
         if plan is None:
             return
-        tokens = self.estimate(call)
+        tokens = await self.estimate(call)
         checks = [Check(key, window, limit, tokens if is_tokens else 1) for key, window, limit, is_tokens in plan.specs]
         decision = await self.limiter.acquire(checks)
         if not decision.admitted:
@@ -128,16 +131,16 @@ class QuotaPolicy:
             for key, window in token_keys:
                 await self.limiter.adjust(key, window, second, delta)
 
-    def estimate(self, call: Call) -> int:
-        if "embedding_input" in call.facts:  # embeddings: their input is all they cost
+    async def estimate(self, call: Call) -> int:
+        if "embedding_input" in call.facts:  # embeddings: their input is all they cost (at most 2048 items)
             tokens = _approximate_input_tokens(call.facts["embedding_input"])
             call.facts["prompt_tokens"] = tokens
             return tokens
         task = call.task
         req = task.request
-        prompt = call.route.backend.count_prompt_tokens(task)
-        if prompt is None:
-            prompt = _approximate_prompt_tokens(task)
+        prompt = await call.route.backend.count_prompt_tokens(task)  # the backend's tokenizer, off the loop
+        if prompt is None:  # a sum over the messages: off the event loop for a large body
+            prompt = await run_sized(len(task.body), INLINE_BELOW, _approximate_prompt_tokens, task)
         call.facts["prompt_tokens"] = prompt
         limit = req.token_limit if req.token_limit is not None else self.default_max_tokens
         return prompt + limit * req.n

@@ -20,6 +20,7 @@ import orjson
 
 from modelworks.backends.base import Delta, Generation
 from modelworks.errors import ContentFiltered, ModelworksError, Unavailable
+from modelworks.offload import run_sized
 from modelworks.policies.chain import Call
 from modelworks.safety.blocklist import Blocklist, profanity
 from modelworks.safety.judge import JudgeError, LlmJudge
@@ -29,6 +30,8 @@ from modelworks.safety.stream import StreamScreen
 
 log = logging.getLogger("modelworks.safety")
 
+
+INLINE_BELOW = 256  # characters (or body bytes) screened on the event loop; more go to the CPU pool
 
 _SEVERITY_OF_OUTCOME = ("passed", "annotated", "redacted", "error", "blocked")  # a call keeps its worst
 
@@ -112,8 +115,8 @@ class SafetyPolicy:
         if screen is None:
             return
         call.facts["screen"] = screen
-        parts, roles = _prompt_parts(call.task)
-        outcome = screen.prompt(parts, roles)
+        # screening grows with the prompt (milliseconds per few thousand characters): off the event loop
+        parts, roles, outcome = await run_sized(len(call.task.body), INLINE_BELOW, _screen_prompt, screen, call.task)
         if screen.judged:
             await self._judge(screen, outcome, "prompt", _asked(parts, roles))
         self._record(call, outcome, screen)
@@ -123,8 +126,8 @@ class SafetyPolicy:
                 self._log(call, screen, [])
             raise ContentFiltered(outcome.results)
         if outcome.redactions:
-            parts = redact_parts(parts, outcome.redactions)
-            _rewrite_prompt(call.task, parts)
+            parts = await run_sized(len(call.task.body), INLINE_BELOW, _redact_prompt, call.task, parts,
+                                    outcome.redactions)
         if screen.policy.log_content:
             call.facts["logged_prompt"] = parts
         call.facts["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": outcome.results}]
@@ -139,7 +142,7 @@ class SafetyPolicy:
         for choice in result.choices:
             message = choice.get("message")
             text = (message.get("content") or "") if message is not None else (choice.get("text") or "")
-            outcome = screen.completion(text, index=choice.get("index", 0))
+            outcome = await run_sized(len(text), INLINE_BELOW, screen.completion, text, index=choice.get("index", 0))
             if screen.judged and text:
                 if asked is None:
                     asked = _asked(*_prompt_parts(call.task))
@@ -216,6 +219,11 @@ def _classifies(policy: ContentFilterPolicy) -> bool:
             or any(side.harm(c).min_severity is not None for side in sides for c in HARM_CATEGORIES))
 
 
+def _screen_prompt(screen: Screen, task) -> tuple[list[str], list[str], Outcome]:
+    parts, roles = _prompt_parts(task)
+    return parts, roles, screen.prompt(parts, roles)
+
+
 def _asked(parts: list[str], roles: list[str]) -> str:
     """What the user asked, for the judge: the prompt's non-assistant parts, in order."""
     return "\n\n".join(t for t, r in zip(parts, roles) if r != "assistant" and t)
@@ -232,6 +240,12 @@ def _prompt_parts(task) -> tuple[list[str], list[str]]:
     if prompt and isinstance(prompt[0], str):
         return list(prompt), ["user"] * len(prompt)
     return [], []  # token ids: nothing to read
+
+
+def _redact_prompt(task, parts: list[str], redactions) -> list[str]:
+    parts = redact_parts(parts, redactions)
+    _rewrite_prompt(task, parts)
+    return parts
 
 
 def _rewrite_prompt(task, parts: list[str]) -> None:

@@ -4,20 +4,42 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from modelworks.errors import InvalidRequest
+from modelworks.offload import run_sized
 
 T = TypeVar("T", bound=BaseModel)
+
+INLINE_BELOW = 32 * 1024  # bodies up to this size are parsed on the event loop (well under a millisecond)
+
+
+async def parse_request(model: type[T], body: bytes) -> T:
+    """`parse_body`, off the event loop for a large body (a few MiB of JSON take tens of milliseconds)."""
+    return await run_sized(len(body), INLINE_BELOW, parse_body, model, body)
 
 
 def parse_body(model: type[T], body: bytes) -> T:
     if not body:
         raise InvalidRequest("The request body is empty; send a JSON object.", param=None, code="invalid_body")
+    _refuse_non_json_numbers(body)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
         raise _to_invalid_request(exc) from None
+
+
+def _refuse_non_json_numbers(body: bytes) -> None:
+    """NaN and Infinity are not JSON, though pydantic's parser takes them; an upstream would be sent them as is.
+    The byte search is cheap; only a body that has the letters (inside a string, usually) is parsed strictly."""
+    if b"NaN" not in body and b"Infinity" not in body:
+        return
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("We could not parse the JSON body of your request. The body must be valid JSON "
+                             "(NaN and Infinity are not JSON numbers).", param=None, code="invalid_json") from None
 
 
 def _to_invalid_request(exc: ValidationError) -> InvalidRequest:

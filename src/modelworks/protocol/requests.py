@@ -6,17 +6,25 @@ a JSON integer is still accepted where a number is expected.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelworks.errors import InvalidRequest
 
 JSONObject = dict[str, Any]
+INT64_MAX = 2**63 - 1
+Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX)]  # what upstreams and databases can hold
+INT32_MAX = 2**31 - 1  # token counts and dimensions: far above any model's, low enough for every counter
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]  # token ids are 32-bit in every tokenizer we serve
+
+MODERATION_MAX_INPUTS = 2048
+MODERATION_MAX_CHARS = 256 * 1024  # in all a request's inputs: about 64k tokens
+SHIELD_MAX_CHARS = 10_000  # Azure's Prompt Shields limits: the user prompt, and all documents together
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=False)
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=False, allow_inf_nan=False)
 
 
 class TextPart(_Body):
@@ -125,14 +133,14 @@ class _Sampling(_Body):
     """Fields shared by chat and text completions."""
 
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int = Field(default=1, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Stop = None
-    seed: int | None = None
+    seed: Int64 | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
@@ -150,7 +158,7 @@ class _Sampling(_Body):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
@@ -174,7 +182,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
     suffix: str | None = None
@@ -192,9 +200,9 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(_Body):
     model: str | None = None
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=INT32_MAX)
     user: str | None = None
 
     @field_validator("input")
@@ -228,8 +236,15 @@ class ModerationRequest(_Body):
 
     @field_validator("input")
     @classmethod
-    def _input_not_empty(cls, value: Any) -> Any:
-        return _not_empty_list(value, "input")
+    def _input_bounded(cls, value: Any) -> Any:
+        _not_empty_list(value, "input")
+        items = value if isinstance(value, list) else [value]
+        if len(items) > MODERATION_MAX_INPUTS:
+            raise ValueError(f"at most {MODERATION_MAX_INPUTS} inputs per request")
+        chars = sum(len(i) if isinstance(i, str) else len(getattr(i, "text", "") or "") for i in items)
+        if chars > MODERATION_MAX_CHARS:
+            raise ValueError(f"the inputs hold {chars} characters; at most {MODERATION_MAX_CHARS} per request")
+        return value
 
 
 def _not_empty_list(value: Any, name: str) -> Any:
@@ -256,3 +271,10 @@ class ShieldPromptRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     user_prompt: str | None = Field(default=None, alias="userPrompt", max_length=10_000)
     documents: list[str] | None = Field(default=None, max_length=5)
+
+    @field_validator("documents")
+    @classmethod
+    def _documents_bounded(cls, value: list[str] | None) -> list[str] | None:
+        if value and sum(len(d) for d in value) > SHIELD_MAX_CHARS:
+            raise ValueError(f"the documents may hold at most {SHIELD_MAX_CHARS} characters together")
+        return value

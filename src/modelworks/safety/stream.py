@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import AsyncIterator, Callable
 
 from modelworks.backends.base import Delta
+from modelworks.offload import offload
 from modelworks.safety.screen import Outcome, Screen, redact_parts
 
 
@@ -55,22 +56,22 @@ class StreamScreen:
     async def wrap(self, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
         try:
             async for delta in deltas:
-                for out in self._take(delta):
+                for out in await self._take(delta):
                     yield out
                 if self.blocked:
                     return
-            for out in self._finish():
+            for out in await self._finish():
                 yield out
         finally:
             await deltas.aclose()
 
     # -- steps ----------------------------------------------------------------------------------------------------
 
-    def _take(self, delta: Delta) -> list[Delta]:
+    async def _take(self, delta: Delta) -> list[Delta]:
         if not delta.choices:
             return [delta]
         if self.mode == "async":
-            return self._take_async(delta)
+            return await self._take_async(delta)
         out: list[Delta] = []
         for choice in delta.choices:
             state = self._choice(choice)
@@ -79,28 +80,28 @@ class StreamScreen:
             if choice.get("finish_reason") is not None:
                 state.finished = True
             if len(state.text) - state.checked >= self.every or state.finished:
-                out.extend(self._release(state))
+                out.extend(await self._release(state))
                 if self.blocked:
                     return out
         if delta.usage is not None:
             out.append(Delta([], delta.usage))
         return out
 
-    def _finish(self) -> list[Delta]:
+    async def _finish(self) -> list[Delta]:
         out: list[Delta] = []
         for state in self.choices.values():
             if self.mode == "async":
                 if len(state.text) > state.checked:
-                    out.extend(self._check_async(state))
+                    out.extend(await self._check_async(state))
             elif state.held:
-                out.extend(self._release(state))
+                out.extend(await self._release(state))
             if self.blocked:
                 break
         return out
 
-    def _release(self, state: _Choice) -> list[Delta]:
+    async def _release(self, state: _Choice) -> list[Delta]:
         """Buffered mode: screen what is held for this choice and send it on, amended, or end the choice."""
-        outcome = self._check(state)
+        outcome = await self._check(state)
         frames, state.held = state.held, []
         if outcome.blocked:
             self.blocked = True
@@ -119,21 +120,21 @@ class StreamScreen:
         state.released = len(state.text)
         return [Delta([frame]) for frame in frames]
 
-    def _take_async(self, delta: Delta) -> list[Delta]:
+    async def _take_async(self, delta: Delta) -> list[Delta]:
         out = [delta]
         for choice in delta.choices:
             state = self._choice(choice)
             state.text += _text_of(choice)
             state.released = len(state.text)
             if len(state.text) - state.checked >= self.every:
-                out.extend(self._check_async(state))
+                out.extend(await self._check_async(state))
                 if self.blocked:
                     break
         return out
 
-    def _check_async(self, state: _Choice) -> list[Delta]:
+    async def _check_async(self, state: _Choice) -> list[Delta]:
         start = state.checked
-        outcome = self._check(state)
+        outcome = await self._check(state)
         offsets = {"check_offset": start, "start_offset": start, "end_offset": len(state.text)}
         if outcome.blocked:
             self.blocked = True
@@ -145,8 +146,9 @@ class StreamScreen:
 
     # -- shared ---------------------------------------------------------------------------------------------------
 
-    def _check(self, state: _Choice) -> Outcome:
-        outcome = self.screen.completion(state.text, index=state.index)
+    async def _check(self, state: _Choice) -> Outcome:
+        text = state.text  # screened off the event loop: a check of a long answer takes milliseconds
+        outcome = await offload(self.screen.completion, text, index=state.index)
         if state.checked:  # count only what is new since the last check
             outcome.decisions = [d for d in outcome.decisions if d.span is None or d.span[1] > state.checked]
         # what was sent cannot be taken back: only text not yet released is redacted
@@ -154,7 +156,7 @@ class StreamScreen:
         outcome.redactions = {i: ms for i, ms in outcome.redactions.items() if ms}
         if self.mode == "async":
             outcome.redactions = {}
-        state.checked = len(state.text)
+        state.checked = len(text)
         self.record(outcome)
         return outcome
 
