@@ -8,7 +8,8 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from modelworks.errors import InvalidRequest
-from modelworks.offload import run_sized
+from modelworks.offload import offload
+from modelworks.protocol.structure import MAX_VALUES, too_many_values
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -16,8 +17,16 @@ INLINE_BELOW = 32 * 1024  # bodies up to this size are parsed on the event loop 
 
 
 async def parse_request(model: type[T], body: bytes) -> T:
-    """`parse_body`, off the event loop for a large body (a few MiB of JSON take tens of milliseconds)."""
-    return await run_sized(len(body), INLINE_BELOW, parse_body, model, body)
+    """`parse_body`, off the event loop for a large body (a few MiB of JSON take tens of milliseconds); a body
+    of more JSON values than can be validated without stalling the server is refused (see structure)."""
+    if len(body) < INLINE_BELOW:
+        return parse_body(model, body)
+    count = await too_many_values(body)
+    if count is not None:
+        raise InvalidRequest(f"The request body holds more than {MAX_VALUES:,} JSON values (objects, arrays, strings "
+                             "and numbers); send fewer, or split the work into several requests.", param=None,
+                             code="invalid_body")
+    return await offload(parse_body, model, body)
 
 
 def parse_body(model: type[T], body: bytes) -> T:
