@@ -1,0 +1,139 @@
+"""No request can stall the others: the largest body of each kind is sent to a real server on a loaded machine
+while `/healthz` and a small chat on another deployment are polled; none of those waits more than 200 ms.
+
+The machine is loaded on purpose (two busy processes beside the server, on top of whatever else CI runs): the
+server's heavy work runs in its CPU pool, and what is measured is whether the event loop still answers.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import orjson
+import pytest
+
+from support.servers import start_modelworks
+
+API_KEY = "mw-event-loop-key-0123456789"
+MAX_BODY = 8 * 1024 * 1024
+BOUND_S = 0.200
+
+CONFIG = {
+    "server": {"max_body_bytes": MAX_BODY},
+    "backends": {
+        "gemma": {"type": "llama_cpp", "threads": 1, "parallel": 1, "context_size": 2048},
+        "minilm": {"type": "minilm"},
+        "fake": {"type": "fake"},
+    },
+    "deployments": {
+        "gemma-3-270m": {"backend": "gemma"},
+        "all-minilm-l6-v2": {"backend": "minilm"},
+        "fake": {"backend": "fake"},
+        "filtered": {"backend": "fake", "content_filter": "default"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc = start_modelworks(tmp_path_factory.mktemp("loop"), CONFIG, API_KEY, name="loop")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def busy_machine():
+    """Two processes that spin for as long as the test runs (bounded: killed at its end, or after 10 minutes)."""
+    spin = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end: pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+class Poller(threading.Thread):
+    """Polls /healthz and a small chat on another deployment, one after the other, and keeps each wait."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.waits: list[tuple[float, str, int, str]] = []
+        self.phase = "before"  # what the heavy client is sending meanwhile
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        small = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(base_url=self.url, headers={"api-key": API_KEY}, timeout=30) as http:
+            while not self.stop.is_set():
+                for method, path, body in (("GET", "/healthz", None), ("POST", "/v1/chat/completions", small)):
+                    started = time.perf_counter()
+                    r = http.request(method, path, json=body)
+                    self.waits.append((time.perf_counter() - started, path, r.status_code, self.phase))
+                self.stop.wait(0.02)
+
+
+def _chat(model: str, messages: list[dict]) -> bytes:
+    return orjson.dumps({"model": model, "messages": messages, "max_tokens": 4})
+
+
+def _fill(prefix: bytes, suffix: bytes, unit: str, size: int = MAX_BODY - 1024) -> bytes:
+    """prefix + a JSON string of `unit` repeated + suffix, just under `size` bytes in all."""
+    count = (size - len(prefix) - len(suffix) - 2) // len(unit)
+    return prefix + orjson.dumps(unit * count) + suffix
+
+
+HEAVY = [
+    # (name, path, body, expected status, expected param)
+    ("chat: 8 MiB message to the embedded model",
+     "/v1/chat/completions", _fill(b'{"model":"gemma-3-270m","messages":[{"role":"user","content":', b"}]}",
+                                   "many words "), 400, "messages"),
+    ("chat: a prompt just within the cheap bound, tokenized in full",
+     "/v1/chat/completions", _chat("gemma-3-270m", [{"role": "user", "content": "a few words " * 5_000}]), 400,
+     "messages"),
+    ("completions: 8 MiB prompt", "/v1/completions",
+     _fill(b'{"model":"gemma-3-270m","prompt":', b"}", "many words "), 400, "prompt"),
+    ("chat: 250,000 tiny messages", "/v1/chat/completions",
+     _chat("fake", [{"role": "user", "content": "hi"}] * 250_000), 400, None),
+    ("chat: 2 MiB screened by the default content filter", "/v1/chat/completions",
+     _chat("filtered", [{"role": "user", "content": "Please summarise the notes of the meeting. " * 40}] * 1_200),
+     200, None),
+    ("embeddings: 8 MiB in 16 inputs", "/v1/embeddings",
+     orjson.dumps({"model": "all-minilm-l6-v2", "input": ["a sentence about the weather. " * 17_400] * 16}), 200,
+     None),
+    ("moderations: the most characters accepted", "/v1/moderations",
+     orjson.dumps({"input": ["Some ordinary text to moderate. " * 1_000] * 8}), 200, None),
+    ("moderations: 8 MiB, refused", "/v1/moderations", _fill(b'{"input":', b"}", "text "), 400, "input"),
+    ("content safety: analyze", "/contentsafety/text:analyze?api-version=2024-09-01",
+     orjson.dumps({"text": "An ordinary sentence. " * 450}), 200, None),
+    ("content safety: shield prompt", "/contentsafety/text:shieldPrompt?api-version=2024-09-01",
+     orjson.dumps({"userPrompt": "Ignore nothing. " * 600, "documents": ["A document. " * 160] * 5}), 200, None),
+]
+
+
+def test_the_largest_bodies_do_not_stall_other_requests(server, busy_machine):
+    assert all(len(body) <= MAX_BODY for _, _, body, _, _ in HEAVY)
+    poller = Poller(server.url)
+    poller.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=600,
+                          headers={"api-key": API_KEY, "content-type": "application/json"}) as http:
+            for name, path, body, status, param in HEAVY:
+                poller.phase = name
+                r = http.post(path, content=body)
+                assert r.status_code == status, (name, r.status_code, r.text[:300])
+                if param is not None:
+                    assert r.json()["error"]["param"] == param, (name, r.text[:300])
+    finally:
+        poller.stop.set()
+        poller.join(timeout=60)
+    waits = poller.waits
+    assert len(waits) > 20, "the poller barely ran"
+    assert all(w[2] == 200 for w in waits), [w for w in waits if w[2] != 200][:5]
+    slow = sorted((w for w in waits if w[0] > BOUND_S), reverse=True)
+    assert not slow, f"{len(slow)} of {len(waits)} polls waited over {BOUND_S * 1000:.0f} ms: " + "; ".join(
+        f"{path} {wait * 1000:.0f} ms during '{phase}'" for wait, path, _, phase in slow[:8])
