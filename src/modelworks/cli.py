@@ -81,6 +81,7 @@ def _serve(settings, args) -> int:
     import uvicorn
 
     from modelworks.api.app import create_app
+    from modelworks.api.server import uvicorn_options
 
     if args.host:
         settings.server.host = args.host
@@ -100,13 +101,30 @@ def _serve(settings, args) -> int:
     else:
         print("API key: the admin key printed at first start (or create one: modelworks keys create)", flush=True)
     print("Deployments: " + ", ".join(settings.deployments), flush=True)
-    config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+    _open_files_limit(settings.server.max_connections + 512)  # the connections, plus files, DB and upstreams
+    config = uvicorn.Config(app, host=host, port=port, loop="uvloop", lifespan="on",
                             proxy_headers=False, server_header=False,
                             access_log=settings.server.access_log, log_level=settings.server.log_level,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, **uvicorn_options(settings.server))
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+def _open_files_limit(needed: int) -> None:
+    """Raise the soft limit on open files towards `needed` (as far as the hard limit allows): a common soft
+    limit of 1024 would stop accepting connections before `server.max_connections` does."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        logging.getLogger("modelworks").warning(
+            "open files are limited to %d (hard limit): fewer than server.max_connections + 512 (%d)", target, needed)
 
 
 def _blas_threads(settings) -> None:

@@ -78,6 +78,17 @@ class UnsupportedMediaType(ModelworksError):
     code = "unsupported_media_type"
 
 
+class RequestTimeout(InvalidRequest):
+    """The request's head or body did not arrive in time (answered by the connection, before any route)."""
+    status = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    code = "request_header_fields_too_large"
+
+
 class Overloaded(ModelworksError):
     """A bounded queue is full: retry later (429 with retry-after)."""
 
@@ -144,6 +155,10 @@ class Unavailable(ModelworksError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class TooManyConnections(Unavailable):
+    code = "too_many_connections"
 
 
 class UpstreamTimeout(Unavailable):

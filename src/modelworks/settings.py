@@ -190,6 +190,24 @@ class Server(_Strict):
     model_cache_dir: str = "~/.cache/modelworks/models"
     access_log: bool = False
     log_level: str = "info"
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600, description=(
+        "a request's line and headers must arrive within this time of the connection opening (on a kept-alive "
+        "connection, of the request's first byte); else 408 and the connection is closed"))
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024, description=(
+        "the largest request line and headers accepted; a larger head gets 431 and the connection is closed"))
+    body_timeout_s: float = Field(default=120.0, gt=0, le=3600, description=(
+        "a request's body must arrive in full within this time of its headers; else 408 and close"))
+    body_idle_timeout_s: float = Field(default=15.0, gt=0, le=3600, description=(
+        "the longest pause in a request's body (time in which the server does not read does not count); "
+        "else 408 and close"))
+    keep_alive_timeout_s: float = Field(default=15.0, gt=0, le=3600, description=(
+        "an idle kept-alive connection is closed after this time; longer than clients' own idle expiry "
+        "(httpx, so the OpenAI SDK: 5 s) so that a client never reuses a connection as it closes"))
+    write_timeout_s: float = Field(default=60.0, gt=0, le=3600, description=(
+        "a client that reads (almost) nothing of its answer for this time, once the server's send buffers are "
+        "full, is disconnected (reset) and its request, generation included, is cancelled"))
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000, description=(
+        "open connections at most; a connection past it is answered 503 and closed at once"))
 
 
 class DatabaseSettings(_Strict):
