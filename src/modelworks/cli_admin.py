@@ -22,12 +22,17 @@ def add_commands(sub) -> None:
         return p
 
     projects = sub.add_parser("projects", help="projects (tenants)").add_subparsers(dest="action", required=True)
-    common(projects.add_parser("list"))
+    p = common(projects.add_parser("list"))
+    p.add_argument("--status", choices=["active", "archived"])
     p = common(projects.add_parser("create"))
     p.add_argument("name")
     p.add_argument("--monthly-token-cap", type=int)
     p.add_argument("--monthly-cost-cap", type=float)
     p = common(projects.add_parser("show"))
+    p.add_argument("project_id")
+    p = common(projects.add_parser("archive", help="revoke its keys, refuse new ones, keep its usage and audit"))
+    p.add_argument("project_id")
+    p = common(projects.add_parser("delete", help="only an empty project (no usage, no live keys); else archive it"))
     p.add_argument("project_id")
 
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
@@ -123,11 +128,14 @@ def run(args: argparse.Namespace) -> int:
     route = {
         ("usage", "json"): lambda: ("GET", f"/admin/v1/usage?{query}", None),
         ("usage", "csv"): lambda: ("GET", f"/admin/v1/usage?{query}", None),
-        ("projects", "list"): lambda: ("GET", "/admin/v1/projects", None),
+        ("projects", "list"): lambda: ("GET", "/admin/v1/projects" + (f"?status={_q(args.status)}" if args.status
+                                                                       else ""), None),
         ("projects", "create"): lambda: ("POST", "/admin/v1/projects", _drop_none(
             {"name": args.name, "monthly_token_cap": args.monthly_token_cap,
              "monthly_cost_cap": args.monthly_cost_cap})),
         ("projects", "show"): lambda: ("GET", f"/admin/v1/projects/{_q(args.project_id)}", None),
+        ("projects", "archive"): lambda: ("POST", f"/admin/v1/projects/{_q(args.project_id)}/archive", None),
+        ("projects", "delete"): lambda: ("DELETE", f"/admin/v1/projects/{_q(args.project_id)}", None),
         ("keys", "list"): lambda: ("GET", "/admin/v1/keys" + (f"?project_id={_q(args.project)}" if args.project
                                                                else ""), None),
         ("keys", "create"): lambda: ("POST", "/admin/v1/keys", _drop_none(

@@ -66,6 +66,14 @@ class ModelNotFound(NotFound):
     azure_code = "DeploymentNotFound"
 
 
+class Conflict(ModelworksError):
+    """The resource's state forbids the change (an archived project, a project that is not empty): 409."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class BodyTooLarge(ModelworksError):
     status = 413
     type = "invalid_request_error"

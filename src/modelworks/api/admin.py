@@ -1,26 +1,32 @@
-"""The admin API, `/admin/v1`: projects, keys and the audit trail (deployments and usage join it next).
+"""The admin API, `/admin/v1`: projects, keys, deployments, usage, the content log and the audit trail.
 
 Every call is authenticated like an inference call. Admins see everything; a project admin manages its own
 project's keys and reads its audit; a user key may only read its own project. Another project's resources
-answer 404, as if they did not exist. Every change is written to the audit trail before the answer.
+answer 404, as if they did not exist. Every change is written to the audit trail before the answer. Query
+parameters are checked as strictly as bodies: a bad one is a 400 naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
+import re
+from datetime import datetime
+from urllib.parse import parse_qs
 
-from modelworks.api.admin_models import DeploymentCreate, DeploymentUpdate, KeyCreate, ProjectCreate, ProjectUpdate
+from modelworks.api.admin_models import (
+    INT32_MAX, DeploymentCreate, DeploymentUpdate, KeyCreate, ProjectCreate, ProjectUpdate,
+)
 from modelworks.api.http import JSONResult
 from modelworks.api.request import Request
 from modelworks.catalog import Catalog
 from modelworks.control.audit import Event
-from modelworks.control.keys import _iso
+from modelworks.control.keys import _iso, to_utc
 from modelworks.control.plane import ControlPlane
 from modelworks.control.principal import ADMIN, PROJECT_ADMIN, Principal
-from modelworks.errors import Forbidden, InvalidRequest, NotFound
-from modelworks.metering.usage import GROUPS, to_csv
+from modelworks.control.projects import STATUSES
+from modelworks.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from modelworks.metering.usage import parse_group_by, to_csv
 from modelworks.policies.chain import Call
 from modelworks.protocol.parse import parse_body
 
@@ -35,7 +41,8 @@ class AdminHandlers:
 
     async def list_projects(self, request: Request) -> JSONResult:
         who = await self._who(request, "projects.list")
-        rows = await _run(self.control.projects.list, None if who.is_admin else who.project_id)
+        status = _choice(_one(request, "status"), "status", STATUSES)
+        rows = await _run(self.control.projects.list, None if who.is_admin else who.project_id, status)
         return _list("project", rows)
 
     async def create_project(self, request: Request) -> JSONResult:
@@ -62,6 +69,32 @@ class AdminHandlers:
         row = await _run(self.control.projects.update, project_id, changes)
         await self._audit(who, "project.update", project_id, project_id, changes)
         return JSONResult({"object": "project", **row})
+
+    async def archive_project(self, request: Request) -> JSONResult:
+        """Revoke every key of the project, refuse new ones, keep its history: `status: archived`."""
+        who, project_id = await self._ending(request, "projects.archive", "archive")
+        row, revoked = await _run(self.control.projects.archive, project_id)
+        self.control.auth.forget()  # its keys fail at once on this replica; the others within the cache time
+        await self._audit(who, "project.archive", project_id, project_id, {"revoked_keys": revoked})
+        return JSONResult({"object": "project", **row, "revoked_keys": revoked})
+
+    async def delete_project(self, request: Request) -> JSONResult:
+        """Only an empty project (no usage, no logged content, no live key); otherwise 409: archive it."""
+        who, project_id = await self._ending(request, "projects.delete", "delete")
+        row = await _run(self.control.projects.delete, project_id)
+        await self._audit(who, "project.delete", project_id, project_id,
+                          {"name": row["name"], "keys": row["deleted_keys"], "blocklists": row["deleted_blocklists"]})
+        return JSONResult({"object": "project", **row, "deleted": True})
+
+    async def _ending(self, request: Request, operation: str, verb: str) -> tuple[Principal, str]:
+        who = await self._who(request, operation)
+        project_id = request.path_params["project_id"]
+        _visible(who.can_read(project_id), f"No project '{project_id}'.")
+        _require(who.is_admin, f"Only admins {verb} projects.")
+        if project_id == who.project_id:
+            raise Conflict(f"The project '{project_id}' holds the key making this call; {verb} it with an admin "
+                           "key of another project.", param="project_id", code="own_project")
+        return who, project_id
 
     # -- keys ------------------------------------------------------------------------------------------------------
 
@@ -152,13 +185,11 @@ class AdminHandlers:
         """Aggregated by any of day, deployment, key and project; `format=csv` for a CSV export."""
         who = await self._who(request, "usage.read")
         project_id = _project_scope(who, request.query("project_id"))
-        groups = tuple(g for g in (request.query("group_by") or "day,deployment").split(",") if g)
-        bad = [g for g in groups if g not in GROUPS]
-        if bad:
-            raise InvalidRequest(f"group_by takes {', '.join(GROUPS)}; not {', '.join(bad)}.", param="group_by")
+        groups = parse_group_by(_values(request, "group_by"))
+        as_csv = _choice(_one(request, "format"), "format", ("json", "csv")) == "csv"
         rows = await _run(self.control.usage.aggregate, project_id=project_id, group_by=groups,
-                          since=_date(request.query("since"), "since"), until=_date(request.query("until"), "until"))
-        if request.query("format") == "csv":
+                          since=_date(_one(request, "since"), "since"), until=_date(_one(request, "until"), "until"))
+        if as_csv:
             return JSONResult(to_csv(rows).encode(), headers={"content-type": "text/csv; charset=utf-8"})
         body = {"object": "list", "group_by": list(groups), "data": rows}
         if project_id is not None:
@@ -187,7 +218,7 @@ class AdminHandlers:
         who = await self._who(request, "content_log.list")
         _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins read logged content.")
         project_id = _project_scope(who, request.query("project_id"))
-        limit = min(_int(request.query("limit"), "limit", 100), 1000)
+        limit = _int(_one(request, "limit"), "limit", 100, MAX_LIMIT)
         rows = await _run(self.control.content_log.entries, project_id, limit)
         data = [{**row, "at": _iso(row["at"]), "expires_at": _iso(row["expires_at"]),
                  "prompt": json.loads(row["prompt"]), "completion": json.loads(row["completion"])} for row in rows]
@@ -198,8 +229,8 @@ class AdminHandlers:
     async def list_audit(self, request: Request) -> JSONResult:
         who = await self._who(request, "audit.list")
         _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins read the audit trail.")
-        after = _int(request.query("after"), "after", 0)
-        limit = min(_int(request.query("limit"), "limit", 100), 1000)
+        after = _int(_one(request, "after"), "after", 0, INT32_MAX)  # audit sequence numbers are INTEGER
+        limit = _int(_one(request, "limit"), "limit", 100, MAX_LIMIT)
         rows = await _run(self.control.audit.entries, project_id=None if who.is_admin else who.project_id,
                           after=after, limit=limit)
         return _list("audit_entry", rows)
@@ -222,6 +253,7 @@ class AdminHandlers:
     async def _who(self, request: Request, operation: str) -> Principal:
         call = Call(operation=f"admin.{operation}", headers=request.headers)
         await self.control.auth.admit(call)
+        _refuse_nul(request)
         return call.principal
 
     async def _audit(self, who: Principal, action: str, project_id: str | None, target: str | None,
@@ -257,23 +289,56 @@ def _visible(allowed: bool, message: str) -> None:
         raise NotFound(message)
 
 
-def _date(raw: str | None, name: str):
+# -- query parameters: each one a 400 naming it when it is malformed, out of range or given twice ----------------
+
+MAX_LIMIT = 1000
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _values(request: Request, name: str) -> list[str]:
+    raw = request.scope.get("query_string", b"")
+    return parse_qs(raw.decode("latin-1"), keep_blank_values=True).get(name, []) if raw else []
+
+
+def _one(request: Request, name: str) -> str | None:
+    values = _values(request, name)
+    if len(values) > 1:
+        raise InvalidRequest(f"'{name}' is given {len(values)} times; give it once.", param=name)
+    return values[0] if values else None
+
+
+def _int(raw: str | None, name: str, default: int, maximum: int) -> int:
+    if raw is None:
+        return default
+    if not _DIGITS.fullmatch(raw) or int(raw) > maximum:
+        raise InvalidRequest(f"'{name}' must be an integer from 0 to {maximum}.", param=name)
+    return int(raw)
+
+
+def _choice(raw: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
+    if raw is not None and raw not in allowed:
+        raise InvalidRequest(f"'{name}' takes {' or '.join(allowed)}.", param=name)
+    return raw
+
+
+def _date(raw: str | None, name: str) -> datetime | None:
+    """An ISO 8601 date or time, in UTC (one without an offset is UTC)."""
     if raw is None:
         return None
     try:
         value = datetime.fromisoformat(raw)
     except ValueError:
         raise InvalidRequest(f"'{name}' must be an ISO 8601 date or time.", param=name) from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return to_utc(value, name)
 
 
-def _int(raw: str | None, name: str, default: int) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise InvalidRequest(f"'{name}' must be a non-negative integer.", param=name)
-    return value
+def _refuse_nul(request: Request) -> None:
+    """PostgreSQL refuses NUL in text: an id or filter holding one is a 400, not a failed query."""
+    for name, value in request.path_params.items():
+        if "\x00" in value:
+            raise InvalidRequest(f"'{name}' must not contain NUL characters.", param=name)
+    raw = request.scope.get("query_string", b"")
+    if b"%00" in raw or b"\x00" in raw:
+        for name, values in parse_qs(raw.decode("latin-1"), keep_blank_values=True).items():
+            if any("\x00" in value for value in values):
+                raise InvalidRequest(f"'{name}' must not contain NUL characters.", param=name)

@@ -1,83 +1,110 @@
-"""Request bodies of the admin API (strict: a wrong type is a 400 naming the field)."""
+"""Request bodies of the admin API (strict: a wrong type is a 400 naming the field).
+
+Every bound here is one the store can hold, so that no value that passes reaches the database as an error:
+integers fit their columns (INTEGER is 32-bit on PostgreSQL, BIGINT 64-bit), floats are finite (pydantic's JSON
+parser reads `1e999` as infinity, which would be stored as null and shown as "no cap"), strings are no longer
+than their columns and hold no NUL character (PostgreSQL refuses those in text).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, timezone
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+INT32_MAX = 2**31 - 1  # rpm and tpm columns are INTEGER
+INT64_MAX = 2**63 - 1  # monthly token caps are BIGINT
+MAX_PRICE_PER_1K = 1_000_000.0  # far above any real price; keeps a request's cost finite
+NO_NUL = r"^[^\x00]*$"
+
+Text = Annotated[str, Field(pattern=NO_NUL)]
+
+
+def _utc(value: datetime) -> datetime:
+    """An aware time in UTC; a time without an offset is taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("the time is out of range once converted to UTC") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class ProjectCreate(_Body):
-    name: str = Field(min_length=1, max_length=100)
-    monthly_token_cap: int | None = Field(default=None, ge=0)
-    monthly_cost_cap: float | None = Field(default=None, ge=0)
-    soft_threshold: float | None = Field(default=None, ge=0, le=1)
-    rpm_limit: int | None = Field(default=None, ge=1)
-    tpm_limit: int | None = Field(default=None, ge=1)
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 class ProjectUpdate(_Body):
-    monthly_token_cap: int | None = Field(default=None, ge=0)
-    monthly_cost_cap: float | None = Field(default=None, ge=0)
-    soft_threshold: float | None = Field(default=None, ge=0, le=1)
-    rpm_limit: int | None = Field(default=None, ge=1)
-    tpm_limit: int | None = Field(default=None, ge=1)
+    monthly_token_cap: int | None = Field(default=None, ge=0, le=INT64_MAX, description="null: no cap")
+    monthly_cost_cap: float | None = Field(default=None, ge=0, description="null: no cap")
+    soft_threshold: float = Field(default=None, ge=0, le=1)
+    rpm_limit: int | None = Field(default=None, ge=1, le=INT32_MAX, description="null: no limit")
+    tpm_limit: int | None = Field(default=None, ge=1, le=INT32_MAX, description="null: no limit")
+
+
+class ProjectCreate(ProjectUpdate):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    soft_threshold: float | None = Field(default=None, ge=0, le=1, description="default: 0.8")
 
 
 class KeyCreate(_Body):
-    name: str = Field(min_length=1, max_length=100)
-    project_id: str | None = Field(default=None, description="default: the caller's project")
+    name: Text = Field(min_length=1, max_length=100)
+    project_id: Text | None = Field(default=None, max_length=40, description="default: the caller's project")
     role: Literal["admin", "project_admin", "user"] = "user"
-    expires_at: datetime | None = None
-    rpm_limit: int | None = Field(default=None, ge=1)
-    tpm_limit: int | None = Field(default=None, ge=1)
+    expires_at: UtcTime | None = Field(default=None, description="ISO 8601; a time without an offset is UTC; "
+                                                                 "shown back in UTC")
+    rpm_limit: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    tpm_limit: int | None = Field(default=None, ge=1, le=INT32_MAX)
 
 
 DeploymentType = Literal["GlobalStandard", "DataZoneStandard", "Standard", "GlobalProvisioned", "DataZoneProvisioned",
                          "ProvisionedManaged", "GlobalBatch", "DataZoneBatch"]
+Price = Annotated[float, Field(ge=0, le=MAX_PRICE_PER_1K)]
 
 
 class DeploymentUpdate(_Body):
-    backends: list[str] | None = Field(default=None, min_length=1)
-    model: str | None = None
-    deployment_type: DeploymentType | None = None
-    region: str | None = None
+    """A change: the fields given are set. Fields the store always holds take no null."""
+
+    backends: list[Annotated[Text, Field(max_length=100)]] = Field(default=None, min_length=1, max_length=64)
+    model: Text | None = Field(default=None, max_length=200)
+    deployment_type: DeploymentType = None
+    region: Text | None = Field(default=None, max_length=40)
     data_zone: Literal["EU", "US"] | None = None
-    tpm: int | None = Field(default=None, ge=1)
-    rpm: int | None = Field(default=None, ge=1)
-    content_filter_policy: str | None = None
-    price_input_per_1k: float | None = Field(default=None, ge=0)
-    price_output_per_1k: float | None = Field(default=None, ge=0)
-    enabled: bool | None = None
-    owned_by: str | None = None
-    spillover: str | None = Field(default=None, description="provisioned types: a standard deployment for overflow")
+    tpm: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    rpm: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    content_filter_policy: Text | None = Field(default=None, max_length=100)
+    price_input_per_1k: Price = None
+    price_output_per_1k: Price = None
+    enabled: bool = None
+    owned_by: Text = Field(default=None, max_length=100)
+    spillover: Text | None = Field(default=None, max_length=100,
+                                   description="provisioned types: a standard deployment for overflow")
 
 
 class DeploymentCreate(DeploymentUpdate):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-    backends: list[str] = Field(min_length=1)
+    backends: list[Annotated[Text, Field(max_length=100)]] = Field(min_length=1, max_length=64)
     deployment_type: DeploymentType = "GlobalStandard"
-    price_input_per_1k: float = Field(default=0.0, ge=0)
-    price_output_per_1k: float = Field(default=0.0, ge=0)
+    price_input_per_1k: Price = 0.0
+    price_output_per_1k: Price = 0.0
     enabled: bool = True
-    owned_by: str = "modelworks"
+    owned_by: Text = Field(default="modelworks", max_length=100)
 
 
 class BlocklistCreate(_Body):
-    name: str = Field(min_length=1, max_length=100)
-    project_id: str | None = Field(default=None, description="default: the caller's project")
-    description: str | None = Field(default=None, max_length=500)
+    name: Text = Field(min_length=1, max_length=100)
+    project_id: Text | None = Field(default=None, max_length=40, description="default: the caller's project")
+    description: Text | None = Field(default=None, max_length=500)
 
 
 class BlocklistItem(_Body):
     kind: Literal["term", "regex"] = Field(default="term", description="term: a whole word or phrase, any case; "
                                                                        "regex: a regular expression")
-    value: str = Field(min_length=1, max_length=1000)
+    value: Text = Field(min_length=1, max_length=1000)
 
 
 class BlocklistItemsAdd(_Body):

@@ -1,25 +1,45 @@
-"""The admin API's OpenAPI 3.1 document, built from the request models that validate the bodies."""
+"""The admin API's OpenAPI 3.1 document, built from the request models that validate the bodies.
+
+Every `$ref` points into `components/schemas`: the request models' own definitions (a nested model such as
+`BlocklistItem`) are hoisted there beside them.
+"""
 
 from __future__ import annotations
 
 import functools
 
+from pydantic.json_schema import models_json_schema
+
 from modelworks import __version__
+from modelworks.api.admin import MAX_LIMIT
 from modelworks.api.admin_models import (
-    BlocklistCreate, BlocklistItemsAdd, DeploymentCreate, DeploymentUpdate, KeyCreate, ProjectCreate, ProjectUpdate,
+    INT32_MAX, BlocklistCreate, BlocklistItemsAdd, DeploymentCreate, DeploymentUpdate, KeyCreate, ProjectCreate,
+    ProjectUpdate,
 )
 from modelworks.api.http import JSONResult
+from modelworks.metering.usage import GROUPS
+
+_REQUEST_MODELS = (ProjectCreate, ProjectUpdate, KeyCreate, DeploymentCreate, DeploymentUpdate, BlocklistCreate,
+                   BlocklistItemsAdd)
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _NULLABLE_NUM = {"type": ["number", "null"]}
 
 _RESPONSES = {
-    "Project": {"type": "object", "required": ["object", "id", "name", "created_at"], "properties": {
+    "Project": {"type": "object", "required": ["object", "id", "name", "created_at", "status"], "properties": {
         "object": {"const": "project"}, "id": {"type": "string"}, "name": {"type": "string"},
         "created_at": {"type": "string", "format": "date-time"}, "monthly_token_cap": _NULLABLE_INT,
         "monthly_cost_cap": _NULLABLE_NUM, "soft_threshold": _NULLABLE_NUM, "rpm_limit": _NULLABLE_INT,
-        "tpm_limit": _NULLABLE_INT}},
+        "tpm_limit": _NULLABLE_INT,
+        "status": {"enum": ["active", "archived"], "description": "archived: its keys are revoked, it takes no new "
+                                                                   "ones, its usage and audit are kept"},
+        "archived_at": {"type": ["string", "null"], "format": "date-time"},
+        "revoked_keys": {"type": "integer", "description": "only in the answer to archive: keys it revoked"},
+        "deleted_keys": {"type": "integer", "description": "only in the answer to delete: its revoked or expired "
+                                                           "keys, deleted with it"},
+        "deleted_blocklists": {"type": "integer", "description": "only in the answer to delete"},
+        "deleted": {"type": "boolean"}}},
     "ApiKey": {"type": "object", "required": ["object", "id", "project_id", "name", "role", "display"], "properties": {
         "object": {"const": "api_key"}, "id": {"type": "string"}, "project_id": {"type": "string"},
         "name": {"type": "string"}, "role": {"enum": ["admin", "project_admin", "user"]},
@@ -97,22 +117,34 @@ def _query(name: str, schema: dict) -> dict:
     return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
+_LIMIT = _query("limit", {"type": "integer", "minimum": 0, "maximum": MAX_LIMIT, "default": 100})
+_GROUP = "|".join(GROUPS)
+
+
 @functools.lru_cache(maxsize=1)
 def document() -> dict:
     schemas = dict(_RESPONSES)
-    for model in (ProjectCreate, ProjectUpdate, KeyCreate, DeploymentCreate, DeploymentUpdate, BlocklistCreate,
-                  BlocklistItemsAdd):
-        schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    _, definitions = models_json_schema([(model, "validation") for model in _REQUEST_MODELS],
+                                        ref_template="#/components/schemas/{model}")
+    schemas.update(definitions["$defs"])
     p, k, d = _path_param("project_id"), _path_param("key_id"), _path_param("name")
     bl = _path_param("blocklist_id")
     paths = {
         "/admin/v1/projects": {
-            "get": _op("List the projects the caller may see", _list_of("Project")),
+            "get": _op("List the projects the caller may see, archived ones too (or ?status=)", _list_of("Project"),
+                       params=[_query("status", {"enum": ["active", "archived"]})]),
             "post": _op("Create a project (admins)", _ref("Project"), "ProjectCreate", "201")},
         "/admin/v1/projects/{project_id}": {
             "get": _op("Read a project", _ref("Project"), params=[p]),
-            "patch": _op("Change a project's budgets and limits (admins)", _ref("Project"), "ProjectUpdate",
-                         params=[p])},
+            "patch": _op("Change a project's budgets and limits (admins; not once archived)", _ref("Project"),
+                         "ProjectUpdate", params=[p]),
+            "delete": _op("Delete an empty project (admins): no usage, no logged content, no key that is not revoked "
+                          "or expired; 409 otherwise (archive it instead). Not the default project, nor the "
+                          "caller's own.", _ref("Project"), params=[p])},
+        "/admin/v1/projects/{project_id}/archive": {
+            "post": _op("Archive a project (admins): revoke its keys (at once on this replica, on the others within "
+                        "the key cache time), refuse new ones, keep its usage and audit. Not the default project, "
+                        "nor the caller's own.", _ref("Project"), params=[p])},
         "/admin/v1/keys": {
             "get": _op("List keys (admins: all or ?project_id=; project admins: their project's)",
                        _list_of("ApiKey"), params=[_query("project_id", {"type": "string"})]),
@@ -132,7 +164,11 @@ def document() -> dict:
         "/admin/v1/usage": {
             "get": {"summary": "Usage aggregated by day, deployment, key or project (CSV with format=csv)",
                     "security": [{"bearer": []}, {"apiKey": []}],
-                    "parameters": [_query("group_by", {"type": "string", "example": "day,deployment,key"}),
+                    "parameters": [_query("group_by", {
+                        "type": "string", "example": "day,deployment,key",
+                        "pattern": f"^({_GROUP})?(,({_GROUP}))*$",
+                        "description": f"comma-separated (or repeated): {', '.join(GROUPS)}, each at most once; "
+                                       "default day,deployment"}),
                                    _query("since", {"type": "string", "format": "date-time"}),
                                    _query("until", {"type": "string", "format": "date-time"}),
                                    _query("project_id", {"type": "string"}),
@@ -163,17 +199,18 @@ def document() -> dict:
         "/admin/v1/content-log": {
             "get": _op("Logged prompts and completions of the deployments whose policy sets log_content, newest "
                        "first (admins: all or ?project_id=; project admins: their project's)", _list_of("ContentLogEntry"),
-                       params=[_query("project_id", {"type": "string"}),
-                               _query("limit", {"type": "integer", "minimum": 0, "maximum": 1000})])},
+                       params=[_query("project_id", {"type": "string"}), _LIMIT])},
         "/admin/v1/audit": {
             "get": _op("Read the audit trail (project admins: their project's entries)", _list_of("AuditEntry"),
-                       params=[_query("after", {"type": "integer", "minimum": 0}),
-                               _query("limit", {"type": "integer", "minimum": 0, "maximum": 1000})])},
+                       params=[_query("after", {"type": "integer", "minimum": 0, "maximum": INT32_MAX,
+                                                          "description": "the last seq already read"}), _LIMIT])},
         "/admin/v1/audit/verify": {"get": _op("Check the hash chain (admins)", _ref("AuditVerification"))},
         "/admin/v1/audit/export": {"get": {
             "summary": "The whole audit trail as JSON Lines (admins)", "security": [{"bearer": []}, {"apiKey": []}],
             "responses": {"200": {"description": "One AuditEntry per line",
-                                  "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}}},
+                                  "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                          "default": {"description": "Error",
+                                      "content": {"application/json": {"schema": _ref("Error")}}}}}},
     }
     return {"openapi": "3.1.0", "info": {"title": "Modelworks admin API", "version": __version__},
             "paths": paths,

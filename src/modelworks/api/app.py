@@ -173,6 +173,8 @@ def _admin_routes(router: Router, a: AdminHandlers) -> None:
     router.add("/admin/v1/projects", Endpoint(a.create_project), ("POST",))
     router.add("/admin/v1/projects/{project_id}", Endpoint(a.get_project), ("GET",))
     router.add("/admin/v1/projects/{project_id}", Endpoint(a.update_project), ("PATCH",))
+    router.add("/admin/v1/projects/{project_id}", Endpoint(a.delete_project), ("DELETE",))
+    router.add("/admin/v1/projects/{project_id}/archive", Endpoint(a.archive_project), ("POST",))
     router.add("/admin/v1/keys", Endpoint(a.list_keys), ("GET",))
     router.add("/admin/v1/keys", Endpoint(a.create_key), ("POST",))
     router.add("/admin/v1/keys/{key_id}", Endpoint(a.get_key), ("GET",))

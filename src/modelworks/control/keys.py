@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select, update
 
 from modelworks.control.principal import ROLES, Principal
-from modelworks.errors import InvalidRequest, NotFound
+from modelworks.errors import Conflict, InvalidRequest, NotFound
 from modelworks.store.db import Database
 from modelworks.store.schema import ApiKey, Project
 
@@ -33,6 +33,18 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+
+def to_utc(value: datetime, param: str) -> datetime:
+    """An aware time in UTC, as the store keeps times (SQLite drops an offset, so it must be UTC already);
+    a time without an offset is taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise InvalidRequest(f"'{param}' is out of range once converted to UTC.", param=param) from None
+
+
 @dataclass(frozen=True)
 class CreatedKey:
     key: str  # shown once
@@ -48,11 +60,12 @@ def key_view(row: ApiKey) -> dict:
 
 
 def _iso(value: datetime | None) -> str | None:
+    """A stored time in UTC (SQLite gives it back without an offset; PostgreSQL in the session's time zone)."""
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.isoformat()
+        return value.replace(tzinfo=timezone.utc).isoformat()
+    return value.astimezone(timezone.utc).isoformat()
 
 
 class KeyService:
@@ -64,9 +77,15 @@ class KeyService:
         if role not in ROLES:
             raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
         key = key or new_key()
+        if expires_at is not None:
+            expires_at = to_utc(expires_at, "expires_at")
         with self.db.session() as s:
-            if s.get(Project, project_id) is None:
+            project = s.get(Project, project_id)
+            if project is None:
                 raise NotFound(f"No project '{project_id}'.", param="project_id")
+            if project.status == "archived":
+                raise Conflict(f"The project '{project_id}' is archived: it takes no new keys.",
+                               param="project_id", code="project_archived")
             row = ApiKey(id="key_" + uuid.uuid4().hex[:20], project_id=project_id, name=name, role=role,
                          display=key[:10], hash=key_hash(key), created_at=now(), expires_at=expires_at,
                          rpm_limit=rpm_limit, tpm_limit=tpm_limit)
@@ -86,6 +105,8 @@ class KeyService:
             if expires is not None and expires <= now():
                 return None
             project = s.get(Project, row.project_id)
+            if project is not None and project.status == "archived":
+                return None  # its keys were revoked when it was archived; this catches one made meanwhile
             return Principal(key_id=row.id, project_id=row.project_id, role=row.role, name=row.name,
                              expires_at=expires, rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit,
                              project_rpm_limit=project.rpm_limit if project else None,

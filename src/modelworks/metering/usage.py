@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import functools
 import io
@@ -12,12 +13,14 @@ import orjson
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
+from modelworks.errors import InvalidRequest
 from modelworks.store.db import Database
 from modelworks.store.schema import UsageRecord
 
 log = logging.getLogger("modelworks.metering")
 
 GROUPS = ("day", "deployment", "key", "project")
+DEFAULT_GROUPS = ("day", "deployment")
 # A usage record as metering writes it: a row of these, in this order ("at" in seconds since the epoch)
 COLUMNS = ("id", "at", "project_id", "key_id", "deployment", "backend", "region", "operation", "prompt_tokens",
            "completion_tokens", "cost", "latency_ms", "ttft_ms", "status", "filter_outcome", "filter_decisions")
@@ -43,6 +46,22 @@ def _row(record, sqlite: bool) -> tuple:
         record = [record.get(c) for c in COLUMNS]
     row = (record[0], _at(record[1], sqlite), *record[2:])
     return row + (None,) * (len(COLUMNS) - len(row))  # lines written before a column was added
+
+
+def parse_group_by(values: list[str]) -> tuple[str, ...]:
+    """The `group_by` query parameter, comma-separated or repeated: names from GROUPS, each at most once (so
+    at most four). Absent or empty: by day and deployment; only commas: one row of totals."""
+    if not any(values):
+        return DEFAULT_GROUPS
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in GROUPS]
+    if unknown:
+        shown = ", ".join(repr(name[:40]) for name in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise InvalidRequest(f"group_by takes {', '.join(GROUPS)}; not {shown}.", param="group_by")
+    repeated = sorted(name for name, count in collections.Counter(names).items() if count > 1)
+    if repeated:
+        raise InvalidRequest(f"group_by names {', '.join(repeated)} more than once.", param="group_by")
+    return tuple(names)
 
 
 class UsageService:

@@ -25,6 +25,9 @@ class Project(Base):
     soft_threshold: Mapped[float] = mapped_column(Float, default=0.8)
     rpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     tpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # "active" or "archived": an archived project keeps its usage and audit, and has no live keys
+    status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ApiKey(Base):
