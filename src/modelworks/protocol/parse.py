@@ -69,8 +69,10 @@ def _to_invalid_request(exc: ValidationError) -> InvalidRequest:
 
 
 def _most_relevant(errors: list[dict]) -> dict:
-    """For unions pydantic reports one error per member; prefer the deepest one, which names the real field."""
-    return max(errors, key=lambda e: len([p for p in e["loc"] if not _is_union_tag(p)]))
+    """For unions pydantic reports one error per member; prefer the deepest one, which names the real field, and
+    among those one that is about the value rather than its type (the member whose type fitted)."""
+    return max(errors, key=lambda e: (len([p for p in e["loc"] if not _is_union_tag(p)]),
+                                      not e["type"].endswith("_type")))  # a value out of range over a wrong type
 
 
 def _is_union_tag(part: object) -> bool:
