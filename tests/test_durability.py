@@ -178,3 +178,17 @@ def test_no_answered_call_loses_its_record_to_sigkill(tmp_path, upstream, busy_m
     finally:
         again.stop()
     assert not list(Path(tmp_path, "killed-data", "usage-wal").glob("*.jsonl"))  # replayed, then deleted
+
+
+def test_a_failed_authentication_is_answered_after_its_audit_entry_is_stored(tmp_path):
+    server = start_modelworks(tmp_path, {"backends": {"fake": {"type": "fake"}},
+                                         "deployments": {"fake": {"backend": "fake"}}}, API_KEY, name="audited")
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            for i, path in enumerate(["/admin/v1/projects", "/v1/models", "/admin/v1/keys"] * 3):
+                assert http.get(path, headers={"api-key": f"mw-wrong-{i}"}).status_code == 401
+                # read at once: the entry was stored before the 401 went out
+                entries = http.get("/admin/v1/audit", headers={"api-key": API_KEY}).json()["data"]
+                assert sum(e["action"] == "auth.failed" for e in entries) == i + 1, (path, entries[-3:])
+    finally:
+        server.stop()

@@ -1,7 +1,10 @@
 """Writes audit events that must not slow the request that caused them (failed authentications).
 
-Events wait in a bounded queue and are appended in batches by one task. A flood beyond the queue is not
-written entry by entry: it is counted, and one `auth.failed.suppressed` entry records how many were dropped.
+Events wait in a bounded queue and are appended in batches by one task; `submit` gives a future that is done
+when the event's batch has committed, so a 401 is answered only once its audit entry is stored (the caller waits
+a bounded time: the store being away must not hold answers for ever). A flood beyond the queue is not written
+entry by entry: it is counted, and one `auth.failed.suppressed` entry records how many were dropped (the
+requests that were counted wait for that entry).
 """
 
 from __future__ import annotations
@@ -17,33 +20,51 @@ log = logging.getLogger("modelworks.audit")
 class AuditWriter:
     def __init__(self, audit: AuditLog, capacity: int = 1000) -> None:
         self.audit = audit
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(capacity)
+        self.queue: asyncio.Queue[tuple[Event, asyncio.Future]] = asyncio.Queue(capacity)
         self.suppressed = 0
+        self._suppressed_done: asyncio.Future | None = None  # resolved when the count's entry is stored
         self._task: asyncio.Task | None = None
 
-    def submit(self, event: Event) -> None:
+    def submit(self, event: Event) -> asyncio.Future:
+        """Queue the event; the future is done when it (or the count of a flood it was part of) is stored."""
+        done = asyncio.get_running_loop().create_future()
         try:
-            self.queue.put_nowait(event)
+            self.queue.put_nowait((event, done))
         except asyncio.QueueFull:
             self.suppressed += 1
+            if self._suppressed_done is None:
+                self._suppressed_done = done
+            return self._suppressed_done
+        return done
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    async def flush(self, first: list[Event] | None = None) -> None:
-        batch = list(first or [])
+    async def flush(self, first: tuple[Event, asyncio.Future] | None = None) -> None:
+        batch = [first] if first is not None else []
         while not self.queue.empty():
             batch.append(self.queue.get_nowait())
         if self.suppressed:
-            batch.append(Event("auth.failed.suppressed", outcome="denied", detail={"count": self.suppressed}))
-            self.suppressed = 0
-        if batch:
-            try:
-                await asyncio.to_thread(self.audit.append, batch)
-            except BaseException:
-                for event in batch:  # keep them for the next try (counted if the queue fills meanwhile)
-                    self.submit(event)
-                raise
+            done = self._suppressed_done or asyncio.get_running_loop().create_future()
+            batch.append((Event("auth.failed.suppressed", outcome="denied", detail={"count": self.suppressed}),
+                          done))
+            self.suppressed, self._suppressed_done = 0, None
+        if not batch:
+            return
+        try:
+            await asyncio.to_thread(self.audit.append, [event for event, _ in batch])
+        except BaseException:
+            for item in batch:  # keep them for the next try (counted if the queue fills meanwhile)
+                try:
+                    self.queue.put_nowait(item)
+                except asyncio.QueueFull:
+                    self.suppressed += 1
+                    if self._suppressed_done is None:
+                        self._suppressed_done = item[1]
+            raise
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -54,8 +75,8 @@ class AuditWriter:
         while True:
             first = await self.queue.get()
             try:
-                await self.flush([first])
+                await self.flush(first)
             except Exception:  # noqa: BLE001 - the store may be down for a moment; the events wait for the next try
                 log.warning("could not write audit events; will retry", exc_info=True)
                 await asyncio.sleep(1)
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)

@@ -67,8 +67,8 @@ class ControlPlane:
         await asyncio.to_thread(self.keys.touch, self.auth.take_used())
         await asyncio.to_thread(self.db.dispose)
 
-    def _auth_failed(self, call, reason: str) -> None:
-        self.audit_writer.submit(Event("auth.failed", outcome="denied",
+    def _auth_failed(self, call, reason: str):
+        return self.audit_writer.submit(Event("auth.failed", outcome="denied",
                                        detail={"reason": reason, "operation": call.operation}))
 
     async def _lookup(self, digest: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
@@ -16,6 +17,8 @@ from typing import Awaitable, Callable
 from modelworks.control.principal import Principal
 from modelworks.errors import Unauthorized
 from modelworks.policies.chain import Call
+
+log = logging.getLogger("modelworks.auth")
 
 Lookup = Callable[[str], Awaitable[Principal | None]]
 _MAX_ENTRIES = 50_000
@@ -35,11 +38,13 @@ class ApiKeyAuth:
     stage = "authenticate"
 
     def __init__(self, lookup: Lookup, *, ttl: float = 4.0, negative_ttl: float = 1.0,
-                 on_failure: Callable[[Call, str], None] | None = None) -> None:
+                 on_failure: Callable[[Call, str], Awaitable | None] | None = None,
+                 failure_wait_s: float = 5.0) -> None:
         self.lookup = lookup
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self.on_failure = on_failure
+        self.on_failure = on_failure  # records a failure (the audit trail); its answer waits for that, bounded
+        self.failure_wait_s = failure_wait_s
         self._cache: dict[str, tuple[Principal | None, float]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
         self.used: dict[str, datetime] = {}
@@ -47,7 +52,7 @@ class ApiKeyAuth:
     async def admit(self, call: Call) -> None:
         key = presented_key(call.headers)
         if not key:
-            self._failed(call, "missing key")
+            await self._failed(call, "missing key")
             raise Unauthorized(
                 "You didn't provide an API key. Send it in the 'api-key' header or as 'Authorization: Bearer <key>'.",
                 code="missing_api_key")
@@ -55,11 +60,11 @@ class ApiKeyAuth:
         entry = self._cache.get(digest)
         principal = entry[0] if entry is not None and entry[1] > time.monotonic() else await self._resolve(digest)
         if principal is None:
-            self._failed(call, "unknown, revoked or expired key")
+            await self._failed(call, "unknown, revoked or expired key")
             raise Unauthorized("Incorrect API key provided.")
         if principal.expires_at is not None and principal.expires_at <= datetime.now(timezone.utc):
             self._cache.pop(digest, None)
-            self._failed(call, "expired key")
+            await self._failed(call, "expired key")
             raise Unauthorized("The API key has expired.", code="expired_api_key")
         call.principal = principal
         self.used[principal.key_id] = datetime.now(timezone.utc)
@@ -89,9 +94,16 @@ class ApiKeyAuth:
         self._cache[digest] = (principal, time.monotonic() + (self.ttl if principal else self.negative_ttl))
         return principal
 
-    def _failed(self, call: Call, reason: str) -> None:
-        if self.on_failure is not None:
-            self.on_failure(call, reason)
+    async def _failed(self, call: Call, reason: str) -> None:
+        """Record the failure; the 401 goes out once the record is stored, or after `failure_wait_s`."""
+        if self.on_failure is None:
+            return
+        recorded = self.on_failure(call, reason)
+        if recorded is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(recorded), self.failure_wait_s)
+            except TimeoutError:
+                log.warning("answering a failed authentication before its audit entry was stored")
 
     def take_used(self) -> dict[str, datetime]:
         used, self.used = self.used, {}
