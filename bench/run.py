@@ -46,8 +46,9 @@ def start(args, url, ready, tmp: Path, name: str, env=None, timeout=180.0) -> Pr
 
 
 def modelworks(tmp: Path, upstream_url: str, parallel: int, threads: int, name: str,
-               embedded: bool = True, controls: bool = True) -> Process:
-    """`controls`: auth, Redis quota and metering on (the default); off: auth only, the bare serving path."""
+               embedded: bool = True, controls: bool = True, source: Path | None = None) -> Process:
+    """`controls`: auth, Redis quota and metering on (the default); off: auth only, the bare serving path.
+    `source`: run the code of another checkout (its `src`), for a baseline measured in the same rounds."""
     port = free_port()
     deployment = {"backend": "upstream"}
     config = {
@@ -66,8 +67,16 @@ def modelworks(tmp: Path, upstream_url: str, parallel: int, threads: int, name: 
         config["deployments"]["gemma-3-270m"] = {"backend": "gemma"}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
+    env = {"MODELWORKS_API_KEY": KEY, **({"PYTHONPATH": str(source / "src")} if source else {})}
     return start([sys.executable, "-m", "modelworks", "serve", "--config", str(path)],
-                 f"http://127.0.0.1:{port}", "/readyz", tmp, name, env={"MODELWORKS_API_KEY": KEY})
+                 f"http://127.0.0.1:{port}", "/readyz", tmp, name, env=env)
+
+
+def baseline_checkout(tmp: Path, ref: str) -> Path:
+    """A detached worktree of `ref` in the bench's temporary folder (removed with it)."""
+    path = tmp / "baseline"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), ref], check=True)
+    return path
 
 
 # -- 1 and 2: token streams -----------------------------------------------------------------------------------------
@@ -264,6 +273,11 @@ def section_proxy(tmp: Path, upstream: Process, args, procs: list[Process]) -> d
                                             controls=False)
     targets["modelworks"] = modelworks(tmp, upstream.url, 1, THREADS, "mw-proxy", embedded=False)
     procs.extend([targets["modelworks bare"], targets["modelworks"]])
+    if args.baseline:  # the same configuration on another commit's code, measured in the same rounds
+        source = baseline_checkout(tmp, args.baseline)
+        targets["modelworks @base"] = modelworks(tmp, upstream.url, 1, THREADS, "mw-base", embedded=False,
+                                                 source=source)
+        procs.append(targets["modelworks @base"])
     lite = litellm(tmp, args.peers_python, upstream.url)
     if lite is None:
         print("  (LiteLLM Proxy is not installed: run `make peers`)")
@@ -357,6 +371,8 @@ def main() -> int:
     parser.add_argument("--skip", default="",
                         help="comma list of sections to skip: embedded,concurrent,proxy,safety,soak")
     parser.add_argument("--soak-minutes", type=float, default=10)
+    parser.add_argument("--baseline", default="", help="a git ref: the proxy section also measures its code "
+                        "(with controls) in the same rounds, e.g. to state what a change costs")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     if shutil.which("wrk") is None and not {"proxy", "safety"} <= skip:
@@ -393,6 +409,8 @@ def main() -> int:
     finally:
         for proc in procs:
             proc.stop()
+        if (tmp / "baseline").exists():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "baseline")])
         shutil.rmtree(tmp, ignore_errors=True)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
@@ -441,6 +459,10 @@ def _print_proxy(proxy: dict) -> None:
                 line += (f"; vs LiteLLM: {mw[c]['rps'] / max(lite[c]['rps'], 1e-9):.1f}x"
                          f" (bare {bare[c]['rps'] / max(lite[c]['rps'], 1e-9):.1f}x)")
             print(line)
+    base = proxy.get("modelworks @base")
+    if mw and base:
+        print("  with controls, this code / the baseline's (requests/s): " + ", ".join(
+            f"c={c} {mw[c]['rps'] / max(base[c]['rps'], 1e-9):.2f}" for c in mw))
 
 
 if __name__ == "__main__":
