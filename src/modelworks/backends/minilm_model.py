@@ -26,6 +26,7 @@ class MiniLM:
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=self.max_len)
         self.tokenizer.no_padding()
+        self.tokenizer.encode_special_tokens = True  # "[SEP]" typed in an input is text, not the separator
         w = load_file(str(model_dir / "model.safetensors"))
         self.word = w["embeddings.word_embeddings.weight"]
         self.pos = w["embeddings.position_embeddings.weight"]
