@@ -22,7 +22,6 @@ from modelworks.protocol.requests import ChatCompletionRequest, CompletionReques
 from modelworks.service import Gateway
 
 
-
 class Handlers:
     def __init__(self, gateway: Gateway, chain: PolicyChain, max_body_bytes: int) -> None:
         self.gateway = gateway
