@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import httpx
 import openai
@@ -17,6 +16,9 @@ from modelworks.metering.usage import UsageService
 from modelworks.store.db import Database
 from support.servers import start_modelworks
 from support.spec import CheckingTransport
+from support.waiting import wait_until
+
+HTTP_TIMEOUT = 60
 
 
 def _config(upstream_url: str) -> dict:
@@ -80,23 +82,23 @@ def guarded(tmp_path_factory, upstream):
 
 @pytest.fixture
 def sdk(guarded, recorder):
-    with httpx.Client(transport=CheckingTransport(recorder), timeout=30) as http:
+    with httpx.Client(transport=CheckingTransport(recorder), timeout=HTTP_TIMEOUT) as http:
         yield openai.OpenAI(base_url=f"{guarded.url}/v1", api_key=API_KEY, http_client=http, max_retries=0)
 
 
 @pytest.fixture
 def azure(guarded, recorder):
-    with httpx.Client(transport=CheckingTransport(recorder), timeout=30) as http:
+    with httpx.Client(transport=CheckingTransport(recorder), timeout=HTTP_TIMEOUT) as http:
         yield openai.AzureOpenAI(azure_endpoint=guarded.url, api_key=API_KEY, api_version=AZURE_API_VERSION,
                                  http_client=http, max_retries=0)
 
 
 def _upstream_requests(upstream) -> list[dict]:
-    return httpx.get(f"{upstream.url}/_fake/requests").json()["requests"]
+    return httpx.get(f"{upstream.url}/_fake/requests", timeout=HTTP_TIMEOUT).json()["requests"]
 
 
 def test_prompt_pii_is_redacted_before_the_upstream_sees_it(sdk, upstream):
-    httpx.delete(f"{upstream.url}/_fake/requests")
+    httpx.delete(f"{upstream.url}/_fake/requests", timeout=HTTP_TIMEOUT)
     answer = sdk.chat.completions.create(model="guarded-upstream", messages=[
         {"role": "system", "content": "You help customers."},
         {"role": "user", "content": "My card is 4111 1111 1111 1111 and my mail is jo@example.org"}])
@@ -121,7 +123,7 @@ def test_a_blocked_prompt_is_azures_400(sdk, azure, guarded):
             {"role": "user", "content": "Pay from DE89 3704 0044 0532 0130 00"}])
     assert caught.value.body["innererror"]["content_filter_result"]["pii"]["filtered"] is True
     # and the blocks are counted by category in the metrics
-    text = httpx.get(f"{guarded.url}/metrics").text
+    text = httpx.get(f"{guarded.url}/metrics", timeout=HTTP_TIMEOUT).text
     assert re.search(r'modelworks_content_filter_blocks_total\{deployment="guarded-upstream",category="[a-z_]+",'
                      r'direction="prompt"\} [1-9]', text)
     assert re.search(r'modelworks_content_filter_blocks_total\{deployment="card-blocking",category="iban",'
@@ -144,7 +146,7 @@ def test_a_completion_is_redacted_or_blocked(sdk):
 
 def test_streams_start_with_the_annotation_frame(guarded, specs):
     with httpx.stream("POST", f"{guarded.url}/openai/deployments/guarded-leaky/chat/completions",
-                      params={"api-version": AZURE_API_VERSION}, headers={"api-key": API_KEY},
+                      params={"api-version": AZURE_API_VERSION}, headers={"api-key": API_KEY}, timeout=HTTP_TIMEOUT,
                       json={"messages": [{"role": "user", "content": "mail a@b.io"}], "stream": True}) as r:
         raw = r.read()
     events = specs.check_sse("/openai/deployments/guarded-leaky/chat/completions", raw)
@@ -164,16 +166,12 @@ def test_the_usage_record_keeps_the_outcome(guarded, sdk):
         sdk.chat.completions.create(model="guarded-upstream", messages=[{"role": "user", "content": "shit"}])
     db = Database(f"sqlite:///{guarded.data_dir / 'modelworks.db'}")
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            records = [r for r in UsageService(db).records() if r["deployment"] == "guarded-upstream"]
-            outcomes = {r["filter_outcome"] for r in records}
-            if {"redacted", "blocked"} <= outcomes or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        records = wait_until(  # usage records are stored in the background
+            lambda: [r for r in UsageService(db).records() if r["deployment"] == "guarded-upstream"],
+            lambda rs: {"redacted", "blocked"} <= {r["filter_outcome"] for r in rs}, interval=0.2,
+            what="usage records of guarded-upstream with both outcomes")
     finally:
         db.engine.dispose()
-    assert {"redacted", "blocked"} <= outcomes
     # each decision explained: detector, category, score, threshold, action and, for PII, the span
     redacted = next(r for r in records if r["filter_outcome"] == "redacted")
     decisions = json.loads(redacted["filter_decisions"])
@@ -186,7 +184,7 @@ def test_the_usage_record_keeps_the_outcome(guarded, sdk):
 
 def _stream(guarded, specs, model: str, path: str = "/v1/chat/completions") -> list[dict]:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    with httpx.stream("POST", guarded.url + path, headers={"api-key": API_KEY}, json=body, timeout=30) as r:
+    with httpx.stream("POST", guarded.url + path, headers={"api-key": API_KEY}, json=body, timeout=HTTP_TIMEOUT) as r:
         raw = r.read()
     return specs.check_sse(path, raw)
 
@@ -261,9 +259,8 @@ def test_content_is_logged_only_where_the_policy_opts_in_and_expires(guarded, sd
     db = Database(f"sqlite:///{guarded.data_dir / 'modelworks.db'}")
     try:
         log = ContentLog(db)
-        deadline = time.monotonic() + 5
-        while len(entries := log.entries()) < 3 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        entries = wait_until(log.entries, lambda es: len(es) >= 3, interval=0.2,  # written in the background
+                             what="three content log entries")
         assert {e["deployment"] for e in entries} == {"logged"}, "only the deployment that opts in is logged"
         served = next(e for e in entries if e["filter_outcome"] == "redacted")
         assert json.loads(served["prompt"]) == ["Reach me at [EMAIL]"]  # as the backend saw it
@@ -274,13 +271,15 @@ def test_content_is_logged_only_where_the_policy_opts_in_and_expires(guarded, sd
         assert timedelta(days=6.9) < expires - datetime.now(timezone.utc) <= timedelta(days=7)
         from test_admin_api import AdminClient
 
-        admin = AdminClient(guarded.url, API_KEY, httpx.get(f"{guarded.url}/admin/v1/openapi.json").json())
+        admin = AdminClient(guarded.url, API_KEY,
+                            httpx.get(f"{guarded.url}/admin/v1/openapi.json", timeout=HTTP_TIMEOUT).json())
         listed = admin.call("GET", "/admin/v1/content-log?limit=50").json()["data"]  # checked against the document
         assert {e["id"] for e in listed} == {e["id"] for e in entries}
         assert ["Reach me at [EMAIL]"] in [e["prompt"] for e in listed]
-        user = httpx.post(f"{guarded.url}/admin/v1/keys", headers={"api-key": API_KEY},
+        user = httpx.post(f"{guarded.url}/admin/v1/keys", headers={"api-key": API_KEY}, timeout=HTTP_TIMEOUT,
                           json={"name": "reader", "role": "user"}).json()["key"]
-        assert httpx.get(f"{guarded.url}/admin/v1/content-log", headers={"api-key": user}).status_code == 403
+        assert httpx.get(f"{guarded.url}/admin/v1/content-log", headers={"api-key": user},
+                         timeout=HTTP_TIMEOUT).status_code == 403
         logged_stream = next(e for e in entries if json.loads(e["prompt"]) == ["stream it"])
         assert json.loads(logged_stream["completion"]) == ["Rome was founded in 753 BC."]
         assert log.purge(datetime.now(timezone.utc) + timedelta(days=8)) >= 3

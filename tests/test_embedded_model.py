@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import httpx
 import openai
@@ -12,6 +11,7 @@ import pytest
 
 from conftest import API_KEY
 from support.raw_http import open_stream, send_request
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.model
 MODEL = "gemma-3-270m"
@@ -130,28 +130,31 @@ async def test_eight_concurrent_streams_all_complete(async_client):
 
 
 def _busy(server) -> tuple[int, int]:
-    detail = httpx.get(f"{server.url}/readyz").json()["backends"]["gemma"]["detail"]
+    detail = httpx.get(f"{server.url}/readyz", timeout=60).json()["backends"]["gemma"]["detail"]
     busy, waiting = detail.split(" busy, ")
     return int(busy), int(waiting.split()[0])
 
 
-def _open_stream(server, max_tokens: int = 1500):
-    """A long streaming generation, held open after its first token."""
-    return open_stream(server.url, API_KEY, {"model": MODEL, "messages": USER, "max_tokens": max_tokens,
-                                             "temperature": 1.0})
+# A generation that cannot end by itself while a test runs, however fast the machine: at temperature 0 this
+# prompt runs to max_tokens without an end-of-turn token (checked: 1,500 tokens), and 64 choices are generated
+# one after another in the request's slot: 96,000 tokens in all, minutes of work even at 1,000 tokens a second.
+# So a slot freed within the tests' 60-second deadlines was freed because its generation was stopped.
+ENDLESS = {"model": MODEL, "messages": [{"role": "user", "content": "Count from 1 to 5000, separated by commas."}],
+           "max_tokens": 1500, "temperature": 0, "n": 64}
+
+
+def _open_stream(server):
+    """A generation that does not end by itself, streamed and held open after its first token."""
+    return open_stream(server.url, API_KEY, ENDLESS)
 
 
 def test_disconnect_stops_generation_and_frees_the_slot(server):
     socks = [_open_stream(server), _open_stream(server)]
-    assert _busy(server)[0] == 2
-    started = time.monotonic()
+    assert _busy(server)[0] == 2  # both are generating, and neither can finish on its own
     for sock in socks:
         sock.close()
-    while _busy(server)[0] and time.monotonic() - started < 5:
-        time.sleep(0.02)
-    elapsed = time.monotonic() - started
-    assert _busy(server) == (0, 0)
-    assert elapsed < 1.0, f"slots freed only after {elapsed:.2f}s"
+    # a full run of either would hold its slot for minutes: freed in time means generation stopped
+    wait_until(lambda: _busy(server), lambda b: b == (0, 0), what="both slots freed after their clients left")
 
 
 def test_full_queue_answers_429_with_retry_after(server):
@@ -161,11 +164,8 @@ def test_full_queue_answers_429_with_retry_after(server):
     try:
         for _ in range(8):
             waiters.append(send_request(server.url, API_KEY, {"model": MODEL, "messages": USER, "max_tokens": 5}))
-        deadline = time.monotonic() + 5
-        while _busy(server) != (2, 8) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert _busy(server) == (2, 8)
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+        wait_until(lambda: _busy(server), lambda b: b == (2, 8), what="2 slots busy and 8 requests waiting")
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
         with pytest.raises(openai.RateLimitError) as info:
             client.chat.completions.create(model=MODEL, messages=USER, max_tokens=5)
         headers = info.value.response.headers
@@ -174,7 +174,4 @@ def test_full_queue_answers_429_with_retry_after(server):
     finally:
         for sock in socks + waiters:
             sock.close()
-    deadline = time.monotonic() + 5
-    while _busy(server) != (0, 0) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _busy(server) == (0, 0), "cancelled waiters must leave the line"
+    wait_until(lambda: _busy(server), lambda b: b == (0, 0), what="cancelled waiters left the line, slots freed")

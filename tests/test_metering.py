@@ -18,26 +18,28 @@ from modelworks.metering.wal import UsageWAL
 from modelworks.store.db import Database
 from support.raw_http import open_stream
 from support.servers import start_modelworks
+from support.waiting import wait_until
 
+SLOW_WORDS = 10_000  # one every 50 ms: the slow stream would take over 8 minutes to end by itself
 CONFIG = {"backends": {"fake": {"type": "fake", "reply": "alpha beta gamma delta"},
-                       "slow": {"type": "fake", "chunk_delay_s": 0.05, "reply": " ".join(["w"] * 100)}},
+                       "slow": {"type": "fake", "chunk_delay_s": 0.05, "reply": " ".join(["w"] * SLOW_WORDS)}},
           "deployments": {"priced": {"backend": "fake", "price_input_per_1k": 1.0, "price_output_per_1k": 2.0,
                                      "region": "westeurope"},
                           "limited": {"backend": "fake", "rpm": 6},
                           "slow": {"backend": "slow"}}}
 
 
+HTTP_TIMEOUT = 60
+
+
 def _usage(url: str, key: str = API_KEY, **params) -> httpx.Response:
-    return httpx.get(f"{url}/admin/v1/usage", params=params, headers={"api-key": key})
+    return httpx.get(f"{url}/admin/v1/usage", params=params, headers={"api-key": key}, timeout=HTTP_TIMEOUT)
 
 
 def _wait_for(url: str, predicate, **params) -> list[dict]:
-    deadline = time.monotonic() + 5
-    while True:
-        rows = _usage(url, **params).json()["data"]
-        if predicate(rows) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
+    """The usage rows once `predicate(rows)` holds (records are flushed to the store in the background)."""
+    return wait_until(lambda: _usage(url, **params).json()["data"], predicate, interval=0.1,
+                      what=f"usage rows ({params}) as expected")
 
 
 def test_every_request_is_metered(tmp_path):
@@ -45,11 +47,17 @@ def test_every_request_is_metered(tmp_path):
     try:
         url, headers = server.url, {"api-key": API_KEY}
         body = {"model": "priced", "messages": [{"role": "user", "content": "one two three"}]}
-        assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers).status_code == 200
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, headers=headers) as r:
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers,
+                          timeout=HTTP_TIMEOUT).status_code == 200
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, headers=headers,
+                          timeout=HTTP_TIMEOUT) as r:
             r.read()
-        for _ in range(3):  # the 10-second window of rpm 6 admits one: two refusals are metered too
-            httpx.post(f"{url}/v1/chat/completions", json={**body, "model": "limited"}, headers=headers)
+        # rpm 6 admits one call per 10-second window (of 1-second buckets): refusals are metered too
+        first_second = int(time.time())
+        limited = [httpx.post(f"{url}/v1/chat/completions", json={**body, "model": "limited"}, headers=headers,
+                              timeout=HTTP_TIMEOUT).status_code for _ in range(3)]
+        windows = -(-(int(time.time()) - first_second + 1) // 10)  # 10-second windows the three calls spanned
+        assert set(limited) <= {200, 429} and 1 <= limited.count(200) <= windows, (limited, windows)
         sock = open_stream(url, API_KEY, {"model": "slow", "messages": body["messages"]}, events=4)
         sock.close()  # the client leaves: metered for what was delivered
         rows = _wait_for(url, lambda rows: len(rows) == 3 and sum(r["requests"] for r in rows) == 6,
@@ -57,8 +65,8 @@ def test_every_request_is_metered(tmp_path):
         by = {r["deployment"]: r for r in rows}
         assert by["priced"]["requests"] == 2 and by["priced"]["completion_tokens"] == 8
         assert by["priced"]["cost"] == pytest.approx((by["priced"]["prompt_tokens"] * 1.0 + 8 * 2.0) / 1000)
-        assert by["limited"]["requests"] == 3 and by["limited"]["errors"] == 2
-        assert 0 < by["slow"]["completion_tokens"] < 100
+        assert by["limited"]["requests"] == 3 and by["limited"]["errors"] == limited.count(429)
+        assert 0 < by["slow"]["completion_tokens"] < SLOW_WORDS  # what was sent before it left, not the reply
         daily = _usage(url, group_by="day,deployment,key").json()["data"]
         assert {r["key_id"] for r in daily} == {r["key_id"] for r in daily if r["key_id"]}
         exported = _usage(url, group_by="deployment", format="csv")
@@ -75,7 +83,8 @@ def test_no_record_is_lost_when_the_server_is_killed(tmp_path):
     server = start_modelworks(tmp_path, config, API_KEY, name="killed")
     body = {"model": "priced", "messages": [{"role": "user", "content": "hello"}]}
     for _ in range(25):
-        assert httpx.post(f"{server.url}/v1/chat/completions", json=body, headers={"api-key": API_KEY}).status_code == 200
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=body, headers={"api-key": API_KEY},
+                          timeout=HTTP_TIMEOUT).status_code == 200
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait()
     server.stop()
@@ -112,24 +121,27 @@ def test_a_spent_budget_answers_insufficient_quota(tmp_path, specs):
     try:
         url, admin = server.url, {"api-key": API_KEY}
         project = httpx.post(f"{url}/admin/v1/projects", json={"name": "capped", "monthly_token_cap": 60,
-                                                               "soft_threshold": 0.5}, headers=admin).json()
+                                                               "soft_threshold": 0.5}, headers=admin,
+                             timeout=HTTP_TIMEOUT).json()
         key = httpx.post(f"{url}/admin/v1/keys", json={"name": "k", "project_id": project["id"]},
-                         headers=admin).json()["key"]
+                         headers=admin, timeout=HTTP_TIMEOUT).json()["key"]
         body = {"model": "priced", "messages": [{"role": "user", "content": "a few words to spend tokens"}]}
         statuses = []
         for _ in range(12):
-            r = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"api-key": key})
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"api-key": key}, timeout=HTTP_TIMEOUT)
             statuses.append(r.status_code)
             if r.status_code == 429:
                 break
         assert statuses[0] == 200 and statuses[-1] == 429, statuses
         assert r.json()["error"]["code"] == "insufficient_quota" and r.headers["x-should-retry"] == "false"
         specs.check("/v1/chat/completions", 429, r.json())
-        time.sleep(1.5)  # metering flush
-        budget = _usage(url, key=key).json()["budget"]
+        # the usage records reach the store in the background (flushed every second): until then the budget
+        # read from it lags
+        budget = wait_until(lambda: _usage(url, key=key).json()["budget"], lambda b: b["exhausted"], interval=0.1,
+                            what="the spent budget seen in the usage API")
         assert budget["monthly_token_cap"] == 60 and budget["tokens"] >= 60
         assert budget["soft_threshold_reached"] and budget["exhausted"]
-        free = httpx.post(f"{url}/v1/chat/completions", json=body, headers=admin)
+        free = httpx.post(f"{url}/v1/chat/completions", json=body, headers=admin, timeout=HTTP_TIMEOUT)
         assert free.status_code == 200  # other projects are not affected
     finally:
         server.stop()

@@ -91,7 +91,7 @@ def test_azure_model_as_deployment(azure_client):
 
 
 def test_azure_with_azure_deployment(server, recorder):
-    with httpx.Client(transport=CheckingTransport(recorder)) as http:
+    with httpx.Client(transport=CheckingTransport(recorder), timeout=60) as http:
         client = openai.AzureOpenAI(azure_endpoint=server.url, azure_deployment="fake", api_key=API_KEY,
                                     api_version=AZURE_API_VERSION, http_client=http, max_retries=0)
         reply = client.chat.completions.create(model="ignored-by-azure", messages=MESSAGES)
@@ -102,7 +102,7 @@ def test_azure_with_azure_deployment(server, recorder):
 
 def test_azure_v1_path(server, recorder):
     """Azure's v1 API: plain OpenAI client at {endpoint}/openai/v1, model = deployment name."""
-    with httpx.Client(transport=CheckingTransport(recorder)) as http:
+    with httpx.Client(transport=CheckingTransport(recorder), timeout=60) as http:
         client = openai.OpenAI(base_url=f"{server.url}/openai/v1", api_key=API_KEY, http_client=http,
                                max_retries=0, default_headers={"api-key": API_KEY})
         assert client.chat.completions.create(model="fake", messages=MESSAGES).choices
@@ -120,7 +120,7 @@ async def test_async_azure(async_azure_client):
 
 def test_api_key_header_and_bearer(server, recorder):
     body = {"model": "fake", "messages": MESSAGES}
-    with httpx.Client(base_url=server.url, transport=CheckingTransport(recorder)) as http:
+    with httpx.Client(base_url=server.url, transport=CheckingTransport(recorder), timeout=60) as http:
         assert http.post("/v1/chat/completions", json=body, headers={"api-key": API_KEY}).status_code == 200
         assert http.post("/v1/chat/completions", json=body,
                          headers={"authorization": f"Bearer {API_KEY}"}).status_code == 200
@@ -151,8 +151,8 @@ def test_azure_deployment_not_found(azure_client):
 
 
 def test_health(server):
-    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{server.url}/readyz")
+    assert httpx.get(f"{server.url}/healthz", timeout=60).json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/readyz", timeout=60)
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
 
 

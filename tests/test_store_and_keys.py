@@ -106,18 +106,25 @@ async def test_auth_cache_spares_the_store_and_honours_revocation(db):
         lookups += 1
         return await asyncio.to_thread(keys.lookup, digest)
 
-    auth = ApiKeyAuth(lookup, ttl=0.3, negative_ttl=0.1)
+    # a cache that cannot expire during the test, however slow the machine: every lookup counted is a cache miss
+    auth = ApiKeyAuth(lookup, ttl=60, negative_ttl=0.1)
     call = lambda: Call(operation="chat", headers={"authorization": f"Bearer {created.key}"})  # noqa: E731
     await asyncio.gather(*(auth.admit(call()) for _ in range(20)))
     assert lookups == 1  # concurrent checks of one key share one query, later ones hit the cache
     for _ in range(50):
         await auth.admit(call())
     assert lookups == 1
+    assert list(auth.take_used()) == [created.record["id"]]
+    # revocation is honoured once the cached check expires: a short-lived cache, waited out (a lower bound)
+    short = ApiKeyAuth(lookup, ttl=0.3, negative_ttl=0.1)
+    await short.admit(call())
+    assert lookups == 2
     keys.revoke(created.record["id"])
     await asyncio.sleep(0.35)
     with pytest.raises(Unauthorized):
-        await auth.admit(call())
-    assert list(auth.take_used()) == [created.record["id"]]
+        await short.admit(call())
+    assert lookups == 3  # asked the store again, which refused the key
+    assert list(short.take_used()) == [created.record["id"]]
 
 
 # -- audit trail --------------------------------------------------------------------------------------------------

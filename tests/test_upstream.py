@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import openai
@@ -11,17 +10,35 @@ import pytest
 
 from conftest import API_KEY
 from support.raw_http import open_stream
+from support.servers import start_modelworks
+from support.waiting import wait_until
 
 USER = [{"role": "user", "content": "hello upstream"}]
 
 
+HTTP_TIMEOUT = 60
+
+
 @pytest.fixture
 def upstream_log(upstream):
-    httpx.delete(f"{upstream.url}/_fake/requests")
+    httpx.delete(f"{upstream.url}/_fake/requests", timeout=HTTP_TIMEOUT)
 
     def read() -> dict:
-        return httpx.get(f"{upstream.url}/_fake/requests").json()
+        return httpx.get(f"{upstream.url}/_fake/requests", timeout=HTTP_TIMEOUT).json()
     return read
+
+
+@pytest.fixture(scope="module")
+def stalling(tmp_path_factory, upstream):
+    """A server with one upstream deployment on a fake instance of its own (`upstream-stall`), whose idle streams
+    it ends only after an hour: only the client's leaving ends a stalled stream within a test."""
+    config = {"backends": {"stall": {"type": "openai", "base_url": f"{upstream.url}/upstream-stall/v1",
+                                     "model": "fake-model"}},
+              "deployments": {"upstream-stall": {"backend": "stall"}},
+              "routing": {"stream_idle_timeout_s": 3600}}
+    proc = start_modelworks(tmp_path_factory.mktemp("stalling"), config, API_KEY, name="stalling")
+    yield proc
+    proc.stop()
 
 
 def test_chat_passes_through(client, upstream_log):
@@ -94,25 +111,28 @@ def test_upstream_errors_are_mapped(client):
     assert info.value.response.headers["retry-after"] == "1"
 
 
-def test_client_disconnect_cuts_the_upstream_stream(server, upstream_log):
-    sock = open_stream(server.url, API_KEY, {"model": "upstream-slow", "messages": USER}, events=3)
-    sock.close()
-    deadline = time.monotonic() + 3
-    while upstream_log()["cut_streams"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+def test_client_disconnect_cuts_the_upstream_stream(stalling, upstream, upstream_log):
+    # the upstream sends three words, then nothing until its client leaves: it never finishes by itself
+    httpx.post(f"{upstream.url}/_fake/faults/upstream-stall", json={"mode": "stall", "after": 3},
+               timeout=HTTP_TIMEOUT).raise_for_status()
+    try:
+        sock = open_stream(stalling.url, API_KEY, {"model": "upstream-stall", "messages": USER}, events=3)
+        sock.close()
+        wait_until(lambda: upstream_log()["cut_streams"], lambda n: n >= 1,
+                   what="the upstream's stream cut after the client left")
+    finally:
+        httpx.delete(f"{upstream.url}/_fake/faults/upstream-stall", timeout=HTTP_TIMEOUT)
     log = upstream_log()
     assert log["cut_streams"] == 1 and log["finished_streams"] == 0
 
 
 def test_unreachable_upstream_is_503(tmp_path, specs):
     """A dead upstream: the server still starts, /readyz says 503, and calls answer 503 in the envelope."""
-    import os
-    import subprocess
     import sys
 
     import yaml
 
-    from support.servers import free_port
+    from support.servers import Process, free_port
 
     port = free_port()
     config = {"server": {"port": port, "data_dir": str(tmp_path / "d")},
@@ -120,23 +140,15 @@ def test_unreachable_upstream_is_503(tmp_path, specs):
                                   "connect_timeout_s": 1}},
               "deployments": {"m": {"backend": "up"}}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([sys.executable, "-m", "modelworks", "serve", "--config", str(tmp_path / "c.yaml")],
-                            env={**os.environ, "MODELWORKS_API_KEY": API_KEY},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    proc = Process([sys.executable, "-m", "modelworks", "serve", "--config", str(tmp_path / "c.yaml")],
+                   f"http://127.0.0.1:{port}", tmp_path / "server.log", env={"MODELWORKS_API_KEY": API_KEY})
+    url = proc.url
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{url}/healthz")
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        assert httpx.get(f"{url}/readyz").status_code == 503
+        proc.wait_ready("/healthz")  # started (it cannot be ready: its only upstream is away)
+        assert httpx.get(f"{url}/readyz", timeout=HTTP_TIMEOUT).status_code == 503
         r = httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": USER},
-                       headers={"api-key": API_KEY})
+                       headers={"api-key": API_KEY}, timeout=HTTP_TIMEOUT)
         assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
         specs.check("/v1/chat/completions", r.status_code, r.json())
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        proc.stop()  # terminate; kill if it does not exit

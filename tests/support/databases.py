@@ -19,7 +19,7 @@ def fresh_postgres() -> tuple[str, callable]:
     try:
         import psycopg
 
-        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3)
+        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=30)
     except Exception as exc:  # noqa: BLE001 - any failure to reach PostgreSQL means the same here
         message = f"PostgreSQL is not reachable at {PG_ADMIN_DSN}: {exc}"
         if require_services():
@@ -47,7 +47,7 @@ def require_redis() -> str:
 
     parts = urlsplit(REDIS_URL)
     try:
-        with socket.create_connection((parts.hostname, parts.port or 6379), timeout=2) as sock:
+        with socket.create_connection((parts.hostname, parts.port or 6379), timeout=30) as sock:
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
             assert sock.recv(64).startswith(b"+PONG"), "no PONG"
     except Exception as exc:  # noqa: BLE001

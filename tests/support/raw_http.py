@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import socket
 
+SOCKET_TIMEOUT_S = 60.0  # every connect, send and receive on these sockets: a stuck server fails the test
+
 
 def send_request(base_url: str, api_key: str, body: dict, path: str = "/v1/chat/completions") -> socket.socket:
-    """Open a connection, send one POST, and return the socket without reading the answer."""
+    """Open a connection, send one POST, and return the socket without reading the answer. Its operations time
+    out after SOCKET_TIMEOUT_S (socket.timeout) rather than hang."""
     payload = json.dumps(body).encode()
     host, port = base_url.removeprefix("http://").rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)))
+    sock = socket.create_connection((host, int(port)), timeout=SOCKET_TIMEOUT_S)  # fail, never hang
     sock.sendall(f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
                  f"authorization: Bearer {api_key}\r\ncontent-length: {len(payload)}\r\n\r\n".encode() + payload)
     return sock

@@ -27,28 +27,35 @@ class Process:
         full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
 
-    def wait_ready(self, path: str, timeout: float = 120.0) -> None:
+    def wait_ready(self, path: str, timeout: float = 120.0, status: int = 200) -> None:
+        """Poll `path` until it answers `status` (a probe may take up to 30 s on a busy machine)."""
         deadline = time.monotonic() + timeout
+        last = "no answer"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"process exited early:\n{self.output()}")
             try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                answered = httpx.get(self.url + path, timeout=30).status_code
+                if answered == status:
                     return
-            except httpx.HTTPError:
-                pass
+                last = f"status {answered}"
+            except httpx.HTTPError as exc:
+                last = f"{exc.__class__.__name__}: {exc}"
             time.sleep(0.1)
-        raise RuntimeError(f"not ready after {timeout}s:\n{self.output()}")
+        message = f"{path} did not answer {status} within {timeout}s (last: {last}):\n{self.output()}"
+        self.stop()  # a server that is not ready is not left running behind the failed test
+        raise RuntimeError(message)
 
     def output(self) -> str:
         self.log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0) -> None:
+        """Terminate; kill what has not exited after `grace` seconds (never a failure: the test is over)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
