@@ -166,6 +166,7 @@ class RedisLimiter:
         self._adjust_sha = sha1(_ADJUST)
         self._corrections: dict[tuple[str, int, int], int] = {}
         self._flusher: asyncio.Task | None = None
+        self._correcting: asyncio.Future | None = None  # the corrections being sent by the last flush
         self._batch: list = []
         self._sending: set[asyncio.Task] = set()
         self._held: dict[str, _Lease] = {}
@@ -299,18 +300,27 @@ class RedisLimiter:
             self._flusher = asyncio.ensure_future(self._flush_soon())
 
     async def flush(self) -> None:
+        """Send the corrections made so far; returns once Redis has them, those an earlier flush took included."""
         corrections, self._corrections = self._corrections, {}
         calls = [self.redis.eval_script(_ADJUST, self._adjust_sha, [self.prefix + key], [window, second, delta])
                  for (key, window, second), delta in corrections.items() if delta]
+        earlier, sending = self._correcting, None
         if calls:  # sent back to back on the one connection: a pipeline
-            await asyncio.gather(*calls)
+            sending = self._correcting = asyncio.gather(*calls)
+        if earlier is not None and not earlier.done():  # its own flush reports its errors
+            await asyncio.gather(asyncio.shield(earlier), return_exceptions=True)
+        if sending is not None:
+            await sending
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(self.adjust_interval)
-        try:
-            await self.flush()
-        except Exception:  # noqa: BLE001 - a lost correction only leaves a charge at its estimate
-            log.warning("could not send quota corrections to Redis", exc_info=True)
+        while True:
+            await asyncio.sleep(self.adjust_interval)
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 - a lost correction only leaves a charge at its estimate
+                log.warning("could not send quota corrections to Redis", exc_info=True)
+            if not self._corrections:  # corrections made while this one was sending go out in the next round
+                return
 
     async def close(self) -> None:
         if self._flusher is not None and not self._flusher.done():
