@@ -124,3 +124,18 @@ def raw(server, recorder):
     with httpx.Client(base_url=server.url, transport=CheckingTransport(recorder), timeout=60,
                       headers={"authorization": f"Bearer {API_KEY}"}) as http:
         yield http
+
+
+@pytest.fixture
+def busy_machine():
+    """Two processes that spin for as long as the test runs (bounded: killed at its end, or after 10 minutes):
+    what a test must hold up under is a loaded machine, not an idle one."""
+    import subprocess
+    import sys
+
+    spin = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end: pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()

@@ -7,13 +7,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import orjson
-import pytest
 
 from modelworks.backends.base import Usage
 from modelworks.metering.wal import UsageWAL
@@ -125,16 +122,6 @@ def test_every_answer_is_sent_after_its_record_is_written(tmp_path, upstream):
     for name, status, before, records in asyncio.run(scenario()):
         assert status in CALLS[name][1], (name, status)
         assert records == before + 1, f"{name}: the answer ({status}) went out before its record was written"
-
-
-@pytest.fixture
-def busy_machine():
-    spin = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end: pass\n"
-    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
-    yield
-    for p in procs:
-        p.kill()
-        p.wait()
 
 
 def _call(http: httpx.Client, name: str) -> int:

@@ -7,8 +7,6 @@ server's heavy work runs in its CPU pool, and what is measured is whether the ev
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
@@ -43,17 +41,6 @@ def server(tmp_path_factory):
     proc = start_modelworks(tmp_path_factory.mktemp("loop"), CONFIG, API_KEY, name="loop")
     yield proc
     proc.stop()
-
-
-@pytest.fixture
-def busy_machine():
-    """Two processes that spin for as long as the test runs (bounded: killed at its end, or after 10 minutes)."""
-    spin = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end: pass\n"
-    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
-    yield
-    for p in procs:
-        p.kill()
-        p.wait()
 
 
 class Poller(threading.Thread):
