@@ -28,7 +28,7 @@ from modelworks.control.projects import STATUSES
 from modelworks.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from modelworks.metering.usage import parse_group_by, to_csv
 from modelworks.policies.chain import Call
-from modelworks.protocol.parse import parse_body
+from modelworks.protocol.parse import parse_request
 
 
 class AdminHandlers:
@@ -48,7 +48,7 @@ class AdminHandlers:
     async def create_project(self, request: Request) -> JSONResult:
         who = await self._who(request, "projects.create")
         _require(who.is_admin, "Only admins create projects.")
-        body = parse_body(ProjectCreate, await request.body(self.max_body))
+        body = await parse_request(ProjectCreate, await request.body(self.max_body))
         row = await _run(self.control.projects.create, **body.model_dump())
         await self._audit(who, "project.create", row["id"], row["id"], body.model_dump(exclude_none=True))
         return JSONResult({"object": "project", **row}, status=201)
@@ -64,7 +64,7 @@ class AdminHandlers:
         project_id = request.path_params["project_id"]
         _visible(who.can_read(project_id), f"No project '{project_id}'.")
         _require(who.is_admin, "Only admins change a project's budgets and limits.")
-        body = parse_body(ProjectUpdate, await request.body(self.max_body))
+        body = await parse_request(ProjectUpdate, await request.body(self.max_body))
         changes = body.model_dump(exclude_unset=True)
         row = await _run(self.control.projects.update, project_id, changes)
         await self._audit(who, "project.update", project_id, project_id, changes)
@@ -107,7 +107,7 @@ class AdminHandlers:
     async def create_key(self, request: Request) -> JSONResult:
         who = await self._who(request, "keys.create")
         _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins create keys.")
-        body = parse_body(KeyCreate, await request.body(self.max_body))
+        body = await parse_request(KeyCreate, await request.body(self.max_body))
         project_id = body.project_id or who.project_id
         _visible(who.can_read(project_id), f"No project '{project_id}'.")
         _require(who.is_admin or body.role != ADMIN, "Only admins create admin keys.")
@@ -154,7 +154,7 @@ class AdminHandlers:
     async def create_deployment(self, request: Request) -> JSONResult:
         who = await self._who(request, "deployments.create")
         _require(who.is_admin, "Only admins manage deployments.")
-        body = parse_body(DeploymentCreate, await request.body(self.max_body))
+        body = await parse_request(DeploymentCreate, await request.body(self.max_body))
         values = body.model_dump(exclude={"name"})
         row = await _run(self.control.deployments.create, body.name, values)
         await self.catalog.reload()
@@ -164,7 +164,7 @@ class AdminHandlers:
     async def update_deployment(self, request: Request) -> JSONResult:
         who = await self._who(request, "deployments.update")
         _require(who.is_admin, "Only admins manage deployments.")
-        body = parse_body(DeploymentUpdate, await request.body(self.max_body))
+        body = await parse_request(DeploymentUpdate, await request.body(self.max_body))
         changes = body.model_dump(exclude_unset=True)
         row = await _run(self.control.deployments.update, request.path_params["name"], changes)
         await self.catalog.reload()

@@ -12,7 +12,7 @@ from modelworks.api.http import JSONResult
 from modelworks.api.request import Request
 from modelworks.control.principal import ADMIN, PROJECT_ADMIN, Principal
 from modelworks.errors import NotFound
-from modelworks.protocol.parse import parse_body
+from modelworks.protocol.parse import parse_request
 
 
 class BlocklistHandlers:
@@ -27,7 +27,7 @@ class BlocklistHandlers:
 
     async def create(self, request: Request) -> JSONResult:
         who = await self._manager(request, "blocklists.create")
-        body = parse_body(BlocklistCreate, await request.body(self.admin.max_body))
+        body = await parse_request(BlocklistCreate, await request.body(self.admin.max_body))
         project_id = body.project_id or who.project_id
         _visible(who.can_manage(project_id), f"No project '{project_id}'.")
         await _run(self.admin.control.projects.get, project_id)
@@ -55,7 +55,7 @@ class BlocklistHandlers:
     async def add_items(self, request: Request) -> JSONResult:
         who = await self._manager(request, "blocklists.items.add")
         row = await self._visible(who, request.path_params["blocklist_id"])
-        body = parse_body(BlocklistItemsAdd, await request.body(self.admin.max_body))
+        body = await parse_request(BlocklistItemsAdd, await request.body(self.admin.max_body))
         items = await _run(self.service.add_items, row["id"], [i.model_dump() for i in body.items])
         # the audit keeps how many and of which kind, not the terms (they may be sensitive themselves)
         await self.admin._audit(who, "blocklist.items.add", row["project_id"], row["id"],
