@@ -54,6 +54,21 @@ def test_user_text_never_becomes_a_control_token(gemma, family):
 
 
 @pytest.mark.model
+def test_an_empty_text_renders_as_before(gemma):
+    """A template that skips empty turns (`{% if content %}`) still sees them empty: nothing to guard there."""
+    from modelworks.backends.chat_templates import ChatTemplate
+    from modelworks.backends.llama_prompt import tokenize_chat
+
+    llama, vocab = gemma
+    template = ChatTemplate("{% for m in messages %}{% if m['content'] %}<start_of_turn>{{ m['role'] }}\n"
+                            "{{ m['content'] }}<end_of_turn>\n{% endif %}{% endfor %}<start_of_turn>model\n",
+                            "<bos>", "<eos>", "skips")
+    messages = [{"role": "user", "content": ""}, {"role": "user", "content": "hi"}]
+    whole = llama.tokenize(template.render(messages).encode(), add_bos=True, special=True)
+    assert tokenize_chat(llama, vocab, template, messages) == whole
+
+
+@pytest.mark.model
 def test_a_template_that_cuts_into_the_text_still_keeps_control_tokens_out(gemma):
     from modelworks.backends.chat_templates import ChatTemplate
     from modelworks.backends.llama_prompt import tokenize_chat
@@ -100,6 +115,9 @@ BAD = [
     ("NaN", b'{"model": "fake", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', None),
     ("Infinity in an ignored field", b'{"model": "upstream-model", "messages": [{"role": "user", "content": "hi"}], '
                                      b'"metadata": {"x": -Infinity}}', None),
+    ("1e999 in a schema", b'{"model": "upstream-model", "messages": [{"role": "user", "content": "hi"}], '
+                          b'"response_format": {"type": "json_schema", "json_schema": {"name": "n", '
+                          b'"schema": {"type": "number", "maximum": 1e999}}}}', None),
     ("seed above int64", b'{"model": "fake", "messages": [{"role": "user", "content": "hi"}], '
                          b'"seed": 9223372036854775808}', "seed"),
     ("max_tokens above int32", b'{"model": "fake", "messages": [{"role": "user", "content": "hi"}], '
@@ -161,3 +179,12 @@ def test_prompt_shield_documents_are_bounded(server):
                    headers={"Ocp-Apim-Subscription-Key": API_KEY},
                    json={"userPrompt": "hi", "documents": ["d" * 4000] * 3})
     assert r.status_code == 400 and r.json()["error"]["param"] == "documents", r.text
+
+
+def test_a_body_of_too_many_keys_is_refused(raw):
+    """Keys count as values: 60,000 of them (120,000 with their values) are over the limit of 100,000."""
+    import orjson
+
+    body = orjson.dumps({"model": "fake", "messages": USER, "metadata": {f"k{i}": 1 for i in range(60_000)}})
+    r = raw.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON values" in r.json()["error"]["message"], r.text[:300]

@@ -339,3 +339,19 @@ def test_connections_past_the_limit_are_refused(tmp_path):
         for sock in idle:
             sock.close()
         proc.stop()
+
+
+def test_a_blank_line_split_across_two_reads_ends_the_head(server):
+    """The head's last `\\n` arrives with a body larger than `max_header_bytes` (4096 here): the body is not
+    counted as head (no 431)."""
+    body = orjson.dumps(CHAT) + b" " * 10_000
+    head = _chat_head(len(body))
+    sock = _connect(server.url)
+    try:
+        sock.sendall(head[:-1])
+        time.sleep(0.3)  # a lower bound: the two parts arrive as two reads (at least as far apart as this)
+        sock.sendall(head[-1:] + body)
+        status, _, answer = _read_response(sock)
+        assert status == 200, answer[:300]
+    finally:
+        sock.close()

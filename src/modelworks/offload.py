@@ -32,7 +32,8 @@ def cpu_pool() -> ThreadPoolExecutor:
     if _pool is None:
         with _lock:
             if _pool is None:
-                _pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="modelworks-cpu")
+                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+                _pool = ThreadPoolExecutor(max_workers=max(2, cores or 2), thread_name_prefix="modelworks-cpu")
     return _pool
 
 

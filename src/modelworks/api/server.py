@@ -91,6 +91,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._head_tail = b""
         self._body_start = 0.0
         self._body_seen = 0.0
 
@@ -119,13 +120,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._phase != _BODY:  # a head is due or under way: count it up to its blank line, before parsing
-            end = data.find(b"\r\n\r\n")
-            size = self._head_bytes + (len(data) if end < 0 else end + 4)
+            tail = self._head_tail  # the blank line may straddle two reads
+            end = (tail + data).find(b"\r\n\r\n") if tail else data.find(b"\r\n\r\n")
+            size = self._head_bytes + (len(data) if end < 0 else end + 4 - len(tail))
             if size > self.limits.max_header_bytes:
                 self._close_with(self.limits.head_too_large)
                 return
             if end < 0:
                 self._head_bytes = size
+                self._head_tail = (tail + data)[-3:]
         super().data_received(data)
 
     # Parser callbacks
@@ -139,6 +142,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._phase = _BODY
         self._head_bytes = 0
+        self._head_tail = b""
         now = self._body_start = self._body_seen = self.loop.time()
         timer = self._timer
         if timer is not None and now + self.limits.first_body_check < timer.when():  # body limits under the head's

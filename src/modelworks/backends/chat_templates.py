@@ -60,14 +60,18 @@ class ChatTemplate:
         """The prompt with each message's text between OPEN and CLOSE, or None if the template does more to a
         text than trim it (the sentinels then do not come back in pairs)."""
         guarded = []
+        wrapped = 0
         for m in messages:
             text = m["content"].translate(_SENTINELS)
             if m["role"] in self.trims:
                 text = text.strip()
-            guarded.append({**m, "content": OPEN + text + CLOSE})
+            if text:  # an empty text has nothing to guard, and `{% if content %}` must still see it empty
+                text = OPEN + text + CLOSE
+                wrapped += 1
+            guarded.append({**m, "content": text})
         text = self.render(guarded)
         pairs = text.count(OPEN)
-        if pairs != len(messages) or text.count(CLOSE) != pairs:
+        if pairs != wrapped or text.count(CLOSE) != pairs:
             return None
         return text
 
@@ -76,7 +80,7 @@ class ChatTemplate:
         for roles in (("system", "user", "assistant", "user"), ("user", "assistant", "user")):
             try:
                 text = self.render([{"role": r, "content": f"{_PROBE}{i}"} for i, r in enumerate(roles)])
-            except InvalidRequest:
+            except InvalidRequest:  # this template wants other turns: try the next probe
                 continue
             return frozenset(r for i, r in enumerate(roles) if f"{_PROBE}{i}" not in text)
         return frozenset()
@@ -85,7 +89,7 @@ class ChatTemplate:
         try:
             text = self.template.render(messages=messages, add_generation_prompt=True, bos_token=self.bos_token,
                                         eos_token=self.eos_token)
-        except TemplateError as exc:
+        except Exception as exc:  # noqa: BLE001 - TemplateError, or a template's own TypeError or KeyError
             raise InvalidRequest(f"The messages do not fit this model's chat template: {exc}",
                                  param="messages") from None
         # The tokenizer adds BOS itself; a template that also writes it would double it.

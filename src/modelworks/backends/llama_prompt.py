@@ -29,6 +29,7 @@ class Vocabulary:
     pattern: re.Pattern | None     # any control token's text, longest first
     max_token_chars: int           # the most characters one (non-control) token covers
     bos: int | None                # the token a prompt starts with, if the model wants one
+    eos: int | None                # the token llama.cpp adds at the end, if the model wants one
 
     @classmethod
     def read(cls, llama) -> "Vocabulary":
@@ -48,7 +49,8 @@ class Vocabulary:
             raise ValueError("a control token contains a private-use sentinel character")
         pattern = re.compile(_trie_pattern(control)) if control else None
         bos = model.token_bos() if model.add_bos_token() and model.token_bos() >= 0 else None
-        return cls(control, pattern, longest, bos)
+        eos = model.token_eos() if model.add_eos_token() and model.token_eos() >= 0 else None
+        return cls(control, pattern, longest, bos, eos)
 
     def cannot_fit(self, chars: int, n_ctx: int) -> bool:
         return chars > n_ctx * self.max_token_chars
@@ -85,6 +87,8 @@ def tokenize_chat(llama, vocab: Vocabulary, template: ChatTemplate, messages: li
             tokens.append(fragment)
         elif fragment:
             tokens.extend(llama.tokenize(fragment.encode("utf-8"), add_bos=False, special=False))
+    if vocab.eos is not None:  # as llama.cpp's own tokenize(add_special=True) does
+        tokens.append(vocab.eos)
     return tokens
 
 

@@ -6,6 +6,7 @@ Mean pooling over real tokens, then L2 normalisation, as sentence-transformers d
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +49,13 @@ class MiniLM:
 
     def _clip(self, text: str) -> str:
         """A long text's prefix with the same first `max_len` tokens. Only those are used, but tokenizing all of a
-        few MiB takes seconds. The cut is made just after whitespace, where BERT's pre-tokenizer splits anyway, so
+        few MiB takes seconds. The cut is made just after whitespace, ASCII punctuation or a CJK character, where
+        BERT's pre-tokenizer splits anyway (each of those ends a word), so
         the words before it tokenize as they would in the whole text; a prefix that already fills the window
         (the tokenizer had to truncate it) gives exactly the whole text's tokens."""
         chars = self.max_len * 16
         while chars < len(text):
-            cut = max(text.rfind(c, 0, chars) for c in " \n\t") + 1
+            cut = _last_boundary(text, chars)
             if cut > 0 and self.tokenizer.encode(text[:cut]).overflowing:
                 return text[:cut]
             chars *= 4
@@ -135,3 +137,16 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     np.copyto(poly, 1.0 - poly, where=x >= 0)
     poly *= x
     return poly
+
+
+# what ends a word for BERT's pre-tokenizer: whitespace, ASCII punctuation, a CJK ideograph (each its own word)
+_BOUNDARY = re.compile(r"[\s!-/:-@\[-`{-~\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def _last_boundary(text: str, end: int) -> int:
+    """The position just after the last word boundary in the 1,000 characters before `end`, or 0 if none."""
+    start = max(0, end - 1000)
+    last = None
+    for last in _BOUNDARY.finditer(text, start, end):
+        pass
+    return last.end() if last is not None else 0

@@ -2,7 +2,8 @@
 
 Events wait in a bounded queue and are appended in batches by one task; `submit` gives a future that is done
 when the event's batch has committed, so a 401 is answered only once its audit entry is stored (the caller waits
-a bounded time: the store being away must not hold answers for ever). A flood beyond the queue is not written
+a bounded time, and not at all while the store is failing: a flood of bad keys must not hold connections). A
+flood beyond the queue is not written
 entry by entry: it is counted, and one `auth.failed.suppressed` entry records how many were dropped (the
 requests that were counted wait for that entry).
 """
@@ -24,6 +25,7 @@ class AuditWriter:
         self.suppressed = 0
         self._suppressed_done: asyncio.Future | None = None  # resolved when the count's entry is stored
         self._task: asyncio.Task | None = None
+        self.healthy = True  # the last write succeeded: a failed authentication waits for its entry
 
     def submit(self, event: Event) -> asyncio.Future:
         """Queue the event; the future is done when it (or the count of a flood it was part of) is stored."""
@@ -51,9 +53,19 @@ class AuditWriter:
             self.suppressed, self._suppressed_done = 0, None
         if not batch:
             return
+        writing = asyncio.ensure_future(asyncio.to_thread(self.audit.append, [event for event, _ in batch]))
         try:
-            await asyncio.to_thread(self.audit.append, [event for event, _ in batch])
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:  # stopping: the thread may be committing; let it end, never write twice
+            try:
+                await writing
+            except Exception:  # noqa: BLE001 - nothing was written: the events are lost with the process
+                log.warning("audit events could not be written at shutdown", exc_info=True)
+            else:
+                _resolve(batch)
+            raise
         except BaseException:
+            self.healthy = False
             for item in batch:  # keep them for the next try (counted if the queue fills meanwhile)
                 try:
                     self.queue.put_nowait(item)
@@ -61,14 +73,19 @@ class AuditWriter:
                     self.suppressed += 1
                     if self._suppressed_done is None:
                         self._suppressed_done = item[1]
+                    elif not item[1].done():  # its request waits no longer: it is counted
+                        item[1].set_result(None)
             raise
-        for _, done in batch:
-            if not done.done():
-                done.set_result(None)
+        self.healthy = True
+        _resolve(batch)
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            try:
+                await self._task  # a write under way ends first (see flush)
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - its failure was logged
+                pass
         await self.flush()
 
     async def _run(self) -> None:
@@ -80,3 +97,9 @@ class AuditWriter:
                 log.warning("could not write audit events; will retry", exc_info=True)
                 await asyncio.sleep(1)
             await asyncio.sleep(0.05)
+
+
+def _resolve(batch: list[tuple[Event, asyncio.Future]]) -> None:
+    for _, done in batch:
+        if not done.done():
+            done.set_result(None)

@@ -68,8 +68,11 @@ class ControlPlane:
         await asyncio.to_thread(self.db.dispose)
 
     def _auth_failed(self, call, reason: str):
-        return self.audit_writer.submit(Event("auth.failed", outcome="denied",
-                                       detail={"reason": reason, "operation": call.operation}))
+        """Queue the entry; the 401 waits for it while the store is writing (not while it is failing)."""
+        writer = self.audit_writer
+        stored = writer.submit(Event("auth.failed", outcome="denied",
+                                     detail={"reason": reason, "operation": call.operation}))
+        return stored if writer.healthy else None
 
     async def _lookup(self, digest: str):
         return await asyncio.to_thread(self.keys.lookup, digest)

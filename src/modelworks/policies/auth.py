@@ -39,7 +39,7 @@ class ApiKeyAuth:
 
     def __init__(self, lookup: Lookup, *, ttl: float = 4.0, negative_ttl: float = 1.0,
                  on_failure: Callable[[Call, str], Awaitable | None] | None = None,
-                 failure_wait_s: float = 5.0) -> None:
+                 failure_wait_s: float = 2.0) -> None:
         self.lookup = lookup
         self.ttl = ttl
         self.negative_ttl = negative_ttl

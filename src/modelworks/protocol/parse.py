@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 import orjson
@@ -13,6 +14,7 @@ from modelworks.protocol.structure import MAX_VALUES, too_many_values
 
 T = TypeVar("T", bound=BaseModel)
 
+_BIG_EXPONENT = re.compile(rb"[0-9][eE]\+?[0-9]{3}")
 INLINE_BELOW = 32 * 1024  # bodies up to this size are parsed on the event loop (well under a millisecond)
 
 
@@ -40,15 +42,16 @@ def parse_body(model: type[T], body: bytes) -> T:
 
 
 def _refuse_non_json_numbers(body: bytes) -> None:
-    """NaN and Infinity are not JSON, though pydantic's parser takes them; an upstream would be sent them as is.
-    The byte search is cheap; only a body that has the letters (inside a string, usually) is parsed strictly."""
-    if b"NaN" not in body and b"Infinity" not in body:
+    """NaN and Infinity are not JSON, though pydantic's parser takes them (and reads 1e999 as infinity); an
+    upstream would be sent them as is. The byte searches are cheap; only a body that has the letters or a
+    three-digit exponent (inside a string, usually) is parsed strictly: orjson refuses all of them."""
+    if b"NaN" not in body and b"Infinity" not in body and _BIG_EXPONENT.search(body) is None:
         return
     try:
         orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidRequest("We could not parse the JSON body of your request. The body must be valid JSON "
-                             "(NaN and Infinity are not JSON numbers).", param=None, code="invalid_json") from None
+                             "(NaN, Infinity and numbers beyond a double's range such as 1e999 are not accepted).", param=None, code="invalid_json") from None
 
 
 def _to_invalid_request(exc: ValidationError) -> InvalidRequest:

@@ -27,8 +27,9 @@ _lock = threading.Lock()
 
 
 def upper_bound(body: bytes) -> int:
-    """At least as many as the body's values: every value but the first of a container follows a comma."""
-    return body.count(b",") + body.count(b"{") + body.count(b"[") + 1
+    """At least as many as the body's values and keys: every value but the first of a container follows a comma,
+    every key is followed by a colon."""
+    return body.count(b",") + body.count(b":") + body.count(b"{") + body.count(b"[") + 1
 
 
 def count_values(body: bytes, limit: int) -> int:
@@ -57,20 +58,22 @@ async def too_many_values(body: bytes, limit: int = MAX_VALUES) -> int | None:
         return None
     if await offload(upper_bound, body) <= limit:
         return None
+    pool = _counter()
     try:
-        count = await asyncio.get_running_loop().run_in_executor(_counter(), count_values, body, limit)
+        count = await asyncio.get_running_loop().run_in_executor(pool, count_values, body, limit)
     except BrokenProcessPool:  # the counting process died (killed, out of memory): a new one next time
-        _drop_counter()
+        _drop_counter(pool)
         count = await offload(count_values, body, limit)
     return count if count > limit else None
 
 
-def _drop_counter() -> None:
+def _drop_counter(broken: ProcessPoolExecutor) -> None:
+    """Forget the pool that broke (not a newer one another request has made since)."""
     global _pool
     with _lock:
-        pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+        if _pool is broken:
+            _pool = None
+    broken.shutdown(wait=False, cancel_futures=True)
 
 
 def _counter() -> ProcessPoolExecutor:
