@@ -34,24 +34,27 @@ async def parse_request(model: type[T], body: bytes) -> T:
 def parse_body(model: type[T], body: bytes) -> T:
     if not body:
         raise InvalidRequest("The request body is empty; send a JSON object.", param=None, code="invalid_body")
-    _refuse_non_json_numbers(body)
+    if b"NaN" in body or b"Infinity" in body:
+        _parse_strictly(body)
     try:
-        return model.model_validate_json(body)
+        parsed = model.model_validate_json(body)
     except ValidationError as exc:
         raise _to_invalid_request(exc) from None
+    if _BIG_EXPONENT.search(body) is not None:  # a typed field refused it above, naming itself; a free-form one
+        _parse_strictly(body)
+    return parsed
 
 
-def _refuse_non_json_numbers(body: bytes) -> None:
-    """NaN and Infinity are not JSON, though pydantic's parser takes them (and reads 1e999 as infinity); an
-    upstream would be sent them as is. The byte searches are cheap; only a body that has the letters or a
-    three-digit exponent (inside a string, usually) is parsed strictly: orjson refuses all of them."""
-    if b"NaN" not in body and b"Infinity" not in body and _BIG_EXPONENT.search(body) is None:
-        return
+def _parse_strictly(body: bytes) -> None:
+    """NaN and Infinity are not JSON, though pydantic's parser takes them, and it reads 1e999 as infinity; an
+    upstream would be sent them as they are. The byte searches before this are cheap; only a body that has the
+    letters or a three-digit exponent (inside a string, usually) is parsed strictly: orjson refuses them all."""
     try:
         orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidRequest("We could not parse the JSON body of your request. The body must be valid JSON "
-                             "(NaN, Infinity and numbers beyond a double's range such as 1e999 are not accepted).", param=None, code="invalid_json") from None
+                             "(NaN, Infinity and numbers beyond a double's range such as 1e999 are not accepted).",
+                             param=None, code="invalid_json") from None
 
 
 def _to_invalid_request(exc: ValidationError) -> InvalidRequest:
