@@ -29,21 +29,25 @@ PLUS_5 = timezone(timedelta(hours=5))
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def server(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(f"hardening-{request.param}")
+def _own_server(database: str, tmp_path_factory, name: str):
+    """A server on its own store: a fresh SQLite file, or a fresh PostgreSQL database dropped after."""
     config = dict(FAKE_ONLY)
     drop = None
-    if request.param == "postgresql":
+    if database == "postgresql":
         from support.databases import fresh_postgres
 
         url, drop = fresh_postgres()
         config["database"] = {"url": url}
-    proc = start_modelworks(tmp, config, API_KEY, name="hardening")
+    proc = start_modelworks(tmp_path_factory.mktemp(f"{name}-{database}"), config, API_KEY, name=name)
     yield proc
     proc.stop()
     if drop:
         drop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request, tmp_path_factory):
+    yield from _own_server(request.param, tmp_path_factory, "hardening")
 
 
 @pytest.fixture(scope="module")
@@ -475,19 +479,7 @@ FUZZ_EXAMPLES = 15  # per operation and phase; with a fixed seed and no deadline
 def fuzz_server(request, tmp_path_factory):
     """Its own server and store: the run may archive, delete and revoke whatever it finds. Its admin key lives in
     the default project, which can be neither archived nor deleted, and its id is never in the document."""
-    tmp = tmp_path_factory.mktemp(f"fuzz-{request.param}")
-    config = dict(FAKE_ONLY)
-    drop = None
-    if request.param == "postgresql":
-        from support.databases import fresh_postgres
-
-        url, drop = fresh_postgres()
-        config["database"] = {"url": url}
-    proc = start_modelworks(tmp, config, API_KEY, name="fuzz")
-    yield proc
-    proc.stop()
-    if drop:
-        drop()
+    yield from _own_server(request.param, tmp_path_factory, "fuzz")
 
 
 def _admin_schema():

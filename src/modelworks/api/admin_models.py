@@ -8,30 +8,19 @@ than their columns and hold no NUL character (PostgreSQL refuses those in text).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-INT32_MAX = 2**31 - 1  # rpm and tpm columns are INTEGER
-INT64_MAX = 2**63 - 1  # monthly token caps are BIGINT
+from modelworks.control.keys import utc
+from modelworks.protocol.requests import INT32_MAX, INT64_MAX  # INTEGER (rpm, tpm) and BIGINT (token caps)
+
 MAX_PRICE_PER_1K = 1_000_000.0  # far above any real price; keeps a request's cost finite
 NO_NUL = r"^[^\x00]*$"
 
 Text = Annotated[str, Field(pattern=NO_NUL)]
-
-
-def _utc(value: datetime) -> datetime:
-    """An aware time in UTC; a time without an offset is taken as UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    try:
-        return value.astimezone(timezone.utc)
-    except OverflowError:
-        raise ValueError("the time is out of range once converted to UTC") from None
-
-
-UtcTime = Annotated[datetime, AfterValidator(_utc)]
+UtcTime = Annotated[datetime, AfterValidator(utc)]
 
 
 class _Body(BaseModel):

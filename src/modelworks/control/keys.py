@@ -34,14 +34,22 @@ def now() -> datetime:
 
 
 
-def to_utc(value: datetime, param: str) -> datetime:
+def utc(value: datetime) -> datetime:
     """An aware time in UTC, as the store keeps times (SQLite drops an offset, so it must be UTC already);
-    a time without an offset is taken as UTC."""
+    a time without an offset is taken as UTC. ValueError when the conversion leaves datetime's range."""
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     try:
         return value.astimezone(timezone.utc)
     except OverflowError:
+        raise ValueError("the time is out of range once converted to UTC") from None
+
+
+def to_utc(value: datetime, param: str) -> datetime:
+    """`utc`, with the request's 400 naming `param`."""
+    try:
+        return utc(value)
+    except ValueError:
         raise InvalidRequest(f"'{param}' is out of range once converted to UTC.", param=param) from None
 
 
