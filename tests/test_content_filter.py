@@ -164,19 +164,23 @@ def test_the_usage_record_keeps_the_outcome(guarded, sdk):
     sdk.chat.completions.create(model="guarded-upstream", messages=[{"role": "user", "content": "mail a@b.io"}])
     with pytest.raises(openai.BadRequestError):
         sdk.chat.completions.create(model="guarded-upstream", messages=[{"role": "user", "content": "shit"}])
+    # each decision explained: detector, category, score, threshold, action and, for PII, the span (other tests
+    # of this module redact on the same deployment too: wait for this call's own record)
+    expected = {"direction": "prompt", "index": 0, "detector": "pii", "category": "email", "score": 1.0,
+                "threshold": None, "action": "redact", "span": [5, 11]}
+
+    def mine(rs: list[dict]) -> list[dict]:
+        return [r for r in rs if r["filter_outcome"] == "redacted" and expected in json.loads(r["filter_decisions"])]
+
     db = Database(f"sqlite:///{guarded.data_dir / 'modelworks.db'}")
     try:
         records = wait_until(  # usage records are stored in the background
             lambda: [r for r in UsageService(db).records() if r["deployment"] == "guarded-upstream"],
-            lambda rs: {"redacted", "blocked"} <= {r["filter_outcome"] for r in rs}, interval=0.2,
-            what="usage records of guarded-upstream with both outcomes")
+            lambda rs: mine(rs) and any(r["filter_outcome"] == "blocked" for r in rs), interval=0.2,
+            what="this call's redacted record and a blocked one on guarded-upstream")
     finally:
         db.engine.dispose()
-    # each decision explained: detector, category, score, threshold, action and, for PII, the span
-    redacted = next(r for r in records if r["filter_outcome"] == "redacted")
-    decisions = json.loads(redacted["filter_decisions"])
-    assert {"direction": "prompt", "index": 0, "detector": "pii", "category": "email", "score": 1.0,
-            "threshold": None, "action": "redact", "span": [5, 11]} in decisions
+    redacted = mine(records)[0]
     blocked = next(r for r in records if r["filter_outcome"] == "blocked")
     assert any(d["detector"] == "profanity" and d["action"] == "block" for d in json.loads(blocked["filter_decisions"]))
     assert "a@b.io" not in redacted["filter_decisions"], "decisions hold spans, never the text"
