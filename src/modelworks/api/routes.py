@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
 from typing import AsyncIterator
 
 import orjson
 
 from modelworks.api.http import EventStream, JSONResult
 from modelworks.api.request import Request
-from modelworks.backends.base import Delta, Usage
+from modelworks.backends.base import Usage
+from modelworks.calls import CallStream, ModelCalls
 from modelworks.errors import InvalidRequest, MissingApiVersion, ModelworksError
 from modelworks.offload import run_sized
 from modelworks.policies.chain import Call, PolicyChain
@@ -26,6 +25,7 @@ class Handlers:
     def __init__(self, gateway: Gateway, chain: PolicyChain, max_body_bytes: int) -> None:
         self.gateway = gateway
         self.chain = chain
+        self.calls = ModelCalls(gateway, chain)
         self.max_body = max_body_bytes
 
     # -- generation -------------------------------------------------------------------------------------------
@@ -40,75 +40,25 @@ class Handlers:
         call = await self._authenticate(request, operation)
         body = await request.body(self.max_body)
         req = await parse_request(model_cls, body)
-        route = self._route(call.deployment, req.model)
-        task = self.gateway.generation_task(route, req, body)
-        call.route, call.task = route, task
-        try:
-            await self.chain.admit(call)
-        except ModelworksError as exc:  # refused (a quota, say): still one usage record
-            await self.chain.complete(call, None, exc.status)
-            raise
+        await self.calls.admit(call, self._route(call.deployment, req.model), req, body)
         request.watch_disconnect()
-        route, task = call.route, call.task  # a provisioned deployment over capacity may have spilled over
-        dispatch = call.dispatch = self.gateway.dispatch(route, task, call.facts.get("span"))
-        chat = task.is_chat
+        route = call.route  # a provisioned deployment over capacity may have spilled over
+        chat = call.task.is_chat
         if not req.stream:
-            try:
-                result = await dispatch.generate(task)
-            except BaseException as exc:
-                _name_backend(exc, dispatch)
-                await self.chain.complete(call, None, _status(exc))
-                raise
-            call.response_headers.update(dispatch.headers())
-            try:
-                await self.chain.review(call, result)
-            except BaseException:
-                await self.chain.complete(call, result.usage, 500)
-                raise
-            await self.chain.complete(call, result.usage, 200)
+            result = await self.calls.generate(call)
             return JSONResult(render.completion_body(result, chat=chat, model=route.deployment,
                                                      extra=_annotations(call)),
                               headers=call.response_headers)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         framer = render.StreamFramer(chat=chat, model=route.deployment, include_usage=include_usage)
-        deltas = self.chain.review_stream(call, dispatch.stream(task))
-        try:
-            first = await anext(deltas)
-            call.facts["first_at"] = time.monotonic()
-        except StopAsyncIteration:
-            call.response_headers.update(dispatch.headers())
-            await self.chain.complete(call, None, 200)
+        stream = await self.calls.stream(call)
+        if stream.empty:
             return EventStream(framer.closing(), _nothing(), headers=call.response_headers)
-        except BaseException as exc:
-            _name_backend(exc, dispatch)
-            await deltas.aclose()
-            await self.chain.complete(call, None, _status(exc))
-            raise
-        call.response_headers.update(dispatch.headers())
-        head = framer.frame(first)
+        head = framer.frame(stream.first)
         annotations = call.facts.get("prompt_filter_results")
         if annotations is not None and call.facts.get("annotation_frame", True):
             head = framer.annotation_frame(annotations) + head
-        return EventStream(head, self._frames(call, deltas, framer), headers=call.response_headers)
-
-    async def _frames(self, call: Call, deltas: AsyncIterator[Delta], framer: render.StreamFramer):
-        try:
-            async for delta in deltas:
-                yield framer.frame(delta)
-        except BaseException:  # an error, or the client left (GeneratorExit, cancellation)
-            await self._end_stream(call, deltas, framer, 500)
-            raise
-        closing = framer.closing()
-        # the record is durable before the last frame ([DONE]) goes out
-        await self._end_stream(call, deltas, framer, 200)
-        yield closing
-
-    async def _end_stream(self, call: Call, deltas, framer: render.StreamFramer, status: int) -> None:
-        await deltas.aclose()
-        usage = framer.usage
-        if usage is None or status != 200:  # cut short: what was delivered
-            usage = Usage(call.facts.get("prompt_tokens", 0), framer.delivered)
-        await self.chain.complete(call, usage, 200 if framer.delivered else status)
+        return EventStream(head, _frames(stream, framer), headers=call.response_headers)
 
     # -- embeddings -------------------------------------------------------------------------------------------
 
@@ -171,19 +121,16 @@ class Handlers:
         return call
 
 
-def _name_backend(exc: BaseException, dispatch) -> None:
-    """An error that came from a backend says which one (x-modelworks-backend, x-ms-region), as answers do."""
-    if isinstance(exc, ModelworksError) and dispatch.last is not None:
-        exc.headers = {**exc.headers, **dispatch.headers()}
-
-
-def _status(exc: BaseException) -> int:
-    """The status a failed call is metered with: the error's own, 499 for a client that left, else 500."""
-    if isinstance(exc, ModelworksError):
-        return exc.status
-    if isinstance(exc, asyncio.CancelledError):
-        return 499
-    return 500
+async def _frames(stream: CallStream, framer: render.StreamFramer):
+    try:
+        async for delta in stream.rest():
+            yield framer.frame(delta)
+    except BaseException:  # an error, or the client left (GeneratorExit, cancellation)
+        await stream.finish(500)
+        raise
+    closing = framer.closing()
+    await stream.finish(200)  # the record is durable before the last frame ([DONE]) goes out
+    yield closing
 
 
 def _annotations(call: Call) -> dict | None:

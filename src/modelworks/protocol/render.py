@@ -48,7 +48,7 @@ def completion_body(result: Generation, *, chat: bool, model: str, response_id: 
 class StreamFramer:
     """Turns backend deltas into SSE frames for one response."""
 
-    __slots__ = ("chat", "model", "id", "created", "object", "include_usage", "usage", "delivered")
+    __slots__ = ("chat", "model", "id", "created", "object", "include_usage", "usage")
 
     def __init__(self, *, chat: bool, model: str, include_usage: bool) -> None:
         self.chat = chat
@@ -58,18 +58,12 @@ class StreamFramer:
         self.object = "chat.completion.chunk" if chat else "text_completion"
         self.include_usage = include_usage
         self.usage: Usage | None = None
-        self.delivered = 0  # frames with generated text: what a client that left had received
 
     def frame(self, delta: Delta) -> bytes:
         if delta.usage is not None:
             self.usage = delta.usage
         if not delta.choices:
             return b""
-        for choice in delta.choices:  # a role-only or finishing frame carries no generated token
-            d = choice.get("delta")
-            if choice.get("text") or (d is not None and (d.get("content") or d.get("tool_calls"))):
-                self.delivered += 1
-                break
         chunk = {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
                  "choices": delta.choices}
         if self.include_usage and self.chat:
