@@ -230,9 +230,17 @@ class MeteringSettings(_Strict):
     flush_seconds: float = Field(default=1.0, gt=0, le=3600, description="how often usage records reach the store")
 
 
+class ResponsesSettings(_Strict):
+    retention_days: float = Field(default=30, gt=0, le=3650,
+                                  description="stored responses and conversations are purged this long after their "
+                                              "last change")
+    purge_interval_s: float = Field(default=3600, gt=0, description="how often expired ones are purged")
+
+
 class Settings(_Strict):
     server: Server = Server()
     metering: MeteringSettings = MeteringSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     quota: QuotaSettings = QuotaSettings()
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()

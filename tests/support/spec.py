@@ -57,13 +57,25 @@ class SpecChecker:
         ])
         self._validators: dict[str, Draft202012Validator] = {}
         self.checked = 0
+        self.openai_paths = openai["paths"]
+        schemas = openai["components"]["schemas"]
+        self._event_schemas = {}
+        for member in schemas["ResponseStreamEvent"]["anyOf"]:
+            name = member["$ref"].split("/")[-1]
+            for kind in schemas[name].get("properties", {}).get("type", {}).get("enum", []):
+                self._event_schemas[kind] = f"urn:openai#/components/schemas/{name}"
+        self._agent_templates = [
+            (t, re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(t)) + "$"))
+            for t in openai["paths"] if t.startswith(("/responses", "/conversations")) and "?" not in t]
+        # exact templates (input_tokens) before the ones with a parameter in their place
+        self._agent_templates.sort(key=lambda e: "{" in e[0].split("/")[-1])
 
     def validator(self, ref: str) -> Draft202012Validator:
         if ref not in self._validators:
             self._validators[ref] = Draft202012Validator({"$ref": ref}, registry=self.registry)
         return self._validators[ref]
 
-    def schema_for(self, path: str, status: int, stream: bool) -> str | None:
+    def schema_for(self, path: str, status: int, stream: bool, method: str = "POST") -> str | None:
         azure_dated = path.startswith("/openai/deployments/")
         doc = "urn:azure" if azure_dated else "urn:openai"
         if status >= 400:
@@ -81,6 +93,9 @@ class SpecChecker:
             if path.endswith("/models"):
                 return "urn:openai#/components/schemas/ListModelsResponse"
             return None
+        agents = _AGENT_PATH.match(path)
+        if agents is not None:
+            return self._agent_schema(method, agents.group(1), stream)
         if path.endswith("/chat/completions"):
             return "urn:openai#/components/schemas/" + (
                 "CreateChatCompletionStreamResponse" if stream else "CreateChatCompletionResponse")
@@ -95,18 +110,32 @@ class SpecChecker:
             return "urn:openai#/components/schemas/Model"
         return None
 
-    def errors(self, path: str, status: int, body: Any, stream: bool = False) -> list[str]:
-        ref = self.schema_for(path, status, stream)
+    def _agent_schema(self, method: str, tail: str, stream: bool) -> str | None:
+        """The Responses and Conversations paths: the schema the spec gives for this path template and method
+        (None where it gives none, as for DELETE /responses/{id})."""
+        for template, regex in self._agent_templates:
+            if regex.match(tail):
+                content = (self.openai_paths[template].get(method.lower(), {}).get("responses", {})
+                           .get("200", {}).get("content", {}))
+                entry = content.get("text/event-stream" if stream else "application/json")
+                ref = (entry or {}).get("schema", {}).get("$ref")
+                return f"urn:openai{ref}" if ref else None
+        return None
+
+    def errors(self, path: str, status: int, body: Any, stream: bool = False, method: str = "POST") -> list[str]:
+        ref = self.schema_for(path, status, stream, method)
         if ref is None:
             return []
+        if ref.endswith("/ResponseStreamEvent") and isinstance(body, dict):  # the member its `type` names
+            ref = self._event_schemas.get(body.get("type"), ref)
         if path.endswith("/embeddings") and status == 200:
             body = _decode_base64_embeddings(body)
         self.checked += 1
         return [f"{path} [{status}] {ref.split('/')[-1]}: {e.message} at {list(e.absolute_path)}"
                 for e in self.validator(ref).iter_errors(body)]
 
-    def check(self, path: str, status: int, body: Any, stream: bool = False) -> None:
-        problems = self.errors(path, status, body, stream)
+    def check(self, path: str, status: int, body: Any, stream: bool = False, method: str = "POST") -> None:
+        problems = self.errors(path, status, body, stream, method)
         assert not problems, "\n".join(problems)
 
     def check_sse(self, path: str, raw: bytes) -> list[dict]:
@@ -120,6 +149,9 @@ class SpecChecker:
             self.check(path, status, event, stream=True)
             events.append(event)
         return events
+
+
+_AGENT_PATH = re.compile(r"^(?:/v1|/openai/v1)(/(?:responses|conversations)(?:/.*)?)$")
 
 
 def _decode_base64_embeddings(body: Any) -> Any:
@@ -154,16 +186,20 @@ class _Recorder:
         self.problems: list[str] = []
         self.responses = 0
 
-    def record(self, path: str, status: int, content_type: str, body: bytes) -> None:
+    def record(self, path: str, status: int, content_type: str, body: bytes, method: str = "POST") -> None:
         self.responses += 1
+        agents = _AGENT_PATH.match(path) is not None
         if "text/event-stream" in content_type:
             for payload in sse_payloads(body):
                 if payload == "[DONE]":
                     continue
                 event = json.loads(payload)
-                self.problems += self.checker.errors(path, 500 if "error" in event else 200, event, stream=True)
+                # a Responses stream's `error` event is one of its events; a chat stream's error is an envelope
+                failed = "error" in event and not agents
+                self.problems += self.checker.errors(path, 500 if failed else 200, event, stream=True,
+                                                     method=method)
         elif "application/json" in content_type:
-            self.problems += self.checker.errors(path, status, json.loads(body))
+            self.problems += self.checker.errors(path, status, json.loads(body), method=method)
         else:
             self.problems.append(f"{path} [{status}]: unexpected content type {content_type!r}")
 
@@ -204,8 +240,9 @@ class CheckingTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = self.inner.handle_request(request)
         path, status, ctype = request.url.path, response.status_code, response.headers.get("content-type", "")
+        method = request.method
         response.stream = _CheckedSyncStream(response.stream,
-                                             lambda body: self.recorder.record(path, status, ctype, body))
+                                             lambda body: self.recorder.record(path, status, ctype, body, method))
         return response
 
     def close(self) -> None:
@@ -220,8 +257,9 @@ class AsyncCheckingTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
         path, status, ctype = request.url.path, response.status_code, response.headers.get("content-type", "")
+        method = request.method
         response.stream = _CheckedAsyncStream(response.stream,
-                                              lambda body: self.recorder.record(path, status, ctype, body))
+                                              lambda body: self.recorder.record(path, status, ctype, body, method))
         return response
 
     async def aclose(self) -> None:

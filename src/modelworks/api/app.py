@@ -133,6 +133,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
         policies.append(MetricsPolicy(metrics))
     chain = PolicyChain(policies)
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
+    agents = _responses_handlers(settings, control, h.calls, chain)
     moderation = ModerationHandlers(chain, _safety_model, settings.server.max_body_bytes)
     safety = ContentSafetyHandlers(chain, _safety_model, blocklists, settings.server.max_body_bytes)
 
@@ -148,6 +149,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
         router.add(f"{prefix}/moderations", Endpoint(moderation.create, dialect=dialect))
         router.add(f"{prefix}/models", Endpoint(h.list_models, dialect=dialect), ("GET",))
         router.add(f"{prefix}/models/{{model:path}}", Endpoint(h.get_model, dialect=dialect), ("GET",))
+        _responses_routes(router, prefix, dialect, agents)
     router.add("/openai/deployments/{deployment}/chat/completions", Endpoint(h.chat, dialect=AZURE))
     router.add("/openai/deployments/{deployment}/completions", Endpoint(h.completions, dialect=AZURE))
     router.add("/openai/deployments/{deployment}/embeddings", Endpoint(h.embeddings, dialect=AZURE))
@@ -162,6 +164,39 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     if tracing is not None:
         app.closers.append(lambda: asyncio.to_thread(tracing.close))
     return app
+
+
+def _responses_handlers(settings: Settings, control: ControlPlane, calls, chain: PolicyChain):
+    from datetime import timedelta
+
+    from modelworks.api.responses import ResponsesHandlers
+    from modelworks.responses.conversations import ConversationsService
+    from modelworks.responses.service import ResponsesService
+    from modelworks.responses.store import ResponseStore
+
+    store = ResponseStore(control.db, timedelta(days=settings.responses.retention_days))
+    return ResponsesHandlers(ResponsesService(calls, store), ConversationsService(store), chain,
+                             settings.server.max_body_bytes)
+
+
+def _responses_routes(router: Router, prefix: str, dialect: str, r) -> None:
+    def add(path: str, handler, method: str) -> None:
+        router.add(f"{prefix}{path}", Endpoint(handler, dialect=dialect), (method,))
+
+    add("/responses", r.create, "POST")
+    add("/responses/input_tokens", r.input_tokens, "POST")
+    add("/responses/{response_id}", r.retrieve, "GET")
+    add("/responses/{response_id}", r.delete, "DELETE")
+    add("/responses/{response_id}/cancel", r.cancel, "POST")
+    add("/responses/{response_id}/input_items", r.input_items, "GET")
+    add("/conversations", r.create_conversation, "POST")
+    add("/conversations/{conversation_id}", r.get_conversation, "GET")
+    add("/conversations/{conversation_id}", r.update_conversation, "POST")
+    add("/conversations/{conversation_id}", r.delete_conversation, "DELETE")
+    add("/conversations/{conversation_id}/items", r.list_items, "GET")
+    add("/conversations/{conversation_id}/items", r.add_items, "POST")
+    add("/conversations/{conversation_id}/items/{item_id}", r.get_item, "GET")
+    add("/conversations/{conversation_id}/items/{item_id}", r.delete_item, "DELETE")
 
 
 def _admin_routes(router: Router, a: AdminHandlers) -> None:

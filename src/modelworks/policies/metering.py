@@ -2,7 +2,8 @@
 before the request's answer is finished (see metering.wal).
 
 Time, project, key id, deployment, backend, region, operation, prompt and completion tokens, cost from the
-deployment's prices, latency, time to first token (streams), status and the content-filter outcome.
+deployment's prices, latency, time to first token (streams), status, the content-filter outcome, and the Responses API response a
+model call was made for.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class MeteringPolicy(Recorder):
             served.region if served is not None else info.get("region"), call.operation,
             prompt, completion, round(cost, 8), round((now - call.started) * 1000, 3),
             round((first - call.started) * 1000, 3) if first else None, status, call.facts.get("filter_outcome"),
-            _decisions(call.facts.get("safety")),
+            _decisions(call.facts.get("safety")), call.facts.get("response_id"),
         ])
 
     def durable(self):

@@ -89,6 +89,7 @@ class UsageRecord(Base):
     filter_outcome: Mapped[str | None] = mapped_column(String(40), nullable=True)
     # the content filter's explained decisions (detector, category, score, threshold, action, span), as JSON
     filter_decisions: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a Responses API model call
 
 
 class AuditEntry(Base):
@@ -145,3 +146,62 @@ class ContentLogEntry(Base):
     filter_outcome: Mapped[str | None] = mapped_column(String(40), nullable=True)
     prompt: Mapped[str] = mapped_column(Text)       # JSON: the prompt's parts as the backend saw them
     completion: Mapped[str] = mapped_column(Text)   # JSON: each choice's text as the client got it
+
+
+class ResponseRow(Base):
+    """A stored response of the Responses API: its whole rendered object, and what chains and scopes it."""
+
+    __tablename__ = "responses"
+    __table_args__ = (Index("ix_responses_status", "status", "updated_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(40), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    previous_response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    conversation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    background: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process running it (background)
+    body: Mapped[str] = mapped_column(Text)  # the Response object as JSON
+
+
+class ResponseItemRow(Base):
+    """The input and output items of a stored response, in order (`kind`: input or output)."""
+
+    __tablename__ = "response_items"
+    __table_args__ = (UniqueConstraint("response_id", "kind", "position", name="uq_response_item_position"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    response_id: Mapped[str] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(10))
+    position: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class ConversationRow(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(40), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    metadata_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class ConversationItemRow(Base):
+    """A conversation's items in order (`seq` grows with every item added, on any replica)."""
+
+    __tablename__ = "conversation_items"
+    __table_args__ = (Index("ix_conversation_items_order", "conversation_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    body: Mapped[str] = mapped_column(Text)

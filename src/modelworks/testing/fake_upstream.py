@@ -142,6 +142,16 @@ class FakeUpstream:
                                          "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                       "finish_reason": None}]})
             mode, after = fault.get("mode"), int(fault.get("after", 0))
+            if chat and _calls_tool(request):  # the call's name first, then its arguments in two pieces
+                name = request["tools"][0]["function"]["name"]
+                for tool_delta in ({"index": 0, "id": "call_fake", "type": "function",
+                                    "function": {"name": name, "arguments": ""}},
+                                   {"index": 0, "function": {"arguments": "{"}},
+                                   {"index": 0, "function": {"arguments": "}"}}):
+                    await _send_event(send, {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
+                                             "choices": [{"index": 0, "delta": {"tool_calls": [tool_delta]},
+                                                          "finish_reason": None}]})
+                words = []
             for i, word in enumerate(words):
                 if mode in ("stall", "die", "malformed") and i == after:
                     if mode == "stall":
@@ -156,7 +166,8 @@ class FakeUpstream:
                           else {"index": 0, "text": piece, "finish_reason": None, "logprobs": None})
                 await _send_event(send, {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
                                          "choices": [choice]})
-            last = ({"index": 0, "delta": {}, "finish_reason": "stop"} if chat
+            finish = "tool_calls" if chat and _calls_tool(request) else "stop"
+            last = ({"index": 0, "delta": {}, "finish_reason": finish} if chat
                     else {"index": 0, "text": "", "finish_reason": "stop", "logprobs": None})
             await _send_event(send, {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
                                      "choices": [last]})
@@ -202,10 +213,16 @@ def _error(status: int, message: str) -> bytes:
                                    "server_error", "param": None, "code": str(status)}})
 
 
+def _calls_tool(request: dict) -> bool:
+    """Given tools, the fake calls the first one, with `{}`; after a tool's result it answers in text."""
+    messages = request.get("messages") or [{}]
+    return bool(request.get("tools")) and messages[-1].get("role") != "tool"
+
+
 def _chat_completion(model: str, request: dict | None = None) -> dict:
     message: dict = {"role": "assistant", "content": REPLY, "refusal": None}
     finish = "stop"
-    if request and request.get("tools"):
+    if request and _calls_tool(request):
         name = request["tools"][0]["function"]["name"]
         message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
             {"id": "call_fake", "type": "function", "function": {"name": name, "arguments": "{}"}}]}

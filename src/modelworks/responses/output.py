@@ -1,0 +1,224 @@
+"""A response as it is built: chat-completion deltas in, output items and (when streaming) the ordered
+Responses events out, each with its `sequence_number`.
+
+One builder serves both ways of answering: a stream feeds it the backend's deltas as they come; a whole answer
+feeds it the finished generation as one delta. So the items a client polls, the events it streams and what is
+stored are made by the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from modelworks.backends.base import Usage
+from modelworks.responses.items import item_id
+from modelworks.responses.protocol import CreateResponse, FunctionTool, McpTool
+
+TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed",
+            "cancelled": "response.failed"}
+
+
+class ResponseState:
+    """The Response object of one request, and the events told about it."""
+
+    def __init__(self, response_id: str, req: CreateResponse, model: str, tools: list, *, store: bool,
+                 emit: Callable[[dict], None] | None = None, conversation_id: str | None = None) -> None:
+        self.id = response_id
+        self.req = req
+        self.model = model
+        self.tools = tools
+        self.store = store
+        self.emit_to = emit
+        self.conversation_id = conversation_id
+        self.created_at = int(time.time())
+        self.completed_at: int | None = None
+        self.status = "queued" if req.background else "in_progress"
+        self.output: list[dict] = []
+        self.usage = Usage()
+        self.error: dict | None = None
+        self.incomplete: dict | None = None
+        self.sequence = 0
+        self.events: list[dict] = []  # kept for a background stream that a client resumes
+        self.keep_events = bool(req.background)
+
+    # -- events -----------------------------------------------------------------------------------------------
+
+    def emit(self, event: dict) -> None:
+        event["sequence_number"] = self.sequence
+        self.sequence += 1
+        if self.keep_events:
+            self.events.append(event)
+        if self.emit_to is not None:
+            self.emit_to(event)
+
+    def announce(self) -> None:
+        if self.req.background:
+            self.emit({"type": "response.queued", "response": self.body()})
+            self.status = "in_progress"
+        self.emit({"type": "response.created", "response": self.body()})
+        self.emit({"type": "response.in_progress", "response": self.body()})
+
+    def finish(self, status: str, *, error: dict | None = None, reason: str | None = None) -> None:
+        self.status = status
+        self.error = error
+        if reason is not None:
+            self.incomplete = {"reason": reason}
+        self.completed_at = int(time.time()) if status == "completed" else None
+        self.emit({"type": TERMINAL[status], "response": self.body()})
+
+    # -- the Response object ----------------------------------------------------------------------------------
+
+    def body(self) -> dict[str, Any]:
+        req = self.req
+        text = {"format": {"type": "text"}}
+        if req.text is not None and req.text.format is not None:
+            fmt = req.text.format
+            text = {"format": {"type": fmt.type}}
+            if fmt.type == "json_schema":
+                text["format"].update({"name": fmt.name, "schema": fmt.schema_, "strict": fmt.strict,
+                                       **({"description": fmt.description} if fmt.description else {})})
+        if req.text is not None and req.text.verbosity:
+            text["verbosity"] = req.text.verbosity
+        body: dict[str, Any] = {
+            "id": self.id, "object": "response", "created_at": self.created_at, "status": self.status,
+            "background": bool(req.background), "completed_at": self.completed_at, "error": self.error,
+            "incomplete_details": self.incomplete, "instructions": req.instructions,
+            "max_output_tokens": req.max_output_tokens, "max_tool_calls": req.max_tool_calls,
+            "model": self.model, "output": self.output, "parallel_tool_calls": req.parallel_tool_calls is not False,
+            "previous_response_id": req.previous_response_id, "reasoning": None,
+            "service_tier": "default", "store": self.store, "temperature": 1.0 if req.temperature is None else req.temperature,
+            "text": text, "tool_choice": _tool_choice(req), "tools": [_tool(t) for t in self.tools],
+            "top_logprobs": req.top_logprobs or 0, "top_p": 1.0 if req.top_p is None else req.top_p,
+            "truncation": req.truncation or "disabled", "usage": self.usage_body(),
+            "metadata": req.metadata or {}, "safety_identifier": req.safety_identifier,
+            "conversation": {"id": self.conversation_id} if self.conversation_id else None,
+            "output_text": output_text(self.output),
+        }
+        if req.user is not None:
+            body["user"] = req.user
+        if self.status in ("queued", "in_progress"):
+            del body["usage"]  # the spec's usage is an object: none until there is one
+        return body
+
+    def usage_body(self) -> dict:
+        u = self.usage
+        return {"input_tokens": u.prompt_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "output_tokens": u.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": u.total_tokens}
+
+
+def output_text(output: list[dict]) -> str:
+    return "".join(part.get("text", "") for item in output if item.get("type") == "message"
+                   for part in item.get("content", []) if part.get("type") == "output_text")
+
+
+def _tool(tool) -> dict:
+    if isinstance(tool, FunctionTool):
+        return {"type": "function", "name": tool.name, "description": tool.description,
+                "parameters": tool.parameters, "strict": tool.strict if tool.strict is not None else True}
+    assert isinstance(tool, McpTool)
+    data = tool.model_dump(exclude_none=True)
+    data.pop("authorization", None)  # secrets sent for the server's use are never echoed or stored
+    data.pop("headers", None)
+    return data
+
+
+def _tool_choice(req: CreateResponse):
+    choice = req.tool_choice
+    if choice is None:
+        return "auto"
+    if isinstance(choice, str):
+        return choice
+    return choice.model_dump(exclude_none=True)
+
+
+class OutputBuilder:
+    """Chat deltas of one model call into output items (appended to `state.output`) and events."""
+
+    def __init__(self, state: ResponseState) -> None:
+        self.state = state
+        self.message: dict | None = None
+        self.message_index = -1
+        self.calls: dict[int, tuple[int, dict]] = {}  # tool-call index -> (output index, item)
+        self.finish_reason: str | None = None
+
+    def feed(self, choice: dict) -> None:
+        delta = choice.get("delta") or {}
+        text = delta.get("content")
+        if text:
+            self._text(text)
+        for call in delta.get("tool_calls") or []:
+            self._call(call)
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+
+    def _text(self, text: str) -> None:
+        state = self.state
+        if self.message is None:
+            self.message = {"id": item_id("message"), "type": "message", "status": "in_progress",
+                            "role": "assistant", "content": []}
+            self.message_index = len(state.output)
+            state.output.append(self.message)
+            state.emit({"type": "response.output_item.added", "output_index": self.message_index,
+                        "item": _copy(self.message)})
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            self.message["content"].append(part)
+            state.emit({"type": "response.content_part.added", "item_id": self.message["id"],
+                        "output_index": self.message_index, "content_index": 0, "part": dict(part)})
+        self.message["content"][0]["text"] += text
+        state.emit({"type": "response.output_text.delta", "item_id": self.message["id"],
+                    "output_index": self.message_index, "content_index": 0, "delta": text, "logprobs": []})
+
+    def _call(self, call: dict) -> None:
+        state = self.state
+        index = call.get("index", 0)
+        fn = call.get("function") or {}
+        if index not in self.calls:
+            item = {"id": item_id("function_call"), "type": "function_call", "status": "in_progress",
+                    "call_id": call.get("id") or item_id("call_"), "name": fn.get("name") or "", "arguments": ""}
+            self.calls[index] = (len(state.output), item)
+            state.output.append(item)
+            state.emit({"type": "response.output_item.added", "output_index": self.calls[index][0],
+                        "item": _copy(item)})
+        position, item = self.calls[index]
+        if fn.get("name") and not item["name"]:
+            item["name"] = fn["name"]
+        piece = fn.get("arguments") or ""
+        if piece:
+            item["arguments"] += piece
+            state.emit({"type": "response.function_call_arguments.delta", "item_id": item["id"],
+                        "output_index": position, "delta": piece})
+
+    def close(self, status: str = "completed") -> None:
+        """End every open item: the text and argument `done` events, then each item's `output_item.done`."""
+        state = self.state
+        ended = []
+        if self.message is not None:
+            m, i = self.message, self.message_index
+            part = m["content"][0]
+            state.emit({"type": "response.output_text.done", "item_id": m["id"], "output_index": i,
+                        "content_index": 0, "text": part["text"], "logprobs": []})
+            state.emit({"type": "response.content_part.done", "item_id": m["id"], "output_index": i,
+                        "content_index": 0, "part": dict(part)})
+            ended.append((i, m))
+        for position, item in self.calls.values():
+            state.emit({"type": "response.function_call_arguments.done", "item_id": item["id"],
+                        "output_index": position, "name": item["name"], "arguments": item["arguments"]})
+            ended.append((position, item))
+        for position, item in sorted(ended, key=lambda e: e[0]):
+            item["status"] = status
+            state.emit({"type": "response.output_item.done", "output_index": position, "item": _copy(item)})
+        self.message = None
+        self.calls = {}
+
+    @property
+    def tool_calls(self) -> list[dict]:
+        return [item for _, item in sorted(self.calls.values(), key=lambda e: e[0])]
+
+
+def _copy(item: dict) -> dict:
+    out = dict(item)
+    if "content" in out:
+        out["content"] = [dict(p) for p in out["content"]]
+    return out

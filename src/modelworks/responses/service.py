@@ -1,0 +1,252 @@
+"""The Responses API's service: a request becomes chat-completion model calls through `ModelCalls` (the one way
+to call a model, so every policy applies to each call), and the answer becomes a stored Response.
+
+A response's context is the items of the responses it continues (`previous_response_id`) or of its
+conversation, then its own input. Each model call is metered with the response's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+import orjson
+from pydantic import ValidationError
+
+from modelworks.backends.base import _as_delta
+from modelworks.calls import CallStream, ModelCalls, status_of
+from modelworks.errors import InvalidRequest, ModelworksError, NotFound
+from modelworks.policies.chain import Call
+from modelworks.protocol.requests import ChatCompletionRequest
+from modelworks.responses.items import new_id, normalize_input, to_chat_messages
+from modelworks.responses.output import OutputBuilder, ResponseState
+from modelworks.responses.protocol import CreateResponse, FunctionTool, McpTool, parse_tools
+from modelworks.responses.store import ResponseStore
+
+log = logging.getLogger("modelworks.responses")
+
+_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+class ResponsesService:
+    def __init__(self, calls: ModelCalls, store: ResponseStore) -> None:
+        self.calls = calls
+        self.store = store
+
+    # -- create -----------------------------------------------------------------------------------------------
+
+    async def create(self, call: Call, req: CreateResponse) -> dict | AsyncIterator[bytes]:
+        """The finished Response (a dict), or for `stream` the SSE frames (the model call already admitted and
+        its first delta in, so a refusal is an HTTP error, not an event)."""
+        project = call.principal.project_id
+        tools = parse_tools(req.tools) or []
+        _check_tools(req, tools)
+        context, model = await self._context(project, req)
+        route = self.calls.gateway.resolve(req.model or model)
+        inputs = await normalize_input(req.input, lambda i: asyncio.to_thread(self.store.find_item, project, i))
+        chat = _chat_request(req, tools, to_chat_messages(context + inputs, req.instructions))
+        state = ResponseState(new_id("resp_"), req, route.deployment, tools, store=req.store is not False,
+                              conversation_id=req.conversation_id)
+        call.operation = "responses"
+        call.facts["response_id"] = state.id
+        await self.calls.admit(call, route, chat)
+        if not req.stream:
+            result = await self.calls.generate(call)
+            builder = OutputBuilder(state)
+            choice = result.choices[0]
+            builder.feed(_as_delta(choice, True))
+            if result.usage is not None:
+                state.usage = result.usage
+            self._end(state, builder)
+            await self._save(project, state, inputs)
+            return state.body()
+        events: list[dict] = []
+        state.emit_to = events.append
+        state.announce()
+        stream = await self.calls.stream(call)
+        return self._frames(project, state, inputs, stream, events)
+
+    async def _frames(self, project: str, state: ResponseState, inputs: list[dict], stream: CallStream,
+                      events: list[dict]) -> AsyncIterator[bytes]:
+        builder = OutputBuilder(state)
+        try:
+            if stream.first is not None:
+                for choice in stream.first.choices:
+                    builder.feed(choice)
+            yield _sse(events)
+            async for delta in stream.rest():
+                for choice in delta.choices:
+                    builder.feed(choice)
+                if events:
+                    yield _sse(events)
+        except (GeneratorExit, asyncio.CancelledError):  # the client left: keep what it was sent
+            builder.close("incomplete")
+            state.finish("failed", error={"code": "server_error",
+                                          "message": "The client disconnected before the response finished."})
+            await asyncio.shield(self._save(project, state, inputs))
+            raise
+        except Exception as exc:  # noqa: BLE001 - a fault mid-stream ends in response.failed, never a cut
+            log.warning("response %s failed mid-stream: %s", state.id, exc)
+            builder.close("incomplete")
+            state.usage = stream.usage or state.usage
+            state.finish("failed", error=_error(exc))
+            await self._save(project, state, inputs)
+            yield _sse(events)
+            return
+        if stream.usage is not None:
+            state.usage = stream.usage
+        await stream.finish(200)  # the usage record is durable before the terminal event goes out
+        self._end(state, builder)
+        await self._save(project, state, inputs)
+        yield _sse(events)
+
+    def _end(self, state: ResponseState, builder: OutputBuilder) -> None:
+        reason = _INCOMPLETE.get(builder.finish_reason or "")
+        builder.close("incomplete" if reason else "completed")
+        if reason:
+            state.finish("incomplete", reason=reason)
+        else:
+            state.finish("completed")
+
+    async def _save(self, project: str, state: ResponseState, inputs: list[dict]) -> None:
+        if not state.store:
+            return
+        body = state.body()
+        conversation = inputs + state.output if state.conversation_id else None
+        await asyncio.to_thread(self.store.save, project, body, input_items=inputs, output_items=state.output,
+                                conversation_id=state.conversation_id, conversation_items=conversation)
+
+    async def _context(self, project: str, req) -> tuple[list[dict], str | None]:
+        """The items this request continues, and the model of the response it continues (a default for a
+        request that names none)."""
+        if req.previous_response_id is not None:
+            previous = await asyncio.to_thread(self.store.get, project, req.previous_response_id)
+            items = await asyncio.to_thread(self.store.context, project, req.previous_response_id) \
+                if previous is not None else None
+            if previous is None or items is None:
+                raise NotFound(f"Previous response with id '{req.previous_response_id[:80]}' not found.",
+                               param="previous_response_id", code="previous_response_not_found")
+            return items, previous.get("model")
+        conversation = req.conversation_id
+        if conversation is not None:
+            items = await asyncio.to_thread(self.store.conversation_items, project, conversation)
+            if items is None:
+                raise NotFound(f"Conversation with id '{conversation[:80]}' not found.", param="conversation",
+                               code="conversation_not_found")
+            return items, None
+        return [], None
+
+    # -- read, delete, cancel ---------------------------------------------------------------------------------
+
+    async def retrieve(self, project: str, response_id: str) -> dict:
+        body = await asyncio.to_thread(self.store.get, project, response_id)
+        if body is None:
+            raise _not_found(response_id)
+        return body
+
+    async def delete(self, project: str, response_id: str) -> dict:
+        if not await asyncio.to_thread(self.store.delete, project, response_id):
+            raise _not_found(response_id)
+        return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+    async def cancel(self, project: str, response_id: str) -> dict:
+        body = await self.retrieve(project, response_id)
+        if not body.get("background"):
+            raise InvalidRequest("Only responses created with 'background': true can be cancelled.",
+                                 param="response_id", code="invalid_value")
+        return body
+
+    async def input_items(self, project: str, response_id: str) -> list[dict]:
+        items = await asyncio.to_thread(self.store.input_items, project, response_id)
+        if items is None:
+            raise _not_found(response_id)
+        return items
+
+    async def input_tokens(self, call: Call, req) -> int:
+        """The input tokens a request would send: by the model's own tokenizer where the backend has one (the
+        embedded models), else about four characters a token."""
+        project = call.principal.project_id
+        tools = parse_tools(req.tools) or []
+        _check_tools(req, tools)
+        context, model = await self._context(project, req)
+        route = self.calls.gateway.resolve(req.model or model)
+        inputs = await normalize_input(req.input, lambda i: asyncio.to_thread(self.store.find_item, project, i))
+        chat = _chat_request(req, tools, to_chat_messages(context + inputs, req.instructions))
+        task = self.calls.gateway.generation_task(route, chat)
+        counted = await route.backend.count_prompt_tokens(task)
+        if counted is not None:
+            return counted
+        return max(1, len(orjson.dumps([m.model_dump(exclude_none=True) for m in chat.messages])) // 4)
+
+
+def _check_tools(req, tools: list) -> None:
+    for i, tool in enumerate(tools):
+        if isinstance(tool, McpTool):
+            raise InvalidRequest("MCP tools are not enabled on this server yet.", param=f"tools[{i}]",
+                                 code="unsupported_parameter")
+    choice = req.tool_choice
+    names = {t.name for t in tools if isinstance(t, FunctionTool)}
+    if choice is not None and choice != "none" and not tools:
+        raise InvalidRequest("Invalid value for 'tool_choice': it is only allowed when 'tools' are given.",
+                             param="tool_choice", code="invalid_value")
+    if getattr(choice, "type", None) == "function" and choice.name not in names:
+        raise InvalidRequest(f"Invalid value for 'tool_choice': no function tool named '{choice.name[:64]}'.",
+                             param="tool_choice", code="invalid_value")
+    if getattr(choice, "type", None) == "mcp":
+        raise InvalidRequest("Invalid value for 'tool_choice': no MCP tools are enabled.", param="tool_choice",
+                             code="invalid_value")
+
+
+def _chat_request(req, tools: list, messages: list[dict]) -> ChatCompletionRequest:
+    if not messages or all(m["role"] in ("system", "developer") for m in messages):
+        raise InvalidRequest("The response has no input to answer: give 'input' (or continue a response or "
+                             "conversation that has some).", param="input", code="invalid_value")
+    body: dict = {"messages": messages, "stream": bool(getattr(req, "stream", False))}
+    for name, value in (("max_completion_tokens", getattr(req, "max_output_tokens", None)),
+                        ("temperature", getattr(req, "temperature", None)), ("top_p", getattr(req, "top_p", None)),
+                        ("parallel_tool_calls", req.parallel_tool_calls)):
+        if value is not None:
+            body[name] = value
+    who = getattr(req, "safety_identifier", None) or getattr(req, "user", None)
+    if who:
+        body["user"] = who
+    functions = [t for t in tools if isinstance(t, FunctionTool)]
+    if functions:
+        body["tools"] = [{"type": "function", "function": {k: v for k, v in (
+            ("name", t.name), ("description", t.description), ("parameters", t.parameters),
+            ("strict", t.strict)) if v is not None}} for t in functions]
+    choice = req.tool_choice
+    if choice is not None and (functions or choice == "none"):
+        body["tool_choice"] = choice if isinstance(choice, str) else {"type": "function",
+                                                                      "function": {"name": choice.name}}
+    fmt = req.text.format if req.text is not None else None
+    if fmt is not None and fmt.type != "text":
+        body["response_format"] = {"type": fmt.type}
+        if fmt.type == "json_schema":
+            body["response_format"]["json_schema"] = {k: v for k, v in (
+                ("name", fmt.name), ("schema", fmt.schema_), ("strict", fmt.strict),
+                ("description", fmt.description)) if v is not None}
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise InvalidRequest(f"The input cannot be sent to the model: {err['msg']} (at {err['loc']}).",
+                             param="input", code="invalid_value") from None
+
+
+def _error(exc: BaseException) -> dict:
+    status = status_of(exc)
+    code = "rate_limit_exceeded" if status == 429 else "invalid_prompt" if status == 400 else "server_error"
+    message = str(exc) if isinstance(exc, ModelworksError) else "The model call failed."
+    return {"code": code, "message": message[:1000]}
+
+
+def _not_found(response_id: str) -> NotFound:
+    return NotFound(f"Response with id '{response_id[:80]}' not found.", param="response_id")
+
+
+def _sse(events: list[dict]) -> bytes:
+    out = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+    events.clear()
+    return out

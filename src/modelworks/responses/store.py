@@ -1,0 +1,244 @@
+"""Stored responses, their items and conversations, in the control-plane store (SQLite or PostgreSQL).
+
+Everything is scoped to a project: an id from another project reads as absent. Methods are synchronous (the
+service runs them on a worker thread). A response's context — the items of every response it chains back to
+through `previous_response_id` — is read in one recursive query, so a long chain costs one round trip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import orjson
+from sqlalchemy import delete, select, text, update
+
+from modelworks.store.db import Database
+from modelworks.store.schema import ConversationItemRow, ConversationRow, ResponseItemRow, ResponseRow
+
+_CHAIN = text("""
+WITH RECURSIVE chain(id, prev, depth) AS (
+    SELECT id, previous_response_id, 0 FROM responses WHERE id = :id AND project_id = :project
+    UNION ALL
+    SELECT r.id, r.previous_response_id, c.depth + 1 FROM responses r JOIN chain c ON r.id = c.prev
+    WHERE r.project_id = :project AND c.depth < :limit
+)
+SELECT c.id, c.depth, i.kind, i.position, i.body FROM chain c
+LEFT JOIN response_items i ON i.response_id = c.id
+ORDER BY c.depth DESC, i.kind ASC, i.position ASC
+""")
+MAX_CHAIN = 10_000
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+class ResponseStore:
+    def __init__(self, db: Database, retention: timedelta) -> None:
+        self.db = db
+        self.retention = retention
+
+    # -- responses --------------------------------------------------------------------------------------------
+
+    def save(self, project_id: str, body: dict, *, input_items: list[dict] | None, output_items: list[dict],
+             conversation_id: str | None, conversation_items: list[dict] | None = None,
+             owner: str | None = None) -> None:
+        """Insert or replace a response with its items (input items only when given: they are written once)."""
+        now = _now()
+        with self.db.session() as s:
+            row = s.get(ResponseRow, body["id"])
+            if row is None:
+                row = ResponseRow(id=body["id"], project_id=project_id,
+                                  created_at=datetime.fromtimestamp(body["created_at"], timezone.utc),
+                                  expires_at=now + self.retention, background=bool(body.get("background")),
+                                  previous_response_id=body.get("previous_response_id"),
+                                  conversation_id=conversation_id)
+                s.add(row)
+            row.updated_at = now
+            row.status = body["status"]
+            row.owner = owner
+            row.body = orjson.dumps(body).decode()
+            s.flush()
+            if input_items is not None:
+                s.execute(delete(ResponseItemRow).where(ResponseItemRow.response_id == row.id,
+                                                        ResponseItemRow.kind == "input"))
+                self._add_items(s, row.id, project_id, "input", input_items)
+            s.execute(delete(ResponseItemRow).where(ResponseItemRow.response_id == row.id,
+                                                    ResponseItemRow.kind == "output"))
+            self._add_items(s, row.id, project_id, "output", output_items)
+            if conversation_items:
+                self._append_conversation(s, project_id, conversation_id, conversation_items, now)
+
+    @staticmethod
+    def _add_items(s, response_id: str, project_id: str, kind: str, items: list[dict]) -> None:
+        for position, item in enumerate(items):
+            s.add(ResponseItemRow(id=f"{response_id}:{kind[0]}{position}", response_id=response_id,
+                                  project_id=project_id, kind=kind, position=position,
+                                  body=orjson.dumps(item).decode()))
+
+    def get(self, project_id: str, response_id: str) -> dict | None:
+        with self.db.session() as s:
+            row = s.get(ResponseRow, response_id)
+            if row is None or row.project_id != project_id or _aware(row.expires_at) <= _now():
+                return None
+            return orjson.loads(row.body)
+
+    def delete(self, project_id: str, response_id: str) -> bool:
+        with self.db.session() as s:
+            row = s.get(ResponseRow, response_id)
+            if row is None or row.project_id != project_id:
+                return False
+            s.execute(delete(ResponseItemRow).where(ResponseItemRow.response_id == response_id))
+            s.delete(row)
+            return True
+
+    def context(self, project_id: str, response_id: str) -> list[dict] | None:
+        """Every item that a response continuing `response_id` sees, oldest first; None if it is not stored."""
+        with self.db.session() as s:
+            rows = s.execute(_CHAIN, {"id": response_id, "project": project_id, "limit": MAX_CHAIN}).all()
+        if not rows:
+            return None
+        return [orjson.loads(r.body) for r in rows if r.body is not None]
+
+    def input_items(self, project_id: str, response_id: str) -> list[dict] | None:
+        with self.db.session() as s:
+            row = s.get(ResponseRow, response_id)
+            if row is None or row.project_id != project_id:
+                return None
+            bodies = s.scalars(select(ResponseItemRow.body).where(ResponseItemRow.response_id == response_id,
+                                                                  ResponseItemRow.kind == "input")
+                               .order_by(ResponseItemRow.position)).all()
+        return [orjson.loads(b) for b in bodies]
+
+    def find_item(self, project_id: str, item_id: str) -> dict | None:
+        """A stored item by its id (an `item_reference`): from a response's items or a conversation's."""
+        with self.db.session() as s:
+            body = s.scalar(select(ConversationItemRow.body).where(ConversationItemRow.id == item_id,
+                                                                   ConversationItemRow.project_id == project_id))
+            if body is None:
+                like = s.scalars(select(ResponseItemRow.body).where(ResponseItemRow.project_id == project_id,
+                                                                    ResponseItemRow.body.contains(item_id))
+                                 .limit(50)).all()
+                body = next((b for b in like if orjson.loads(b).get("id") == item_id), None)
+        return orjson.loads(body) if body is not None else None
+
+    def unfinished(self, statuses=("queued", "in_progress")) -> list[tuple[str, str, str | None]]:
+        with self.db.session() as s:
+            return [(r.id, r.project_id, r.owner) for r in
+                    s.execute(select(ResponseRow.id, ResponseRow.project_id, ResponseRow.owner)
+                              .where(ResponseRow.status.in_(statuses))).all()]
+
+    def purge(self) -> int:
+        """Delete what outlived the retention period; returns how many responses and conversations went."""
+        now = _now()
+        with self.db.session() as s:
+            old = s.scalars(select(ResponseRow.id).where(ResponseRow.expires_at <= now).limit(1000)).all()
+            if old:
+                s.execute(delete(ResponseItemRow).where(ResponseItemRow.response_id.in_(old)))
+                s.execute(delete(ResponseRow).where(ResponseRow.id.in_(old)))
+            gone = s.scalars(select(ConversationRow.id).where(ConversationRow.expires_at <= now).limit(1000)).all()
+            if gone:
+                s.execute(delete(ConversationItemRow).where(ConversationItemRow.conversation_id.in_(gone)))
+                s.execute(delete(ConversationRow).where(ConversationRow.id.in_(gone)))
+        return len(old) + len(gone)
+
+    # -- conversations ----------------------------------------------------------------------------------------
+
+    def create_conversation(self, project_id: str, conversation_id: str, metadata: dict,
+                            items: list[dict]) -> dict:
+        now = _now()
+        with self.db.session() as s:
+            row = ConversationRow(id=conversation_id, project_id=project_id, created_at=now, updated_at=now,
+                                  expires_at=now + self.retention, metadata_json=orjson.dumps(metadata).decode())
+            s.add(row)
+            s.flush()
+            self._append_conversation(s, project_id, conversation_id, items, now)
+            return _conversation(row)
+
+    def conversation(self, project_id: str, conversation_id: str) -> dict | None:
+        with self.db.session() as s:
+            row = s.get(ConversationRow, conversation_id)
+            if row is None or row.project_id != project_id or _aware(row.expires_at) <= _now():
+                return None
+            return _conversation(row)
+
+    def update_conversation(self, project_id: str, conversation_id: str, metadata: dict) -> dict | None:
+        with self.db.session() as s:
+            row = s.get(ConversationRow, conversation_id)
+            if row is None or row.project_id != project_id:
+                return None
+            row.metadata_json = orjson.dumps(metadata).decode()
+            row.updated_at = _now()
+            row.expires_at = row.updated_at + self.retention
+            return _conversation(row)
+
+    def delete_conversation(self, project_id: str, conversation_id: str) -> bool:
+        with self.db.session() as s:
+            row = s.get(ConversationRow, conversation_id)
+            if row is None or row.project_id != project_id:
+                return False
+            s.execute(delete(ConversationItemRow).where(ConversationItemRow.conversation_id == conversation_id))
+            s.delete(row)
+            return True
+
+    def add_conversation_items(self, project_id: str, conversation_id: str, items: list[dict]) -> bool:
+        with self.db.session() as s:
+            row = s.get(ConversationRow, conversation_id)
+            if row is None or row.project_id != project_id:
+                return False
+            self._append_conversation(s, project_id, conversation_id, items, _now())
+            return True
+
+    def _append_conversation(self, s, project_id: str, conversation_id: str, items: list[dict],
+                             now: datetime) -> None:
+        taken = set(s.scalars(select(ConversationItemRow.id).where(ConversationItemRow.id.in_(
+            [item["id"] for item in items]))).all()) if items else set()
+        for item in items:
+            if item["id"] in taken:  # an item already in a conversation (a reference to it, resent): a copy
+                item = {**item, "id": f"{item['id'].split('_', 1)[0]}_{uuid.uuid4().hex}"}
+            s.add(ConversationItemRow(id=item["id"], conversation_id=conversation_id, project_id=project_id,
+                                      created_at=now, body=orjson.dumps(item).decode()))
+        s.execute(update(ConversationRow).where(ConversationRow.id == conversation_id)
+                  .values(updated_at=now, expires_at=now + self.retention))
+
+    def conversation_items(self, project_id: str, conversation_id: str, *, after: str | None = None,
+                           limit: int | None = None, descending: bool = False) -> list[dict] | None:
+        """A conversation's items in order (None if there is no such conversation); `after` an item id."""
+        with self.db.session() as s:
+            row = s.get(ConversationRow, conversation_id)
+            if row is None or row.project_id != project_id:
+                return None
+            query = select(ConversationItemRow.body).where(ConversationItemRow.conversation_id == conversation_id)
+            if after is not None:
+                seq = s.scalar(select(ConversationItemRow.seq).where(ConversationItemRow.id == after,
+                                                                     ConversationItemRow.conversation_id == conversation_id))
+                if seq is not None:
+                    query = query.where(ConversationItemRow.seq < seq if descending else ConversationItemRow.seq > seq)
+            query = query.order_by(ConversationItemRow.seq.desc() if descending else ConversationItemRow.seq)
+            if limit is not None:
+                query = query.limit(limit)
+            return [orjson.loads(b) for b in s.scalars(query).all()]
+
+    def conversation_item(self, project_id: str, conversation_id: str, item_id: str) -> dict | None:
+        with self.db.session() as s:
+            body = s.scalar(select(ConversationItemRow.body).where(
+                ConversationItemRow.id == item_id, ConversationItemRow.conversation_id == conversation_id,
+                ConversationItemRow.project_id == project_id))
+        return orjson.loads(body) if body is not None else None
+
+    def delete_conversation_item(self, project_id: str, conversation_id: str, item_id: str) -> bool:
+        with self.db.session() as s:
+            result = s.execute(delete(ConversationItemRow).where(
+                ConversationItemRow.id == item_id, ConversationItemRow.conversation_id == conversation_id,
+                ConversationItemRow.project_id == project_id))
+            return result.rowcount > 0
+
+
+def _conversation(row: ConversationRow) -> dict:
+    return {"id": row.id, "object": "conversation", "metadata": orjson.loads(row.metadata_json),
+            "created_at": int(_aware(row.created_at).timestamp())}
