@@ -48,6 +48,8 @@ class ModelworksApp:
         self.catalog = catalog
         self.health = health
         self.closers: list = []
+        self.loops: list = []  # coroutine functions run from start-up until shutdown
+        self._loop_tasks: list[asyncio.Task] = []
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -75,12 +77,15 @@ class ModelworksApp:
                     self.catalog.start()
                     await asyncio.gather(*(b.start() for b in unique))
                     self.health.start()
+                    self._loop_tasks = [asyncio.create_task(loop()) for loop in self.loops]
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for task in self._loop_tasks:
+                    task.cancel()
                 await self.health.close()
                 await self.catalog.close()
                 for close in self.closers:
@@ -161,12 +166,15 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
     app = ModelworksApp(router, backends, gateway, control, catalog, health)
     app.closers.append(limiter.close)
+    purge_every = settings.responses.purge_interval_s
+    app.loops.append(lambda: agents.service.maintain(purge_every))
     if tracing is not None:
         app.closers.append(lambda: asyncio.to_thread(tracing.close))
     return app
 
 
 def _responses_handlers(settings: Settings, control: ControlPlane, calls, chain: PolicyChain):
+    import uuid
     from datetime import timedelta
 
     from modelworks.api.responses import ResponsesHandlers
@@ -175,8 +183,8 @@ def _responses_handlers(settings: Settings, control: ControlPlane, calls, chain:
     from modelworks.responses.store import ResponseStore
 
     store = ResponseStore(control.db, timedelta(days=settings.responses.retention_days))
-    return ResponsesHandlers(ResponsesService(calls, store), ConversationsService(store), chain,
-                             settings.server.max_body_bytes)
+    service = ResponsesService(calls, store, node=uuid.uuid4().hex[:16])
+    return ResponsesHandlers(service, ConversationsService(store), chain, settings.server.max_body_bytes)
 
 
 def _responses_routes(router: Router, prefix: str, dialect: str, r) -> None:

@@ -36,21 +36,29 @@ class ResponsesHandlers:
     async def create(self, request: Request) -> JSONResult | EventStream:
         call = await self._who(request, "responses")
         req = await parse_request(CreateResponse, await request.body(self.max_body))
-        if req.background:
-            raise InvalidRequest("Background responses are not enabled on this server yet.", param="background",
-                                 code="unsupported_parameter")
-        request.watch_disconnect()
+        if not req.background:  # a background run goes on when its client leaves
+            request.watch_disconnect()
         result = await self.service.create(call, req)
         if isinstance(result, dict):
-            return JSONResult(result, headers=call.response_headers)
+            return JSONResult(result, headers=call.response_headers if not req.background else None)
         return EventStream(b"", result, headers=call.response_headers)
 
-    async def retrieve(self, request: Request) -> JSONResult:
+    async def retrieve(self, request: Request) -> JSONResult | EventStream:
         project = await self._project(request, "responses.retrieve")
-        if request.query("stream") not in (None, "false"):
-            raise InvalidRequest("Streaming a stored response needs a background response.", param="stream",
-                                 code="invalid_value")
-        return JSONResult(await self.service.retrieve(project, request.path_params["response_id"]))
+        response_id = request.path_params["response_id"]
+        if request.query("stream") in (None, "false"):
+            return JSONResult(await self.service.retrieve(project, response_id))
+        if request.query("stream") != "true":
+            raise InvalidRequest("Invalid value for 'stream': true or false.", param="stream", code="invalid_value")
+        after = request.query("starting_after")
+        try:
+            start = -1 if after is None else int(after)
+        except ValueError:
+            start = -2
+        if start < -1:
+            raise InvalidRequest("Invalid value for 'starting_after': a sequence number (0 or more).",
+                                 param="starting_after", code="invalid_value")
+        return EventStream(b"", await self.service.stream_stored(project, response_id, start))
 
     async def delete(self, request: Request) -> JSONResult:
         project = await self._project(request, "responses.delete")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+import orjson
 from modelworks.backends.base import Usage
 from modelworks.responses.items import item_id
 from modelworks.responses.protocol import CreateResponse, FunctionTool, McpTool
@@ -41,6 +42,15 @@ class ResponseState:
         self.sequence = 0
         self.events: list[dict] = []  # kept for a background stream that a client resumes
         self.keep_events = bool(req.background)
+        self.saved_events = 0
+
+    def unsaved_events(self) -> list[dict] | None:
+        """The kept events not yet handed to the store (and from now on counted as handed)."""
+        if not self.keep_events:
+            return None
+        fresh = self.events[self.saved_events:]
+        self.saved_events = len(self.events)
+        return fresh
 
     # -- events -----------------------------------------------------------------------------------------------
 
@@ -53,10 +63,14 @@ class ResponseState:
             self.emit_to(event)
 
     def announce(self) -> None:
-        if self.req.background:
-            self.emit({"type": "response.queued", "response": self.body()})
-            self.status = "in_progress"
+        """The opening events: created and, for a background response, queued (it is in progress later)."""
         self.emit({"type": "response.created", "response": self.body()})
+        self.emit({"type": "response.queued" if self.status == "queued" else "response.in_progress",
+                   "response": self.body()})
+
+    def start(self) -> None:
+        """A queued response begins."""
+        self.status = "in_progress"
         self.emit({"type": "response.in_progress", "response": self.body()})
 
     def finish(self, status: str, *, error: dict | None = None, reason: str | None = None) -> None:
@@ -131,6 +145,13 @@ def _tool_choice(req: CreateResponse):
     if isinstance(choice, str):
         return choice
     return choice.model_dump(exclude_none=True)
+
+
+def sse(events: list[dict]) -> bytes:
+    """Events as SSE frames (`event:` and `data:` lines); empties the list."""
+    out = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+    events.clear()
+    return out
 
 
 class OutputBuilder:

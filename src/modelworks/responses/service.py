@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
 
 import orjson
 from pydantic import ValidationError
 
-from modelworks.backends.base import _as_delta
+from modelworks.backends.base import Usage, _as_delta
 from modelworks.calls import CallStream, ModelCalls, status_of
 from modelworks.errors import InvalidRequest, ModelworksError, NotFound
 from modelworks.policies.chain import Call
 from modelworks.protocol.requests import ChatCompletionRequest
+from modelworks.responses.background import Background
 from modelworks.responses.items import new_id, normalize_input, to_chat_messages
-from modelworks.responses.output import OutputBuilder, ResponseState
+from modelworks.responses.output import OutputBuilder, ResponseState, sse
 from modelworks.responses.protocol import CreateResponse, FunctionTool, McpTool, parse_tools
 from modelworks.responses.store import ResponseStore
 
@@ -30,32 +32,38 @@ _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"
 
 
 class ResponsesService:
-    def __init__(self, calls: ModelCalls, store: ResponseStore) -> None:
+    def __init__(self, calls: ModelCalls, store: ResponseStore, node: str) -> None:
         self.calls = calls
         self.store = store
+        self.node = node  # this process, as the owner of the background runs it started
+        self.background = Background(self)
 
     # -- create -----------------------------------------------------------------------------------------------
 
     async def create(self, call: Call, req: CreateResponse) -> dict | AsyncIterator[bytes]:
         """The finished Response (a dict), or for `stream` the SSE frames (the model call already admitted and
-        its first delta in, so a refusal is an HTTP error, not an event)."""
+        its first delta in, so a refusal is an HTTP error, not an event). A background response answers at
+        once (queued) and runs on without its client (see `background`)."""
         project = call.principal.project_id
         tools = parse_tools(req.tools) or []
         _check_tools(req, tools)
         context, model = await self._context(project, req)
         route = self.calls.gateway.resolve(req.model or model)
         inputs = await normalize_input(req.input, lambda i: asyncio.to_thread(self.store.find_item, project, i))
-        chat = _chat_request(req, tools, to_chat_messages(context + inputs, req.instructions))
+        chat = _chat_request(req, tools, to_chat_messages(context + inputs, req.instructions),
+                             stream=bool(req.stream or req.background))
         state = ResponseState(new_id("resp_"), req, route.deployment, tools, store=req.store is not False,
                               conversation_id=req.conversation_id)
         call.operation = "responses"
         call.facts["response_id"] = state.id
+        run = Run(project, state, inputs, call, route, chat)
+        if req.background:
+            return await self.background.start(run)
         await self.calls.admit(call, route, chat)
         if not req.stream:
             result = await self.calls.generate(call)
             builder = OutputBuilder(state)
-            choice = result.choices[0]
-            builder.feed(_as_delta(choice, True))
+            builder.feed(_as_delta(result.choices[0], True))
             if result.usage is not None:
                 state.usage = result.usage
             self._end(state, builder)
@@ -65,41 +73,45 @@ class ResponsesService:
         state.emit_to = events.append
         state.announce()
         stream = await self.calls.stream(call)
-        return self._frames(project, state, inputs, stream, events)
+        return _frames(self.events(run, stream, events))
 
-    async def _frames(self, project: str, state: ResponseState, inputs: list[dict], stream: CallStream,
-                      events: list[dict]) -> AsyncIterator[bytes]:
+    async def events(self, run: "Run", stream: CallStream, events: list[dict]) -> AsyncIterator[list[dict]]:
+        """Feed a streaming model call into the response; yield the events as they are made (the list is
+        emptied by the consumer). Ends with exactly one terminal event; the response is stored before it."""
+        state, project, inputs = run.state, run.project, run.inputs
         builder = OutputBuilder(state)
         try:
             if stream.first is not None:
                 for choice in stream.first.choices:
                     builder.feed(choice)
-            yield _sse(events)
+            yield events
             async for delta in stream.rest():
                 for choice in delta.choices:
                     builder.feed(choice)
                 if events:
-                    yield _sse(events)
-        except (GeneratorExit, asyncio.CancelledError):  # the client left: keep what it was sent
+                    yield events
+        except (GeneratorExit, asyncio.CancelledError):  # the client left, or a background run was cancelled
             builder.close("incomplete")
-            state.finish("failed", error={"code": "server_error",
-                                          "message": "The client disconnected before the response finished."})
+            if run.cancelled:
+                state.finish("cancelled")
+            else:
+                state.finish("failed", error={"code": "server_error",
+                                              "message": "The client disconnected before the response finished."})
             await asyncio.shield(self._save(project, state, inputs))
             raise
         except Exception as exc:  # noqa: BLE001 - a fault mid-stream ends in response.failed, never a cut
             log.warning("response %s failed mid-stream: %s", state.id, exc)
             builder.close("incomplete")
-            state.usage = stream.usage or state.usage
+            state.usage = stream.usage or _delivered(stream)
             state.finish("failed", error=_error(exc))
             await self._save(project, state, inputs)
-            yield _sse(events)
+            yield events
             return
-        if stream.usage is not None:
-            state.usage = stream.usage
+        state.usage = stream.usage or _delivered(stream)
         await stream.finish(200)  # the usage record is durable before the terminal event goes out
         self._end(state, builder)
         await self._save(project, state, inputs)
-        yield _sse(events)
+        yield events
 
     def _end(self, state: ResponseState, builder: OutputBuilder) -> None:
         reason = _INCOMPLETE.get(builder.finish_reason or "")
@@ -113,9 +125,11 @@ class ResponsesService:
         if not state.store:
             return
         body = state.body()
-        conversation = inputs + state.output if state.conversation_id else None
+        done = state.status not in ("queued", "in_progress")
+        conversation = inputs + state.output if state.conversation_id and done else None
         await asyncio.to_thread(self.store.save, project, body, input_items=inputs, output_items=state.output,
-                                conversation_id=state.conversation_id, conversation_items=conversation)
+                                conversation_id=state.conversation_id, conversation_items=conversation,
+                                owner=None if done else self.node, events=state.unsaved_events())
 
     async def _context(self, project: str, req) -> tuple[list[dict], str | None]:
         """The items this request continues, and the model of the response it continues (a default for a
@@ -155,7 +169,35 @@ class ResponsesService:
         if not body.get("background"):
             raise InvalidRequest("Only responses created with 'background': true can be cancelled.",
                                  param="response_id", code="invalid_value")
+        if body["status"] in ("queued", "in_progress"):
+            return await self.background.cancel(project, response_id)
         return body
+
+    async def stream_stored(self, project: str, response_id: str, after: int) -> AsyncIterator[bytes]:
+        """Resume a background response's stream after sequence number `after`."""
+        body = await self.retrieve(project, response_id)
+        if not body.get("background"):
+            raise InvalidRequest("Only background responses can be streamed again; retrieve this one without "
+                                 "'stream'.", param="stream", code="invalid_value")
+        return self.background.follow(project, response_id, after)
+
+    async def maintain(self, purge_every: float) -> None:
+        """Forever: end the responses whose runner stopped (every 30 s) and purge expired state."""
+        from modelworks.responses.background import STALE_AFTER
+
+        last_purge = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                ended = await asyncio.to_thread(self.store.fail_stale, STALE_AFTER)
+                if ended:
+                    log.warning("%d response(s) whose server stopped were ended as failed", len(ended))
+                if loop.time() - last_purge >= purge_every:
+                    last_purge = loop.time()
+                    await asyncio.to_thread(self.store.purge)
+            except Exception:  # noqa: BLE001 - the store may be away for a moment
+                log.warning("response maintenance failed; retrying", exc_info=True)
+            await asyncio.sleep(30)
 
     async def input_items(self, project: str, response_id: str) -> list[dict]:
         items = await asyncio.to_thread(self.store.input_items, project, response_id)
@@ -198,11 +240,33 @@ def _check_tools(req, tools: list) -> None:
                              code="invalid_value")
 
 
-def _chat_request(req, tools: list, messages: list[dict]) -> ChatCompletionRequest:
+@dataclass(slots=True)
+class Run:
+    """One response being made: who for, what it says so far, and the model call that makes it."""
+
+    project: str
+    state: ResponseState
+    inputs: list[dict]
+    call: Call
+    route: Any
+    chat: ChatCompletionRequest
+    cancelled: bool = False
+
+
+def _delivered(stream: CallStream) -> Usage:
+    return Usage(stream.call.facts.get("prompt_tokens", 0), stream.delivered)
+
+
+async def _frames(events: AsyncIterator[list[dict]]) -> AsyncIterator[bytes]:
+    async for batch in events:
+        yield sse(batch)
+
+
+def _chat_request(req, tools: list, messages: list[dict], stream: bool = False) -> ChatCompletionRequest:
     if not messages or all(m["role"] in ("system", "developer") for m in messages):
         raise InvalidRequest("The response has no input to answer: give 'input' (or continue a response or "
                              "conversation that has some).", param="input", code="invalid_value")
-    body: dict = {"messages": messages, "stream": bool(getattr(req, "stream", False))}
+    body: dict = {"messages": messages, "stream": stream}
     for name, value in (("max_completion_tokens", getattr(req, "max_output_tokens", None)),
                         ("temperature", getattr(req, "temperature", None)), ("top_p", getattr(req, "top_p", None)),
                         ("parallel_tool_calls", req.parallel_tool_calls)):
@@ -244,9 +308,3 @@ def _error(exc: BaseException) -> dict:
 
 def _not_found(response_id: str) -> NotFound:
     return NotFound(f"Response with id '{response_id[:80]}' not found.", param="response_id")
-
-
-def _sse(events: list[dict]) -> bytes:
-    out = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
-    events.clear()
-    return out

@@ -11,10 +11,12 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import orjson
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 
 from modelworks.store.db import Database
-from modelworks.store.schema import ConversationItemRow, ConversationRow, ResponseItemRow, ResponseRow
+from modelworks.store.schema import (
+    ConversationItemRow, ConversationRow, ResponseEventRow, ResponseItemRow, ResponseRow,
+)
 
 _CHAIN = text("""
 WITH RECURSIVE chain(id, prev, depth) AS (
@@ -47,7 +49,7 @@ class ResponseStore:
 
     def save(self, project_id: str, body: dict, *, input_items: list[dict] | None, output_items: list[dict],
              conversation_id: str | None, conversation_items: list[dict] | None = None,
-             owner: str | None = None) -> None:
+             owner: str | None = None, events: list[dict] | None = None) -> bool:
         """Insert or replace a response with its items (input items only when given: they are written once)."""
         now = _now()
         with self.db.session() as s:
@@ -73,6 +75,14 @@ class ResponseStore:
             self._add_items(s, row.id, project_id, "output", output_items)
             if conversation_items:
                 self._append_conversation(s, project_id, conversation_id, conversation_items, now)
+            if events:
+                stored = s.scalar(select(func.max(ResponseEventRow.seq)).where(
+                    ResponseEventRow.response_id == row.id))
+                for event in events:
+                    if stored is None or event["sequence_number"] > stored:
+                        s.add(ResponseEventRow(response_id=row.id, seq=event["sequence_number"],
+                                               body=orjson.dumps(event).decode()))
+            return bool(row.cancel_requested)
 
     @staticmethod
     def _add_items(s, response_id: str, project_id: str, kind: str, items: list[dict]) -> None:
@@ -94,8 +104,48 @@ class ResponseStore:
             if row is None or row.project_id != project_id:
                 return False
             s.execute(delete(ResponseItemRow).where(ResponseItemRow.response_id == response_id))
+            s.execute(delete(ResponseEventRow).where(ResponseEventRow.response_id == response_id))
             s.delete(row)
             return True
+
+    def events(self, project_id: str, response_id: str, after: int) -> tuple[list[dict], str] | None:
+        """A background response's stored events after a sequence number, and its status."""
+        with self.db.session() as s:
+            row = s.get(ResponseRow, response_id)
+            if row is None or row.project_id != project_id:
+                return None
+            bodies = s.scalars(select(ResponseEventRow.body).where(ResponseEventRow.response_id == response_id,
+                                                                   ResponseEventRow.seq > after)
+                               .order_by(ResponseEventRow.seq)).all()
+            return [orjson.loads(b) for b in bodies], row.status
+
+    def request_cancel(self, project_id: str, response_id: str) -> None:
+        with self.db.session() as s:
+            s.execute(update(ResponseRow).where(ResponseRow.id == response_id, ResponseRow.project_id == project_id)
+                      .values(cancel_requested=True))
+
+    def fail_stale(self, older_than: timedelta) -> list[str]:
+        """Responses still queued or in progress whose runner has not written for a while (its process
+        stopped): they end failed, with a reason, and their stream gets its terminal event."""
+        limit = _now() - older_than
+        ended = []
+        with self.db.session() as s:
+            rows = s.scalars(select(ResponseRow).where(ResponseRow.status.in_(("queued", "in_progress")),
+                                                       ResponseRow.updated_at < limit).limit(500)).all()
+            for row in rows:
+                body = orjson.loads(row.body)
+                body.update(status="failed", error={
+                    "code": "server_error", "message": "The server running this response stopped before it "
+                                                       "finished; send the request again."})
+                body.pop("usage", None)
+                last = s.scalar(select(func.max(ResponseEventRow.seq)).where(ResponseEventRow.response_id == row.id))
+                if last is not None:
+                    s.add(ResponseEventRow(response_id=row.id, seq=last + 1, body=orjson.dumps(
+                        {"type": "response.failed", "response": body, "sequence_number": last + 1}).decode()))
+                row.status, row.owner, row.updated_at = "failed", None, _now()
+                row.body = orjson.dumps(body).decode()
+                ended.append(row.id)
+        return ended
 
     def context(self, project_id: str, response_id: str) -> list[dict] | None:
         """Every item that a response continuing `response_id` sees, oldest first; None if it is not stored."""
@@ -140,6 +190,7 @@ class ResponseStore:
             old = s.scalars(select(ResponseRow.id).where(ResponseRow.expires_at <= now).limit(1000)).all()
             if old:
                 s.execute(delete(ResponseItemRow).where(ResponseItemRow.response_id.in_(old)))
+                s.execute(delete(ResponseEventRow).where(ResponseEventRow.response_id.in_(old)))
                 s.execute(delete(ResponseRow).where(ResponseRow.id.in_(old)))
             gone = s.scalars(select(ConversationRow.id).where(ConversationRow.expires_at <= now).limit(1000)).all()
             if gone:

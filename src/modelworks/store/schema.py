@@ -164,6 +164,7 @@ class ResponseRow(Base):
     conversation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     background: Mapped[bool] = mapped_column(Boolean, default=False)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process running it (background)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     body: Mapped[str] = mapped_column(Text)  # the Response object as JSON
 
 
@@ -178,6 +179,16 @@ class ResponseItemRow(Base):
     project_id: Mapped[str] = mapped_column(String(40))
     kind: Mapped[str] = mapped_column(String(10))
     position: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class ResponseEventRow(Base):
+    """The stream events of a background response, kept so that a client can resume its stream anywhere."""
+
+    __tablename__ = "response_events"
+
+    response_id: Mapped[str] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     body: Mapped[str] = mapped_column(Text)
 
 

@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column('conversation_id', sa.String(length=64), nullable=True),
         sa.Column('background', sa.Boolean(), nullable=False),
         sa.Column('owner', sa.String(length=64), nullable=True),
+        sa.Column('cancel_requested', sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column('body', sa.Text(), nullable=False),
     )
     op.create_index('ix_responses_project_id', 'responses', ['project_id'])
@@ -46,6 +47,13 @@ def upgrade() -> None:
         sa.UniqueConstraint('response_id', 'kind', 'position', name='uq_response_item_position'),
     )
     op.create_index('ix_response_items_response_id', 'response_items', ['response_id'])
+    op.create_table(
+        'response_events',
+        sa.Column('response_id', sa.String(length=64), sa.ForeignKey('responses.id', ondelete='CASCADE'),
+                  primary_key=True),
+        sa.Column('seq', sa.Integer(), primary_key=True),
+        sa.Column('body', sa.Text(), nullable=False),
+    )
     op.create_table(
         'conversations',
         sa.Column('id', sa.String(length=64), primary_key=True),
@@ -73,6 +81,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table('conversation_items')
     op.drop_table('conversations')
+    op.drop_table('response_events')
     op.drop_table('response_items')
     op.drop_table('responses')
     with op.batch_alter_table('usage_records') as batch:

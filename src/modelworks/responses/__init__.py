@@ -1,0 +1,1 @@
+"""The Responses and Conversations APIs: agents built on stored, chained responses."""

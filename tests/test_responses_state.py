@@ -1,0 +1,185 @@
+"""Responses state that outlives a process: `previous_response_id` after a restart and on another replica
+(SQLite and PostgreSQL), background runs (poll, cancel, resume a stream), runs whose server died, project scope,
+and usage records carrying the response id."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import API_KEY
+from support.servers import start_modelworks
+from support.spec import CheckingTransport, sse_payloads
+from support.waiting import wait_until
+
+TIMEOUT = 60
+
+
+def _config(upstream_url: str, database_url: str | None = None) -> dict:
+    config = {
+        "backends": {"fake": {"type": "fake"},
+                     "slow": {"type": "fake", "chunk_delay_s": 0.05, "reply": " ".join(["word"] * 100)},
+                     "upstream": {"type": "openai", "base_url": f"{upstream_url}/v1", "api_key": "k"}},
+        "deployments": {"fake": {"backend": "fake"}, "slow": {"backend": "slow"},
+                        "upstream-model": {"backend": "upstream", "model": "fake-model"}},
+    }
+    if database_url is not None:
+        config["database"] = {"url": database_url}
+    return config
+
+
+def _sdk(url: str, recorder, key: str = API_KEY):
+    http = httpx.Client(transport=CheckingTransport(recorder), timeout=TIMEOUT)
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, http_client=http, max_retries=0)
+
+
+def test_previous_response_id_after_a_restart_and_on_another_replica(tmp_path, upstream, database_url, recorder):
+    config = _config(upstream.url, database_url)
+    first = start_modelworks(tmp_path, config, API_KEY, name="one")
+    try:
+        one = _sdk(first.url, recorder)
+        made = one.responses.create(model="upstream-model", input="My name is Ada.")
+        other = start_modelworks(tmp_path, config, API_KEY, name="two")  # same store, another process
+        try:
+            two = _sdk(other.url, recorder)
+            follow = two.responses.create(model="upstream-model", input="And?", previous_response_id=made.id)
+            assert follow.previous_response_id == made.id
+            assert two.responses.retrieve(made.id).output_text == made.output_text
+        finally:
+            other.stop()
+    finally:
+        first.stop()
+    again = start_modelworks(tmp_path, config, API_KEY, name="one")
+    try:
+        sdk = _sdk(again.url, recorder)
+        chained = sdk.responses.create(model="upstream-model", input="Still there?", previous_response_id=follow.id)
+        items = sdk.responses.input_items.list(chained.id)
+        assert [i.content[0].text for i in items.data] == ["Still there?"]
+        assert sdk.responses.retrieve(follow.id).status == "completed"
+    finally:
+        again.stop()
+
+
+@pytest.fixture(scope="module")
+def solo(tmp_path_factory, upstream):
+    proc = start_modelworks(tmp_path_factory.mktemp("solo"), _config(upstream.url), API_KEY, name="solo")
+    yield proc
+    proc.stop()
+
+
+def test_background_poll_and_resume_the_stream(solo, recorder):
+    sdk = _sdk(solo.url, recorder)
+    queued = sdk.responses.create(model="slow", input="Count.", background=True)
+    assert queued.status == "queued" and queued.background
+    wait_until(lambda: sdk.responses.retrieve(queued.id).status == "completed", timeout=60)
+    done = sdk.responses.retrieve(queued.id)
+    assert done.output_text.split() == ["word"] * 100
+    # the whole stream again, then from the middle
+    whole = list(sdk.responses.retrieve(queued.id, stream=True))
+    kinds = [e.type for e in whole]
+    assert kinds[:3] == ["response.created", "response.queued", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in whole] == list(range(len(whole)))
+    middle = whole[len(whole) // 2].sequence_number
+    rest = list(sdk.responses.retrieve(queued.id, stream=True, starting_after=middle))
+    assert [e.sequence_number for e in rest] == list(range(middle + 1, len(whole)))
+
+
+def test_background_stream_goes_on_after_the_client_leaves(solo, recorder):
+    sdk = _sdk(solo.url, recorder)
+    with sdk.responses.create(model="slow", input="Count.", background=True, stream=True) as stream:
+        first = [next(iter(stream)) for _ in range(5)]
+    response_id = first[0].response.id
+    wait_until(lambda: sdk.responses.retrieve(response_id).status == "completed", timeout=60)
+    assert len(sdk.responses.retrieve(response_id).output_text.split()) == 100
+
+
+def test_cancel_a_background_response(solo, recorder):
+    sdk = _sdk(solo.url, recorder)
+    queued = sdk.responses.create(model="slow", input="Count.", background=True)
+    wait_until(lambda: sdk.responses.retrieve(queued.id).output_text, timeout=30)
+    cancelled = sdk.responses.cancel(queued.id)
+    assert cancelled.status == "cancelled"
+    words = len(cancelled.output_text.split())
+    time.sleep(0.5)
+    assert len(sdk.responses.retrieve(queued.id).output_text.split()) == words < 100  # it really stopped
+    events = list(sdk.responses.retrieve(queued.id, stream=True))
+    assert events[-1].type == "response.failed" and events[-1].response.status == "cancelled"
+    with pytest.raises(openai.BadRequestError):
+        sdk.responses.cancel(sdk.responses.create(model="fake", input="x").id)
+
+
+def test_a_run_whose_server_died_ends_failed(tmp_path, upstream, recorder):
+    config = _config(upstream.url, f"sqlite:///{tmp_path / 'shared.db'}")
+    doomed = start_modelworks(tmp_path, config, API_KEY, name="doomed")
+    sdk = _sdk(doomed.url, recorder)
+    queued = sdk.responses.create(model="slow", input="Count.", background=True)
+    wait_until(lambda: sdk.responses.retrieve(queued.id).output_text, timeout=30)
+    os.kill(doomed.proc.pid, signal.SIGKILL)
+    doomed.proc.wait()
+    doomed.stop()
+    import sqlite3  # the run's last write, made older than the stale bound (instead of waiting a minute)
+
+    with sqlite3.connect(tmp_path / "shared.db") as db:
+        db.execute("UPDATE responses SET updated_at = '2020-01-01 00:00:00.000000' WHERE id = ?", (queued.id,))
+    survivor = start_modelworks(tmp_path, config, API_KEY, name="survivor")
+    try:
+        sdk = _sdk(survivor.url, recorder)
+        ended = sdk.responses.retrieve(queued.id)
+        assert ended.status == "failed" and "stopped" in ended.error.message
+        events = list(sdk.responses.retrieve(queued.id, stream=True))
+        assert events[-1].type == "response.failed"
+    finally:
+        survivor.stop()
+
+
+def test_another_projects_response_is_not_found(solo, recorder):
+    admin = httpx.Client(base_url=solo.url, headers={"api-key": API_KEY}, timeout=TIMEOUT)
+    project = admin.post("/admin/v1/projects", json={"name": "other-team"}).json()
+    key = admin.post("/admin/v1/keys", json={"name": "k", "project_id": project["id"]}).json()["key"]
+    mine = _sdk(solo.url, recorder)
+    theirs = _sdk(solo.url, recorder, key=key)
+    made = mine.responses.create(model="fake", input="secret")
+    conv = mine.conversations.create()
+    for attempt in (lambda: theirs.responses.retrieve(made.id), lambda: theirs.responses.delete(made.id),
+                    lambda: theirs.responses.input_items.list(made.id),
+                    lambda: theirs.responses.create(model="fake", input="x", previous_response_id=made.id),
+                    lambda: theirs.conversations.retrieve(conv.id),
+                    lambda: theirs.conversations.items.list(conv.id),
+                    lambda: theirs.responses.create(model="fake", input="x", conversation=conv.id)):
+        with pytest.raises(openai.NotFoundError):
+            attempt()
+    assert mine.responses.retrieve(made.id).id == made.id
+
+
+def test_each_model_call_is_metered_with_the_response_id(tmp_path, upstream, recorder):
+    db = tmp_path / "metered.db"
+    server = start_modelworks(tmp_path, _config(upstream.url, f"sqlite:///{db}"), API_KEY, name="metered")
+    try:
+        sdk = _sdk(server.url, recorder)
+        made = sdk.responses.create(model="fake", input="Hi")
+        with sdk.responses.stream(model="fake", input="Hi") as stream:
+            streamed = stream.get_final_response()
+    finally:
+        server.stop()
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = dict(conn.execute("SELECT response_id, operation FROM usage_records WHERE response_id IS NOT NULL"))
+    assert rows == {made.id: "responses", streamed.id: "responses"}
+
+
+def test_raw_stream_frames_carry_event_names(solo):
+    with httpx.Client(base_url=solo.url, headers={"api-key": API_KEY}, timeout=TIMEOUT) as http:
+        r = http.post("/v1/responses", json={"model": "fake", "input": "Hi", "stream": True})
+    blocks = [b for b in r.text.split("\n\n") if b.strip()]
+    for block in blocks:
+        name, data = block.split("\n")
+        assert name.removeprefix("event: ") == json.loads(data.removeprefix("data: "))["type"]
+    assert len(sse_payloads(r.content)) == len(blocks)
