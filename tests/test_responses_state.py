@@ -25,9 +25,12 @@ def _config(upstream_url: str, database_url: str | None = None) -> dict:
     config = {
         "backends": {"fake": {"type": "fake"},
                      "slow": {"type": "fake", "chunk_delay_s": 0.05, "reply": " ".join(["word"] * 100)},
-                     "upstream": {"type": "openai", "base_url": f"{upstream_url}/v1", "api_key": "k"}},
+                     "upstream": {"type": "openai", "base_url": f"{upstream_url}/v1", "api_key": "k"},
+                     "dying": {"type": "openai", "base_url": f"{upstream_url}/responses-dying/v1", "api_key": "k"}},
         "deployments": {"fake": {"backend": "fake"}, "slow": {"backend": "slow"},
-                        "upstream-model": {"backend": "upstream", "model": "fake-model"}},
+                        "upstream-model": {"backend": "upstream", "model": "fake-model"},
+                        "dying": {"backend": "dying", "model": "fake-model"},
+                        "filtered": {"backend": "fake", "content_filter": "default"}},
     }
     if database_url is not None:
         config["database"] = {"url": database_url}
@@ -183,3 +186,30 @@ def test_raw_stream_frames_carry_event_names(solo):
         name, data = block.split("\n")
         assert name.removeprefix("event: ") == json.loads(data.removeprefix("data: "))["type"]
     assert len(sse_payloads(r.content)) == len(blocks)
+
+
+@pytest.mark.parametrize("mode", ["die", "malformed"])
+def test_a_fault_mid_stream_ends_with_response_failed(solo, upstream, mode):
+    httpx.post(f"{upstream.url}/_fake/faults/responses-dying", json={"mode": mode, "after": 2},
+               timeout=TIMEOUT).raise_for_status()
+    try:
+        with httpx.Client(base_url=solo.url, headers={"api-key": API_KEY}, timeout=TIMEOUT) as http:
+            r = http.post("/v1/responses", json={"model": "dying", "input": "Hi", "stream": True})
+    finally:
+        httpx.delete(f"{upstream.url}/_fake/faults/responses-dying", timeout=TIMEOUT)
+    events = [json.loads(p) for p in sse_payloads(r.content)]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["status"] == "failed" and events[-1]["response"]["error"]["code"] == "server_error"
+    assert "response.output_text.delta" in [e["type"] for e in events]  # it failed after text went out
+    stored = httpx.get(f"{solo.url}/v1/responses/{events[0]['response']['id']}", headers={"api-key": API_KEY},
+                       timeout=TIMEOUT).json()
+    assert stored["status"] == "failed"
+
+
+def test_content_filters_apply_to_responses(solo, recorder):
+    sdk = _sdk(solo.url, recorder)
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="filtered", input="I will kill you and your whole family tonight.")
+    assert refused.value.code == "content_filter"
+    assert sdk.responses.create(model="filtered", input="What a lovely morning.").status == "completed"

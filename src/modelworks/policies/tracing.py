@@ -7,7 +7,8 @@ from modelworks.backends.base import Usage
 from modelworks.policies.chain import Call
 from modelworks.tracing import Tracing
 
-_GENAI_OPERATION = {"chat.completions": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+_GENAI_OPERATION = {"chat.completions": "chat", "completions": "text_completion", "embeddings": "embeddings",
+                    "responses": "chat"}
 
 
 class TracingPolicy:

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import AsyncIterator
 
 from modelworks.responses.output import sse
+from modelworks.responses.turns import error_body
 
 log = logging.getLogger("modelworks.responses")
 
@@ -32,11 +33,11 @@ class Background:
         self.service = service
         self.runs: dict[str, tuple] = {}  # response id -> (run, task, changed event)
 
-    async def start(self, run, ) -> dict | AsyncIterator[bytes]:
+    async def start(self, run) -> dict | AsyncIterator[bytes]:
         state = run.state
         state.status = "queued"
         state.announce()
-        await self.service._save(run.project, state, run.inputs)
+        await self.service.save(run)
         changed = asyncio.Event()
         task = asyncio.create_task(self._run(run, changed), name=f"response-{state.id}")
         self.runs[state.id] = (run, task, changed)
@@ -57,9 +58,9 @@ class Background:
         heartbeat = asyncio.create_task(self._heartbeat(run))
         try:
             state.start()
-            await svc.calls.admit(run.call, run.route, run.chat)
+            await svc.begin(run)
             stream = await svc.calls.stream(run.call)
-            async for events in svc.events(run, stream, batch):
+            async for events in svc.turns.streaming(run, stream, batch):
                 events.clear()
                 if time.monotonic() - saved >= SAVE_EVERY and state.status == "in_progress":
                     saved = time.monotonic()
@@ -67,20 +68,18 @@ class Background:
         except asyncio.CancelledError:
             if state.status in ("queued", "in_progress"):  # cancelled before the model call streamed
                 state.finish("cancelled")
-                await asyncio.shield(svc._save(run.project, state, run.inputs))
+                await asyncio.shield(svc.save(run))
         except Exception as exc:  # noqa: BLE001 - a refusal (quota, filter) or a fault: the response fails
-            from modelworks.responses.service import _error
-
             if state.status in ("queued", "in_progress"):
-                state.finish("failed", error=_error(exc))
-                await svc._save(run.project, state, run.inputs)
+                state.finish("failed", error=error_body(exc))
+                await svc.save(run)
         finally:
             heartbeat.cancel()
             self.runs.pop(state.id, None)
             changed.set()
 
     async def _save(self, run) -> None:
-        if await self.service._save(run.project, run.state, run.inputs) and not run.cancelled:
+        if await self.service.save(run) and not run.cancelled:
             self._cancel_local(run.state.id)  # another replica asked for the cancel
 
     async def _heartbeat(self, run) -> None:

@@ -8,6 +8,7 @@ item lists show it, with an id and a status), and stored items become chat messa
 from __future__ import annotations
 
 import random
+import re
 from typing import Any, Awaitable, Callable
 
 from modelworks.errors import InvalidRequest
@@ -28,6 +29,7 @@ def item_id(kind: str) -> str:
     return new_id(_PREFIX.get(kind, "item_"))
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 Lookup = Callable[[str], Awaitable[dict | None]]
 
 
@@ -106,7 +108,7 @@ def to_chat_messages(items: list[dict], instructions: str | None) -> list[dict]:
             messages.append(_chat_message(item))
         elif kind in ("function_call", "mcp_call"):
             call_id = item.get("call_id") or item["id"]
-            name = item["name"] if kind == "function_call" else f"{item['server_label']}__{item['name']}"
+            name = item["name"] if kind == "function_call" else function_name(item["server_label"], item["name"])
             call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": item["arguments"]}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant" and last.get("tool_calls") and not last.get("content"):
@@ -114,11 +116,25 @@ def to_chat_messages(items: list[dict], instructions: str | None) -> list[dict]:
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
             if kind == "mcp_call":
-                result = item.get("output") if item.get("error") is None else f"Error: {item.get('error')}"
+                result = item.get("output") if item.get("error") is None else f"Error: {_error_text(item['error'])}"
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": result or ""})
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]})
     return messages
+
+
+def function_name(label: str, name: str) -> str:
+    """The function name the model sees for an MCP server's tool (the chat tools' alphabet, 64 characters)."""
+    return _UNSAFE.sub("_", f"{label}__{name}")[:64]
+
+
+def _error_text(error) -> str:
+    if isinstance(error, dict):
+        parts = error.get("content")
+        if isinstance(parts, list):
+            return "".join(p.get("text", "") for p in parts if isinstance(p, dict))
+        return str(error.get("message") or error)
+    return str(error)
 
 
 def _chat_message(item: dict) -> dict:

@@ -157,14 +157,18 @@ def sse(events: list[dict]) -> bytes:
 class OutputBuilder:
     """Chat deltas of one model call into output items (appended to `state.output`) and events."""
 
-    def __init__(self, state: ResponseState) -> None:
+    def __init__(self, state: ResponseState, server_tools: frozenset[str] = frozenset()) -> None:
         self.state = state
+        self.server_tools = server_tools  # function names of tools the server runs (MCP): not client calls
         self.message: dict | None = None
         self.message_index = -1
         self.calls: dict[int, tuple[int, dict]] = {}  # tool-call index -> (output index, item)
+        self.server_calls: dict[int, dict] = {}  # tool-call index -> {"call_id", "name", "arguments"}
+        self.client_calls = 0  # function calls the client must run, in this model call
         self.finish_reason: str | None = None
 
     def feed(self, choice: dict) -> None:
+        """One chat delta choice (a whole answer is fed as one)."""
         delta = choice.get("delta") or {}
         text = delta.get("content")
         if text:
@@ -195,7 +199,15 @@ class OutputBuilder:
         state = self.state
         index = call.get("index", 0)
         fn = call.get("function") or {}
+        server = self.server_calls.get(index)
+        if server is None and index not in self.calls and fn.get("name") in self.server_tools:
+            server = self.server_calls[index] = {"call_id": call.get("id") or item_id("call_"), "name": fn["name"],
+                                                 "arguments": ""}
+        if server is not None:  # run by the server once complete: no function_call item for the client
+            server["arguments"] += fn.get("arguments") or ""
+            return
         if index not in self.calls:
+            self.client_calls += 1
             item = {"id": item_id("function_call"), "type": "function_call", "status": "in_progress",
                     "call_id": call.get("id") or item_id("call_"), "name": fn.get("name") or "", "arguments": ""}
             self.calls[index] = (len(state.output), item)
@@ -233,9 +245,16 @@ class OutputBuilder:
         self.message = None
         self.calls = {}
 
-    @property
-    def tool_calls(self) -> list[dict]:
-        return [item for _, item in sorted(self.calls.values(), key=lambda e: e[0])]
+    def take_server_calls(self) -> list[dict]:
+        """The server-run tool calls of the model call that just ended (and forget them)."""
+        calls = [self.server_calls[i] for i in sorted(self.server_calls)]
+        self.server_calls = {}
+        return calls
+
+    def next_call(self) -> None:
+        """Ready for the response's next model call."""
+        self.client_calls = 0
+        self.finish_reason = None
 
 
 def _copy(item: dict) -> dict:

@@ -9,127 +9,92 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import orjson
 from pydantic import ValidationError
 
-from modelworks.backends.base import Usage, _as_delta
-from modelworks.calls import CallStream, ModelCalls, status_of
-from modelworks.errors import InvalidRequest, ModelworksError, NotFound
+from modelworks.calls import ModelCalls
+from modelworks.errors import InvalidRequest, NotFound
 from modelworks.policies.chain import Call
 from modelworks.protocol.requests import ChatCompletionRequest
 from modelworks.responses.background import Background
 from modelworks.responses.items import new_id, normalize_input, to_chat_messages
-from modelworks.responses.output import OutputBuilder, ResponseState, sse
+from modelworks.responses.output import ResponseState, sse
+from modelworks.responses.tools import ServerTools
+from modelworks.responses.turns import Turns
 from modelworks.responses.protocol import CreateResponse, FunctionTool, McpTool, parse_tools
 from modelworks.responses.store import ResponseStore
 
 log = logging.getLogger("modelworks.responses")
 
-_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
-
-
 class ResponsesService:
-    def __init__(self, calls: ModelCalls, store: ResponseStore, node: str) -> None:
+    def __init__(self, calls: ModelCalls, store: ResponseStore, node: str, mcp=None,
+                 max_tool_rounds: int = 8) -> None:
         self.calls = calls
         self.store = store
         self.node = node  # this process, as the owner of the background runs it started
         self.background = Background(self)
+        self.turns = Turns(self)
+        self.tools = ServerTools(self, mcp, max_tool_rounds)
 
     # -- create -----------------------------------------------------------------------------------------------
 
     async def create(self, call: Call, req: CreateResponse) -> dict | AsyncIterator[bytes]:
-        """The finished Response (a dict), or for `stream` the SSE frames (the model call already admitted and
-        its first delta in, so a refusal is an HTTP error, not an event). A background response answers at
-        once (queued) and runs on without its client (see `background`)."""
+        """The finished Response (a dict), or for `stream` the SSE frames (the first model call already
+        admitted and its first delta in, so a refusal is an HTTP error, not an event). A background response
+        answers at once (queued) and runs on without its client (see `background`)."""
         project = call.principal.project_id
         tools = parse_tools(req.tools) or []
         _check_tools(req, tools)
         context, model = await self._context(project, req)
         route = self.calls.gateway.resolve(req.model or model)
         inputs = await normalize_input(req.input, lambda i: asyncio.to_thread(self.store.find_item, project, i))
-        chat = _chat_request(req, tools, to_chat_messages(context + inputs, req.instructions),
-                             stream=bool(req.stream or req.background))
         state = ResponseState(new_id("resp_"), req, route.deployment, tools, store=req.store is not False,
                               conversation_id=req.conversation_id)
         call.operation = "responses"
         call.facts["response_id"] = state.id
-        run = Run(project, state, inputs, call, route, chat)
+        run = Run(project, state, context, inputs, call, route, tools)
+        self.tools.check(run)
         if req.background:
             return await self.background.start(run)
-        await self.calls.admit(call, route, chat)
-        if not req.stream:
-            result = await self.calls.generate(call)
-            builder = OutputBuilder(state)
-            builder.feed(_as_delta(result.choices[0], True))
-            if result.usage is not None:
-                state.usage = result.usage
-            self._end(state, builder)
-            await self._save(project, state, inputs)
-            return state.body()
         events: list[dict] = []
-        state.emit_to = events.append
-        state.announce()
+        if req.stream:
+            state.emit_to = events.append
+            state.announce()
+        await self.begin(run)
+        if not req.stream:
+            await self.turns.whole(run)
+            return state.body()
         stream = await self.calls.stream(call)
-        return _frames(self.events(run, stream, events))
+        return _frames(self.turns.streaming(run, stream, events))
 
-    async def events(self, run: "Run", stream: CallStream, events: list[dict]) -> AsyncIterator[list[dict]]:
-        """Feed a streaming model call into the response; yield the events as they are made (the list is
-        emptied by the consumer). Ends with exactly one terminal event; the response is stored before it."""
-        state, project, inputs = run.state, run.project, run.inputs
-        builder = OutputBuilder(state)
-        try:
-            if stream.first is not None:
-                for choice in stream.first.choices:
-                    builder.feed(choice)
-            yield events
-            async for delta in stream.rest():
-                for choice in delta.choices:
-                    builder.feed(choice)
-                if events:
-                    yield events
-        except (GeneratorExit, asyncio.CancelledError):  # the client left, or a background run was cancelled
-            builder.close("incomplete")
-            if run.cancelled:
-                state.finish("cancelled")
-            else:
-                state.finish("failed", error={"code": "server_error",
-                                              "message": "The client disconnected before the response finished."})
-            await asyncio.shield(self._save(project, state, inputs))
-            raise
-        except Exception as exc:  # noqa: BLE001 - a fault mid-stream ends in response.failed, never a cut
-            log.warning("response %s failed mid-stream: %s", state.id, exc)
-            builder.close("incomplete")
-            state.usage = stream.usage or _delivered(stream)
-            state.finish("failed", error=_error(exc))
-            await self._save(project, state, inputs)
-            yield events
-            return
-        state.usage = stream.usage or _delivered(stream)
-        await stream.finish(200)  # the usage record is durable before the terminal event goes out
-        self._end(state, builder)
-        await self._save(project, state, inputs)
-        yield events
+    async def begin(self, run: "Run") -> None:
+        """Before the first model call: the server-run tools listed (and approved calls run), then the call
+        admitted. A refusal raises."""
+        await self.tools.prepare(run)
+        run.chat = self.chat_request(run, stream=bool(run.state.req.stream or run.state.req.background))
+        await self.calls.admit(run.call, run.route, run.chat)
 
-    def _end(self, state: ResponseState, builder: OutputBuilder) -> None:
-        reason = _INCOMPLETE.get(builder.finish_reason or "")
-        builder.close("incomplete" if reason else "completed")
-        if reason:
-            state.finish("incomplete", reason=reason)
-        else:
-            state.finish("completed")
+    def chat_request(self, run: "Run", *, stream: bool, tool_choice=None) -> ChatCompletionRequest:
+        """The chat request of the run's next model call: its context, input and output so far."""
+        messages = to_chat_messages(run.context + run.inputs + run.state.output, run.state.req.instructions)
+        return _chat_request(run.state.req, run.tools, messages, stream=stream, functions=run.functions,
+                             tool_choice=tool_choice)
 
-    async def _save(self, project: str, state: ResponseState, inputs: list[dict]) -> None:
+    async def save(self, run: "Run") -> bool:
+        """Store the response as it is now (when it is stored at all); True when a cancel was asked for it."""
+        state = run.state
         if not state.store:
-            return
+            return False
         body = state.body()
         done = state.status not in ("queued", "in_progress")
-        conversation = inputs + state.output if state.conversation_id and done else None
-        await asyncio.to_thread(self.store.save, project, body, input_items=inputs, output_items=state.output,
-                                conversation_id=state.conversation_id, conversation_items=conversation,
-                                owner=None if done else self.node, events=state.unsaved_events())
+        conversation = run.inputs + state.output if state.conversation_id and done else None
+        return await asyncio.to_thread(self.store.save, run.project, body, input_items=run.inputs,
+                                output_items=state.output, conversation_id=state.conversation_id,
+                                conversation_items=conversation, owner=None if done else self.node,
+                                events=state.unsaved_events())
 
     async def _context(self, project: str, req) -> tuple[list[dict], str | None]:
         """The items this request continues, and the model of the response it continues (a default for a
@@ -214,7 +179,7 @@ class ResponsesService:
         context, model = await self._context(project, req)
         route = self.calls.gateway.resolve(req.model or model)
         inputs = await normalize_input(req.input, lambda i: asyncio.to_thread(self.store.find_item, project, i))
-        chat = _chat_request(req, tools, to_chat_messages(context + inputs, req.instructions))
+        chat = _chat_request(req, tools, to_chat_messages(context + inputs, req.instructions), stream=False)
         task = self.calls.gateway.generation_task(route, chat)
         counted = await route.backend.count_prompt_tokens(task)
         if counted is not None:
@@ -223,10 +188,6 @@ class ResponsesService:
 
 
 def _check_tools(req, tools: list) -> None:
-    for i, tool in enumerate(tools):
-        if isinstance(tool, McpTool):
-            raise InvalidRequest("MCP tools are not enabled on this server yet.", param=f"tools[{i}]",
-                                 code="unsupported_parameter")
     choice = req.tool_choice
     names = {t.name for t in tools if isinstance(t, FunctionTool)}
     if choice is not None and choice != "none" and not tools:
@@ -235,26 +196,29 @@ def _check_tools(req, tools: list) -> None:
     if getattr(choice, "type", None) == "function" and choice.name not in names:
         raise InvalidRequest(f"Invalid value for 'tool_choice': no function tool named '{choice.name[:64]}'.",
                              param="tool_choice", code="invalid_value")
-    if getattr(choice, "type", None) == "mcp":
-        raise InvalidRequest("Invalid value for 'tool_choice': no MCP tools are enabled.", param="tool_choice",
-                             code="invalid_value")
+    labels = {t.server_label for t in tools if isinstance(t, McpTool)}
+    if getattr(choice, "type", None) == "mcp" and choice.server_label not in labels:
+        raise InvalidRequest(f"Invalid value for 'tool_choice': no MCP tool with server_label "
+                             f"'{choice.server_label[:64]}'.", param="tool_choice", code="invalid_value")
 
 
 @dataclass(slots=True)
 class Run:
-    """One response being made: who for, what it says so far, and the model call that makes it."""
+    """One response being made: who for, what it continues, what it says so far, its first model call."""
 
     project: str
     state: ResponseState
+    context: list[dict]
     inputs: list[dict]
     call: Call
     route: Any
-    chat: ChatCompletionRequest
+    tools: list
+    chat: ChatCompletionRequest | None = None
+    functions: list[dict] = field(default_factory=list)  # server-run tools, as function tools for the model
+    mcp_names: frozenset[str] = frozenset()
+    mcp_map: dict = field(default_factory=dict)  # function name -> (the MCP tool, the server's tool name)
+    rounds: int = 0
     cancelled: bool = False
-
-
-def _delivered(stream: CallStream) -> Usage:
-    return Usage(stream.call.facts.get("prompt_tokens", 0), stream.delivered)
 
 
 async def _frames(events: AsyncIterator[list[dict]]) -> AsyncIterator[bytes]:
@@ -262,7 +226,8 @@ async def _frames(events: AsyncIterator[list[dict]]) -> AsyncIterator[bytes]:
         yield sse(batch)
 
 
-def _chat_request(req, tools: list, messages: list[dict], stream: bool = False) -> ChatCompletionRequest:
+def _chat_request(req, tools: list, messages: list[dict], *, stream: bool, functions: list[dict] = (),
+                  tool_choice=None) -> ChatCompletionRequest:
     if not messages or all(m["role"] in ("system", "developer") for m in messages):
         raise InvalidRequest("The response has no input to answer: give 'input' (or continue a response or "
                              "conversation that has some).", param="input", code="invalid_value")
@@ -275,15 +240,20 @@ def _chat_request(req, tools: list, messages: list[dict], stream: bool = False) 
     who = getattr(req, "safety_identifier", None) or getattr(req, "user", None)
     if who:
         body["user"] = who
-    functions = [t for t in tools if isinstance(t, FunctionTool)]
-    if functions:
-        body["tools"] = [{"type": "function", "function": {k: v for k, v in (
-            ("name", t.name), ("description", t.description), ("parameters", t.parameters),
-            ("strict", t.strict)) if v is not None}} for t in functions]
-    choice = req.tool_choice
-    if choice is not None and (functions or choice == "none"):
-        body["tool_choice"] = choice if isinstance(choice, str) else {"type": "function",
-                                                                      "function": {"name": choice.name}}
+    client = [t for t in tools if isinstance(t, FunctionTool)]
+    specs = [{"type": "function", "function": {k: v for k, v in (
+        ("name", t.name), ("description", t.description), ("parameters", t.parameters),
+        ("strict", t.strict)) if v is not None}} for t in client] + list(functions)
+    if specs:
+        body["tools"] = specs
+    choice = tool_choice if tool_choice is not None else req.tool_choice
+    if choice is not None and (specs or choice == "none"):
+        if isinstance(choice, str):
+            body["tool_choice"] = choice
+        elif choice.type == "function":
+            body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        else:
+            body["tool_choice"] = "required"  # an MCP server's tools: one of them (see ServerTools)
     fmt = req.text.format if req.text is not None else None
     if fmt is not None and fmt.type != "text":
         body["response_format"] = {"type": fmt.type}
@@ -297,13 +267,6 @@ def _chat_request(req, tools: list, messages: list[dict], stream: bool = False) 
         err = exc.errors(include_url=False)[0]
         raise InvalidRequest(f"The input cannot be sent to the model: {err['msg']} (at {err['loc']}).",
                              param="input", code="invalid_value") from None
-
-
-def _error(exc: BaseException) -> dict:
-    status = status_of(exc)
-    code = "rate_limit_exceeded" if status == 429 else "invalid_prompt" if status == 400 else "server_error"
-    message = str(exc) if isinstance(exc, ModelworksError) else "The model call failed."
-    return {"code": code, "message": message[:1000]}
 
 
 def _not_found(response_id: str) -> NotFound:
