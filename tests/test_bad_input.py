@@ -69,9 +69,10 @@ CASES = [
      "dimensions"),
     ("embeddings from a chat model", "/v1/embeddings", {"model": "gemma-3-270m", "input": "x"}, "model"),
     ("chat on an embeddings model", "/v1/chat/completions", {"model": "all-minilm-l6-v2", "messages": USER}, "model"),
-    ("tools on the embedded model", "/v1/chat/completions",
-     {"model": "gemma-3-270m", "messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]},
-     "tools"),
+    ("a tool schema the embedded model cannot use", "/v1/chat/completions",
+     {"model": "gemma-3-270m", "messages": USER,
+      "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}]},
+     "tools[0].function.parameters"),
     ("image on the embedded model", "/v1/chat/completions",
      {"model": "gemma-3-270m", "messages": [{"role": "user", "content": [
          {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, "messages[0].content"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from modelworks.backends import llama_tools
 from modelworks.errors import ConfigError, InvalidRequest
 
 FAMILY_TEMPLATES = {
@@ -112,15 +113,29 @@ def choose_template(setting: str, metadata: dict[str, str], bos_token: str, eos_
     return ChatTemplate(FAMILY_TEMPLATES[setting], bos_token, eos_token, setting)
 
 
-def template_messages(messages) -> list[dict[str, str]]:
-    """Plain role/content dicts; developer becomes system and tool results become user turns."""
-    out = []
+def template_messages(messages, tools_prompt: str | None = None) -> list[dict[str, str]]:
+    """Plain role/content dicts. Developer becomes system; tool calls and tool results are written in the Hermes
+    format (llama_tools), results as user turns (results that follow each other share one turn); `tools_prompt`
+    ends the first system message (or becomes one)."""
+    out: list[dict[str, str]] = []
+    results = False  # the last turn holds tool results
     for m in messages:
         role = m.role
         text = m.text()
-        if role == "developer":
+        if role in ("tool", "function"):
+            if results:
+                out[-1]["content"] += "\n" + llama_tools.response_text(text)
+                continue
+            role, text = "user", llama_tools.response_text(text)
+        elif role == "developer":
             role = "system"
-        elif role in ("tool", "function"):
-            role, text = "user", f"Tool result ({m.tool_call_id or m.name or 'tool'}):\n{text}"
+        elif role == "assistant" and m.tool_calls:
+            text = llama_tools.calls_text(text, m.tool_calls)
+        results = m.role in ("tool", "function")
         out.append({"role": role, "content": text})
+    if tools_prompt:
+        if out and out[0]["role"] == "system":
+            out[0]["content"] = f"{out[0]['content']}\n\n{tools_prompt}" if out[0]["content"] else tools_prompt
+        else:
+            out.insert(0, {"role": "system", "content": tools_prompt})
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from modelworks.backends import llama_generation as lg
+from modelworks.backends import llama_tools
 from modelworks.backends.admission import Admission
 from modelworks.backends.base import (
     Backend, Capabilities, Delta, Generation, GenerationTask, Health, Usage,
@@ -40,7 +41,7 @@ class _Slot:
 
 
 class LlamaBackend(Backend):
-    capabilities = Capabilities(chat=True, completions=True, embeddings=False, streaming=True, tools=False,
+    capabilities = Capabilities(chat=True, completions=True, embeddings=False, streaming=True, tools=True,
                                 json_schema=True, logprobs=True)
 
     def __init__(self, name: str, spec: LlamaCppBackend, cache_dir: Path) -> None:
@@ -93,11 +94,12 @@ class LlamaBackend(Backend):
     # -- generation ------------------------------------------------------------------------------------------
 
     async def generate(self, task: GenerationTask) -> Generation:
+        plan = await self._plan(task)
         texts: dict[int, list[str]] = {}
         logprobs: dict[int, list[dict]] = {}
         finish: dict[int, str] = {}
         usage = Usage()
-        async for index, step, outcome, prompt_tokens in self._run(task):
+        async for index, step, outcome, prompt_tokens in self._run(task, plan):
             usage.prompt_tokens = prompt_tokens
             if step is not None:
                 texts.setdefault(index, []).append(step.text)
@@ -108,49 +110,55 @@ class LlamaBackend(Backend):
         choices = []
         for i in range(task.request.n):
             text = "".join(texts.get(i, []))
+            reason = finish.get(i, "stop")
             lp = self._logprobs(task, logprobs.get(i, [])) if self._wants_logprobs(task) else None
-            if task.is_chat:
-                choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
-                                "finish_reason": finish.get(i, "stop"), "logprobs": lp})
-            else:
-                choices.append({"index": i, "text": text, "finish_reason": finish.get(i, "stop"), "logprobs": lp})
+            if not task.is_chat:
+                choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": lp})
+                continue
+            message = {"role": "assistant", "content": text, "refusal": None}
+            if plan is not None:
+                parser = llama_tools.ToolCallParser(plan)
+                parser.feed(text)
+                parser.finish()
+                message, reason = parser.message(), parser.finish_reason(reason)
+            choices.append({"index": i, "message": message, "finish_reason": reason, "logprobs": lp})
         return Generation(choices=choices, usage=usage)
 
     async def stream(self, task: GenerationTask) -> AsyncIterator[Delta]:
-        chat = task.is_chat
-        wants_lp = self._wants_logprobs(task)
+        plan = await self._plan(task)
         usage = Usage()
-        started: set[int] = set()
-        runner = self._run(task)
+        shapers: dict[int, _ChoiceStream] = {}
+        runner = self._run(task, plan)
         try:
             async for index, step, outcome, prompt_tokens in runner:
                 usage.prompt_tokens = prompt_tokens
-                if chat and index not in started:
-                    started.add(index)
-                    yield Delta([{"index": index, "delta": {"role": "assistant", "content": ""},
-                                  "finish_reason": None, "logprobs": None}])
+                shaper = shapers.get(index)
+                if shaper is None:
+                    shaper = shapers[index] = _ChoiceStream(self, task, index, plan)
+                    if task.is_chat:
+                        yield Delta([shaper.choice({"role": "assistant", "content": ""})])
                 if step is not None and (step.text or step.tokens):
-                    lp = self._logprobs(task, step.tokens) if wants_lp else None
-                    if chat:
-                        choice = {"index": index, "delta": {"content": step.text}, "finish_reason": None,
-                                  "logprobs": lp}
-                    else:
-                        choice = {"index": index, "text": step.text, "finish_reason": None, "logprobs": lp}
-                    yield Delta([choice])
+                    for choice in shaper.step(step):
+                        yield Delta([choice])
                 if outcome is not None:
                     usage.completion_tokens += outcome.completion_tokens
+                    choices = shaper.end(outcome.finish_reason)
                     last = index == task.request.n - 1
-                    end = ({"index": index, "delta": {}, "finish_reason": outcome.finish_reason, "logprobs": None}
-                           if chat else
-                           {"index": index, "text": "", "finish_reason": outcome.finish_reason, "logprobs": None})
-                    yield Delta([end], usage=usage if last else None)
+                    for i, choice in enumerate(choices):
+                        yield Delta([choice], usage=usage if last and i == len(choices) - 1 else None)
         finally:
             await runner.aclose()
 
-    async def _run(self, task: GenerationTask):
+    async def _plan(self, task: GenerationTask) -> llama_tools.ToolPlan | None:
+        """The tools in play (checking their schemas grows with them: off the event loop)."""
+        if not task.is_chat or not task.request.tools or task.request.tool_choice == "none":
+            return None
+        return await offload(llama_tools.plan, task.request)
+
+    async def _run(self, task: GenerationTask, plan: llama_tools.ToolPlan | None):
         """Yield (choice index, step or None, outcome or None, prompt tokens) as the worker thread produces them."""
         # templating, tokenizing and building a grammar grow with the request: off the event loop
-        prompt_tokens, params = await offload(self._prepare, task)
+        prompt_tokens, params = await offload(self._prepare, task, plan)
         async with self.admission.slot() as slot:
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()
@@ -203,7 +211,8 @@ class LlamaBackend(Backend):
         if task.prompt_ids is None:
             llama = self._slots[0].llama
             if task.is_chat:
-                messages = template_messages(task.request.messages)
+                plan = llama_tools.plan(task.request)
+                messages = template_messages(task.request.messages, llama_tools.tools_prompt(plan) if plan else None)
                 self._refuse_unfit(sum(len(m["content"]) for m in messages), "messages")
                 task.prompt_ids = tokenize_chat(llama, self.vocab, self.template, messages)
             else:
@@ -217,7 +226,7 @@ class LlamaBackend(Backend):
                 f"characters, which is more than {self.n_ctx} tokens of this model can hold.", param=where,
                 code="context_length_exceeded")
 
-    def _prepare(self, task: GenerationTask) -> tuple[list[int], lg.Params]:
+    def _prepare(self, task: GenerationTask, plan: llama_tools.ToolPlan | None) -> tuple[list[int], lg.Params]:
         req = task.request
         tokens = self._prompt_tokens(task)
         where = "messages" if task.is_chat else "prompt"
@@ -244,8 +253,9 @@ class LlamaBackend(Backend):
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
             stop=stop,
-            grammar=self._grammar(task),
+            grammar=llama_tools.grammar(plan) if plan is not None else self._grammar(task),
             logprobs=self._logprobs_k(task),
+            call_marker=llama_tools.CALL_OPEN[0] if plan is not None else None,
         )
         return tokens, params
 
@@ -279,7 +289,7 @@ class LlamaBackend(Backend):
         if fmt.type == "json_schema":
             schema = fmt.json_schema.schema_ or {}
             try:
-                return _schema_grammar(json.dumps(schema, sort_keys=True))
+                return _schema_grammar(json.dumps(schema))  # properties in their order
             except Exception as exc:  # noqa: BLE001 - the converter raises many kinds on bad schemas
                 raise InvalidRequest(f"Invalid schema for response_format '{fmt.json_schema.name}': {exc}",
                                      param="response_format.json_schema.schema") from None
@@ -305,6 +315,43 @@ class LlamaBackend(Backend):
         return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
                 "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
                 "text_offset": offsets}
+
+
+class _ChoiceStream:
+    """One choice's stream: its steps as OpenAI stream choices (chat deltas or text), tool calls included. Logprobs
+    of tokens whose text is held back (a call's closing, say) go with the next delta that is sent."""
+
+    def __init__(self, backend: LlamaBackend, task: GenerationTask, index: int,
+                 plan: llama_tools.ToolPlan | None) -> None:
+        self.backend, self.task, self.index = backend, task, index
+        self.parser = llama_tools.ToolCallParser(plan) if plan is not None else None
+        self.wants_lp = backend._wants_logprobs(task)
+        self.held: list[dict] = []
+
+    def choice(self, delta: dict, finish_reason: str | None = None, tokens: list[dict] | None = None) -> dict:
+        lp = self.backend._logprobs(self.task, tokens) if tokens is not None and self.wants_lp else None
+        if self.task.is_chat:
+            return {"index": self.index, "delta": delta, "finish_reason": finish_reason, "logprobs": lp}
+        return {"index": self.index, "text": delta.get("content", ""), "finish_reason": finish_reason, "logprobs": lp}
+
+    def step(self, step: lg.Step) -> list[dict]:
+        if self.parser is None:
+            return [self.choice({"content": step.text}, tokens=step.tokens)]
+        self.held.extend(step.tokens)
+        return self._send(self.parser.feed(step.text))
+
+    def end(self, finish_reason: str) -> list[dict]:
+        if self.parser is None:
+            return [self.choice({}, finish_reason)]
+        sent = self._send(self.parser.finish())
+        return sent + [self.choice({}, self.parser.finish_reason(finish_reason), tokens=self.held or None)]
+
+    def _send(self, deltas: list[dict]) -> list[dict]:
+        choices = []
+        for delta in deltas:
+            choices.append(self.choice(delta, tokens=self.held))
+            self.held = []
+        return choices
 
 
 def _fields(params: lg.Params) -> dict:

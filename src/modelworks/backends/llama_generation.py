@@ -28,6 +28,7 @@ class Params:
     grammar: Any = None
     logprobs: int | None = None  # None: no logprobs; k >= 0: the token's logprob plus the top k
     logit_bias: dict[int, float] | None = None
+    call_marker: str | None = None  # a text that starts with this is a tool call: stop sequences do not apply
 
 
 @dataclass(slots=True)
@@ -84,6 +85,8 @@ def generate(llama, prompt_tokens: list[int], params: Params, emit: Callable[[St
             pending_bytes += piece
             decoded, pending_bytes = _decode_prefix(pending_bytes)
             text += decoded
+            if stops and params.call_marker and text.startswith(params.call_marker):
+                stops, longest_stop = [], 0  # a tool call: its grammar ends it
             hit = _find_stop(text, stops, sent, longest_stop)
             if hit is not None:
                 _release(emit, text[sent:hit], pending_logprobs)

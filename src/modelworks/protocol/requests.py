@@ -92,9 +92,13 @@ class Tool(_Body):
     function: FunctionDef
 
 
+class NamedFunction(_Body):
+    name: str
+
+
 class NamedToolChoice(_Body):
     type: Literal["function"]
-    function: JSONObject
+    function: NamedFunction
 
 
 class JsonSchemaFormat(_Body):
@@ -174,6 +178,11 @@ class ChatCompletionRequest(_Sampling):
         if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
             raise InvalidRequest("Invalid value for 'tool_choice': it is only allowed when 'tools' are given.",
                                  param="tool_choice", code="invalid_value")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tools and not any(
+                t.function.name == self.tool_choice.function.name for t in self.tools):
+            raise InvalidRequest(f"Invalid value for 'tool_choice': no function named "
+                                 f"'{self.tool_choice.function.name}' is among 'tools'.", param="tool_choice",
+                                 code="invalid_value")
         return self
 
     @property
