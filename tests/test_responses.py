@@ -3,6 +3,8 @@ JSON body and every SSE event is validated against the OpenAI spec by the `recor
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -208,3 +210,17 @@ def test_conversation_bad_input(raw):
     r = raw.post(f"/v1/conversations/{made['id']}/items", json={"items": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "items"
     assert raw.get(f"/v1/conversations/{made['id']}/items?limit=0").json()["error"]["param"] == "limit"
+
+
+def test_embedded_model_calls_a_function_tool(client):
+    made = client.responses.create(model="smollm2-135m-instruct", input="What is the weather in Paris?",
+                                   tools=TOOLS, tool_choice={"type": "function", "name": "get_weather"},
+                                   max_output_tokens=48, temperature=0)
+    call = next(o for o in made.output if o.type == "function_call")
+    assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
+    with client.responses.stream(model="smollm2-135m-instruct", input="Weather in Rome?", tools=TOOLS,
+                                 tool_choice="required", max_output_tokens=48, temperature=0) as stream:
+        events = list(stream)
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    assert isinstance(json.loads(done.arguments)["city"], str)
+    assert events[-1].type == "response.completed"
