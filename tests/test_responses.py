@@ -224,3 +224,15 @@ def test_embedded_model_calls_a_function_tool(client):
     done = next(e for e in events if e.type == "response.function_call_arguments.done")
     assert isinstance(json.loads(done.arguments)["city"], str)
     assert events[-1].type == "response.completed"
+
+
+def test_azure_dated_responses_path(server, recorder):
+    from conftest import API_KEY
+
+    with httpx.Client(base_url=server.url, headers={"api-key": API_KEY}, timeout=HTTP_TIMEOUT) as http:
+        missing = http.post("/openai/responses", json={"model": "fake", "input": "Hi"})
+        assert missing.status_code == 400 and missing.json()["error"]["code"] == "missing_api_version"
+        made = http.post("/openai/responses?api-version=2025-04-01-preview", json={"model": "fake", "input": "Hi"})
+        assert made.status_code == 200 and made.json()["status"] == "completed"
+        again = http.get(f"/openai/responses/{made.json()['id']}?api-version=2025-04-01-preview")
+        assert again.json()["id"] == made.json()["id"]

@@ -163,6 +163,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     router.add("/openai/deployments/{deployment}/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models/{model:path}", Endpoint(h.get_model, dialect=AZURE), ("GET",))
+    _responses_routes(router, "/openai", AZURE, agents)  # Azure's resource-level dated paths
     _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
     app = ModelworksApp(router, backends, gateway, control, catalog, health)
     app.closers.append(limiter.close)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from modelworks.api.http import EventStream, JSONResult
 from modelworks.api.request import Request
-from modelworks.errors import InvalidRequest
+from modelworks.errors import InvalidRequest, MissingApiVersion
 from modelworks.policies.chain import Call, PolicyChain
+from modelworks.protocol.api_version import api_version_supported
 from modelworks.protocol.parse import parse_request
 from modelworks.responses.conversations import ConversationsService
 from modelworks.responses.protocol import (
@@ -24,6 +25,8 @@ class ResponsesHandlers:
         self.max_body = max_body_bytes
 
     async def _who(self, request: Request, operation: str) -> Call:
+        if request.path.startswith("/openai/") and not request.path.startswith("/openai/v1/"):
+            _dated_api_version(request)  # Azure's resource-level dated paths (/openai/responses?api-version=...)
         call = Call(operation=operation, headers=request.headers)
         await self.chain.authenticate(call)
         return call
@@ -121,6 +124,16 @@ class ResponsesHandlers:
         project = await self._project(request, "conversations.items.delete")
         p = request.path_params
         return JSONResult(await self.conversations.delete_item(project, p["conversation_id"], p["item_id"]))
+
+
+def _dated_api_version(request: Request) -> None:
+    version = request.query("api-version")
+    if version is None:
+        raise MissingApiVersion("Missing the required query parameter 'api-version' (for example "
+                                "api-version=2025-04-01-preview).", param="api-version")
+    if not api_version_supported(version):
+        raise InvalidRequest(f"Unsupported api-version '{version[:40]}'. Use a dated version such as "
+                             "2025-04-01-preview.", param="api-version", code="invalid_api_version")
 
 
 def page_params(request: Request, *, default_order: str) -> tuple[int, str, str | None]:
