@@ -235,6 +235,8 @@ class ResponsesSettings(_Strict):
                                   description="stored responses and conversations are purged this long after their "
                                               "last change")
     purge_interval_s: float = Field(default=3600, gt=0, description="how often expired ones are purged")
+    max_tool_calls: int = Field(default=8, ge=1, le=128,
+                                description="server-run (MCP) tool calls per response; then the model must answer")
 
 
 class Settings(_Strict):

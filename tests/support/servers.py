@@ -79,3 +79,12 @@ def start_modelworks(tmp: Path, config: dict, api_key: str, name: str = "modelwo
                    f"http://127.0.0.1:{port}", tmp / f"{name}.log", env={"MODELWORKS_API_KEY": api_key})
     proc.wait_ready("/readyz")
     return proc
+
+
+def start_mcp_server(tmp: Path) -> Process:
+    """The MCP test server (`modelworks.testing.mcp_server`) on loopback; its MCP endpoint is `url + "/mcp"`."""
+    port = free_port()
+    proc = Process([sys.executable, "-m", "modelworks.testing.mcp_server", "--port", str(port)],
+                   f"http://127.0.0.1:{port}", tmp / "mcp-server.log")
+    proc.wait_ready("/_calls")
+    return proc

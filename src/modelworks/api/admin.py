@@ -63,7 +63,7 @@ class AdminHandlers:
         who = await self._who(request, "projects.update")
         project_id = request.path_params["project_id"]
         _visible(who.can_read(project_id), f"No project '{project_id}'.")
-        _require(who.is_admin, "Only admins change a project's budgets and limits.")
+        _require(who.is_admin, "Only admins change a project's settings.")
         body = await parse_request(ProjectUpdate, await request.body(self.max_body))
         changes = body.model_dump(exclude_unset=True)
         row = await _run(self.control.projects.update, project_id, changes)

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from modelworks.control.keys import utc
+from modelworks.control.projects import MAX_MCP_SERVER_URL, MAX_MCP_SERVERS, mcp_server_prefix
 from modelworks.protocol.requests import INT32_MAX, INT64_MAX  # INTEGER (rpm, tpm) and BIGINT (token caps)
 
 MAX_PRICE_PER_1K = 1_000_000.0  # far above any real price; keeps a request's cost finite
@@ -21,6 +22,8 @@ NO_NUL = r"^[^\x00]*$"
 
 Text = Annotated[str, Field(pattern=NO_NUL)]
 UtcTime = Annotated[datetime, AfterValidator(utc)]
+McpServerPrefix = Annotated[str, Field(min_length=1, max_length=MAX_MCP_SERVER_URL),
+                            AfterValidator(mcp_server_prefix)]
 
 
 class _Body(BaseModel):
@@ -33,6 +36,12 @@ class ProjectUpdate(_Body):
     soft_threshold: float = Field(default=None, ge=0, le=1)
     rpm_limit: int | None = Field(default=None, ge=1, le=INT32_MAX, description="null: no limit")
     tpm_limit: int | None = Field(default=None, ge=1, le=INT32_MAX, description="null: no limit")
+    mcp_servers: list[McpServerPrefix] | None = Field(
+        default=None, max_length=MAX_MCP_SERVERS,
+        description="URL prefixes (absolute http or https URLs) of the remote MCP servers this project's requests "
+                    "may reach, private and loopback ones included; a server's URL must start with one (same scheme, "
+                    "host and port; the path continuing at a '/'). null (the default): any server at a public "
+                    "address; []: none.")
 
 
 class ProjectCreate(ProjectUpdate):

@@ -32,6 +32,9 @@ _RESPONSES = {
         "created_at": {"type": "string", "format": "date-time"}, "monthly_token_cap": _NULLABLE_INT,
         "monthly_cost_cap": _NULLABLE_NUM, "soft_threshold": _NULLABLE_NUM, "rpm_limit": _NULLABLE_INT,
         "tpm_limit": _NULLABLE_INT,
+        "mcp_servers": {"type": ["array", "null"], "items": {"type": "string"},
+                        "description": "URL prefixes of the MCP servers the project may reach; null: any public "
+                                       "address"},
         "status": {"enum": ["active", "archived"], "description": "archived: its keys are revoked, it takes no new "
                                                                    "ones, its usage and audit are kept"},
         "archived_at": {"type": ["string", "null"], "format": "date-time"},
@@ -136,7 +139,7 @@ def document() -> dict:
             "post": _op("Create a project (admins)", _ref("Project"), "ProjectCreate", "201")},
         "/admin/v1/projects/{project_id}": {
             "get": _op("Read a project", _ref("Project"), params=[p]),
-            "patch": _op("Change a project's budgets and limits (admins; not once archived)", _ref("Project"),
+            "patch": _op("Change a project's budgets, limits and MCP servers (admins; not once archived)", _ref("Project"),
                          "ProjectUpdate", params=[p]),
             "delete": _op("Delete an empty project (admins): no usage, no logged content, no key that is not revoked "
                           "or expired; 409 otherwise (archive it instead). Not the default project, nor the "

@@ -183,8 +183,13 @@ def _responses_handlers(settings: Settings, control: ControlPlane, calls, chain:
     from modelworks.responses.service import ResponsesService
     from modelworks.responses.store import ResponseStore
 
+    from modelworks.responses.mcp import McpGateway
+    from modelworks.responses.mcp_policy import McpServerPolicy
+
     store = ResponseStore(control.db, timedelta(days=settings.responses.retention_days))
-    service = ResponsesService(calls, store, node=uuid.uuid4().hex[:16])
+    mcp = McpGateway(McpServerPolicy(control.projects))
+    service = ResponsesService(calls, store, node=uuid.uuid4().hex[:16], mcp=mcp,
+                               max_tool_rounds=settings.responses.max_tool_calls)
     return ResponsesHandlers(service, ConversationsService(store), chain, settings.server.max_body_bytes)
 
 

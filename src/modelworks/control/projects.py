@@ -1,4 +1,5 @@
-"""Projects (tenants): every key belongs to one; budgets and optional limits are set per project.
+"""Projects (tenants): every key belongs to one; budgets, optional limits and the remote MCP servers its requests
+may reach (`mcp_servers`, see `modelworks.responses.mcp_policy`) are set per project.
 
 A project ends in one of two ways. Archiving revokes its keys and refuses new ones, and keeps everything it
 leaves behind (usage, audit, content log), so its history stays readable. Deleting removes it, and is allowed
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from urllib.parse import urlsplit
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,13 +26,34 @@ DEFAULT_PROJECT = "proj_default"
 ACTIVE, ARCHIVED = "active", "archived"
 STATUSES = (ACTIVE, ARCHIVED)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-EDITABLE = ("monthly_token_cap", "monthly_cost_cap", "soft_threshold", "rpm_limit", "tpm_limit")
+EDITABLE = ("monthly_token_cap", "monthly_cost_cap", "soft_threshold", "rpm_limit", "tpm_limit", "mcp_servers")
+MAX_MCP_SERVERS = 64
+MAX_MCP_SERVER_URL = 2048
 
 
 def project_view(row: Project) -> dict:
     return {"id": row.id, "name": row.name, "created_at": _iso(row.created_at),
             **{field: getattr(row, field) for field in EDITABLE},
             "status": row.status or ACTIVE, "archived_at": _iso(row.archived_at)}
+
+
+def mcp_server_prefix(value: str) -> str:
+    """Check one entry of a project's `mcp_servers`: an absolute http(s) URL with a host, without credentials, query
+    or fragment. The remote MCP servers a project's requests may reach are those whose URL starts with an entry (same
+    scheme, host and port; the path continues the entry's at a '/'); null allows any public address. Raises
+    ValueError saying what is wrong."""
+    if len(value) > MAX_MCP_SERVER_URL or any(ord(c) < 0x21 or c == "\x7f" for c in value):
+        raise ValueError(f"must be at most {MAX_MCP_SERVER_URL} characters, with no spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- a port that is not a number raises here
+    except ValueError:
+        raise ValueError("must be an absolute http or https URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http or https URL, such as 'https://mcp.example.com/'")
+    if "@" in parts.netloc or parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError("must not hold credentials, a query or a fragment")
+    return value
 
 
 class ProjectService:
@@ -63,6 +86,14 @@ class ProjectService:
     def get(self, project_id: str) -> dict:
         with self.db.session() as s:
             return project_view(self._row(s, project_id))
+
+    def mcp_servers(self, project_id: str) -> list[str] | None:
+        """The URL prefixes of the MCP servers the project may reach; None: any public address."""
+        with self.db.session() as s:
+            found = s.execute(select(Project.mcp_servers).where(Project.id == project_id)).first()
+        if found is None:
+            raise NotFound(f"No project '{project_id}'.", param="project_id")
+        return found[0]
 
     def list(self, only: str | None = None, status: str | None = None) -> list[dict]:
         with self.db.session() as s:

@@ -56,7 +56,7 @@ class ResponsesService:
         call.operation = "responses"
         call.facts["response_id"] = state.id
         run = Run(project, state, context, inputs, call, route, tools)
-        self.tools.check(run)
+        await self.tools.check(run)
         if req.background:
             return await self.background.start(run)
         events: list[dict] = []

@@ -16,6 +16,8 @@ import orjson
 
 from modelworks.errors import InvalidRequest
 from modelworks.responses.items import function_name, item_id
+from modelworks.responses.mcp import check_tool
+from modelworks.responses.mcp_policy import Unreachable
 from modelworks.responses.protocol import McpTool
 
 if TYPE_CHECKING:
@@ -28,11 +30,20 @@ class ServerTools:
         self.mcp = mcp  # modelworks.responses.mcp.McpGateway, or None where MCP is off
         self.max_rounds = max_rounds
 
-    def check(self, run: "Run") -> None:
+    async def check(self, run: "Run") -> None:
+        """Before anything runs: each MCP tool's fields, and that the project may reach its server (a refusal
+        is the request's 400, never a background run that fails later)."""
         for i, tool in enumerate(run.tools):
-            if isinstance(tool, McpTool) and self.mcp is None:
+            if not isinstance(tool, McpTool):
+                continue
+            if self.mcp is None:
                 raise InvalidRequest("MCP tools are not enabled on this server.", param=f"tools[{i}]",
                                      code="unsupported_parameter")
+            check_tool(tool, f"tools[{i}]")
+            try:
+                await self.mcp.policy.admit(run.project, tool.server_url or "", f"tools[{i}].server_url")
+            except Unreachable:
+                pass  # listing it reports that, as the mcp_list_tools item's error
 
     # -- before the first model call --------------------------------------------------------------------------
 

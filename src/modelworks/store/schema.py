@@ -28,6 +28,8 @@ class Project(Base):
     # "active" or "archived": an archived project keeps its usage and audit, and has no live keys
     status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # URL prefixes of the remote MCP servers its requests may reach; null: any public address
+    mcp_servers: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class ApiKey(Base):
