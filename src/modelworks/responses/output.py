@@ -99,7 +99,7 @@ class ResponseState:
             "background": bool(req.background), "completed_at": self.completed_at, "error": self.error,
             "incomplete_details": self.incomplete, "instructions": req.instructions,
             "max_output_tokens": req.max_output_tokens, "max_tool_calls": req.max_tool_calls,
-            "model": self.model, "output": self.output, "parallel_tool_calls": req.parallel_tool_calls is not False,
+            "model": self.model, "output": [_copy(item) for item in self.output], "parallel_tool_calls": req.parallel_tool_calls is not False,
             "previous_response_id": req.previous_response_id, "reasoning": None,
             "service_tier": "default", "store": self.store, "temperature": 1.0 if req.temperature is None else req.temperature,
             "text": text, "tool_choice": _tool_choice(req), "tools": [_tool(t) for t in self.tools],

@@ -107,12 +107,16 @@ class ServerTools:
 
     async def after_call(self, run: "Run", builder: "OutputBuilder"):
         """Run the server's tool calls of the model call that just ended; the next call's chat request, or
-        None when the response is finished (no server calls, a client call to make, or an approval to ask)."""
+        None when the response is finished (no server calls, a client call to make, an approval to ask, or no
+        tool calls left)."""
         calls = builder.take_server_calls()
         if not calls:
             return None
+        limit = min(self.max_rounds, run.state.req.max_tool_calls or self.max_rounds)
         waiting = False
         for c in calls:
+            if run.rounds >= limit:  # a model that called past the bound: those calls are not run
+                return None
             tool, name = run.mcp_map[c["name"]]
             if self.mcp.needs_approval(tool, name):
                 self._ask(run, tool, name, c["arguments"])
@@ -122,10 +126,11 @@ class ServerTools:
         if waiting or builder.client_calls:
             return None
         builder.next_call()
-        limit = min(self.max_rounds, run.state.req.max_tool_calls or self.max_rounds)
-        last = run.rounds >= limit  # out of tool calls: the model must answer now
         stream = bool(run.state.req.stream or run.state.req.background)
-        return self.service.chat_request(run, stream=stream, tool_choice="none" if last else "auto")
+        if run.rounds >= limit:  # out of tool calls: the model must answer, and is offered no server tools
+            run.functions = []
+            return self.service.chat_request(run, stream=stream, tool_choice="none")
+        return self.service.chat_request(run, stream=stream, tool_choice="auto")
 
     def _ask(self, run: "Run", tool: McpTool, name: str, arguments: str) -> None:
         state = run.state
