@@ -7,10 +7,14 @@
    directly, through Modelworks and through LiteLLM Proxy.
 4. Content filtering: added latency of the default content-filter policy (classifiers, PII, profanity) on a
    500-token prompt, p50 and p99 at one connection, against the same deployment unfiltered.
-5. Soak (`bench/soak.py`): 10 minutes of mixed traffic through a pool of three upstreams under a schedule of
+5. Responses vs chat completions (`bench/responses_chain.py`): requests/s at 1 and 16 connections of
+   `POST /v1/responses` continuing stored 10-turn `previous_response_id` chains, against chat completions
+   carrying the same history (wrk with Lua scripts; target: Responses >= 0.8 of chat).
+6. Soak (`bench/soak.py`): 10 minutes of mixed traffic through a pool of three upstreams under a schedule of
    faults: lost usage records, hung requests, streams cut without an end, resident memory from start to end.
 
-Figures are printed and written to bench/results/latest.json.
+Figures are printed and written to bench/results/latest.json. `--only responses` (a comma list) runs only the
+sections named; `--skip` leaves some out.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +36,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from support.servers import Process, free_port  # noqa: E402
+
+import responses_chain  # noqa: E402
+from loadgen import run_wrk  # noqa: E402
 
 KEY = "sk-" + "5f1c0a7e9b3d4c2a8e6f0b1d3c5a7e9f"  # the same key for both gateways (LiteLLM wants sk-)
 PROMPT = "The history of the city of Rome begins"
@@ -180,19 +186,9 @@ def wrk(url: str, connections: int, seconds: int, tmp: Path, model: str = "fake-
     script = tmp / "wrk.lua"
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]})
     script.write_text(WRK_LUA % (body, KEY))
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    lat = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M)}
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"),
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(1) if errors else None}
-
-
-def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+    result = run_wrk(url, connections, seconds, script)
+    del result["output"]
+    return result
 
 
 def litellm(tmp: Path, peers_python: str, upstream_url: str) -> Process | None:
@@ -351,6 +347,16 @@ def _print_safety(r: dict) -> None:
           "(targets: <= 10 ms and <= 30 ms)")
 
 
+def section_responses(tmp: Path, upstream: Process, args, procs: list[Process]) -> dict:
+    """The configuration of the proxy section's "modelworks" (auth, Redis quota, metering; SQLite store)."""
+    mw = modelworks(tmp, upstream.url, 1, THREADS, "mw-responses", embedded=False)
+    procs.append(mw)
+    try:
+        return responses_chain.run(tmp, mw.url, upstream.url, KEY, args.seconds, args.rounds)
+    finally:
+        _stop(mw, procs)
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2]
@@ -361,6 +367,9 @@ def _stop(proc: Process, procs: list[Process]) -> None:
     procs.remove(proc)
 
 
+SECTIONS = ("embedded", "concurrent", "proxy", "safety", "responses", "soak")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--peers-python", default=str(ROOT / ".venv-peers/bin/python"))
@@ -368,19 +377,27 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per point (median reported)")
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--runs", type=int, default=5, help="alternating rounds of the embedded comparison")
-    parser.add_argument("--skip", default="",
-                        help="comma list of sections to skip: embedded,concurrent,proxy,safety,soak")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: " + ",".join(SECTIONS))
+    parser.add_argument("--only", default="", help="comma list of the only sections to run, e.g. responses")
     parser.add_argument("--soak-minutes", type=float, default=10)
     parser.add_argument("--baseline", default="", help="a git ref: the proxy section also measures its code "
                         "(with controls) in the same rounds, e.g. to state what a change costs")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    if shutil.which("wrk") is None and not {"proxy", "safety"} <= skip:
-        print("wrk is not installed (apt-get install wrk); skipping the proxy and safety sections", file=sys.stderr)
-        skip.update({"proxy", "safety"})
-    from modelworks.model_files import assemble_gemma
+    only = set(filter(None, args.only.split(",")))
+    if not (skip | only) <= set(SECTIONS):
+        parser.error(f"unknown section in --skip/--only: {', '.join(sorted((skip | only) - set(SECTIONS)))}")
+    if only:
+        skip |= set(SECTIONS) - only
+    if shutil.which("wrk") is None and not {"proxy", "safety", "responses"} <= skip:
+        print("wrk is not installed (apt-get install wrk); skipping the proxy, safety and responses sections",
+              file=sys.stderr)
+        skip.update({"proxy", "safety", "responses"})
+    model_path = ""
+    if not {"embedded", "concurrent"} <= skip:
+        from modelworks.model_files import assemble_gemma
 
-    model_path = str(assemble_gemma(Path("~/.cache/modelworks/models").expanduser()))
+        model_path = str(assemble_gemma(Path("~/.cache/modelworks/models").expanduser()))
     results: dict = {"machine": {"cpus": os.cpu_count(), "threads": THREADS}}
     procs: list[Process] = []
     tmp = Path(tempfile.mkdtemp(prefix="mw-bench-"))
@@ -401,6 +418,9 @@ def main() -> int:
         if "safety" not in skip:
             results["content_filtering"] = section_safety(tmp, upstream, args, procs)
             _print_safety(results["content_filtering"])
+        if "responses" not in skip:
+            results["responses_vs_chat"] = section_responses(tmp, upstream, args, procs)
+            responses_chain.print_result(results["responses_vs_chat"])
         if "soak" not in skip:
             import soak
 
@@ -414,7 +434,10 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    latest = out / "latest.json"
+    if (only or skip) and latest.exists():  # a partial run updates its sections of the last results
+        results = {**json.loads(latest.read_text()), **results}
+    latest.write_text(json.dumps(results, indent=2))
     print(f"\nwritten to {out / 'latest.json'}")
     return 0
 

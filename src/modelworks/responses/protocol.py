@@ -81,6 +81,16 @@ class FunctionCallOutputItem(_Body):
     output: str | list[InputText | InputMedia]
     status: str | None = None
 
+    @field_validator("output")
+    @classmethod
+    def _text_only(cls, value: str | list) -> str | list:
+        """A tool's result reaches the model as a chat tool message, which carries text only: an image or a
+        file in it would be lost, so it is refused."""
+        if not isinstance(value, str) and any(isinstance(p, InputMedia) for p in value):
+            raise ValueError("a function call's output can only hold text parts here ('input_text'); send an "
+                             "image or a file in a message item")
+        return value
+
     def text(self) -> str:
         if isinstance(self.output, str):
             return self.output
@@ -297,6 +307,11 @@ class StreamOptions(_Body):
     include_obfuscation: bool | None = None
 
 
+class PromptCacheOptions(_Body):
+    ttl: str | None = None
+    mode: str | None = None
+
+
 Metadata = dict[str, str]
 INCLUDABLE = frozenset({"message.output_text.logprobs", "reasoning.encrypted_content", "message.input_image.image_url",
                         "file_search_call.results", "web_search_call.action.sources", "computer_call_output.output.image_url",
@@ -340,10 +355,14 @@ class CreateResponse(_Body):
     include: list[str] | None = None
     user: str | None = Field(default=None, max_length=256)
     safety_identifier: str | None = Field(default=None, max_length=256)
-    prompt_cache_key: str | None = None
+    prompt_cache_key: str | None = None  # caching hints: accepted, and they change no answer
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
     service_tier: str | None = None
     reasoning: Reasoning | None = None
     prompt: JSONObject | None = None
+    context_management: list[JSONObject] | None = None  # refused: see `_consistency`
+    moderation: JSONObject | None = None
 
     _metadata = field_validator("metadata")(lambda cls, v: check_metadata(v))
 
@@ -369,6 +388,14 @@ class CreateResponse(_Body):
         if self.prompt is not None:
             raise InvalidRequest("Stored prompt templates ('prompt') are not available on this server; send "
                                  "'instructions' and 'input'.", param="prompt", code="unsupported_parameter")
+        if self.context_management is not None:
+            raise InvalidRequest("Context compaction ('context_management') is not available on this server: the "
+                                 "model sees the whole context.", param="context_management",
+                                 code="unsupported_parameter")
+        if self.moderation is not None:
+            raise InvalidRequest("Per-request moderation ('moderation') is not available on this server; content "
+                                 "filters are set on the deployment.", param="moderation",
+                                 code="unsupported_parameter")
         if self.input is None and self.previous_response_id is None and self.conversation is None:
             raise InvalidRequest("Missing required parameter: 'input'.", param="input",
                                  code="missing_required_parameter")

@@ -5,7 +5,14 @@ Serves `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models`
 
 - `slow-*`: streams one word every 50 ms (for disconnect tests);
 - `error-<status>`: answers that HTTP status with an OpenAI error envelope;
-- anything else: answers at once with a fixed reply.
+- `tools-in-turn*`: given tools, calls them one after another, tool k when k tool results follow the last user
+  message, each with arguments that fit its schema (required strings "x", integers 1, ...); after the last
+  tool's result it answers text (for agent loops with several tools);
+- anything else: answers at once with a fixed reply; given tools, it calls the first one with `{}`, and after a
+  tool's result it answers text.
+
+A chat request with `response_format` of type `json_schema` is answered with a small JSON value that fits the
+schema instead of the fixed reply (for structured outputs).
 
 One process plays many upstreams: a path that starts with a name other than `v1` or `openai`
 (`/eu-1/v1/chat/completions`) is served as the upstream instance `eu-1`, and faults can be injected per instance
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+import uuid
 from collections import deque
 
 import orjson
@@ -115,7 +123,7 @@ class FakeUpstream:
             return await _respond(send, 404, _error(404, f"no route {path}"))
         if request.get("stream"):
             return await self._stream(send, receive, chat, model, request, fault)
-        if chat and model == "fake-model" and not request.get("tools"):
+        if chat and model == "fake-model" and not request.get("tools") and not request.get("response_format"):
             return await _respond(send, 200, self._chat_body)
         body = _chat_completion(model, request) if chat else _text_completion(model)
         return await _respond(send, 200, orjson.dumps(body))
@@ -123,7 +131,7 @@ class FakeUpstream:
     async def _stream(self, send, receive, chat: bool, model: str, request: dict, fault: dict) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         delay = 0.05 if model.startswith("slow-") else 0.0
-        words = REPLY.split(" ") * (20 if delay else 1)
+        words = (_reply(request) if chat else REPLY).split(" ") * (20 if delay else 1)
         if fault.get("mode") == "flood":
             words = ["x" * 100] * int(fault.get("events", 100_000))
         created = int(time.time())
@@ -142,12 +150,13 @@ class FakeUpstream:
                                          "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                       "finish_reason": None}]})
             mode, after = fault.get("mode"), int(fault.get("after", 0))
-            if chat and _calls_tool(request):  # the call's name first, then its arguments in two pieces
-                name = request["tools"][0]["function"]["name"]
-                for tool_delta in ({"index": 0, "id": "call_fake", "type": "function",
-                                    "function": {"name": name, "arguments": ""}},
-                                   {"index": 0, "function": {"arguments": "{"}},
-                                   {"index": 0, "function": {"arguments": "}"}}):
+            call = _tool_call(model, request) if chat else None
+            if call is not None:  # the call's name first, then its arguments in two pieces
+                arguments, half = call["function"]["arguments"], len(call["function"]["arguments"]) // 2
+                for tool_delta in ({"index": 0, "id": call["id"], "type": "function",
+                                    "function": {"name": call["function"]["name"], "arguments": ""}},
+                                   {"index": 0, "function": {"arguments": arguments[:half]}},
+                                   {"index": 0, "function": {"arguments": arguments[half:]}}):
                     await _send_event(send, {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
                                              "choices": [{"index": 0, "delta": {"tool_calls": [tool_delta]},
                                                           "finish_reason": None}]})
@@ -166,7 +175,7 @@ class FakeUpstream:
                           else {"index": 0, "text": piece, "finish_reason": None, "logprobs": None})
                 await _send_event(send, {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
                                          "choices": [choice]})
-            finish = "tool_calls" if chat and _calls_tool(request) else "stop"
+            finish = "tool_calls" if call is not None else "stop"
             last = ({"index": 0, "delta": {}, "finish_reason": finish} if chat
                     else {"index": 0, "text": "", "finish_reason": "stop", "logprobs": None})
             await _send_event(send, {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
@@ -213,19 +222,70 @@ def _error(status: int, message: str) -> bytes:
                                    "server_error", "param": None, "code": str(status)}})
 
 
-def _calls_tool(request: dict) -> bool:
-    """Given tools, the fake calls the first one, with `{}`; after a tool's result it answers in text."""
+def _tool_call(model: str, request: dict) -> dict | None:
+    """The tool call the fake answers with, or None for a text answer. Given tools it calls the first one with
+    `{}`, and after a tool's result it answers text; a `tools-in-turn*` model calls tool k (with arguments that
+    fit its schema) when k tool results follow the last user message, and answers text after the last."""
+    tools = request.get("tools") or []
     messages = request.get("messages") or [{}]
-    return bool(request.get("tools")) and messages[-1].get("role") != "tool"
+    if not model.startswith("tools-in-turn"):
+        if not tools or messages[-1].get("role") == "tool":
+            return None
+        name = tools[0]["function"]["name"]
+        return {"id": "call_fake", "type": "function", "function": {"name": name, "arguments": "{}"}}
+    done = 0
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            break
+        done += m.get("role") == "tool"
+    if done >= len(tools):
+        return None
+    function = tools[done]["function"]
+    arguments = orjson.dumps(_fitting(function.get("parameters") or {})).decode()
+    return {"id": f"call_fake_{done}_{uuid.uuid4().hex[:12]}", "type": "function",
+            "function": {"name": function["name"], "arguments": arguments}}
+
+
+def _fitting(schema: dict, root: dict | None = None):
+    """A small value that validates against a JSON schema of the usual tool shapes: an object's required
+    properties filled in, the first of an enum, "x", 1, true, []; local `$ref`s (`#/$defs/...`) are followed."""
+    root = schema if root is None else root
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target = root
+        for part in ref[2:].split("/"):
+            target = target.get(part) or {}
+        return _fitting(target, root)
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            return _fitting(schema[key][0], root)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        return {name: _fitting(properties.get(name) or {}, root) for name in schema.get("required") or []}
+    return {"string": "x", "integer": 1, "number": 1, "boolean": True, "array": [], "null": None}.get(kind, "x")
+
+
+def _reply(request: dict) -> str:
+    """The text answer: the fixed reply, or for a `json_schema` response format a JSON value that fits it."""
+    fmt = request.get("response_format") or {}
+    if fmt.get("type") != "json_schema":
+        return REPLY
+    return orjson.dumps(_fitting((fmt.get("json_schema") or {}).get("schema") or {})).decode()
 
 
 def _chat_completion(model: str, request: dict | None = None) -> dict:
-    message: dict = {"role": "assistant", "content": REPLY, "refusal": None}
+    message: dict = {"role": "assistant", "content": _reply(request or {}), "refusal": None}
     finish = "stop"
-    if request and _calls_tool(request):
-        name = request["tools"][0]["function"]["name"]
-        message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
-            {"id": "call_fake", "type": "function", "function": {"name": name, "arguments": "{}"}}]}
+    call = _tool_call(model, request) if request else None
+    if call is not None:
+        message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
         finish = "tool_calls"
     return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
