@@ -24,6 +24,8 @@ from modelworks.responses.items import new_id, normalize_input, to_chat_messages
 from modelworks.responses.output import ResponseState, sse
 from modelworks.responses.tools import ServerTools
 from modelworks.responses.turns import Turns
+from modelworks.responses.recent import RecentResponses
+from modelworks.responses.writer import ResponseWriter
 from modelworks.responses.protocol import CreateResponse, FunctionTool, McpTool, parse_tools
 from modelworks.responses.store import ResponseStore
 
@@ -36,6 +38,8 @@ class ResponsesService:
         self.store = store
         self.node = node  # this process, as the owner of the background runs it started
         self.background = Background(self)
+        self.writer = ResponseWriter(store)
+        self.recent = RecentResponses()
         self.turns = Turns(self)
         self.tools = ServerTools(self, mcp, max_tool_rounds)
 
@@ -90,6 +94,11 @@ class ResponsesService:
             return False
         body = state.body()
         done = state.status not in ("queued", "in_progress")
+        if done and not state.req.background:  # stored once, finished: written with others in one transaction
+            await self.writer.write((run.project, body, run.inputs, state.output, state.conversation_id))
+            if not state.conversation_id:  # what a response continuing this one will see
+                self.recent.put(run.project, state.id, state.model, run.context + run.inputs + state.output)
+            return False
         conversation = run.inputs + state.output if state.conversation_id and done else None
         return await asyncio.to_thread(self.store.save, run.project, body, input_items=run.inputs,
                                 output_items=state.output, conversation_id=state.conversation_id,
@@ -100,9 +109,13 @@ class ResponsesService:
         """The items this request continues, and the model of the response it continues (a default for a
         request that names none)."""
         if req.previous_response_id is not None:
-            previous = await asyncio.to_thread(self.store.get, project, req.previous_response_id)
-            items = await asyncio.to_thread(self.store.context, project, req.previous_response_id) \
-                if previous is not None else None
+            known = self.recent.get(project, req.previous_response_id)
+            if known is not None:
+                return known[1], known[0]
+            items = await asyncio.to_thread(self.store.context, project, req.previous_response_id)
+            previous = {"model": req.model}
+            if items is not None and req.model is None:  # the model it continues with, when none is named
+                previous = await asyncio.to_thread(self.store.get, project, req.previous_response_id)
             if previous is None or items is None:
                 raise NotFound(f"Previous response with id '{req.previous_response_id[:80]}' not found.",
                                param="previous_response_id", code="previous_response_not_found")
@@ -125,6 +138,7 @@ class ResponsesService:
         return body
 
     async def delete(self, project: str, response_id: str) -> dict:
+        self.recent.forget(response_id)
         if not await asyncio.to_thread(self.store.delete, project, response_id):
             raise _not_found(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
