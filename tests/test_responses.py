@@ -236,3 +236,24 @@ def test_azure_dated_responses_path(server, recorder):
         assert made.status_code == 200 and made.json()["status"] == "completed"
         again = http.get(f"/openai/responses/{made.json()['id']}?api-version=2025-04-01-preview")
         assert again.json()["id"] == made.json()["id"]
+
+
+def test_logprobs_when_included(client):
+    made = client.responses.create(model="smollm2-135m-instruct", input="Say hi.", max_output_tokens=16,
+                                   include=["message.output_text.logprobs"], top_logprobs=2, temperature=0)
+    part = made.output[0].content[0]
+    assert part.logprobs and all(lp.logprob <= 0 and len(lp.top_logprobs) == 2 for lp in part.logprobs)
+    assert "".join(lp.token for lp in part.logprobs) == part.text
+    with client.responses.stream(model="smollm2-135m-instruct", input="Say hi.", max_output_tokens=16,
+                                 include=["message.output_text.logprobs"], temperature=0) as stream:
+        events = list(stream)
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert sum(len(e.logprobs) for e in deltas) > 0
+
+
+def test_reasoning_and_verbosity_reach_the_upstream(client, upstream):
+    _clear_upstream(upstream)
+    client.responses.create(model="upstream-model", input="Hi", reasoning={"effort": "low"},
+                            text={"verbosity": "low"})
+    sent = _upstream_requests(upstream)[-1]["body"]
+    assert sent["reasoning_effort"] == "low" and sent["verbosity"] == "low"

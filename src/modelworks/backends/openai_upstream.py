@@ -25,7 +25,8 @@ INLINE_BELOW = 64 * 1024  # JSON up to this size is made or parsed on the event 
 # Fields forwarded upstream. Anything else in the client's body was ignored at validation and stays behind.
 _CHAT_FIELDS = ("messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
                 "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
-                "response_format", "tools", "tool_choice", "parallel_tool_calls", "user")
+                "response_format", "tools", "tool_choice", "parallel_tool_calls", "user", "reasoning_effort",
+                "verbosity")
 _TEXT_FIELDS = ("prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "presence_penalty",
                 "frequency_penalty", "logit_bias", "logprobs", "echo", "suffix", "best_of", "user")
 

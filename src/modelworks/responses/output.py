@@ -171,14 +171,15 @@ class OutputBuilder:
         """One chat delta choice (a whole answer is fed as one)."""
         delta = choice.get("delta") or {}
         text = delta.get("content")
-        if text:
-            self._text(text)
+        logprobs = _logprobs(choice.get("logprobs"))
+        if text or logprobs:
+            self._text(text or "", logprobs)
         for call in delta.get("tool_calls") or []:
             self._call(call)
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
 
-    def _text(self, text: str) -> None:
+    def _text(self, text: str, logprobs: list[dict]) -> None:
         state = self.state
         if self.message is None:
             self.message = {"id": item_id("message"), "type": "message", "status": "in_progress",
@@ -190,10 +191,12 @@ class OutputBuilder:
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             self.message["content"].append(part)
             state.emit({"type": "response.content_part.added", "item_id": self.message["id"],
-                        "output_index": self.message_index, "content_index": 0, "part": dict(part)})
-        self.message["content"][0]["text"] += text
+                        "output_index": self.message_index, "content_index": 0, "part": {**part, "logprobs": []}})
+        part = self.message["content"][0]
+        part["text"] += text
+        part["logprobs"].extend(logprobs)
         state.emit({"type": "response.output_text.delta", "item_id": self.message["id"],
-                    "output_index": self.message_index, "content_index": 0, "delta": text, "logprobs": []})
+                    "output_index": self.message_index, "content_index": 0, "delta": text, "logprobs": logprobs})
 
     def _call(self, call: dict) -> None:
         state = self.state
@@ -231,9 +234,9 @@ class OutputBuilder:
             m, i = self.message, self.message_index
             part = m["content"][0]
             state.emit({"type": "response.output_text.done", "item_id": m["id"], "output_index": i,
-                        "content_index": 0, "text": part["text"], "logprobs": []})
+                        "content_index": 0, "text": part["text"], "logprobs": list(part["logprobs"])})
             state.emit({"type": "response.content_part.done", "item_id": m["id"], "output_index": i,
-                        "content_index": 0, "part": dict(part)})
+                        "content_index": 0, "part": {**part, "logprobs": list(part["logprobs"])}})
             ended.append((i, m))
         for position, item in self.calls.values():
             state.emit({"type": "response.function_call_arguments.done", "item_id": item["id"],
@@ -257,8 +260,19 @@ class OutputBuilder:
         self.finish_reason = None
 
 
+def _logprobs(raw) -> list[dict]:
+    """A chat choice's `logprobs.content` in the Responses shape (token, logprob, bytes, top_logprobs)."""
+    if not isinstance(raw, dict) or not raw.get("content"):
+        return []
+    return [{"token": e.get("token", ""), "logprob": e.get("logprob", 0.0), "bytes": e.get("bytes") or [],
+             "top_logprobs": [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0),
+                               "bytes": t.get("bytes") or []} for t in e.get("top_logprobs") or []]}
+            for e in raw["content"]]
+
+
 def _copy(item: dict) -> dict:
     out = dict(item)
     if "content" in out:
-        out["content"] = [dict(p) for p in out["content"]]
+        out["content"] = [{**p, "logprobs": list(p["logprobs"])} if "logprobs" in p else dict(p)
+                          for p in out["content"]]
     return out

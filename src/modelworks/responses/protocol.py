@@ -299,8 +299,9 @@ class ConversationRef(_Body):
 
 
 class Reasoning(_Body):
-    effort: str | None = None
-    summary: str | None = None
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
 
 
 class StreamOptions(_Body):

@@ -254,6 +254,14 @@ def _chat_request(req, tools: list, messages: list[dict], *, stream: bool, funct
     who = getattr(req, "safety_identifier", None) or getattr(req, "user", None)
     if who:
         body["user"] = who
+    reasoning = getattr(req, "reasoning", None)
+    if reasoning is not None and reasoning.effort is not None:
+        body["reasoning_effort"] = reasoning.effort  # reasoning models upstream; others have nothing to set
+    if req.text is not None and req.text.verbosity is not None:
+        body["verbosity"] = req.text.verbosity
+    if "message.output_text.logprobs" in (getattr(req, "include", None) or []) or getattr(req, "top_logprobs", None):
+        body["logprobs"] = True
+        body["top_logprobs"] = req.top_logprobs or 0
     client = [t for t in tools if isinstance(t, FunctionTool)]
     specs = [{"type": "function", "function": {k: v for k, v in (
         ("name", t.name), ("description", t.description), ("parameters", t.parameters),
