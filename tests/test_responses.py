@@ -257,3 +257,19 @@ def test_reasoning_and_verbosity_reach_the_upstream(client, upstream):
                             text={"verbosity": "low"})
     sent = _upstream_requests(upstream)[-1]["body"]
     assert sent["reasoning_effort"] == "low" and sent["verbosity"] == "low"
+
+
+def test_truncation_auto_drops_the_oldest_turns(client):
+    long_turn = "Tell me about the sea. " * 140  # ~700 tokens a turn: three of them overflow a 2048 context
+    previous = None
+    for _ in range(2):
+        made = client.responses.create(model="smollm2-135m-instruct", input=long_turn, max_output_tokens=16,
+                                       temperature=0, previous_response_id=previous, truncation="auto")
+        previous = made.id
+    with pytest.raises(openai.BadRequestError) as refused:  # without truncation the chain no longer fits
+        client.responses.create(model="smollm2-135m-instruct", input=long_turn, max_output_tokens=16,
+                                previous_response_id=previous)
+    assert refused.value.code == "context_length_exceeded"
+    fitted = client.responses.create(model="smollm2-135m-instruct", input=long_turn, max_output_tokens=16,
+                                     temperature=0, previous_response_id=previous, truncation="auto")
+    assert fitted.status in ("completed", "incomplete") and fitted.usage.input_tokens < 2048

@@ -78,6 +78,8 @@ class ResponsesService:
         """Before the first model call: the server-run tools listed (and approved calls run), then the call
         admitted. A refusal raises."""
         await self.tools.prepare(run)
+        if run.state.req.truncation == "auto" and run.context:
+            await self._truncate(run)
         run.chat = self.chat_request(run, stream=bool(run.state.req.stream or run.state.req.background))
         await self.calls.admit(run.call, run.route, run.chat)
 
@@ -86,6 +88,36 @@ class ResponsesService:
         messages = to_chat_messages(run.context + run.inputs + run.state.output, run.state.req.instructions)
         return _chat_request(run.state.req, run.tools, messages, stream=stream, functions=run.functions,
                              tool_choice=tool_choice)
+
+    async def _truncate(self, run: "Run") -> None:
+        """`truncation: auto`: drop the oldest turns of the context (whole turns: it then starts at a user
+        message) until the prompt and the room for the answer fit the model's context window. Only where the
+        window and a tokenizer are known (the embedded models); an upstream gets the whole context."""
+        backend = run.route.backend
+        window = getattr(backend, "n_ctx", None)
+        if not window:
+            return
+        reserve = run.state.req.max_output_tokens or getattr(getattr(backend, "spec", None), "max_tokens_default", 256)
+
+        async def fits(cut: int) -> bool:
+            trial = Run(run.project, run.state, run.context[cut:], run.inputs, run.call, run.route, run.tools,
+                        functions=run.functions)
+            task = self.calls.gateway.generation_task(run.route, self.chat_request(trial, stream=False))
+            tokens = await backend.count_prompt_tokens(task)
+            return tokens is not None and tokens + reserve <= window
+
+        if await fits(0):
+            return
+        cuts = [i for i, item in enumerate(run.context) if item.get("type") == "message" and item.get("role") == "user"]
+        cuts.append(len(run.context))
+        low, high = 0, len(cuts) - 1  # the earliest cut that fits (the last one keeps no context)
+        while low < high:
+            middle = (low + high) // 2
+            if await fits(cuts[middle]):
+                high = middle
+            else:
+                low = middle + 1
+        run.context = run.context[cuts[low]:]
 
     async def save(self, run: "Run") -> bool:
         """Store the response as it is now (when it is stored at all); True when a cancel was asked for it."""
