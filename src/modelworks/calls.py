@@ -33,7 +33,7 @@ class ModelCalls:
     async def admit(self, call: Call, route: Route, request, body: bytes = b"") -> None:
         """Check the route can serve the request, let the policies admit it, and pick its dispatch. A refusal
         completes the call (one usage record, even for a refused call) and raises."""
-        task = self.gateway.generation_task(route, request, body)
+        task = self.gateway.generation_task(route, request, body or getattr(request, "_json", b""))
         call.route, call.task = route, task
         try:
             await self.chain.admit(call)

@@ -235,6 +235,8 @@ class ResponsesSettings(_Strict):
                                   description="stored responses and conversations are purged this long after their "
                                               "last change")
     purge_interval_s: float = Field(default=3600, gt=0, description="how often expired ones are purged")
+    flush_seconds: float = Field(default=0.05, gt=0, le=60,
+                                 description="how often finished responses go from the write-ahead log to the store")
     max_tool_calls: int = Field(default=8, ge=1, le=128,
                                 description="server-run (MCP) tool calls per response; then the model must answer")
 

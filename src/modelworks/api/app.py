@@ -49,6 +49,7 @@ class ModelworksApp:
         self.health = health
         self.closers: list = []
         self.loops: list = []  # coroutine functions run from start-up until shutdown
+        self.starters: list = []  # coroutine functions awaited at start-up, after the control plane
         self._loop_tasks: list[asyncio.Task] = []
 
     async def __call__(self, scope, receive, send) -> None:
@@ -73,6 +74,8 @@ class ModelworksApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.control.start()
+                    for start in self.starters:
+                        await start()
                     await self.catalog.reload()
                     self.catalog.start()
                     await asyncio.gather(*(b.start() for b in unique))
@@ -169,6 +172,9 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     app.closers.append(limiter.close)
     purge_every = settings.responses.purge_interval_s
     app.loops.append(lambda: agents.service.maintain(purge_every))
+    journal = agents.service.journal
+    app.starters.append(lambda: _start_journal(journal))
+    app.closers.insert(0, journal.close)  # before the store goes
     if tracing is not None:
         app.closers.append(lambda: asyncio.to_thread(tracing.close))
     return app
@@ -186,11 +192,19 @@ def _responses_handlers(settings: Settings, control: ControlPlane, calls, chain:
     from modelworks.responses.mcp import McpGateway
     from modelworks.responses.mcp_policy import McpServerPolicy
 
+    from modelworks.responses.journal import ResponseJournal
+
     store = ResponseStore(control.db, timedelta(days=settings.responses.retention_days))
     mcp = McpGateway(McpServerPolicy(control.projects))
+    journal = ResponseJournal(store, settings.data_path / "responses-wal", settings.responses.flush_seconds)
     service = ResponsesService(calls, store, node=uuid.uuid4().hex[:16], mcp=mcp,
-                               max_tool_rounds=settings.responses.max_tool_calls)
+                               max_tool_rounds=settings.responses.max_tool_calls, journal=journal)
     return ResponsesHandlers(service, ConversationsService(store), chain, settings.server.max_body_bytes)
+
+
+async def _start_journal(journal) -> None:
+    await asyncio.to_thread(journal.open)  # what a killed process left is stored before anything is served
+    journal.start()
 
 
 def _responses_routes(router: Router, prefix: str, dialect: str, r) -> None:

@@ -1,159 +1,22 @@
-"""The usage write-ahead log: records reach the store in batches, off the hot path, and none is lost.
-
-Each finished request adds one JSON line to this process's current segment. The lines of the requests that
-finish in one turn of the event loop go out together, in one `write` call at the end of that turn (a group
-commit: one `write` per request instead cost a tenth of the proxy's hot path); once written, the operating
-system keeps them even if the process is killed the next instant. Nothing is answered before its record is
-written: `written()` gives the requests of the turn one future to wait on before they send their last byte
-(the policy chain's `complete` waits on it), so a kill at any moment loses no record of an answered request.
-Every `interval` the
-writer starts a new segment, inserts the old segment's records into the store in one transaction (inserts are
-idempotent by record id) and deletes the segment only after that commits. A segment's file is locked while its
-process lives; at start-up, segments nobody holds (left by a killed process) are replayed and deleted. What a
-power failure can lose is what the OS had not yet put on disk (no fsync per request: that would cost more than
-the rest of the request); a process crash or kill loses no record of a request that was answered.
-"""
+"""The usage write-ahead log: `modelworks.store.wal.WriteAheadLog` for usage records (one line each, in
+`usage.COLUMNS` order; a line written by an older version as an object is turned into that order on replay)."""
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
-import logging
-import os
-import uuid
 from pathlib import Path
-from typing import Callable
 
 import orjson
 
 from modelworks.metering.usage import COLUMNS
-
-log = logging.getLogger("modelworks.metering")
-
-Insert = Callable[[list[bytes]], None]  # records as JSON lines (see UsageService.insert_json)
+from modelworks.store.wal import Insert, WriteAheadLog
 
 
-class UsageWAL:
+def _upgrade(record) -> bytes | None:
+    if isinstance(record, dict):  # written by an older version
+        return orjson.dumps([record.get(c) for c in COLUMNS])
+    return None
+
+
+class UsageWAL(WriteAheadLog):
     def __init__(self, directory: Path, insert: Insert, interval: float = 1.0) -> None:
-        self.dir = directory
-        self.insert = insert
-        self.interval = interval
-        self.pending: list[bytes] = []     # lines written, not yet in the store
-        self._unwritten: list[bytes] = []  # lines of this loop turn, not yet written
-        self._turn: asyncio.Future | None = None  # resolved when the lines of this turn are written
-        self.done_segments: list[tuple[int, Path]] = []  # written out, waiting for their records to commit
-        self.fd = -1
-        self.path: Path | None = None
-        self._task: asyncio.Task | None = None
-
-    def open(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.replay_orphans()
-        self._new_segment()
-
-    def append(self, record) -> None:
-        line = orjson.dumps(record)
-        self.pending.append(line)
-        self._unwritten.append(line)
-        if len(self._unwritten) == 1:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no event loop (a tool, a test): write at once
-                self.write_out()
-                return
-            self._turn = loop.create_future()
-            loop.call_soon(self.write_out)
-
-    def written(self) -> asyncio.Future | None:
-        """What to wait for before answering: the write of this turn's lines (None when nothing is unwritten)."""
-        return self._turn if self._unwritten else None
-
-    def write_out(self) -> None:
-        """One `write` for the lines added in this turn of the event loop; wakes the requests waiting on it."""
-        turn, self._turn = self._turn, None
-        try:
-            if self._unwritten:
-                lines, self._unwritten = self._unwritten, []
-                lines.append(b"")
-                os.write(self.fd, b"\n".join(lines))
-        except OSError:  # a full disk, say: the lines are still pending and reach the store at the next flush
-            log.exception("could not write usage records to the write-ahead log")
-        finally:
-            if turn is not None and not turn.done():
-                turn.set_result(None)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        try:
-            await self.flush()
-        finally:
-            if self.fd >= 0:
-                os.close(self.fd)
-                self.fd = -1
-            if self.path is not None and not self.pending and self.path.stat().st_size == 0:
-                self.path.unlink(missing_ok=True)
-
-    async def flush(self) -> None:
-        self.write_out()
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, []
-        self.done_segments.append((self.fd, self.path))
-        self._new_segment()
-        try:
-            await asyncio.to_thread(self.insert, batch)
-        except BaseException:
-            self.pending = batch + self.pending  # the next flush tries again; the files stay until then
-            raise
-        segments, self.done_segments = self.done_segments, []
-        for fd, path in segments:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-
-    def replay_orphans(self) -> int:
-        """Insert the records of segments left by processes that are gone; return how many."""
-        replayed = 0
-        for path in sorted(self.dir.glob("*.jsonl")):
-            fd = os.open(path, os.O_RDWR)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue  # a live process owns it
-            try:
-                lines = []
-                for line in path.read_bytes().splitlines():
-                    try:
-                        record = orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        log.warning("skipping a torn line in %s", path)
-                        continue
-                    if isinstance(record, dict):  # written by an older version
-                        line = orjson.dumps([record.get(c) for c in COLUMNS])
-                    lines.append(line)
-                if lines:
-                    self.insert(lines)
-                    replayed += len(lines)
-                path.unlink()
-            finally:
-                os.close(fd)
-        if replayed:
-            log.info("replayed %d usage records left by a previous process", replayed)
-        return replayed
-
-    def _new_segment(self) -> None:
-        self.path = self.dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.flush()
-            except Exception:  # noqa: BLE001 - the store may be away for a while: the records wait on disk
-                log.warning("could not store usage records; will retry", exc_info=True)
+        super().__init__(directory, insert, interval, what="usage records", upgrade=_upgrade)

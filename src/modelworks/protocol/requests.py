@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from modelworks.errors import InvalidRequest
 
@@ -161,6 +161,8 @@ class _Sampling(_Body):
 
 
 class ChatCompletionRequest(_Sampling):
+    # the request as JSON when it was made on the server (a Responses turn), for backends that send it on
+    _json: bytes = PrivateAttr(default=b"")
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     logprobs: bool | None = None

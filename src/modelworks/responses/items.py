@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from typing import Any, Awaitable, Callable
 
 from modelworks.errors import InvalidRequest
@@ -23,6 +24,20 @@ _PREFIX = {"message": "msg_", "function_call": "fc_", "function_call_output": "f
 
 def new_id(prefix: str) -> str:
     return f"{prefix}{random.getrandbits(128):032x}"
+
+
+def response_id() -> str:
+    """`resp_`, the time it was made (seconds, 8 hex digits), 96 random bits: a replica that does not find a
+    response yet can tell whether it may still be on its way (`made_lately`)."""
+    return f"resp_{int(time.time()) & 0xFFFFFFFF:08x}{random.getrandbits(96):024x}"
+
+
+def made_lately(response_id: str, within: float = 10.0) -> bool:
+    try:
+        made = int(response_id[5:13], 16)
+    except ValueError:
+        return False
+    return response_id.startswith("resp_") and -5.0 <= time.time() - made <= within
 
 
 def item_id(kind: str) -> str:

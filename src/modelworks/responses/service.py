@@ -20,7 +20,8 @@ from modelworks.errors import InvalidRequest, NotFound
 from modelworks.policies.chain import Call
 from modelworks.protocol.requests import ChatCompletionRequest
 from modelworks.responses.background import Background
-from modelworks.responses.items import new_id, normalize_input, to_chat_messages
+from modelworks.responses.items import made_lately, normalize_input, response_id, to_chat_messages
+from modelworks.responses.journal import ResponseJournal
 from modelworks.responses.output import ResponseState, sse
 from modelworks.responses.tools import ServerTools
 from modelworks.responses.turns import Turns
@@ -33,12 +34,13 @@ log = logging.getLogger("modelworks.responses")
 
 class ResponsesService:
     def __init__(self, calls: ModelCalls, store: ResponseStore, node: str, mcp=None,
-                 max_tool_rounds: int = 8) -> None:
+                 max_tool_rounds: int = 8, journal: ResponseJournal | None = None) -> None:
         self.calls = calls
         self.store = store
         self.node = node  # this process, as the owner of the background runs it started
         self.background = Background(self)
         self.writer = ResponseWriter(store)
+        self.journal = journal
         self.recent = RecentResponses()
         self.turns = Turns(self)
         self.tools = ServerTools(self, mcp, max_tool_rounds)
@@ -55,7 +57,7 @@ class ResponsesService:
         context, model = await self._context(project, req)
         route = self.calls.gateway.resolve(req.model or model)
         inputs = await normalize_input(req.input, lambda i: asyncio.to_thread(self.store.find_item, project, i))
-        state = ResponseState(new_id("resp_"), req, route.deployment, tools, store=req.store is not False,
+        state = ResponseState(response_id(), req, route.deployment, tools, store=req.store is not False,
                               conversation_id=req.conversation_id)
         call.operation = "responses"
         call.facts["response_id"] = state.id
@@ -126,10 +128,14 @@ class ResponsesService:
             return False
         body = state.body()
         done = state.status not in ("queued", "in_progress")
-        if done and not state.req.background:  # stored once, finished: written with others in one transaction
-            await self.writer.write((run.project, body, run.inputs, state.output, state.conversation_id))
-            if not state.conversation_id:  # what a response continuing this one will see
-                self.recent.put(run.project, state.id, state.model, run.context + run.inputs + state.output)
+        if done and not state.req.background:  # stored once, finished
+            if state.conversation_id or self.journal is None:  # its conversation's next turn must find it at once
+                await self.writer.write((run.project, body, run.inputs, state.output, state.conversation_id))
+                return False
+            pending = self.journal.append(run.project, body, run.inputs, state.output)
+            if pending is not None:  # written to the log before the answer goes out
+                await asyncio.shield(pending)
+            self.recent.put(run.project, state.id, state.model, run.context + run.inputs + state.output)
             return False
         conversation = run.inputs + state.output if state.conversation_id and done else None
         return await asyncio.to_thread(self.store.save, run.project, body, input_items=run.inputs,
@@ -144,7 +150,8 @@ class ResponsesService:
             known = self.recent.get(project, req.previous_response_id)
             if known is not None:
                 return known[1], known[0]
-            items = await asyncio.to_thread(self.store.context, project, req.previous_response_id)
+            items = await self._stored(lambda: self.store.context(project, req.previous_response_id),
+                                       req.previous_response_id)
             previous = {"model": req.model}
             if items is not None and req.model is None:  # the model it continues with, when none is named
                 previous = await asyncio.to_thread(self.store.get, project, req.previous_response_id)
@@ -163,15 +170,29 @@ class ResponsesService:
 
     # -- read, delete, cancel ---------------------------------------------------------------------------------
 
+    async def _stored(self, read, response_id: str):
+        """A store read about a response; for one made in the last seconds that is not there yet, read again for
+        a moment: another replica may have answered it with its batch still on the way (see journal)."""
+        found = await asyncio.to_thread(read)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.5
+        while found is None and made_lately(response_id) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+            found = await asyncio.to_thread(read)
+        return found
+
     async def retrieve(self, project: str, response_id: str) -> dict:
-        body = await asyncio.to_thread(self.store.get, project, response_id)
+        body = self.journal.get(project, response_id) if self.journal is not None else None
+        if body is None:
+            body = await self._stored(lambda: self.store.get(project, response_id), response_id)
         if body is None:
             raise _not_found(response_id)
         return body
 
     async def delete(self, project: str, response_id: str) -> dict:
         self.recent.forget(response_id)
-        if not await asyncio.to_thread(self.store.delete, project, response_id):
+        here = self.journal is not None and await self.journal.forget(project, response_id)
+        if not await asyncio.to_thread(self.store.delete, project, response_id) and not here:
             raise _not_found(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
@@ -211,7 +232,9 @@ class ResponsesService:
             await asyncio.sleep(30)
 
     async def input_items(self, project: str, response_id: str) -> list[dict]:
-        items = await asyncio.to_thread(self.store.input_items, project, response_id)
+        items = self.journal.input_items(project, response_id) if self.journal is not None else None
+        if items is None:
+            items = await self._stored(lambda: self.store.input_items(project, response_id), response_id)
         if items is None:
             raise _not_found(response_id)
         return items
@@ -315,12 +338,15 @@ def _chat_request(req, tools: list, messages: list[dict], *, stream: bool, funct
             body["response_format"]["json_schema"] = {k: v for k, v in (
                 ("name", fmt.name), ("schema", fmt.schema_), ("strict", fmt.strict),
                 ("description", fmt.description)) if v is not None}
+    raw = orjson.dumps(body)
     try:
-        return ChatCompletionRequest.model_validate(body)
+        request = ChatCompletionRequest.model_validate_json(raw)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         raise InvalidRequest(f"The input cannot be sent to the model: {err['msg']} (at {err['loc']}).",
                              param="input", code="invalid_value") from None
+    request._json = raw  # what an upstream is sent (and the size policies go by)
+    return request
 
 
 def _not_found(response_id: str) -> NotFound:

@@ -49,8 +49,10 @@ class ResponseStore:
 
     def insert_finished(self, batch: list[tuple[str, dict, list[dict], list[dict], str | None]]) -> None:
         """Insert finished responses that were never stored before — (project, body, input items, output items,
-        conversation id) each — in one transaction, with plain statements (the ORM's bookkeeping cost a
+        conversation id) each — in one transaction, with plain statements (idempotent: a replayed one is skipped) (the ORM's bookkeeping cost a
         millisecond a response). Conversation items are appended too."""
+        if not batch:
+            return
         now = _now()
         sqlite = self.db.engine.dialect.name == "sqlite"
         stamp = _db_time(now, sqlite)
@@ -71,10 +73,10 @@ class ResponseStore:
             conn.exec_driver_sql(
                 "INSERT INTO responses (id, project_id, created_at, updated_at, expires_at, status, "
                 "previous_response_id, conversation_id, background, owner, cancel_requested, body) VALUES ("
-                + ", ".join([mark] * 12) + ")", responses)
+                + ", ".join([mark] * 12) + ") ON CONFLICT (id) DO NOTHING", responses)  # a replay: idempotent
             if items:
                 conn.exec_driver_sql("INSERT INTO response_items (id, response_id, project_id, kind, position, body) "
-                                     "VALUES (" + ", ".join([mark] * 6) + ")", items)
+                                     "VALUES (" + ", ".join([mark] * 6) + ") ON CONFLICT (id) DO NOTHING", items)
         if conversations:
             with self.db.session() as s:
                 for project, conversation, appended in conversations:
