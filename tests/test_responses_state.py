@@ -213,3 +213,35 @@ def test_content_filters_apply_to_responses(solo, recorder):
         sdk.responses.create(model="filtered", input="I will kill you and your whole family tonight.")
     assert refused.value.code == "content_filter"
     assert sdk.responses.create(model="filtered", input="What a lovely morning.").status == "completed"
+
+
+def test_no_answered_response_is_lost_to_sigkill(tmp_path, upstream, recorder):
+    """Responses are answered once in the write-ahead log and stored in batches: a kill the instant the last
+    answer is in loses none of them (the log is replayed at the next start)."""
+    config = _config(upstream.url, f"sqlite:///{tmp_path / 'killed.db'}")
+    config["responses"] = {"flush_seconds": 30}  # nothing reaches the store by itself before the kill
+    server = start_modelworks(tmp_path, config, API_KEY, name="killed")
+    sdk = _sdk(server.url, recorder)
+    made, previous = [], None
+    for i in range(30):
+        previous = sdk.responses.create(model="fake", input=f"turn {i}", previous_response_id=previous).id
+        made.append(previous)
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    server.stop()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "killed.db") as db:
+        before = db.execute("SELECT count(*) FROM responses").fetchone()[0]
+    assert before < len(made)  # the kill came before the batch: the log holds them
+    again = start_modelworks(tmp_path, config, API_KEY, name="killed")
+    try:
+        sdk = _sdk(again.url, recorder)
+        for response_id in made:
+            assert sdk.responses.retrieve(response_id).status == "completed"
+        items = sdk.responses.input_items.list(made[-1])
+        assert [i.content[0].text for i in items.data] == ["turn 29"]
+        follow = sdk.responses.create(model="fake", input="and now?", previous_response_id=made[-1])
+        assert follow.status == "completed"
+    finally:
+        again.stop()
