@@ -273,3 +273,17 @@ def test_truncation_auto_drops_the_oldest_turns(client):
     fitted = client.responses.create(model="smollm2-135m-instruct", input=long_turn, max_output_tokens=16,
                                      temperature=0, previous_response_id=previous, truncation="auto")
     assert fitted.status in ("completed", "incomplete") and fitted.usage.input_tokens < 2048
+
+
+def test_repeated_item_ids_are_kept_apart(client):
+    same = {"type": "message", "role": "user", "content": "Hi", "id": "msg_same"}
+    conv = client.conversations.create(items=[same, same])
+    items = client.conversations.items.list(conv.id, order="asc").data
+    assert len(items) == 2 and items[0].id != items[1].id
+    made = client.responses.create(model="fake", input=[same, same], conversation=conv.id)
+    assert made.status == "completed"
+    assert len(client.conversations.items.list(conv.id).data) == 5
+    too_long = {"type": "message", "role": "user", "content": "Hi", "id": "m" * 65}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="fake", input=[too_long])
+    assert refused.value.body["param"] == "input[0].id"

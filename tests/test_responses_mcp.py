@@ -154,3 +154,10 @@ def test_the_embedded_model_calls_an_mcp_tool(sdk, mcp_server, calls):
     assert ran["tool"] == "add" and isinstance(ran["arguments"]["a"], int) and isinstance(ran["arguments"]["b"], int)
     assert call.output == str(ran["arguments"]["a"] + ran["arguments"]["b"])
     assert made.output[-1].type == "message"
+
+
+def test_approval_filter_on_read_only_tools(sdk, mcp_server, calls):
+    tool = _tool(mcp_server, allowed_tools=["echo"], require_approval={"never": {"read_only": True}})
+    made = sdk.responses.create(model="agent", input="Echo.", tools=[tool])
+    assert [o.type for o in made.output] == ["mcp_list_tools", "mcp_call", "message"]  # echo is read-only
+    assert calls()[-1]["tool"] == "echo"

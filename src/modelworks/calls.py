@@ -154,3 +154,27 @@ def status_of(exc: BaseException) -> int:
     if isinstance(exc, asyncio.CancelledError):
         return 499
     return 500
+
+
+class Frames:
+    """A stream's frames for the HTTP layer: closed before its first frame was asked for (the client left at
+    once), it still finishes the model call, so the call is completed and metered, and its backend stops."""
+
+    __slots__ = ("frames", "stream", "started")
+
+    def __init__(self, frames: AsyncIterator[bytes], stream: "CallStream") -> None:
+        self.frames = frames
+        self.stream = stream
+        self.started = False
+
+    def __aiter__(self) -> "Frames":
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.started = True
+        return await self.frames.__anext__()
+
+    async def aclose(self) -> None:
+        await self.frames.aclose()
+        if not self.stream.finished:
+            await self.stream.finish(499)

@@ -10,7 +10,7 @@ import orjson
 from modelworks.api.http import EventStream, JSONResult
 from modelworks.api.request import Request
 from modelworks.backends.base import Usage
-from modelworks.calls import CallStream, ModelCalls
+from modelworks.calls import CallStream, Frames, ModelCalls
 from modelworks.errors import InvalidRequest, MissingApiVersion, ModelworksError
 from modelworks.offload import run_sized
 from modelworks.policies.chain import Call, PolicyChain
@@ -58,7 +58,7 @@ class Handlers:
         annotations = call.facts.get("prompt_filter_results")
         if annotations is not None and call.facts.get("annotation_frame", True):
             head = framer.annotation_frame(annotations) + head
-        return EventStream(head, _frames(stream, framer), headers=call.response_headers)
+        return EventStream(head, Frames(_frames(stream, framer), stream), headers=call.response_headers)
 
     # -- embeddings -------------------------------------------------------------------------------------------
 

@@ -4,13 +4,14 @@ streamed from any point (`starting_after`), on this replica or another.
 The run is an asyncio task of the process that accepted it (its `owner`). It writes the response and its events
 to the store as it goes (at most every `SAVE_EVERY` seconds, and a heartbeat while it waits), so a client that
 polls or resumes on another replica sees it, and a replica that stops leaves a row that the others end: a
-queued or in-progress response not written for `STALE_AFTER` is failed with a reason (`ResponsesService.recover`).
+queued or in-progress response not written for `STALE_AFTER` is failed with a reason (`ResponsesService.maintain`).
 A cancel on another replica is a flag in the row, which the owner reads at its next write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import timedelta
@@ -60,14 +61,19 @@ class Background:
             state.start()
             await svc.begin(run)
             stream = await svc.calls.stream(run.call)
-            async for events in svc.turns.streaming(run, stream, batch):
-                events.clear()
-                if time.monotonic() - saved >= SAVE_EVERY and state.status == "in_progress":
-                    saved = time.monotonic()
-                    await self._save(run)
+            async with contextlib.aclosing(svc.turns.streaming(run, stream, batch)) as steps:
+                async for events in steps:  # a cancel anywhere here closes the steps, which end the response
+                    events.clear()
+                    if time.monotonic() - saved >= SAVE_EVERY and state.status == "in_progress":
+                        saved = time.monotonic()
+                        await self._save(run)
         except asyncio.CancelledError:
-            if state.status in ("queued", "in_progress"):  # cancelled before the model call streamed
-                state.finish("cancelled")
+            if state.status in ("queued", "in_progress"):  # before the model call streamed
+                if run.cancelled:
+                    state.finish("cancelled")
+                else:  # the server is stopping
+                    state.finish("failed", error={"code": "server_error", "message": "The server stopped before "
+                                                  "the response finished; send the request again."})
                 await asyncio.shield(svc.save(run))
         except Exception as exc:  # noqa: BLE001 - a refusal (quota, filter) or a fault: the response fails
             if state.status in ("queued", "in_progress"):

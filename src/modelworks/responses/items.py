@@ -14,8 +14,8 @@ from typing import Any, Awaitable, Callable
 
 from modelworks.errors import InvalidRequest
 from modelworks.responses.protocol import (
-    MAX_INPUT_ITEMS, FunctionCallItem, FunctionCallOutputItem, InputItem, InputMedia, ItemReference, McpApprovalRequestItem,
-    McpApprovalResponseItem, McpCallItem, McpListToolsItem, MessageItem, ReasoningItem, parse_items,
+    MAX_INPUT_ITEMS, FunctionCallItem, FunctionCallOutputItem, InputItem, InputMedia, ItemReference,
+    McpApprovalResponseItem, McpCallItem, MessageItem, parse_items,
 )
 
 _PREFIX = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_", "mcp_list_tools": "mcpl_",
@@ -169,5 +169,3 @@ def _chat_message(item: dict) -> dict:
         return {"role": item["role"], "content": "".join(p["text"] for p in parts)}
     return {"role": item["role"], "content": parts}
 
-
-_ = (McpListToolsItem, McpApprovalRequestItem, ReasoningItem)  # stored as given (see `stored`)

@@ -38,11 +38,12 @@ class ResponseJournal:
         await self.wal.close()
 
     def append(self, project: str, body: dict, inputs: list[dict], outputs: list[dict]):
-        """Log a finished response; returns what to wait for before answering (None: nothing to wait for)."""
+        """Log a finished response; returns what to wait for before answering (None: nothing to wait for) and
+        the size of its line in bytes."""
         self._unflushed[body["id"]] = (project, body, inputs, outputs)
         self._order.append(body["id"])
         self.wal.append([project, body, inputs, outputs, None])
-        return self.wal.written()
+        return self.wal.written(), len(self.wal.pending[-1])
 
     def get(self, project: str, response_id: str) -> dict | None:
         entry = self._unflushed.get(response_id)
@@ -51,11 +52,6 @@ class ResponseJournal:
     def input_items(self, project: str, response_id: str) -> list[dict] | None:
         entry = self._unflushed.get(response_id)
         return entry[2] if entry is not None and entry[0] == project else None
-
-    def context(self, project: str, response_id: str) -> list[dict] | None:
-        """The input and output of an unflushed response (its own chain's earlier turns are the caller's)."""
-        entry = self._unflushed.get(response_id)
-        return entry[2] + entry[3] if entry is not None and entry[0] == project else None
 
     async def forget(self, project: str, response_id: str) -> bool:
         """Before a delete: a response still on its way is dropped from the way, and a batch that holds it is

@@ -45,12 +45,13 @@ class ResponseState:
         self.saved_events = 0
 
     def unsaved_events(self) -> list[dict] | None:
-        """The kept events not yet handed to the store (and from now on counted as handed)."""
+        """The kept events not yet stored (`saved` moves past them once their write has committed)."""
         if not self.keep_events:
             return None
-        fresh = self.events[self.saved_events:]
-        self.saved_events = len(self.events)
-        return fresh
+        return self.events[self.saved_events:]
+
+    def saved(self, events: list[dict] | None) -> None:
+        self.saved_events += len(events or ())
 
     # -- events -----------------------------------------------------------------------------------------------
 
@@ -74,6 +75,10 @@ class ResponseState:
         self.emit({"type": "response.in_progress", "response": self.body()})
 
     def finish(self, status: str, *, error: dict | None = None, reason: str | None = None) -> None:
+        """End the response with its one terminal event (a second ending, on a path that unwinds after the
+        first, changes nothing)."""
+        if self.status not in ("queued", "in_progress"):
+            return
         self.status = status
         self.error = error
         if reason is not None:

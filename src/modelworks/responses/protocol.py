@@ -51,7 +51,7 @@ class InputMedia(_Body):
 
 class MessageItem(_Body):
     type: Literal["message"] = "message"
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=64)
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[InputText | InputMedia]
     status: str | None = None
@@ -67,7 +67,7 @@ class MessageItem(_Body):
 
 class FunctionCallItem(_Body):
     type: Literal["function_call"]
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=64)
     call_id: str = Field(min_length=1, max_length=256)
     name: str = Field(min_length=1, max_length=128)
     arguments: str
@@ -76,7 +76,7 @@ class FunctionCallItem(_Body):
 
 class FunctionCallOutputItem(_Body):
     type: Literal["function_call_output"]
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=64)
     call_id: str = Field(min_length=1, max_length=256)
     output: str | list[InputText | InputMedia]
     status: str | None = None
@@ -104,7 +104,7 @@ class ItemReference(_Body):
 
 class McpListToolsItem(_Body):
     type: Literal["mcp_list_tools"]
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=64)
     server_label: str
     tools: list[JSONObject]
     error: str | None = None
@@ -112,7 +112,7 @@ class McpListToolsItem(_Body):
 
 class McpCallItem(_Body):
     type: Literal["mcp_call"]
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=64)
     server_label: str
     name: str
     arguments: str
@@ -124,7 +124,7 @@ class McpCallItem(_Body):
 
 class McpApprovalRequestItem(_Body):
     type: Literal["mcp_approval_request"]
-    id: str
+    id: str = Field(min_length=1, max_length=64)
     server_label: str
     name: str
     arguments: str
@@ -132,7 +132,7 @@ class McpApprovalRequestItem(_Body):
 
 class McpApprovalResponseItem(_Body):
     type: Literal["mcp_approval_response"]
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=64)
     approval_request_id: str = Field(min_length=1)
     approve: bool
     reason: str | None = None
@@ -140,7 +140,7 @@ class McpApprovalResponseItem(_Body):
 
 class ReasoningItem(_Body):
     type: Literal["reasoning"]
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=64)
 
 
 InputItem = (MessageItem | FunctionCallItem | FunctionCallOutputItem | ItemReference | McpListToolsItem | McpCallItem

@@ -1,8 +1,9 @@
 """Recently finished responses of this process, with the whole context a response continuing them sees: a
 `previous_response_id` chain that stays on one replica is read from memory, not the store.
 
-Bounded by entries and by items held. An entry lives `ttl` seconds: a response deleted through another replica
-is continued here for at most that long (one deleted here is forgotten at once). A miss reads the store.
+Bounded by entries and by the bytes of the responses held (what each adds: an entry shares its context's items
+with the entry it continues). An entry lives `ttl` seconds: a response deleted through another replica is
+continued here for at most that long (one deleted here is forgotten at once). A miss reads the store.
 """
 
 from __future__ import annotations
@@ -12,29 +13,32 @@ from collections import OrderedDict
 
 
 class RecentResponses:
-    def __init__(self, entries: int = 4096, items: int = 200_000, ttl: float = 10.0) -> None:
+    def __init__(self, entries: int = 4096, size: int = 128 * 1024 * 1024, ttl: float = 10.0) -> None:
         self.entries = entries
-        self.items = items
+        self.size = size
         self.ttl = ttl
         self._held = 0
-        self._data: OrderedDict[str, tuple[str, str, float, list[dict]]] = OrderedDict()
+        self._data: OrderedDict[str, tuple[str, str, float, list[dict], int]] = OrderedDict()
 
-    def put(self, project: str, response_id: str, model: str, context: list[dict]) -> None:
-        if len(context) > self.items // 4:
+    def put(self, project: str, response_id: str, model: str, context: list[dict], size: int) -> None:
+        """`size`: the bytes this response adds (its own input and output)."""
+        if size > self.size // 16:
             return
         self.forget(response_id)
-        self._data[response_id] = (project, model, time.monotonic() + self.ttl, context)
-        self._held += len(context)
-        while len(self._data) > self.entries or self._held > self.items:
-            _, (_, _, _, old) = self._data.popitem(last=False)
-            self._held -= len(old)
+        self._data[response_id] = (project, model, time.monotonic() + self.ttl, context, size)
+        self._held += size
+        now = time.monotonic()
+        while self._data and (len(self._data) > self.entries or self._held > self.size
+                              or next(iter(self._data.values()))[2] < now):  # the oldest first, expired too
+            _, old = self._data.popitem(last=False)
+            self._held -= old[4]
 
     def get(self, project: str, response_id: str) -> tuple[str, list[dict]] | None:
         """(model, context) of a response of this project, or None."""
         entry = self._data.get(response_id)
         if entry is None:
             return None
-        owner, model, expires, context = entry
+        owner, model, expires, context, _ = entry
         if expires < time.monotonic():
             self.forget(response_id)
             return None
@@ -45,4 +49,4 @@ class RecentResponses:
     def forget(self, response_id: str) -> None:
         entry = self._data.pop(response_id, None)
         if entry is not None:
-            self._held -= len(entry[3])
+            self._held -= entry[4]

@@ -8,6 +8,7 @@ conversation, then its own input. Each model call is metered with the response's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -15,7 +16,7 @@ from typing import Any, AsyncIterator
 import orjson
 from pydantic import ValidationError
 
-from modelworks.calls import ModelCalls
+from modelworks.calls import Frames, ModelCalls
 from modelworks.errors import InvalidRequest, NotFound
 from modelworks.policies.chain import Call
 from modelworks.protocol.requests import ChatCompletionRequest
@@ -74,7 +75,7 @@ class ResponsesService:
             await self.turns.whole(run)
             return state.body()
         stream = await self.calls.stream(call)
-        return _frames(self.turns.streaming(run, stream, events))
+        return Frames(_frames(self.turns.streaming(run, stream, events)), stream)
 
     async def begin(self, run: "Run") -> None:
         """Before the first model call: the server-run tools listed (and approved calls run), then the call
@@ -110,6 +111,9 @@ class ResponsesService:
 
         if await fits(0):
             return
+        if (await backend.count_prompt_tokens(self.calls.gateway.generation_task(
+                run.route, self.chat_request(run, stream=False)))) is None:
+            return  # it could not be counted (not too long): the model call will say what is wrong
         cuts = [i for i, item in enumerate(run.context) if item.get("type") == "message" and item.get("role") == "user"]
         cuts.append(len(run.context))
         low, high = 0, len(cuts) - 1  # the earliest cut that fits (the last one keeps no context)
@@ -119,6 +123,7 @@ class ResponsesService:
                 high = middle
             else:
                 low = middle + 1
+        run.full_context = run.context
         run.context = run.context[cuts[low]:]
 
     async def save(self, run: "Run") -> bool:
@@ -132,16 +137,24 @@ class ResponsesService:
             if state.conversation_id or self.journal is None:  # its conversation's next turn must find it at once
                 await self.writer.write((run.project, body, run.inputs, state.output, state.conversation_id))
                 return False
-            pending = self.journal.append(run.project, body, run.inputs, state.output)
+            pending, size = self.journal.append(run.project, body, run.inputs, state.output)
             if pending is not None:  # written to the log before the answer goes out
                 await asyncio.shield(pending)
-            self.recent.put(run.project, state.id, state.model, run.context + run.inputs + state.output)
+            context = run.full_context if run.full_context is not None else run.context
+            self.recent.put(run.project, state.id, state.model, context + run.inputs + state.output, size)
             return False
-        conversation = run.inputs + state.output if state.conversation_id and done else None
-        return await asyncio.to_thread(self.store.save, run.project, body, input_items=run.inputs,
-                                output_items=state.output, conversation_id=state.conversation_id,
-                                conversation_items=conversation, owner=None if done else self.node,
-                                events=state.unsaved_events())
+        async with run.saving:  # a background run's writes (its steps, its heartbeat) one at a time, in order
+            body = state.body()
+            done = state.status not in ("queued", "in_progress")
+            conversation = run.inputs + state.output if state.conversation_id and done else None
+            events = state.unsaved_events()
+            cancel = await asyncio.to_thread(
+                self.store.save, run.project, body, input_items=None if run.inputs_saved else run.inputs,
+                output_items=state.output, conversation_id=state.conversation_id, conversation_items=conversation,
+                owner=None if done else self.node, events=events)
+            run.inputs_saved = True
+            state.saved(events)
+            return cancel
 
     async def _context(self, project: str, req) -> tuple[list[dict], str | None]:
         """The items this request continues, and the model of the response it continues (a default for a
@@ -192,7 +205,9 @@ class ResponsesService:
     async def delete(self, project: str, response_id: str) -> dict:
         self.recent.forget(response_id)
         here = self.journal is not None and await self.journal.forget(project, response_id)
-        if not await asyncio.to_thread(self.store.delete, project, response_id) and not here:
+        # one made on another replica a moment ago may still be on its way: wait for it, or it comes back later
+        deleted = await self._stored(lambda: self.store.delete(project, response_id) or None, response_id)
+        if not deleted and not here:
             raise _not_found(response_id)
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
@@ -288,11 +303,15 @@ class Run:
     mcp_map: dict = field(default_factory=dict)  # function name -> (the MCP tool, the server's tool name)
     rounds: int = 0
     cancelled: bool = False
+    full_context: list[dict] | None = None  # the context before `truncation: auto` shortened it
+    inputs_saved: bool = False  # a background run's input items are written once
+    saving: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 async def _frames(events: AsyncIterator[list[dict]]) -> AsyncIterator[bytes]:
-    async for batch in events:
-        yield sse(batch)
+    async with contextlib.aclosing(events) as steps:  # closed at once when the client leaves, not by the GC
+        async for batch in steps:
+            yield sse(batch)
 
 
 def _chat_request(req, tools: list, messages: list[dict], *, stream: bool, functions: list[dict] = (),

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.orm import Session
 
 from modelworks.store.db import Database
 from modelworks.store.schema import (
@@ -34,6 +35,11 @@ MAX_CHAIN = 10_000
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _live(row, project_id: str) -> bool:
+    """A row of this project that has not expired (an expired one reads as absent until it is purged)."""
+    return row is not None and row.project_id == project_id and _aware(row.expires_at) > _now()
 
 
 def _aware(value: datetime) -> datetime:
@@ -77,10 +83,11 @@ class ResponseStore:
             if items:
                 conn.exec_driver_sql("INSERT INTO response_items (id, response_id, project_id, kind, position, body) "
                                      "VALUES (" + ", ".join([mark] * 6) + ") ON CONFLICT (id) DO NOTHING", items)
-        if conversations:
-            with self.db.session() as s:
-                for project, conversation, appended in conversations:
-                    self._append_conversation(s, project, conversation, appended, now)
+            if conversations:  # in the same transaction: a turn is in its conversation or not stored at all
+                with Session(bind=conn) as s:
+                    for project, conversation, appended in conversations:
+                        self._append_conversation(s, project, conversation, appended, now)
+                    s.flush()
 
     def save(self, project_id: str, body: dict, *, input_items: list[dict] | None, output_items: list[dict],
              conversation_id: str | None, conversation_items: list[dict] | None = None,
@@ -96,6 +103,8 @@ class ResponseStore:
                                   previous_response_id=body.get("previous_response_id"),
                                   conversation_id=conversation_id)
                 s.add(row)
+            elif row.status not in ("queued", "in_progress"):
+                return False  # ended already: a late write of a running state must not bring it back
             row.updated_at = now
             row.status = body["status"]
             row.owner = owner
@@ -129,7 +138,7 @@ class ResponseStore:
     def get(self, project_id: str, response_id: str) -> dict | None:
         with self.db.session() as s:
             row = s.get(ResponseRow, response_id)
-            if row is None or row.project_id != project_id or _aware(row.expires_at) <= _now():
+            if not _live(row, project_id):
                 return None
             return orjson.loads(row.body)
 
@@ -147,7 +156,7 @@ class ResponseStore:
         """A background response's stored events after a sequence number, and its status."""
         with self.db.session() as s:
             row = s.get(ResponseRow, response_id)
-            if row is None or row.project_id != project_id:
+            if not _live(row, project_id):
                 return None
             bodies = s.scalars(select(ResponseEventRow.body).where(ResponseEventRow.response_id == response_id,
                                                                    ResponseEventRow.seq > after)
@@ -195,7 +204,7 @@ class ResponseStore:
     def input_items(self, project_id: str, response_id: str) -> list[dict] | None:
         with self.db.session() as s:
             row = s.get(ResponseRow, response_id)
-            if row is None or row.project_id != project_id:
+            if not _live(row, project_id):
                 return None
             bodies = s.scalars(select(ResponseItemRow.body).where(ResponseItemRow.response_id == response_id,
                                                                   ResponseItemRow.kind == "input")
@@ -213,12 +222,6 @@ class ResponseStore:
                                  .limit(50)).all()
                 body = next((b for b in like if orjson.loads(b).get("id") == item_id), None)
         return orjson.loads(body) if body is not None else None
-
-    def unfinished(self, statuses=("queued", "in_progress")) -> list[tuple[str, str, str | None]]:
-        with self.db.session() as s:
-            return [(r.id, r.project_id, r.owner) for r in
-                    s.execute(select(ResponseRow.id, ResponseRow.project_id, ResponseRow.owner)
-                              .where(ResponseRow.status.in_(statuses))).all()]
 
     def purge(self) -> int:
         """Delete what outlived the retention period; returns how many responses and conversations went."""
@@ -251,14 +254,14 @@ class ResponseStore:
     def conversation(self, project_id: str, conversation_id: str) -> dict | None:
         with self.db.session() as s:
             row = s.get(ConversationRow, conversation_id)
-            if row is None or row.project_id != project_id or _aware(row.expires_at) <= _now():
+            if not _live(row, project_id):
                 return None
             return _conversation(row)
 
     def update_conversation(self, project_id: str, conversation_id: str, metadata: dict) -> dict | None:
         with self.db.session() as s:
             row = s.get(ConversationRow, conversation_id)
-            if row is None or row.project_id != project_id:
+            if not _live(row, project_id):
                 return None
             row.metadata_json = orjson.dumps(metadata).decode()
             row.updated_at = _now()
@@ -277,7 +280,7 @@ class ResponseStore:
     def add_conversation_items(self, project_id: str, conversation_id: str, items: list[dict]) -> bool:
         with self.db.session() as s:
             row = s.get(ConversationRow, conversation_id)
-            if row is None or row.project_id != project_id:
+            if not _live(row, project_id):
                 return False
             self._append_conversation(s, project_id, conversation_id, items, _now())
             return True
@@ -287,8 +290,9 @@ class ResponseStore:
         taken = set(s.scalars(select(ConversationItemRow.id).where(ConversationItemRow.id.in_(
             [item["id"] for item in items]))).all()) if items else set()
         for item in items:
-            if item["id"] in taken:  # an item already in a conversation (a reference to it, resent): a copy
-                item = {**item, "id": f"{item['id'].split('_', 1)[0]}_{uuid.uuid4().hex}"}
+            if item["id"] in taken:  # an item already stored (a reference to it, or a repeated id): a copy
+                item = {**item, "id": f"{item['id'].split('_', 1)[0][:16]}_{uuid.uuid4().hex}"}
+            taken.add(item["id"])
             s.add(ConversationItemRow(id=item["id"], conversation_id=conversation_id, project_id=project_id,
                                       created_at=now, body=orjson.dumps(item).decode()))
         s.execute(update(ConversationRow).where(ConversationRow.id == conversation_id)
@@ -299,7 +303,7 @@ class ResponseStore:
         """A conversation's items in order (None if there is no such conversation); `after` an item id."""
         with self.db.session() as s:
             row = s.get(ConversationRow, conversation_id)
-            if row is None or row.project_id != project_id:
+            if not _live(row, project_id):
                 return None
             query = select(ConversationItemRow.body).where(ConversationItemRow.conversation_id == conversation_id)
             if after is not None:
@@ -314,6 +318,8 @@ class ResponseStore:
 
     def conversation_item(self, project_id: str, conversation_id: str, item_id: str) -> dict | None:
         with self.db.session() as s:
+            if not _live(s.get(ConversationRow, conversation_id), project_id):
+                return None
             body = s.scalar(select(ConversationItemRow.body).where(
                 ConversationItemRow.id == item_id, ConversationItemRow.conversation_id == conversation_id,
                 ConversationItemRow.project_id == project_id))
@@ -321,6 +327,8 @@ class ResponseStore:
 
     def delete_conversation_item(self, project_id: str, conversation_id: str, item_id: str) -> bool:
         with self.db.session() as s:
+            if not _live(s.get(ConversationRow, conversation_id), project_id):
+                return False
             result = s.execute(delete(ConversationItemRow).where(
                 ConversationItemRow.id == item_id, ConversationItemRow.conversation_id == conversation_id,
                 ConversationItemRow.project_id == project_id))

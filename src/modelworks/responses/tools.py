@@ -58,7 +58,12 @@ class ServerTools:
             listing = known.get(tool.server_label) or await self._list(run, i, tool)
             for entry in listing.get("tools") or []:
                 fname = function_name(tool.server_label, entry["name"])
-                names[fname] = (tool, entry["name"])
+                if fname in names:  # `a.b` and `a_b`, or two long names, would reach the model as one
+                    raise InvalidRequest(f"The MCP tools '{names[fname][1][:64]}' and '{entry['name'][:64]}' of "
+                                         f"'{tool.server_label}' have the same function name for the model; "
+                                         "leave one out with 'allowed_tools'.", param=f"tools[{i}].allowed_tools",
+                                         code="invalid_value")
+                names[fname] = (tool, entry["name"], entry.get("annotations"))
                 spec = {"name": fname, "parameters": entry.get("input_schema") or {"type": "object"}}
                 if entry.get("description"):
                     spec["description"] = entry["description"][:1024]
@@ -96,7 +101,7 @@ class ServerTools:
                 raise InvalidRequest(f"No MCP approval request with id '{item['approval_request_id'][:80]}' in "
                                      "the response this continues.", param=f"input[{k}].approval_request_id",
                                      code="invalid_value")
-            tool = next((t for t, _ in run.mcp_map.values() if t.server_label == request["server_label"]), None)
+            tool = next((t for t, *_ in run.mcp_map.values() if t.server_label == request["server_label"]), None)
             if tool is None:
                 raise InvalidRequest(f"The approved call is for the MCP server '{request['server_label']}', which "
                                      "is not among this request's tools.", param="tools", code="invalid_value")
@@ -117,8 +122,8 @@ class ServerTools:
         for c in calls:
             if run.rounds >= limit:  # a model that called past the bound: those calls are not run
                 return None
-            tool, name = run.mcp_map[c["name"]]
-            if self.mcp.needs_approval(tool, name):
+            tool, name, annotations = run.mcp_map[c["name"]]
+            if self.mcp.needs_approval(tool, name, annotations):
                 self._ask(run, tool, name, c["arguments"])
                 waiting = True
             else:

@@ -92,6 +92,9 @@ class Turns:
                 _add(state, _delivered(stream))
             if run.cancelled:
                 state.finish("cancelled")
+            elif state.req.background:
+                state.finish("failed", error={"code": "server_error", "message": "The server stopped before the "
+                                              "response finished; send the request again."})
             else:
                 state.finish("failed", error={"code": "server_error",
                                               "message": "The client disconnected before the response finished."})
