@@ -55,6 +55,11 @@ class ResponseState:
 
     # -- events -----------------------------------------------------------------------------------------------
 
+    @property
+    def listening(self) -> bool:
+        """Whether events go anywhere (a stream, or a background run that keeps them)."""
+        return self.keep_events or self.emit_to is not None
+
     def emit(self, event: dict) -> None:
         event["sequence_number"] = self.sequence
         self.sequence += 1
@@ -84,7 +89,8 @@ class ResponseState:
         if reason is not None:
             self.incomplete = {"reason": reason}
         self.completed_at = int(time.time()) if status == "completed" else None
-        self.emit({"type": TERMINAL[status], "response": self.body()})
+        if self.listening:  # a whole answer has no events: its body is made once, by its caller
+            self.emit({"type": TERMINAL[status], "response": self.body()})
 
     # -- the Response object ----------------------------------------------------------------------------------
 

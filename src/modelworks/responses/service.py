@@ -72,8 +72,7 @@ class ResponsesService:
             state.announce()
         await self.begin(run)
         if not req.stream:
-            await self.turns.whole(run)
-            return state.body()
+            return await self.turns.whole(run)
         stream = await self.calls.stream(call)
         return Frames(_frames(self.turns.streaming(run, stream, events)), stream)
 
@@ -126,12 +125,13 @@ class ResponsesService:
         run.full_context = run.context
         run.context = run.context[cuts[low]:]
 
-    async def save(self, run: "Run") -> bool:
-        """Store the response as it is now (when it is stored at all); True when a cancel was asked for it."""
+    async def save(self, run: "Run", body: dict | None = None) -> bool:
+        """Store the response as it is now (`body`, when the caller made it already; when it is stored at
+        all); True when a cancel was asked for it."""
         state = run.state
         if not state.store:
             return False
-        body = state.body()
+        body = body if body is not None else state.body()
         done = state.status not in ("queued", "in_progress")
         if done and not state.req.background:  # stored once, finished
             if state.conversation_id or self.journal is None:  # its conversation's next turn must find it at once

@@ -34,9 +34,9 @@ class Turns:
 
     # -- a whole answer ---------------------------------------------------------------------------------------
 
-    async def whole(self, run: "Run") -> None:
-        """Every model call of an admitted run, then the stored response. A failing call raises (the HTTP
-        answer is its error); the calls before it were metered."""
+    async def whole(self, run: "Run") -> dict:
+        """Every model call of an admitted run, then the stored response, which is returned. A failing call
+        raises (the HTTP answer is its error); the calls before it were metered."""
         state = run.state
         builder = OutputBuilder(state, run.mcp_names)
         call = run.call
@@ -52,7 +52,9 @@ class Turns:
             call = self._next_call(run)
             await self.calls.admit(call, run.route, follow)
         _end(state, builder.finish_reason)
-        await self.service.save(run)
+        body = state.body()
+        await self.service.save(run, body)
+        return body
 
     # -- a stream ---------------------------------------------------------------------------------------------
 
