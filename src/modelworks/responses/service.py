@@ -52,12 +52,7 @@ class ResponsesService:
         """The finished Response (a dict), or for `stream` the SSE frames (the first model call already
         admitted and its first delta in, so a refusal is an HTTP error, not an event). A background response
         answers at once (queued) and runs on without its client (see `background`)."""
-        project = call.principal.project_id
-        tools = parse_tools(req.tools) or []
-        _check_tools(req, tools)
-        context, model = await self._context(project, req)
-        route = self.calls.gateway.resolve(req.model or model)
-        inputs = await normalize_input(req.input, lambda i: asyncio.to_thread(self.store.find_item, project, i))
+        project, tools, context, route, inputs = await self._request(call, req)
         state = ResponseState(response_id(), req, route.deployment, tools, store=req.store is not False,
                               conversation_id=req.conversation_id)
         call.operation = "responses"
@@ -75,6 +70,17 @@ class ResponsesService:
             return await self.turns.whole(run)
         stream = await self.calls.stream(call)
         return Frames(_frames(self.turns.streaming(run, stream, events)), stream)
+
+    async def _request(self, call: Call, req):
+        """What a request (to create, or to count) names: its project, tools, the context it continues, the
+        route of its model, its input as stored items."""
+        project = call.principal.project_id
+        tools = parse_tools(req.tools) or []
+        _check_tools(req, tools)
+        context, model = await self._context(project, req)
+        route = self.calls.gateway.resolve(req.model or model)
+        inputs = await normalize_input(req.input, lambda i: asyncio.to_thread(self.store.find_item, project, i))
+        return project, tools, context, route, inputs
 
     async def begin(self, run: "Run") -> None:
         """Before the first model call: the server-run tools listed (and approved calls run), then the call
@@ -257,12 +263,7 @@ class ResponsesService:
     async def input_tokens(self, call: Call, req) -> int:
         """The input tokens a request would send: by the model's own tokenizer where the backend has one (the
         embedded models), else about four characters a token."""
-        project = call.principal.project_id
-        tools = parse_tools(req.tools) or []
-        _check_tools(req, tools)
-        context, model = await self._context(project, req)
-        route = self.calls.gateway.resolve(req.model or model)
-        inputs = await normalize_input(req.input, lambda i: asyncio.to_thread(self.store.find_item, project, i))
+        project, tools, context, route, inputs = await self._request(call, req)
         chat = _chat_request(req, tools, to_chat_messages(context + inputs, req.instructions), stream=False)
         task = self.calls.gateway.generation_task(route, chat)
         counted = await route.backend.count_prompt_tokens(task)
