@@ -332,12 +332,30 @@ def check_metadata(value: Metadata | None) -> Metadata | None:
     return value
 
 
-class CreateResponse(_Body):
+class _Continues(_Body):
+    """A request that may continue a stored response or a conversation (not both)."""
+
+    previous_response_id: str | None = Field(default=None, min_length=1, max_length=128)
+    conversation: str | ConversationRef | None = None
+
+    @model_validator(mode="after")
+    def _one_thread(self) -> "_Continues":
+        if self.previous_response_id is not None and self.conversation is not None:
+            raise InvalidRequest("Mutually exclusive parameters: 'previous_response_id' and 'conversation' cannot "
+                                 "be used together.", param="conversation", code="invalid_value")
+        return self
+
+    @property
+    def conversation_id(self) -> str | None:
+        if self.conversation is None:
+            return None
+        return self.conversation if isinstance(self.conversation, str) else self.conversation.id
+
+
+class CreateResponse(_Continues):
     model: str | None = None
     input: str | list[Any] | None = None
     instructions: str | None = None
-    previous_response_id: str | None = Field(default=None, min_length=1, max_length=128)
-    conversation: str | ConversationRef | None = None
     store: bool | None = None
     background: bool | None = None
     stream: bool | None = None
@@ -377,9 +395,6 @@ class CreateResponse(_Body):
 
     @model_validator(mode="after")
     def _consistency(self) -> "CreateResponse":
-        if self.previous_response_id is not None and self.conversation is not None:
-            raise InvalidRequest("Mutually exclusive parameters: 'previous_response_id' and 'conversation' cannot "
-                                 "be used together.", param="conversation", code="invalid_value")
         if self.background and self.store is False:
             raise InvalidRequest("Invalid value for 'background': a background response must be stored "
                                  "('store' cannot be false).", param="background", code="invalid_value")
@@ -402,37 +417,16 @@ class CreateResponse(_Body):
                                  code="missing_required_parameter")
         return self
 
-    @property
-    def conversation_id(self) -> str | None:
-        if self.conversation is None:
-            return None
-        return self.conversation if isinstance(self.conversation, str) else self.conversation.id
 
-
-class InputTokensRequest(_Body):
+class InputTokensRequest(_Continues):
     model: str | None = None
     input: str | list[Any] | None = None
     instructions: str | None = None
-    previous_response_id: str | None = None
-    conversation: str | ConversationRef | None = None
     tools: list[Any] | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | ToolChoiceMcp | None = None
     parallel_tool_calls: bool | None = None
     text: TextParam | None = None
     truncation: Literal["auto", "disabled"] | None = None
-
-    @model_validator(mode="after")
-    def _consistency(self) -> "InputTokensRequest":
-        if self.previous_response_id is not None and self.conversation is not None:
-            raise InvalidRequest("Mutually exclusive parameters: 'previous_response_id' and 'conversation' cannot "
-                                 "be used together.", param="conversation", code="invalid_value")
-        return self
-
-    @property
-    def conversation_id(self) -> str | None:
-        if self.conversation is None:
-            return None
-        return self.conversation if isinstance(self.conversation, str) else self.conversation.id
 
 
 class CreateConversation(_Body):
