@@ -279,3 +279,26 @@ def test_json_schema_output_on_the_embedded_model(tmp_path, recorder):
         assert made.text.format.type == "json_schema"
     finally:
         server.stop()
+
+
+def test_a_stream_its_client_left_is_metered_and_stored(tmp_path, upstream):
+    db = tmp_path / "left.db"
+    server = start_modelworks(tmp_path, _config(upstream.url, f"sqlite:///{db}"), API_KEY, name="left")
+    try:
+        with httpx.Client(base_url=server.url, headers={"api-key": API_KEY}, timeout=TIMEOUT) as http:
+            with http.stream("POST", "/v1/responses", json={"model": "slow", "input": "Count.", "stream": True}) as r:
+                lines = r.iter_lines()
+                seen = [next(lines) for _ in range(12)]  # a few events, then the client leaves
+        response_id = json.loads(next(x for x in seen if x.startswith("data:"))[5:])["response"]["id"]
+        stored = wait_until(lambda: httpx.get(f"{server.url}/v1/responses/{response_id}", headers={"api-key": API_KEY},
+                                              timeout=TIMEOUT), lambda r: r.status_code == 200, timeout=30).json()
+        assert stored["status"] == "failed" and "disconnected" in stored["error"]["message"]
+        assert 0 < len(stored["output_text"].split()) < 100
+    finally:
+        server.stop()
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT status, completion_tokens FROM usage_records WHERE response_id = ?",
+                            (response_id,)).fetchall()
+    assert len(rows) == 1 and rows[0][0] == 200 and 0 < rows[0][1] < 100  # what was delivered

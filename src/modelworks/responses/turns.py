@@ -92,6 +92,7 @@ class Turns:
             builder.close("incomplete")
             if not counted:
                 _add(state, _delivered(stream))
+            await asyncio.shield(stream.finish(499))  # this model call completes now (once), not at collection
             if run.cancelled:
                 state.finish("cancelled")
             elif state.req.background:
@@ -107,6 +108,7 @@ class Turns:
             builder.close("incomplete")
             if not counted:
                 _add(state, stream.usage or _delivered(stream))
+            await stream.finish(500)  # already done where the fault came from the stream itself
             state.finish("failed", error=error_body(exc))
             await self.service.save(run)
             yield events
