@@ -287,3 +287,18 @@ def test_repeated_item_ids_are_kept_apart(client):
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model="fake", input=[too_long])
     assert refused.value.body["param"] == "input[0].id"
+
+
+def test_a_chain_grown_past_the_value_bound_is_refused(client):
+    """Each request is small enough, but the chain it continues grows: past the bound on JSON values one request
+    may make the server validate, the next turn is refused naming previous_response_id (not a stalled server)."""
+    many = [{"role": "user", "content": f"n{i}"} for i in range(2000)]
+    previous, refused = None, None
+    for _ in range(20):
+        try:
+            previous = client.responses.create(model="fake", input=many, previous_response_id=previous).id
+        except openai.BadRequestError as exc:
+            refused = exc
+            break
+    assert refused is not None and refused.body["param"] == "previous_response_id"
+    assert refused.code == "context_too_large"

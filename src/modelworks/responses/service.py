@@ -17,6 +17,9 @@ import orjson
 from pydantic import ValidationError
 
 from modelworks.calls import Frames, ModelCalls
+from modelworks.offload import offload
+from modelworks.protocol.parse import INLINE_BELOW
+from modelworks.protocol.structure import MAX_VALUES, too_many_values
 from modelworks.errors import InvalidRequest, NotFound
 from modelworks.policies.chain import Call
 from modelworks.protocol.requests import ChatCompletionRequest
@@ -88,13 +91,13 @@ class ResponsesService:
         await self.tools.prepare(run)
         if run.state.req.truncation == "auto" and run.context:
             await self._truncate(run)
-        run.chat = self.chat_request(run, stream=bool(run.state.req.stream or run.state.req.background))
+        run.chat = await self.chat_request(run, stream=bool(run.state.req.stream or run.state.req.background))
         await self.calls.admit(run.call, run.route, run.chat)
 
-    def chat_request(self, run: "Run", *, stream: bool, tool_choice=None) -> ChatCompletionRequest:
+    async def chat_request(self, run: "Run", *, stream: bool, tool_choice=None) -> ChatCompletionRequest:
         """The chat request of the run's next model call: its context, input and output so far."""
         messages = to_chat_messages(run.context + run.inputs + run.state.output, run.state.req.instructions)
-        return _chat_request(run.state.req, run.tools, messages, stream=stream, functions=run.functions,
+        return await _chat_request(run.state.req, run.tools, messages, stream=stream, functions=run.functions,
                              tool_choice=tool_choice)
 
     async def _truncate(self, run: "Run") -> None:
@@ -110,14 +113,14 @@ class ResponsesService:
         async def fits(cut: int) -> bool:
             trial = Run(run.project, run.state, run.context[cut:], run.inputs, run.call, run.route, run.tools,
                         functions=run.functions)
-            task = self.calls.gateway.generation_task(run.route, self.chat_request(trial, stream=False))
+            task = self.calls.gateway.generation_task(run.route, await self.chat_request(trial, stream=False))
             tokens = await backend.count_prompt_tokens(task)
             return tokens is not None and tokens + reserve <= window
 
         if await fits(0):
             return
         if (await backend.count_prompt_tokens(self.calls.gateway.generation_task(
-                run.route, self.chat_request(run, stream=False)))) is None:
+                run.route, await self.chat_request(run, stream=False)))) is None:
             return  # it could not be counted (not too long): the model call will say what is wrong
         cuts = [i for i, item in enumerate(run.context) if item.get("type") == "message" and item.get("role") == "user"]
         cuts.append(len(run.context))
@@ -264,7 +267,7 @@ class ResponsesService:
         """The input tokens a request would send: by the model's own tokenizer where the backend has one (the
         embedded models), else about four characters a token."""
         project, tools, context, route, inputs = await self._request(call, req)
-        chat = _chat_request(req, tools, to_chat_messages(context + inputs, req.instructions), stream=False)
+        chat = await _chat_request(req, tools, to_chat_messages(context + inputs, req.instructions), stream=False)
         task = self.calls.gateway.generation_task(route, chat)
         counted = await route.backend.count_prompt_tokens(task)
         if counted is not None:
@@ -315,8 +318,23 @@ async def _frames(events: AsyncIterator[list[dict]]) -> AsyncIterator[bytes]:
             yield sse(batch)
 
 
-def _chat_request(req, tools: list, messages: list[dict], *, stream: bool, functions: list[dict] = (),
-                  tool_choice=None) -> ChatCompletionRequest:
+async def _chat_request(req, tools: list, messages: list[dict], *, stream: bool, functions: list[dict] = (),
+                        tool_choice=None) -> ChatCompletionRequest:
+    """The chat request of a model call, validated as a client's would be: a large one off the event loop, and
+    one of more JSON values than can be validated without stalling the server refused (a long chain grows)."""
+    raw = orjson.dumps(_chat_body(req, tools, messages, stream=stream, functions=functions, tool_choice=tool_choice))
+    if len(raw) < INLINE_BELOW:
+        return _validated(raw)
+    if await too_many_values(raw) is not None:
+        raise InvalidRequest(f"The context this response continues, with its input, holds more than {MAX_VALUES:,} "
+                             "JSON values: start a new chain (or conversation), or send less.",
+                             param="previous_response_id" if getattr(req, "previous_response_id", None) else "input",
+                             code="context_too_large")
+    return await offload(_validated, raw)
+
+
+def _chat_body(req, tools: list, messages: list[dict], *, stream: bool, functions: list[dict] = (),
+               tool_choice=None) -> dict:
     if not messages or all(m["role"] in ("system", "developer") for m in messages):
         raise InvalidRequest("The response has no input to answer: give 'input' (or continue a response or "
                              "conversation that has some).", param="input", code="invalid_value")
@@ -358,7 +376,10 @@ def _chat_request(req, tools: list, messages: list[dict], *, stream: bool, funct
             body["response_format"]["json_schema"] = {k: v for k, v in (
                 ("name", fmt.name), ("schema", fmt.schema_), ("strict", fmt.strict),
                 ("description", fmt.description)) if v is not None}
-    raw = orjson.dumps(body)
+    return body
+
+
+def _validated(raw: bytes) -> ChatCompletionRequest:
     try:
         request = ChatCompletionRequest.model_validate_json(raw)
     except ValidationError as exc:

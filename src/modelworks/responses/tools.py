@@ -134,8 +134,8 @@ class ServerTools:
         stream = bool(run.state.req.stream or run.state.req.background)
         if run.rounds >= limit:  # out of tool calls: the model must answer, and is offered no server tools
             run.functions = []
-            return self.service.chat_request(run, stream=stream, tool_choice="none")
-        return self.service.chat_request(run, stream=stream, tool_choice="auto")
+            return await self.service.chat_request(run, stream=stream, tool_choice="none")
+        return await self.service.chat_request(run, stream=stream, tool_choice="auto")
 
     def _ask(self, run: "Run", tool: McpTool, name: str, arguments: str) -> None:
         state = run.state
