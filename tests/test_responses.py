@@ -302,3 +302,21 @@ def test_a_chain_grown_past_the_value_bound_is_refused(client):
             break
     assert refused is not None and refused.body["param"] == "previous_response_id"
     assert refused.code == "context_too_large"
+
+
+def test_truncation_auto_cuts_a_long_chain_to_the_window(client):
+    """A chain grown to the bound on JSON values (each turn 2,000 messages): continued on the embedded model,
+    it is refused without truncation and cut to the model's window with `truncation: auto`."""
+    many = [{"role": "user", "content": f"n{i}"} for i in range(2000)]
+    previous = None
+    for _ in range(20):
+        try:
+            previous = client.responses.create(model="fake", input=many, previous_response_id=previous).id
+        except openai.BadRequestError:
+            break
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="smollm2-135m-instruct", input="Hi", previous_response_id=previous,
+                                max_output_tokens=16)
+    made = client.responses.create(model="smollm2-135m-instruct", input="Hi", previous_response_id=previous,
+                                   max_output_tokens=16, temperature=0, truncation="auto")
+    assert made.status in ("completed", "incomplete") and made.usage.input_tokens < 2048

@@ -110,18 +110,22 @@ class ResponsesService:
             return
         reserve = run.state.req.max_output_tokens or getattr(getattr(backend, "spec", None), "max_tokens_default", 256)
 
-        async def fits(cut: int) -> bool:
+        async def fits(cut: int) -> bool | None:
+            """Whether the context from `cut` on fits; None when it could not be counted."""
             trial = Run(run.project, run.state, run.context[cut:], run.inputs, run.call, run.route, run.tools,
                         functions=run.functions)
-            task = self.calls.gateway.generation_task(run.route, await self.chat_request(trial, stream=False))
-            tokens = await backend.count_prompt_tokens(task)
-            return tokens is not None and tokens + reserve <= window
+            try:
+                chat = await self.chat_request(trial, stream=False)
+            except InvalidRequest as exc:
+                if exc.code == "context_too_large":  # too many values to validate: too long for any window
+                    return False
+                raise
+            tokens = await backend.count_prompt_tokens(self.calls.gateway.generation_task(run.route, chat))
+            return None if tokens is None else tokens + reserve <= window
 
-        if await fits(0):
-            return
-        if (await backend.count_prompt_tokens(self.calls.gateway.generation_task(
-                run.route, await self.chat_request(run, stream=False)))) is None:
-            return  # it could not be counted (not too long): the model call will say what is wrong
+        whole = await fits(0)
+        if whole is None or whole:
+            return  # it fits, or it could not be counted (the model call will say what is wrong)
         cuts = [i for i, item in enumerate(run.context) if item.get("type") == "message" and item.get("role") == "user"]
         cuts.append(len(run.context))
         low, high = 0, len(cuts) - 1  # the earliest cut that fits (the last one keeps no context)
