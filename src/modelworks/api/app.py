@@ -197,8 +197,8 @@ def _responses_handlers(settings: Settings, control: ControlPlane, calls, chain:
     store = ResponseStore(control.db, timedelta(days=settings.responses.retention_days))
     mcp = McpGateway(McpServerPolicy(control.projects))
     journal = ResponseJournal(store, settings.data_path / "responses-wal", settings.responses.flush_seconds)
-    service = ResponsesService(calls, store, node=uuid.uuid4().hex[:16], mcp=mcp,
-                               max_tool_rounds=settings.responses.max_tool_calls, journal=journal)
+    service = ResponsesService(calls, store, journal, node=uuid.uuid4().hex[:16], mcp=mcp,
+                               max_tool_rounds=settings.responses.max_tool_calls)
     return ResponsesHandlers(service, ConversationsService(store), chain, settings.server.max_body_bytes)
 
 

@@ -122,7 +122,7 @@ class Backend(ABC):
     async def stream(self, task: GenerationTask) -> AsyncIterator[Delta]:
         """Generate step by step. Closing the iterator early must stop the work behind it."""
         result = await self.generate(task)
-        yield Delta(choices=[_as_delta(c, task.is_chat) for c in result.choices], usage=result.usage)
+        yield Delta(choices=[as_delta(c, task.is_chat) for c in result.choices], usage=result.usage)
 
     async def embed(self, task: EmbeddingTask) -> Embeddings:
         raise Unsupported(f"The model '{task.model}' does not serve embeddings.", param="model")
@@ -133,7 +133,7 @@ class Backend(ABC):
         return None
 
 
-def _as_delta(choice: dict[str, Any], chat: bool) -> dict[str, Any]:
+def as_delta(choice: dict[str, Any], chat: bool) -> dict[str, Any]:
     if not chat:
         return choice
     message = choice.get("message") or {}

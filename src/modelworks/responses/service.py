@@ -23,7 +23,7 @@ from modelworks.protocol.structure import MAX_VALUES, too_many_values
 from modelworks.errors import InvalidRequest, NotFound
 from modelworks.policies.chain import Call
 from modelworks.protocol.requests import ChatCompletionRequest
-from modelworks.responses.background import Background
+from modelworks.responses.background import STALE_AFTER, Background
 from modelworks.responses.items import made_lately, normalize_input, response_id, to_chat_messages
 from modelworks.responses.journal import ResponseJournal
 from modelworks.responses.output import ResponseState, sse
@@ -37,8 +37,8 @@ from modelworks.responses.store import ResponseStore
 log = logging.getLogger("modelworks.responses")
 
 class ResponsesService:
-    def __init__(self, calls: ModelCalls, store: ResponseStore, node: str, mcp=None,
-                 max_tool_rounds: int = 8, journal: ResponseJournal | None = None) -> None:
+    def __init__(self, calls: ModelCalls, store: ResponseStore, journal: ResponseJournal, node: str, mcp=None,
+                 max_tool_rounds: int = 8) -> None:
         self.calls = calls
         self.store = store
         self.node = node  # this process, as the owner of the background runs it started
@@ -147,7 +147,7 @@ class ResponsesService:
         body = body if body is not None else state.body()
         done = state.status not in ("queued", "in_progress")
         if done and not state.req.background:  # stored once, finished
-            if state.conversation_id or self.journal is None:  # its conversation's next turn must find it at once
+            if state.conversation_id:  # its conversation's next turn must find it at once
                 await self.writer.write((run.project, body, run.inputs, state.output, state.conversation_id))
                 return False
             pending, size = self.journal.append(run.project, body, run.inputs, state.output)
@@ -208,7 +208,7 @@ class ResponsesService:
         return found
 
     async def retrieve(self, project: str, response_id: str) -> dict:
-        body = self.journal.get(project, response_id) if self.journal is not None else None
+        body = self.journal.get(project, response_id)
         if body is None:
             body = await self._stored(lambda: self.store.get(project, response_id), response_id)
         if body is None:
@@ -217,7 +217,7 @@ class ResponsesService:
 
     async def delete(self, project: str, response_id: str) -> dict:
         self.recent.forget(response_id)
-        here = self.journal is not None and await self.journal.forget(project, response_id)
+        here = await self.journal.forget(project, response_id)
         # one made on another replica a moment ago may still be on its way: wait for it, or it comes back later
         deleted = await self._stored(lambda: self.store.delete(project, response_id) or None, response_id)
         if not deleted and not here:
@@ -243,8 +243,6 @@ class ResponsesService:
 
     async def maintain(self, purge_every: float) -> None:
         """Forever: end the responses whose runner stopped (every 30 s) and purge expired state."""
-        from modelworks.responses.background import STALE_AFTER
-
         last_purge = 0.0
         loop = asyncio.get_running_loop()
         while True:
@@ -260,7 +258,7 @@ class ResponsesService:
             await asyncio.sleep(30)
 
     async def input_items(self, project: str, response_id: str) -> list[dict]:
-        items = self.journal.input_items(project, response_id) if self.journal is not None else None
+        items = self.journal.input_items(project, response_id)
         if items is None:
             items = await self._stored(lambda: self.store.input_items(project, response_id), response_id)
         if items is None:

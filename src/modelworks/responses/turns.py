@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, AsyncIterator
 
-from modelworks.backends.base import Usage, _as_delta
+from modelworks.backends.base import Usage, as_delta
 from modelworks.calls import CallStream, ModelCalls, status_of
 from modelworks.errors import ModelworksError
 from modelworks.responses.output import OutputBuilder
@@ -42,7 +42,7 @@ class Turns:
         call = run.call
         while True:
             result = await self.calls.generate(call)
-            builder.feed(_as_delta(result.choices[0], True))
+            builder.feed(as_delta(result.choices[0], True))
             _add(state, result.usage)
             status = _item_status(builder.finish_reason)
             builder.close(status)

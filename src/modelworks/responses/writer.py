@@ -29,26 +29,23 @@ class ResponseWriter:
             batch, self._pending = self._pending, []
             try:
                 await asyncio.to_thread(self.store.insert_finished, [record for record, _ in batch])
-            except Exception:  # noqa: BLE001 - one bad record must not fail the others: one by one
+            except Exception as exc:  # noqa: BLE001 - one bad record must not fail the others: one by one
                 if len(batch) == 1:
-                    _settle(batch, error=True)
+                    _settle(batch, exc)
                     continue
                 log.warning("a group of %d responses failed to insert; inserting one by one", len(batch))
                 for entry in batch:
                     try:
                         await asyncio.to_thread(self.store.insert_finished, [entry[0]])
-                    except Exception:  # noqa: BLE001 - that one's caller gets the error
-                        _settle([entry], error=True)
+                    except Exception as exc:  # noqa: BLE001 - that one's caller gets the error
+                        _settle([entry], exc)
                     else:
                         _settle([entry])
                 continue
             _settle(batch)
 
 
-def _settle(batch: list, error: bool = False) -> None:
-    import sys
-
-    exc = sys.exc_info()[1] if error else None
+def _settle(batch: list, exc: BaseException | None = None) -> None:
     for _, future in batch:
         if future.done():
             continue
