@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -106,9 +107,19 @@ def _serve(settings, args) -> int:
                             proxy_headers=False, server_header=False,
                             access_log=settings.server.access_log, log_level=settings.server.log_level,
                             timeout_graceful_shutdown=5, **uvicorn_options(settings.server))
+    app.started.append(_freeze_heap)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+def _freeze_heap() -> None:
+    """Once the server has started, what start-up made (modules, schemas, settings: some 150,000 objects) is
+    moved out of the garbage collector's sight (`gc.freeze`), so that its full passes walk only what serving
+    makes. Measured under load (the Responses benchmark): a full pass took 60-150 ms with start-up's objects in
+    it, about 1 ms without; they came every second or so."""
+    gc.collect()
+    gc.freeze()
 
 
 def _open_files_limit(needed: int) -> None:

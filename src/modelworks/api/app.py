@@ -50,6 +50,7 @@ class ModelworksApp:
         self.closers: list = []
         self.loops: list = []  # coroutine functions run from start-up until shutdown
         self.starters: list = []  # coroutine functions awaited at start-up, after the control plane
+        self.started: list = []  # functions called once start-up is complete, before serving
         self._loop_tasks: list[asyncio.Task] = []
 
     async def __call__(self, scope, receive, send) -> None:
@@ -85,6 +86,8 @@ class ModelworksApp:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                for started in self.started:
+                    started()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in self._loop_tasks:

@@ -197,17 +197,21 @@ class OutputBuilder:
                             "role": "assistant", "content": []}
             self.message_index = len(state.output)
             state.output.append(self.message)
-            state.emit({"type": "response.output_item.added", "output_index": self.message_index,
-                        "item": _copy(self.message)})
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            if state.listening:  # a whole answer has no events: none is made
+                state.emit({"type": "response.output_item.added", "output_index": self.message_index,
+                            "item": _copy(self.message)})
+                state.emit({"type": "response.content_part.added", "item_id": self.message["id"],
+                            "output_index": self.message_index, "content_index": 0,
+                            "part": {**part, "logprobs": []}})
             self.message["content"].append(part)
-            state.emit({"type": "response.content_part.added", "item_id": self.message["id"],
-                        "output_index": self.message_index, "content_index": 0, "part": {**part, "logprobs": []}})
         part = self.message["content"][0]
         part["text"] += text
         part["logprobs"].extend(logprobs)
-        state.emit({"type": "response.output_text.delta", "item_id": self.message["id"],
-                    "output_index": self.message_index, "content_index": 0, "delta": text, "logprobs": logprobs})
+        if state.listening:
+            state.emit({"type": "response.output_text.delta", "item_id": self.message["id"],
+                        "output_index": self.message_index, "content_index": 0, "delta": text,
+                        "logprobs": logprobs})
 
     def _call(self, call: dict) -> None:
         state = self.state
@@ -240,6 +244,12 @@ class OutputBuilder:
     def close(self, status: str = "completed") -> None:
         """End every open item: the text and argument `done` events, then each item's `output_item.done`."""
         state = self.state
+        if not state.listening:  # no events to tell: the items end
+            for item in ([self.message] if self.message is not None else []) + [i for _, i in self.calls.values()]:
+                item["status"] = status
+            self.message = None
+            self.calls = {}
+            return
         ended = []
         if self.message is not None:
             m, i = self.message, self.message_index

@@ -1,15 +1,18 @@
-"""Recently finished responses of this process, with the whole context a response continuing them sees: a
-`previous_response_id` chain that stays on one replica is read from memory, not the store.
+"""Recently finished responses of this process, with the whole context a response continuing them starts from
+(`Context`: its items as JSON, its chat messages validated): a `previous_response_id` chain that stays on one
+replica is read from memory, not the store, and its messages are not converted again.
 
-Bounded by entries and by the bytes of the responses held (what each adds: an entry shares its context's items
-with the entry it continues). An entry lives `ttl` seconds: a response deleted through another replica is
-continued here for at most that long (one deleted here is forgotten at once). A miss reads the store.
+Bounded by entries and by the bytes held (an entry holds its whole context's JSON; its messages are shared with
+the entry it continues). An entry lives `ttl` seconds: a response deleted through another replica is continued
+here for at most that long (one deleted here is forgotten at once). A miss reads the store.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+
+from modelworks.responses.context import Context
 
 
 class RecentResponses:
@@ -18,10 +21,11 @@ class RecentResponses:
         self.size = size
         self.ttl = ttl
         self._held = 0
-        self._data: OrderedDict[str, tuple[str, str, float, list[dict], int]] = OrderedDict()
+        self._data: OrderedDict[str, tuple[str, str, float, Context, int]] = OrderedDict()
 
-    def put(self, project: str, response_id: str, model: str, context: list[dict], size: int) -> None:
-        """`size`: the bytes this response adds (its own input and output)."""
+    def put(self, project: str, response_id: str, model: str, context: Context) -> None:
+        """Remember a finished response: `context` is where a response continuing it starts."""
+        size = context.size
         if size > self.size // 16:
             return
         self.forget(response_id)
@@ -33,8 +37,8 @@ class RecentResponses:
             _, old = self._data.popitem(last=False)
             self._held -= old[4]
 
-    def get(self, project: str, response_id: str) -> tuple[str, list[dict]] | None:
-        """(model, context) of a response of this project, or None."""
+    def get(self, project: str, response_id: str) -> tuple[str, Context] | None:
+        """(model, context) of a response of this project, or None. The context is the caller's own."""
         entry = self._data.get(response_id)
         if entry is None:
             return None
@@ -44,7 +48,7 @@ class RecentResponses:
             return None
         if owner != project:
             return None
-        return model, context
+        return model, context.fresh()
 
     def forget(self, response_id: str) -> None:
         entry = self._data.pop(response_id, None)

@@ -24,6 +24,7 @@ from modelworks.errors import InvalidRequest, NotFound
 from modelworks.policies.chain import Call
 from modelworks.protocol.requests import ChatCompletionRequest
 from modelworks.responses.background import STALE_AFTER, Background
+from modelworks.responses.context import Context
 from modelworks.responses.items import made_lately, normalize_input, response_id, to_chat_messages
 from modelworks.responses.journal import ResponseJournal
 from modelworks.responses.output import ResponseState, sse
@@ -89,16 +90,22 @@ class ResponsesService:
         """Before the first model call: the server-run tools listed (and approved calls run), then the call
         admitted. A refusal raises."""
         await self.tools.prepare(run)
-        if run.state.req.truncation == "auto" and run.context:
+        if run.state.req.truncation == "auto" and not run.source.empty:
             await self._truncate(run)
         run.chat = await self.chat_request(run, stream=bool(run.state.req.stream or run.state.req.background))
         await self.calls.admit(run.call, run.route, run.chat)
 
     async def chat_request(self, run: "Run", *, stream: bool, tool_choice=None) -> ChatCompletionRequest:
         """The chat request of the run's next model call: its context, input and output so far."""
-        messages = to_chat_messages(run.context + run.inputs + run.state.output, run.state.req.instructions)
-        return await _chat_request(run.state.req, run.tools, messages, stream=stream, functions=run.functions,
-                             tool_choice=tool_choice)
+        req, new = run.state.req, run.inputs + run.state.output
+        if run.source.follows(new):  # the context's messages are known: only this response's are made
+            request = _continued(req, run.tools, run.source, new, stream=stream, functions=run.functions,
+                                 tool_choice=tool_choice)
+            if request is not None:
+                return request
+        messages = to_chat_messages(run.context + new, req.instructions)
+        return await _chat_request(req, run.tools, messages, stream=stream, functions=run.functions,
+                                   tool_choice=tool_choice)
 
     async def _truncate(self, run: "Run") -> None:
         """`truncation: auto`: drop the oldest turns of the context (whole turns: it then starts at a user
@@ -112,8 +119,8 @@ class ResponsesService:
 
         async def fits(cut: int) -> bool | None:
             """Whether the context from `cut` on fits; None when it could not be counted."""
-            trial = Run(run.project, run.state, run.context[cut:], run.inputs, run.call, run.route, run.tools,
-                        functions=run.functions)
+            trial = Run(run.project, run.state, Context(run.context[cut:]), run.inputs, run.call, run.route,
+                        run.tools, functions=run.functions)
             try:
                 chat = await self.chat_request(trial, stream=False)
             except InvalidRequest as exc:
@@ -135,8 +142,8 @@ class ResponsesService:
                 high = middle
             else:
                 low = middle + 1
-        run.full_context = run.context
-        run.context = run.context[cuts[low]:]
+        run.full_source = run.source
+        run.source = Context(run.context[cuts[low]:])
 
     async def save(self, run: "Run", body: dict | None = None) -> bool:
         """Store the response as it is now (`body`, when the caller made it already; when it is stored at
@@ -150,11 +157,9 @@ class ResponsesService:
             if state.conversation_id:  # its conversation's next turn must find it at once
                 await self.writer.write((run.project, body, run.inputs, state.output, state.conversation_id))
                 return False
-            pending, size = self.journal.append(run.project, body, run.inputs, state.output)
-            if pending is not None:  # written to the log before the answer goes out
-                await asyncio.shield(pending)
-            context = run.full_context if run.full_context is not None else run.context
-            self.recent.put(run.project, state.id, state.model, context + run.inputs + state.output, size)
+            self.journal.append(run.project, body, run.inputs, state.output)  # in the log before the answer
+            context = run.full_source if run.full_source is not None else run.source
+            self.recent.put(run.project, state.id, state.model, context.then(run.inputs + state.output))
             return False
         async with run.saving:  # a background run's writes (its steps, its heartbeat) one at a time, in order
             body = state.body()
@@ -169,7 +174,7 @@ class ResponsesService:
             state.saved(events)
             return cancel
 
-    async def _context(self, project: str, req) -> tuple[list[dict], str | None]:
+    async def _context(self, project: str, req) -> tuple[Context, str | None]:
         """The items this request continues, and the model of the response it continues (a default for a
         request that names none)."""
         if req.previous_response_id is not None:
@@ -184,15 +189,15 @@ class ResponsesService:
             if previous is None or items is None:
                 raise NotFound(f"Previous response with id '{req.previous_response_id[:80]}' not found.",
                                param="previous_response_id", code="previous_response_not_found")
-            return items, previous.get("model")
+            return Context(items), previous.get("model")
         conversation = req.conversation_id
         if conversation is not None:
             items = await asyncio.to_thread(self.store.conversation_items, project, conversation)
             if items is None:
                 raise NotFound(f"Conversation with id '{conversation[:80]}' not found.", param="conversation",
                                code="conversation_not_found")
-            return items, None
-        return [], None
+            return Context(items), None
+        return Context.none(), None
 
     # -- read, delete, cancel ---------------------------------------------------------------------------------
 
@@ -269,7 +274,7 @@ class ResponsesService:
         """The input tokens a request would send: by the model's own tokenizer where the backend has one (the
         embedded models), else about four characters a token."""
         project, tools, context, route, inputs = await self._request(call, req)
-        chat = await _chat_request(req, tools, to_chat_messages(context + inputs, req.instructions), stream=False)
+        chat = await _chat_request(req, tools, to_chat_messages(context.items + inputs, req.instructions), stream=False)
         task = self.calls.gateway.generation_task(route, chat)
         counted = await route.backend.count_prompt_tokens(task)
         if counted is not None:
@@ -298,7 +303,7 @@ class Run:
 
     project: str
     state: ResponseState
-    context: list[dict]
+    source: Context  # what it continues
     inputs: list[dict]
     call: Call
     route: Any
@@ -309,9 +314,14 @@ class Run:
     mcp_map: dict = field(default_factory=dict)  # function name -> (the MCP tool, the server's tool name)
     rounds: int = 0
     cancelled: bool = False
-    full_context: list[dict] | None = None  # the context before `truncation: auto` shortened it
+    full_source: Context | None = None  # the context before `truncation: auto` shortened it
     inputs_saved: bool = False  # a background run's input items are written once
     saving: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def context(self) -> list[dict]:
+        """The items it continues."""
+        return self.source.items
 
 
 async def _frames(events: AsyncIterator[list[dict]]) -> AsyncIterator[bytes]:
@@ -335,9 +345,36 @@ async def _chat_request(req, tools: list, messages: list[dict], *, stream: bool,
     return await offload(_validated, raw)
 
 
+def _continued(req, tools: list, context: Context, new: list[dict], *, stream: bool, functions: list[dict] = (),
+               tool_choice=None) -> ChatCompletionRequest | None:
+    """The chat request of a model call whose context's messages are known and validated: only the messages of
+    `new` (the response's input and output so far) are made and validated, and the body sent on is the same,
+    byte for byte, as converting the whole context would give. None where this does not apply (no message of
+    its own to send, or a body too large to build on the event loop): the caller converts the whole context."""
+    instructions = req.instructions
+    head = [{"role": "system", "content": instructions}] if instructions else []
+    own = to_chat_messages(new, None)
+    if not own or all(m["role"] in ("system", "developer") for m in own):
+        return None
+    body = _chat_body(req, tools, head, stream=stream, functions=functions, tool_choice=tool_choice, check=False)
+    del body["messages"]
+    rest = orjson.dumps(body)[1:]  # b'"stream":false,...}'
+    head_json, own_json = orjson.dumps(head)[1:-1], orjson.dumps(own)[1:-1]
+    if len(rest) + len(context.messages_json) + len(own_json) + len(head_json) >= INLINE_BELOW:
+        return None
+
+    def whole(*parts: bytes) -> bytes:
+        return b'{"messages":[' + b",".join(p for p in parts if p) + (b"]," + rest if rest != b"}" else b"]}")
+
+    request = _validated(whole(head_json, own_json))
+    request.messages[len(head):len(head)] = context.messages
+    request._json = whole(head_json, context.messages_json[1:-1], own_json)
+    return request
+
+
 def _chat_body(req, tools: list, messages: list[dict], *, stream: bool, functions: list[dict] = (),
-               tool_choice=None) -> dict:
-    if not messages or all(m["role"] in ("system", "developer") for m in messages):
+               tool_choice=None, check: bool = True) -> dict:
+    if check and (not messages or all(m["role"] in ("system", "developer") for m in messages)):
         raise InvalidRequest("The response has no input to answer: give 'input' (or continue a response or "
                              "conversation that has some).", param="input", code="invalid_value")
     body: dict = {"messages": messages, "stream": stream}

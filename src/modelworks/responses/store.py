@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
 
 import orjson
 from sqlalchemy import delete, func, select, text, update
@@ -31,6 +32,10 @@ LEFT JOIN response_items i ON i.response_id = c.id
 ORDER BY c.depth DESC, i.kind ASC, i.position ASC
 """)
 MAX_CHAIN = 10_000
+CHUNK = 256  # rows a statement of `insert_lines` (12 columns: 3,072 parameters, well within either database's bound)
+_RESPONSE_COLUMNS = ("id", "project_id", "created_at", "updated_at", "expires_at", "status", "previous_response_id",
+                     "conversation_id", "background", "owner", "cancel_requested", "body")
+_ITEM_COLUMNS = ("id", "response_id", "project_id", "kind", "position", "body")
 
 
 def _now() -> datetime:
@@ -46,6 +51,20 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
+class Finished(NamedTuple):
+    """A finished response as it is inserted: what its row needs, its body's and items' JSON."""
+
+    id: str
+    project: str
+    created_at: int
+    status: str
+    previous: str | None
+    conversation: str | None
+    body: bytes
+    inputs: list[bytes]
+    outputs: list[bytes]
+
+
 class ResponseStore:
     def __init__(self, db: Database, retention: timedelta) -> None:
         self.db = db
@@ -55,39 +74,69 @@ class ResponseStore:
 
     def insert_finished(self, batch: list[tuple[str, dict, list[dict], list[dict], str | None]]) -> None:
         """Insert finished responses that were never stored before — (project, body, input items, output items,
-        conversation id) each — in one transaction, with plain statements (idempotent: a replayed one is skipped) (the ORM's bookkeeping cost a
-        millisecond a response). Conversation items are appended too."""
-        if not batch:
+        conversation id) each — in one transaction (see `insert_records`)."""
+        self.insert_lines([orjson.dumps(list(record)) for record in batch])
+
+    def insert_lines(self, lines: list[bytes]) -> None:
+        """`insert_finished` for records as the journal's JSON lines (a replay)."""
+        records, turns = [], []
+        for project, body, inputs, outputs, conversation in map(orjson.loads, lines):
+            records.append(Finished(body["id"], project, body["created_at"], body["status"],
+                                    body.get("previous_response_id"), conversation, orjson.dumps(body),
+                                    [orjson.dumps(i) for i in inputs], [orjson.dumps(o) for o in outputs]))
+            if conversation is not None:
+                turns.append((project, conversation, inputs + outputs))
+        self.insert_records(records, turns)
+
+    def insert_records(self, records: list["Finished"], turns: list[tuple[str, str, list[dict]]] = ()) -> None:
+        """Insert finished responses in one transaction, idempotently (a replayed one is skipped); `turns`
+        (project, conversation id, items) are appended to their conversations in the same transaction.
+
+        This runs on a thread beside the event loop, so it does little in Python: the rows are made from JSON
+        made already, and go in as multi-row INSERTs of up to `CHUNK` rows. An `executemany` gives the
+        interpreter lock up for every row and waits to get it back (up to the switch interval, 5 ms, while the
+        loop is busy): a batch of a few thousand crawled, and its records, alive all that time, made the
+        garbage collector's full passes slow. (Unpacking one JSON document in the database, as usage records
+        do, cost three times the CPU here: responses are large.) On SQLite, foreign keys are not checked for
+        these inserts: each item's response is inserted just before it, in the same statement batch (or is
+        there already), and the check was a quarter of the insert's cost."""
+        if not records:
             return
         now = _now()
         sqlite = self.db.engine.dialect.name == "sqlite"
-        stamp = _db_time(now, sqlite)
-        expires = _db_time(now + self.retention, sqlite)
-        responses, items, conversations = [], [], []
-        for project, body, inputs, outputs, conversation in batch:
-            rid = body["id"]
-            created = _db_time(datetime.fromtimestamp(body["created_at"], timezone.utc), sqlite)
-            responses.append((rid, project, created, stamp, expires, body["status"], body.get("previous_response_id"),
-                              conversation, False, None, False, orjson.dumps(body).decode()))
-            for kind, group in (("input", inputs), ("output", outputs)):
-                items.extend((f"{rid}:{kind[0]}{i}", rid, project, kind, i, orjson.dumps(item).decode())
+        stamp, expires = _db_time(now, sqlite), _db_time(now + self.retention, sqlite)
+        responses, items = [], []
+        for r in records:
+            created = _db_time(datetime.fromtimestamp(r.created_at, timezone.utc), sqlite)
+            responses.append((r.id, r.project, created, stamp, expires, r.status, r.previous, r.conversation,
+                              False, None, False, r.body.decode()))
+            for kind, tag, group in (("input", ":i", r.inputs), ("output", ":o", r.outputs)):
+                items.extend((f"{r.id}{tag}{i}", r.id, r.project, kind, i, item.decode())
                              for i, item in enumerate(group))
-            if conversation is not None:
-                conversations.append((project, conversation, inputs + outputs))
         mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
-        with self.db.engine.begin() as conn:
-            conn.exec_driver_sql(
-                "INSERT INTO responses (id, project_id, created_at, updated_at, expires_at, status, "
-                "previous_response_id, conversation_id, background, owner, cancel_requested, body) VALUES ("
-                + ", ".join([mark] * 12) + ") ON CONFLICT (id) DO NOTHING", responses)  # a replay: idempotent
-            if items:
-                conn.exec_driver_sql("INSERT INTO response_items (id, response_id, project_id, kind, position, body) "
-                                     "VALUES (" + ", ".join([mark] * 6) + ") ON CONFLICT (id) DO NOTHING", items)
-            if conversations:  # in the same transaction: a turn is in its conversation or not stored at all
-                with Session(bind=conn) as s:
-                    for project, conversation, appended in conversations:
-                        self._append_conversation(s, project, conversation, appended, now)
-                    s.flush()
+        with self.db.engine.connect() as conn:
+            if sqlite:  # outside a transaction (the driver begins one at the first INSERT)
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            try:
+                for table, columns, rows in (("responses", _RESPONSE_COLUMNS, responses),
+                                             ("response_items", _ITEM_COLUMNS, items)):
+                    row = "(" + ", ".join([mark] * len(columns)) + ")"
+                    for start in range(0, len(rows), CHUNK):
+                        chunk = rows[start:start + CHUNK]
+                        conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                                             + ", ".join([row] * len(chunk)) + " ON CONFLICT (id) DO NOTHING",
+                                             tuple(value for r in chunk for value in r))
+                if turns:  # in the same transaction: a turn is in its conversation or not stored at all
+                    with Session(bind=conn) as s:
+                        for project, conversation, appended in turns:
+                            self._append_conversation(s, project, conversation, appended, now)
+                        s.flush()
+                conn.commit()
+            finally:
+                if sqlite:
+                    conn.rollback()  # nothing, after a commit; the pragma is ignored inside a transaction
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    conn.commit()
 
     def save(self, project_id: str, body: dict, *, input_items: list[dict] | None, output_items: list[dict],
              conversation_id: str | None, conversation_items: list[dict] | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -150,14 +150,18 @@ class ContentLogEntry(Base):
     completion: Mapped[str] = mapped_column(Text)   # JSON: each choice's text as the client got it
 
 
+_RUNNING = "status IN ('queued', 'in_progress')"
+
+
 class ResponseRow(Base):
     """A stored response of the Responses API: its whole rendered object, and what chains and scopes it."""
 
     __tablename__ = "responses"
-    __table_args__ = (Index("ix_responses_status", "status", "updated_at"),)
+    __table_args__ = (Index("ix_responses_running", "status", "updated_at",  # only what `fail_stale` looks at
+                            sqlite_where=text(_RUNNING), postgresql_where=text(_RUNNING)),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    project_id: Mapped[str] = mapped_column(String(40), index=True)
+    project_id: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -177,7 +181,7 @@ class ResponseItemRow(Base):
     __table_args__ = (UniqueConstraint("response_id", "kind", "position", name="uq_response_item_position"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    response_id: Mapped[str] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"), index=True)
+    response_id: Mapped[str] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"))
     project_id: Mapped[str] = mapped_column(String(40))
     kind: Mapped[str] = mapped_column(String(10))
     position: Mapped[int] = mapped_column(Integer)

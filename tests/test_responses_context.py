@@ -1,0 +1,99 @@
+"""A continued response's model call built from the remembered context (its chat messages validated already,
+only the response's own converted) is the same, byte for byte and message for message, as converting the whole
+context; where it cannot be (a function call that joins the context's last turn), the whole is converted. And the
+journal's bulk insert leaves SQLite's foreign-key checks on for everything else."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import orjson
+import pytest
+from sqlalchemy import text
+
+from modelworks.responses.context import Context
+from modelworks.responses.items import message, to_chat_messages
+from modelworks.responses.protocol import CreateResponse, parse_tools
+from modelworks.responses.service import _chat_body, _continued, _validated
+from modelworks.responses.store import Finished, ResponseStore
+from modelworks.store.db import Database
+
+CALL = {"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": "{\"q\": 1}",
+        "status": "completed"}
+CALL_2 = {**CALL, "id": "fc_2", "call_id": "call_2"}
+OUTPUT = {"id": "fco_1", "type": "function_call_output", "call_id": "call_1", "output": "42", "status": "completed"}
+MCP = {"id": "mcp_1", "type": "mcp_call", "server_label": "docs", "name": "search", "arguments": "{}",
+       "output": "found", "error": None, "status": "completed"}
+TOOLS = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
+
+TURNS = {
+    "text": [[message("user", "Hi"), message("assistant", "Hello")], [message("user", "More?"), message("assistant", "Yes")]],
+    "tools": [[message("user", "Look it up"), CALL], [OUTPUT, message("assistant", "It is 42")]],
+    "mcp": [[message("user", "Search"), MCP, message("assistant", "Found it")]],
+    "open call then call": [[message("user", "Two calls"), CALL], [CALL_2]],  # joins the last turn: converted whole
+}
+
+
+def _full(req, tools, context: list[dict], new: list[dict]):
+    messages = to_chat_messages(context + new, req.instructions)
+    request = _validated(orjson.dumps(_chat_body(req, tools, messages, stream=False)))
+    return request
+
+
+@pytest.mark.parametrize("name", sorted(TURNS))
+@pytest.mark.parametrize("instructions", [None, "Be brief."])
+@pytest.mark.parametrize("with_tools", [False, True])
+def test_a_continued_call_is_what_converting_the_whole_context_gives(name, instructions, with_tools):
+    body = {"model": "m", "input": "x", "temperature": 0.5, "max_output_tokens": 64, "metadata": {"a": "b"}}
+    if instructions:
+        body["instructions"] = instructions
+    if with_tools:
+        body.update(tools=TOOLS, tool_choice="auto")
+    req = CreateResponse.model_validate_json(json.dumps(body))
+    tools = parse_tools(req.tools) or []
+    context, items = Context.none(), []
+    for turn in TURNS[name]:
+        context, items = context.then(turn), items + turn
+    remembered = context.fresh()
+    assert remembered.items == items  # the items, from their JSON
+    for new in ([message("user", "And now?")], [OUTPUT] if name == "tools" else [message("user", "Ok")]):
+        full = _full(req, tools, items, new)
+        if not remembered.follows(new):
+            continue
+        fast = _continued(req, tools, remembered, new, stream=False)
+        assert fast is not None
+        assert fast._json == full._json
+        assert [m.model_dump() for m in fast.messages] == [m.model_dump() for m in full.messages]
+    if name == "open call then call":  # its last turn ends with a call that the next call joins
+        assert remembered.messages is not None and not remembered.follows([CALL_2])
+
+
+def test_a_context_from_the_store_gets_its_messages_once():
+    stored = Context([message("user", "Hi"), CALL])  # read from the store: messages not known
+    assert not stored.follows([OUTPUT])
+    after = stored.then([OUTPUT, message("assistant", "Done")])
+    assert after.messages is not None and after.follows([message("user", "Next")])
+    assert orjson.loads(after.messages_json) == to_chat_messages(stored.items + [OUTPUT, message("assistant", "Done")],
+                                                                 None)
+
+
+def test_journal_inserts_leave_foreign_keys_checked(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 's.db'}")
+    db.upgrade()
+    store = ResponseStore(db, timedelta(days=1))
+    body = {"id": "resp_1", "created_at": 1_700_000_000, "status": "completed", "previous_response_id": None,
+            "output": []}
+    store.insert_records([Finished("resp_1", "p", body["created_at"], "completed", None, None, orjson.dumps(body),
+                                   [orjson.dumps(message("user", "Hi"))], [])])
+    store.insert_records([Finished("resp_1", "p", body["created_at"], "completed", None, None, orjson.dumps(body),
+                                   [orjson.dumps(message("user", "Hi"))], [])])  # a replay: nothing twice
+    assert [i["content"][0]["text"] for i in store.context("p", "resp_1")] == ["Hi"]
+    for _ in range(3):  # every pooled connection
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            with pytest.raises(Exception):
+                conn.execute(text("INSERT INTO response_items (id, response_id, project_id, kind, position, body) "
+                                  "VALUES ('x', 'resp_missing', 'p', 'input', 0, '{}')"))
+            conn.rollback()
+    db.dispose()
