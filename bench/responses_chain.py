@@ -74,8 +74,9 @@ function response(status, headers, body)
   if status ~= 200 then
     return  -- that chain ends; a new one starts in its place
   end
-  local id = body:match('"id"%s*:%s*"(resp_%w+)"')
-  local turn = tonumber(body:match('"turn"%s*:%s*"(%d+)"'))
+  local id = body:match('^{"id":"(resp_%w+)"')  -- the server's compact JSON: found at once, not searched for
+  local at = body:find('"turn":"', 1, true)
+  local turn = at and tonumber(body:match('^(%d+)', at + 8))
   if id and turn and turn + 1 < @TURNS@ then
     table.insert(ready, {id = id, turn = turn + 1})
   end

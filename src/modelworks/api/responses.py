@@ -42,7 +42,7 @@ class ResponsesHandlers:
         if not req.background:  # a background run goes on when its client leaves
             request.watch_disconnect()
         result = await self.service.create(call, req)
-        if isinstance(result, dict):
+        if isinstance(result, (dict, bytes)):
             return JSONResult(result, headers=call.response_headers if not req.background else None)
         return EventStream(b"", result, headers=call.response_headers)
 

@@ -9,7 +9,8 @@ chat completion's own request parsing; it grew with every turn.
 
 Items are kept as JSON until something reads them (truncation, MCP tools, a model call that cannot use the
 messages): bytes, not dicts, so that a few thousand remembered contexts are not a million objects for the garbage
-collector to walk.
+collector to walk. A finished response's next context (`then`) gets its messages when first asked, or by
+`settle`, which the service calls once the answer has gone out, off the request's time.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from pydantic import TypeAdapter, ValidationError
 from modelworks.protocol.requests import Message
 from modelworks.responses.items import to_chat_messages
 
-_MESSAGES = TypeAdapter(list[Message])
+MESSAGES = TypeAdapter(list[Message])
 _CALLS = ("function_call", "mcp_call")
 
 
 class Context:
-    __slots__ = ("_items", "_json", "messages", "messages_json", "open_calls")
+    __slots__ = ("_items", "_json", "_messages", "_messages_json", "_open_calls", "_pending")
 
     def __init__(self, items: list[dict] | None = None, *, items_json: bytes | None = None,
                  messages: tuple[Message, ...] | None = None, messages_json: bytes = b"[]",
@@ -34,9 +35,10 @@ class Context:
         self._json = items_json
         # the chat messages of the items (validated) and their JSON; None where not known (a context read from
         # the store, or one whose messages could not be made here): a model call then converts the items whole
-        self.messages = messages
-        self.messages_json = messages_json
-        self.open_calls = open_calls  # the last message is a call-only assistant turn (a call would merge into it)
+        self._messages = messages
+        self._messages_json = messages_json
+        self._open_calls = open_calls  # the last message is a call-only assistant turn (a call would join it)
+        self._pending: tuple[Context, list[dict]] | None = None  # (before, items): messages still to make
 
     @classmethod
     def none(cls) -> "Context":
@@ -58,37 +60,59 @@ class Context:
     def empty(self) -> bool:
         return not self._items if self._json is None else self._json == b"[]"
 
+    @property
+    def messages(self) -> tuple[Message, ...] | None:
+        self.settle()
+        return self._messages
+
+    @property
+    def messages_json(self) -> bytes:
+        self.settle()
+        return self._messages_json
+
     def follows(self, items: list[dict]) -> bool:
         """Whether the chat messages of `items` follow this context's as they are: its messages are known, and
         `items` do not start with a function call that would join its last (call-only) turn."""
-        return self.messages is not None and not (self.open_calls and items and items[0].get("type") in _CALLS)
+        self.settle()
+        return self._messages is not None and not (self._open_calls and items and items[0].get("type") in _CALLS)
 
     def fresh(self) -> "Context":
         """A copy for one request (its items are parsed for it alone; the messages are shared, never changed)."""
-        return Context(items_json=self.items_json, messages=self.messages, messages_json=self.messages_json,
-                       open_calls=self.open_calls)
+        self.settle()
+        return Context(items_json=self.items_json, messages=self._messages, messages_json=self._messages_json,
+                       open_calls=self._open_calls)
 
     def then(self, items: list[dict]) -> "Context":
         """This context followed by `items` (a finished response's input and output): where a response that
-        continues it starts. Its messages are made here, once, for every turn after."""
-        items_json = _joined(self.items_json, orjson.dumps(items))
-        if self.follows(items):
-            base, base_json, new = self.messages, self.messages_json, to_chat_messages(items, None)
+        continues it starts. Its messages are made when first needed (or by `settle`)."""
+        after = Context(items_json=_joined(self.items_json, orjson.dumps(items)))
+        after._pending = (self, items)
+        return after
+
+    def settle(self) -> None:
+        """Make the messages of a context made by `then`, once."""
+        if self._pending is None:
+            return
+        before, items = self._pending
+        self._pending = None
+        if before.follows(items):
+            base, base_json, new = before._messages, before._messages_json, to_chat_messages(items, None)
         else:  # messages not known, or a call that joins the last turn: convert the whole context
-            base, base_json, new = (), b"[]", to_chat_messages(self.items + items, None)
+            base, base_json, new = (), b"[]", to_chat_messages(before.items + items, None)
         new_json = orjson.dumps(new)
         try:
-            messages = base + tuple(_MESSAGES.validate_json(new_json))
+            self._messages = base + tuple(MESSAGES.validate_json(new_json))
         except ValidationError:  # a model call of this context will say what is wrong with it
-            return Context(items_json=items_json)
-        last = messages[-1] if messages else None
-        open_calls = bool(last is not None and last.role == "assistant" and last.tool_calls and not last.content)
-        return Context(items_json=items_json, messages=messages, messages_json=_joined(base_json, new_json),
-                       open_calls=open_calls)
+            return
+        last = self._messages[-1] if self._messages else None
+        self._open_calls = bool(last is not None and last.role == "assistant" and last.tool_calls
+                                and not last.content)
+        self._messages_json = _joined(base_json, new_json)
 
     @property
     def size(self) -> int:
-        return len(self.items_json) + len(self.messages_json)
+        """About the bytes it holds (its messages' JSON is about as long as its items')."""
+        return 2 * len(self.items_json)
 
 
 def _joined(first: bytes, second: bytes) -> bytes:

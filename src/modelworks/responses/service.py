@@ -24,7 +24,7 @@ from modelworks.errors import InvalidRequest, NotFound
 from modelworks.policies.chain import Call
 from modelworks.protocol.requests import ChatCompletionRequest
 from modelworks.responses.background import STALE_AFTER, Background
-from modelworks.responses.context import Context
+from modelworks.responses.context import MESSAGES as _MESSAGES, Context
 from modelworks.responses.items import made_lately, normalize_input, response_id, to_chat_messages
 from modelworks.responses.journal import ResponseJournal
 from modelworks.responses.output import ResponseState, sse
@@ -52,8 +52,8 @@ class ResponsesService:
 
     # -- create -----------------------------------------------------------------------------------------------
 
-    async def create(self, call: Call, req: CreateResponse) -> dict | AsyncIterator[bytes]:
-        """The finished Response (a dict), or for `stream` the SSE frames (the first model call already
+    async def create(self, call: Call, req: CreateResponse) -> dict | bytes | AsyncIterator[bytes]:
+        """The finished Response (a dict, or its JSON), or for `stream` the SSE frames (the first model call already
         admitted and its first delta in, so a refusal is an HTTP error, not an event). A background response
         answers at once (queued) and runs on without its client (see `background`)."""
         project, tools, context, route, inputs = await self._request(call, req)
@@ -157,9 +157,11 @@ class ResponsesService:
             if state.conversation_id:  # its conversation's next turn must find it at once
                 await self.writer.write((run.project, body, run.inputs, state.output, state.conversation_id))
                 return False
-            self.journal.append(run.project, body, run.inputs, state.output)  # in the log before the answer
+            run.body_json = self.journal.append(run.project, body, run.inputs, state.output)  # before the answer
             context = run.full_source if run.full_source is not None else run.source
-            self.recent.put(run.project, state.id, state.model, context.then(run.inputs + state.output))
+            after = context.then(run.inputs + state.output)
+            self.recent.put(run.project, state.id, state.model, after)
+            asyncio.get_running_loop().call_soon(after.settle)  # its messages: once the answer has gone out
             return False
         async with run.saving:  # a background run's writes (its steps, its heartbeat) one at a time, in order
             body = state.body()
@@ -317,6 +319,7 @@ class Run:
     full_source: Context | None = None  # the context before `truncation: auto` shortened it
     inputs_saved: bool = False  # a background run's input items are written once
     saving: asyncio.Lock = field(default_factory=asyncio.Lock)
+    body_json: bytes | None = None  # the finished response as it was logged: the answer's bytes
 
     @property
     def context(self) -> list[dict]:
@@ -366,10 +369,24 @@ def _continued(req, tools: list, context: Context, new: list[dict], *, stream: b
     def whole(*parts: bytes) -> bytes:
         return b'{"messages":[' + b",".join(p for p in parts if p) + (b"]," + rest if rest != b"}" else b"]}")
 
-    request = _validated(whole(head_json, own_json))
+    if _SCALARS.issuperset(body):  # its other fields come from the validated request, in the same bounds
+        try:
+            mine = _MESSAGES.validate_json(b"[" + b",".join(p for p in (head_json, own_json) if p) + b"]")
+        except ValidationError as exc:
+            raise _unsendable(exc) from None
+        request = ChatCompletionRequest.model_construct(messages=mine, **body)
+    else:  # tools, formats: validated as a client's request would be
+        request = _validated(whole(head_json, own_json))
     request.messages[len(head):len(head)] = context.messages
     request._json = whole(head_json, context.messages_json[1:-1], own_json)
     return request
+
+
+# fields of a model call's request that `CreateResponse` has validated already, within the same (or narrower)
+# bounds as `ChatCompletionRequest` (max_output_tokens >= 16, temperature 0-2, top_p 0-1, top_logprobs 0-20,
+# the same literals): a request of only these is built without validating them again
+_SCALARS = frozenset({"stream", "max_completion_tokens", "temperature", "top_p", "parallel_tool_calls", "user",
+                      "reasoning_effort", "verbosity", "logprobs", "top_logprobs"})
 
 
 def _chat_body(req, tools: list, messages: list[dict], *, stream: bool, functions: list[dict] = (),
@@ -422,11 +439,15 @@ def _validated(raw: bytes) -> ChatCompletionRequest:
     try:
         request = ChatCompletionRequest.model_validate_json(raw)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise InvalidRequest(f"The input cannot be sent to the model: {err['msg']} (at {err['loc']}).",
-                             param="input", code="invalid_value") from None
+        raise _unsendable(exc) from None
     request._json = raw  # what an upstream is sent (and the size policies go by)
     return request
+
+
+def _unsendable(exc: ValidationError) -> InvalidRequest:
+    err = exc.errors(include_url=False)[0]
+    return InvalidRequest(f"The input cannot be sent to the model: {err['msg']} (at {err['loc']}).",
+                          param="input", code="invalid_value")
 
 
 def _not_found(response_id: str) -> NotFound:

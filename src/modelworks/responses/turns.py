@@ -34,9 +34,10 @@ class Turns:
 
     # -- a whole answer ---------------------------------------------------------------------------------------
 
-    async def whole(self, run: "Run") -> dict:
-        """Every model call of an admitted run, then the stored response, which is returned. A failing call
-        raises (the HTTP answer is its error); the calls before it were metered."""
+    async def whole(self, run: "Run") -> dict | bytes:
+        """Every model call of an admitted run, then the stored response, which is returned (as its JSON where
+        it was logged). A failing call raises (the HTTP answer is its error); the calls before it were
+        metered."""
         state = run.state
         builder = OutputBuilder(state, run.mcp_names)
         call = run.call
@@ -54,7 +55,7 @@ class Turns:
         _end(state, builder.finish_reason)
         body = state.body()
         await self.service.save(run, body)
-        return body
+        return run.body_json or body
 
     # -- a stream ---------------------------------------------------------------------------------------------
 
