@@ -369,24 +369,14 @@ def _continued(req, tools: list, context: Context, new: list[dict], *, stream: b
     def whole(*parts: bytes) -> bytes:
         return b'{"messages":[' + b",".join(p for p in parts if p) + (b"]," + rest if rest != b"}" else b"]}")
 
-    if _SCALARS.issuperset(body):  # its other fields come from the validated request, in the same bounds
-        try:
-            mine = _MESSAGES.validate_json(b"[" + b",".join(p for p in (head_json, own_json) if p) + b"]")
-        except ValidationError as exc:
-            raise _unsendable(exc) from None
-        request = ChatCompletionRequest.model_construct(messages=mine, **body)
-    else:  # tools, formats: validated as a client's request would be
-        request = _validated(whole(head_json, own_json))
-    request.messages[len(head):len(head)] = context.messages
+    try:  # its own messages from their JSON, then the request from the context's (validated) and its own
+        mine = _MESSAGES.validate_json(b"[" + b",".join(p for p in (head_json, own_json) if p) + b"]")
+        body["messages"] = mine[:len(head)] + list(context.messages) + mine[len(head):]
+        request = ChatCompletionRequest.model_validate(body)  # the messages as they are: models already
+    except ValidationError as exc:
+        raise _unsendable(exc) from None
     request._json = whole(head_json, context.messages_json[1:-1], own_json)
     return request
-
-
-# fields of a model call's request that `CreateResponse` has validated already, within the same (or narrower)
-# bounds as `ChatCompletionRequest` (max_output_tokens >= 16, temperature 0-2, top_p 0-1, top_logprobs 0-20,
-# the same literals): a request of only these is built without validating them again
-_SCALARS = frozenset({"stream", "max_completion_tokens", "temperature", "top_p", "parallel_tool_calls", "user",
-                      "reasoning_effort", "verbosity", "logprobs", "top_logprobs"})
 
 
 def _chat_body(req, tools: list, messages: list[dict], *, stream: bool, functions: list[dict] = (),
