@@ -116,10 +116,14 @@ def _serve(settings, args) -> int:
 def _freeze_heap() -> None:
     """Once the server has started, what start-up made (modules, schemas, settings: some 150,000 objects) is
     moved out of the garbage collector's sight (`gc.freeze`), so that its full passes walk only what serving
-    makes. Measured under load (the Responses benchmark): a full pass took 60-150 ms with start-up's objects in
-    it, about 1 ms without; they came every second or so."""
+    makes; and the youngest generation is collected every 10,000 net allocations instead of 700, so that the
+    objects of requests in flight are not walked (and promoted, to be walked again) several times a request.
+    Measured under load (the Responses benchmark): a full pass took 60-150 ms with start-up's objects in it,
+    about 1 ms without, and they came every second or so; the threshold took Responses at 1 connection from
+    0.74 to 0.83 of chat completions' requests/s (medians of 5 interleaved rounds)."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def _open_files_limit(needed: int) -> None:

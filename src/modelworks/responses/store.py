@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
+from itertools import chain
 from typing import NamedTuple
 
 import orjson
@@ -105,9 +106,11 @@ class ResponseStore:
         now = _now()
         sqlite = self.db.engine.dialect.name == "sqlite"
         stamp, expires = _db_time(now, sqlite), _db_time(now + self.retention, sqlite)
-        responses, items = [], []
+        responses, items, times = [], [], {}
         for r in records:
-            created = _db_time(datetime.fromtimestamp(r.created_at, timezone.utc), sqlite)
+            created = times.get(r.created_at)
+            if created is None:  # a batch's responses were mostly made in the same few seconds
+                created = times[r.created_at] = _db_time(datetime.fromtimestamp(r.created_at, timezone.utc), sqlite)
             responses.append((r.id, r.project, created, stamp, expires, r.status, r.previous, r.conversation,
                               False, None, False, r.body.decode()))
             for kind, tag, group in (("input", ":i", r.inputs), ("output", ":o", r.outputs)):
@@ -125,7 +128,7 @@ class ResponseStore:
                         chunk = rows[start:start + CHUNK]
                         conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
                                              + ", ".join([row] * len(chunk)) + " ON CONFLICT (id) DO NOTHING",
-                                             tuple(value for r in chunk for value in r))
+                                             tuple(chain.from_iterable(chunk)))
                 if turns:  # in the same transaction: a turn is in its conversation or not stored at all
                     with Session(bind=conn) as s:
                         for project, conversation, appended in turns:
