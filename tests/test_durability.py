@@ -179,3 +179,39 @@ def test_a_failed_authentication_is_answered_after_its_audit_entry_is_stored(tmp
                 assert sum(e["action"] == "auth.failed" for e in entries) == i + 1, (path, entries[-3:])
     finally:
         server.stop()
+
+
+def test_a_short_or_failed_log_write_loses_no_later_line(tmp_path, monkeypatch):
+    """A write the disk cuts short is finished; one that fails leaves a torn line that the next line does not
+    join: replay skips only the torn one."""
+    from modelworks.store import wal as wal_module
+    from modelworks.store.wal import WriteAheadLog
+
+    stored: list[bytes] = []
+    log = WriteAheadLog(tmp_path / "wal", stored.extend, what="test records")
+    log.open()
+    real_write = os.write
+    calls = {"n": 0}
+
+    def flaky(fd, data):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data[:5]))  # short: the rest is written by the next call
+        if calls["n"] == 3:
+            real_write(fd, bytes(data[:4]))
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(wal_module.os, "write", flaky)
+    for k in range(3):
+        log.write(orjson.dumps({"k": k}))
+    monkeypatch.setattr(wal_module.os, "write", real_write)
+    lines = log.path.read_bytes().split(b"\n")
+    assert orjson.loads(lines[0]) == {"k": 0}  # finished after the short write
+    assert lines[1] == b"{\"k\"" and orjson.loads(lines[2]) == {"k": 2}  # torn, then whole on its own line
+    fd = log.fd  # what a killed process leaves: its segment, replayed by the next
+    log.fd = -1
+    os.close(fd)
+    again = WriteAheadLog(tmp_path / "wal", stored.extend, what="test records")
+    assert again.replay_orphans() == 2
+    assert sorted(orjson.loads(line)["k"] for line in stored) == [0, 2]

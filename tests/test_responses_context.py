@@ -71,6 +71,22 @@ def test_a_continued_call_is_what_converting_the_whole_context_gives(name, instr
         assert remembered.messages is not None and not remembered.follows([CALL_2])
 
 
+@pytest.mark.parametrize("quiet", [{"id": "rs_1", "type": "reasoning", "summary": []},
+                                   {"id": "mcpa_1", "type": "mcp_approval_response", "approval_request_id": "mcpr_1",
+                                    "approve": True}])
+def test_a_call_after_items_that_make_no_message_still_joins_the_last_turn(quiet):
+    """Reasoning, listings and approvals make no chat message: a call after them joins the context's call-only
+    turn as it does when the whole context is converted."""
+    req = CreateResponse.model_validate_json(json.dumps({"model": "m", "input": "x", "tools": TOOLS}))
+    tools = parse_tools(req.tools) or []
+    context = Context.none().then([message("user", "Two calls"), CALL]).fresh()
+    new = [quiet, CALL_2]
+    assert not context.follows(new)
+    after = Context.none().then([message("user", "Two calls"), CALL]).then(new).fresh()
+    assert orjson.loads(after.messages_json) == to_chat_messages([message("user", "Two calls"), CALL] + new, None)
+    assert len(_full(req, tools, context.items, new).messages) == 2  # one assistant turn with both calls
+
+
 def test_a_context_from_the_store_gets_its_messages_once():
     stored = Context([message("user", "Hi"), CALL])  # read from the store: messages not known
     assert not stored.follows([OUTPUT])

@@ -23,6 +23,8 @@ from modelworks.responses.items import to_chat_messages
 
 MESSAGES = TypeAdapter(list[Message])
 _CALLS = ("function_call", "mcp_call")
+_SPOKEN = ("message", "function_call", "mcp_call", "function_call_output")  # the items that make chat messages
+LARGE = 32 * 1024  # a context whose messages are made on the event loop is smaller (as requests parsed on it)
 
 
 class Context:
@@ -72,9 +74,15 @@ class Context:
 
     def follows(self, items: list[dict]) -> bool:
         """Whether the chat messages of `items` follow this context's as they are: its messages are known, and
-        `items` do not start with a function call that would join its last (call-only) turn."""
+        the first of `items` that makes a message (listings, approvals and reasoning make none) is not a
+        function call that would join the context's last (call-only) turn."""
         self.settle()
-        return self._messages is not None and not (self._open_calls and items and items[0].get("type") in _CALLS)
+        if self._messages is None:
+            return False
+        if not self._open_calls:
+            return True
+        first = next((i.get("type") for i in items if i.get("type") in _SPOKEN), None)
+        return first not in _CALLS
 
     def fresh(self) -> "Context":
         """A copy for one request (its items are parsed for it alone; the messages are shared, never changed)."""
@@ -97,8 +105,10 @@ class Context:
         self._pending = None
         if before.follows(items):
             base, base_json, new = before._messages, before._messages_json, to_chat_messages(items, None)
-        else:  # messages not known, or a call that joins the last turn: convert the whole context
+        elif len(self.items_json) < LARGE:  # not known, or a call joins the last turn: convert the whole context
             base, base_json, new = (), b"[]", to_chat_messages(before.items + items, None)
+        else:  # too large to convert here, on the event loop: a model call converts it (off the loop)
+            return
         new_json = orjson.dumps(new)
         try:
             self._messages = base + tuple(MESSAGES.validate_json(new_json))

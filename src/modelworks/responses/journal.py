@@ -52,11 +52,11 @@ class ResponseJournal:
         ins, outs = [orjson.dumps(i) for i in inputs], [orjson.dumps(o) for o in outputs]
         line = b"".join((b"[", orjson.dumps(project), b",", body_json, b",[", b",".join(ins), b"],[",
                          b",".join(outs), b"],null]"))  # [project, body, inputs, outputs, conversation]
-        self.wal.write(line)
         rid = body["id"]
         self._unflushed[rid] = (project, line, Finished(rid, project, body["created_at"], body["status"],
                                                         body.get("previous_response_id"), None, body_json, ins, outs))
-        self._order.append(rid)
+        self._order.append(rid)  # in step with the log's pending lines
+        self.wal.write(line)
         return body_json
 
     def get(self, project: str, response_id: str) -> dict | None:

@@ -23,11 +23,12 @@ class RecentResponses:
         self._held = 0
         self._data: OrderedDict[str, tuple[str, str, float, Context, int]] = OrderedDict()
 
-    def put(self, project: str, response_id: str, model: str, context: Context) -> None:
-        """Remember a finished response: `context` is where a response continuing it starts."""
+    def put(self, project: str, response_id: str, model: str, context: Context) -> bool:
+        """Remember a finished response: `context` is where a response continuing it starts. False when it is
+        too large to keep."""
         size = context.size
         if size > self.size // 16:
-            return
+            return False
         self.forget(response_id)
         self._data[response_id] = (project, model, time.monotonic() + self.ttl, context, size)
         self._held += size
@@ -36,6 +37,7 @@ class RecentResponses:
                               or next(iter(self._data.values()))[2] < now):  # the oldest first, expired too
             _, old = self._data.popitem(last=False)
             self._held -= old[4]
+        return True
 
     def get(self, project: str, response_id: str) -> tuple[str, Context] | None:
         """(model, context) of a response of this project, or None. The context is the caller's own."""

@@ -160,8 +160,8 @@ class ResponsesService:
             run.body_json = self.journal.append(run.project, body, run.inputs, state.output)  # before the answer
             context = run.full_source if run.full_source is not None else run.source
             after = context.then(run.inputs + state.output)
-            self.recent.put(run.project, state.id, state.model, after)
-            asyncio.get_running_loop().call_soon(after.settle)  # its messages: once the answer has gone out
+            if self.recent.put(run.project, state.id, state.model, after):
+                asyncio.get_running_loop().call_soon(after.settle)  # its messages: once the answer has gone out
             return False
         async with run.saving:  # a background run's writes (its steps, its heartbeat) one at a time, in order
             body = state.body()

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from modelworks.store.db import Database
 from modelworks.store.schema import (
-    ConversationItemRow, ConversationRow, ResponseEventRow, ResponseItemRow, ResponseRow,
+    RUNNING, ConversationItemRow, ConversationRow, ResponseEventRow, ResponseItemRow, ResponseRow,
 )
 
 _CHAIN = text("""
@@ -100,7 +100,8 @@ class ResponseStore:
         garbage collector's full passes slow. (Unpacking one JSON document in the database, as usage records
         do, cost three times the CPU here: responses are large.) On SQLite, foreign keys are not checked for
         these inserts: each item's response is inserted just before it, in the same statement batch (or is
-        there already), and the check was a quarter of the insert's cost."""
+        there already), and the check was a quarter of the insert's cost (a conversation's turn is checked: its
+        conversation may have been deleted meanwhile)."""
         if not records:
             return
         now = _now()
@@ -117,8 +118,9 @@ class ResponseStore:
                 items.extend((f"{r.id}{tag}{i}", r.id, r.project, kind, i, item.decode())
                              for i, item in enumerate(group))
         mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
+        unchecked = sqlite and not turns  # a conversation's turn is checked (its conversation may be gone)
         with self.db.engine.connect() as conn:
-            if sqlite:  # outside a transaction (the driver begins one at the first INSERT)
+            if unchecked:  # outside a transaction (the driver begins one at the first INSERT)
                 conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             try:
                 for table, columns, rows in (("responses", _RESPONSE_COLUMNS, responses),
@@ -136,10 +138,14 @@ class ResponseStore:
                         s.flush()
                 conn.commit()
             finally:
-                if sqlite:
-                    conn.rollback()  # nothing, after a commit; the pragma is ignored inside a transaction
-                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
-                    conn.commit()
+                if unchecked:
+                    try:
+                        conn.rollback()  # nothing, after a commit; the pragma is ignored inside a transaction
+                        conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                        conn.commit()
+                    except Exception:
+                        conn.invalidate()  # never back to the pool with foreign keys off
+                        raise
 
     def save(self, project_id: str, body: dict, *, input_items: list[dict] | None, output_items: list[dict],
              conversation_id: str | None, conversation_items: list[dict] | None = None,
@@ -226,7 +232,7 @@ class ResponseStore:
         limit = _now() - older_than
         ended = []
         with self.db.session() as s:
-            rows = s.scalars(select(ResponseRow).where(ResponseRow.status.in_(("queued", "in_progress")),
+            rows = s.scalars(select(ResponseRow).where(text(RUNNING),  # as written: the partial index's own
                                                        ResponseRow.updated_at < limit).limit(500)).all()
             for row in rows:
                 body = orjson.loads(row.body)

@@ -150,7 +150,7 @@ class ContentLogEntry(Base):
     completion: Mapped[str] = mapped_column(Text)   # JSON: each choice's text as the client got it
 
 
-_RUNNING = "status IN ('queued', 'in_progress')"
+RUNNING = "status IN ('queued', 'in_progress')"  # the partial index's condition (queries use it as written)
 
 
 class ResponseRow(Base):
@@ -158,7 +158,7 @@ class ResponseRow(Base):
 
     __tablename__ = "responses"
     __table_args__ = (Index("ix_responses_running", "status", "updated_at",  # only what `fail_stale` looks at
-                            sqlite_where=text(_RUNNING), postgresql_where=text(_RUNNING)),)
+                            sqlite_where=text(RUNNING), postgresql_where=text(RUNNING)),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     project_id: Mapped[str] = mapped_column(String(40))

@@ -49,6 +49,7 @@ class WriteAheadLog:
         self.pending: list[bytes] = []     # lines written, not yet in the store
         self._unwritten: list[bytes] = []  # lines of this loop turn, not yet written
         self._turn: asyncio.Future | None = None  # resolved when the lines of this turn are written
+        self._torn = False  # the last write failed: the segment may end in part of a line
         self.done_segments: list[tuple[int, Path]] = []  # written out, waiting for their records to commit
         self.fd = -1
         self.path: Path | None = None
@@ -76,11 +77,8 @@ class WriteAheadLog:
         """Add a record (a JSON line, made by the caller) and write it at once, with its own `write`, so that
         there is nothing to wait for: for records that come once per request rather than several a turn
         (finished responses), a system call costs less than the loop turn and the future of a group commit."""
-        try:
-            os.write(self.fd, line + b"\n")
-        except OSError:  # a full disk, say: the line is still pending and reaches the store at the next flush
-            log.exception("could not write %s to the write-ahead log", self.what)
         self.pending.append(line)
+        self._write(line + b"\n")
 
     def written(self) -> asyncio.Future | None:
         """What to wait for before answering: the write of this turn's lines (None when nothing is unwritten)."""
@@ -93,12 +91,25 @@ class WriteAheadLog:
             if self._unwritten:
                 lines, self._unwritten = self._unwritten, []
                 lines.append(b"")
-                os.write(self.fd, b"\n".join(lines))
-        except OSError:  # a full disk, say: the lines are still pending and reach the store at the next flush
-            log.exception("could not write %s to the write-ahead log", self.what)
+                self._write(b"\n".join(lines))
         finally:
             if turn is not None and not turn.done():
                 turn.set_result(None)
+
+    def _write(self, data: bytes) -> None:
+        """All of `data`, however many `write` calls it takes. After a failed write (a full disk, say) the
+        segment may end in a torn line: the next write starts on a line of its own (replay skips the torn one);
+        the lines are still pending and reach the store at the next flush."""
+        if self._torn:
+            data = b"\n" + data
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+            self._torn = False
+        except OSError:
+            self._torn = True
+            log.exception("could not write %s to the write-ahead log", self.what)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -168,6 +179,7 @@ class WriteAheadLog:
         return replayed
 
     def _new_segment(self) -> None:
+        self._torn = False
         self.path = self.dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,3 +191,4 @@ class WriteAheadLog:
                 await self.flush()
             except Exception:  # noqa: BLE001 - the store may be away for a while: the records wait on disk
                 log.warning("could not store %s; will retry", self.what, exc_info=True)
+
