@@ -110,7 +110,7 @@ class ResponseState:
             "background": bool(req.background), "completed_at": self.completed_at, "error": self.error,
             "incomplete_details": self.incomplete, "instructions": req.instructions,
             "max_output_tokens": req.max_output_tokens, "max_tool_calls": req.max_tool_calls,
-            "model": self.model, "output": [_copy(item) for item in self.output], "parallel_tool_calls": req.parallel_tool_calls is not False,
+            "model": self.model, "output": self._output(), "parallel_tool_calls": req.parallel_tool_calls is not False,
             "previous_response_id": req.previous_response_id, "reasoning": None,
             "service_tier": "default", "store": self.store, "temperature": 1.0 if req.temperature is None else req.temperature,
             "text": text, "tool_choice": _tool_choice(req), "tools": [_tool(t) for t in self.tools],
@@ -125,6 +125,13 @@ class ResponseState:
         if self.status in ("queued", "in_progress"):
             del body["usage"]  # the spec's usage is an object: none until there is one
         return body
+
+    def _output(self) -> list[dict]:
+        """The output items for a body: copies while they can still change (a stream's events hold bodies made
+        along the way); the items themselves once the response has ended and nothing listens."""
+        if self.status in ("queued", "in_progress") or self.listening:
+            return [_copy(item) for item in self.output]
+        return list(self.output)
 
     def usage_body(self) -> dict:
         u = self.usage

@@ -24,7 +24,7 @@ from modelworks.errors import InvalidRequest, NotFound
 from modelworks.policies.chain import Call
 from modelworks.protocol.requests import ChatCompletionRequest
 from modelworks.responses.background import STALE_AFTER, Background
-from modelworks.responses.context import MESSAGES as _MESSAGES, Context
+from modelworks.responses.context import Context
 from modelworks.responses.items import made_lately, normalize_input, response_id, to_chat_messages
 from modelworks.responses.journal import ResponseJournal
 from modelworks.responses.output import ResponseState, sse
@@ -369,10 +369,9 @@ def _continued(req, tools: list, context: Context, new: list[dict], *, stream: b
     def whole(*parts: bytes) -> bytes:
         return b'{"messages":[' + b",".join(p for p in parts if p) + (b"]," + rest if rest != b"}" else b"]}")
 
-    try:  # its own messages from their JSON, then the request from the context's (validated) and its own
-        mine = _MESSAGES.validate_json(b"[" + b",".join(p for p in (head_json, own_json) if p) + b"]")
-        body["messages"] = mine[:len(head)] + list(context.messages) + mine[len(head):]
-        request = ChatCompletionRequest.model_validate(body)  # the messages as they are: models already
+    body["messages"] = [*head, *context.messages, *own]  # the context's are models: they pass as they are
+    try:
+        request = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         raise _unsendable(exc) from None
     request._json = whole(head_json, context.messages_json[1:-1], own_json)
