@@ -103,15 +103,67 @@ def test_journal_inserts_leave_foreign_keys_checked(tmp_path):
     body = {"id": "resp_1", "created_at": 1_700_000_000, "status": "completed", "previous_response_id": None,
             "output": []}
     store.insert_records([Finished("resp_1", "p", body["created_at"], "completed", None, None, orjson.dumps(body),
-                                   [orjson.dumps(message("user", "Hi"))], [])])
+                                   [orjson.dumps(message("user", "Hi"))])])
     store.insert_records([Finished("resp_1", "p", body["created_at"], "completed", None, None, orjson.dumps(body),
-                                   [orjson.dumps(message("user", "Hi"))], [])])  # a replay: nothing twice
+                                   [orjson.dumps(message("user", "Hi"))])])  # a replay: nothing twice
     assert [i["content"][0]["text"] for i in store.context("p", "resp_1")] == ["Hi"]
     for _ in range(3):  # every pooled connection
         with db.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             with pytest.raises(Exception):
-                conn.execute(text("INSERT INTO response_items (id, response_id, project_id, kind, position, body) "
-                                  "VALUES ('x', 'resp_missing', 'p', 'input', 0, '{}')"))
+                conn.execute(text("INSERT INTO response_events (response_id, seq, body) "
+                                  "VALUES ('resp_missing', 0, '{}')"))
             conn.rollback()
     db.dispose()
+
+
+def test_migration_moves_stored_items_into_their_responses(database_url):
+    """0010: a response's input items move from `response_items` into its row, in order; its output items are in
+    its body already. Then back again (downgrade), and up."""
+    from alembic import command
+    from alembic.config import Config
+
+    from modelworks.store.db import MIGRATIONS
+
+    db = Database(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+
+    def migrate(step, target):
+        with db.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            step(config, target)
+
+    try:
+        migrate(command.upgrade, "0009")
+        out = message("assistant", "Hello")
+        body = {"id": "resp_m", "object": "response", "created_at": 1_700_000_000, "status": "completed",
+                "previous_response_id": None, "output": [out]}
+        with db.engine.begin() as conn:
+            conn.execute(text("DELETE FROM responses WHERE id = 'resp_m'"))
+            conn.execute(text(
+                "INSERT INTO responses (id, project_id, created_at, updated_at, expires_at, status, background, "
+                "cancel_requested, body) VALUES ('resp_m', 'p', :t, :t, :e, 'completed', false, false, :b)"),
+                {"t": "2026-11-27 00:00:00.000000", "e": "2999-01-01 00:00:00.000000", "b": json.dumps(body)})
+            for k, word in ((1, "second"), (0, "first")):  # inserted out of order: the position decides
+                conn.execute(text("INSERT INTO response_items (id, response_id, project_id, kind, position, body) "
+                                  "VALUES (:id, 'resp_m', 'p', 'input', :k, :b)"),
+                             {"id": f"resp_m:i{k}", "k": k, "b": json.dumps(message("user", word))})
+            conn.execute(text("INSERT INTO response_items (id, response_id, project_id, kind, position, body) "
+                              "VALUES ('resp_m:o0', 'resp_m', 'p', 'output', 0, :b)"), {"b": json.dumps(out)})
+        migrate(command.upgrade, "head")
+        store = ResponseStore(db, timedelta(days=1))
+        assert [i["content"][0]["text"] for i in store.input_items("p", "resp_m")] == ["first", "second"]
+        assert [i["content"][0]["text"] for i in store.context("p", "resp_m")] == ["first", "second", "Hello"]
+        assert store.find_item("p", store.input_items("p", "resp_m")[1]["id"])["content"][0]["text"] == "second"
+        migrate(command.downgrade, "0009")
+        with db.engine.connect() as conn:
+            rows = conn.execute(text("SELECT kind, position FROM response_items WHERE response_id = 'resp_m' "
+                                     "ORDER BY kind, position")).all()
+        assert [tuple(r) for r in rows] == [("input", 0), ("input", 1), ("output", 0)]
+        migrate(command.upgrade, "head")
+        assert len(store.input_items("p", "resp_m")) == 2
+        with db.engine.begin() as conn:
+            conn.execute(text("DELETE FROM responses WHERE id = 'resp_m'"))
+    finally:
+        db.dispose()

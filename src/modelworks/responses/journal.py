@@ -49,12 +49,12 @@ class ResponseJournal:
     def append(self, project: str, body: dict, inputs: list[dict], outputs: list[dict]) -> bytes:
         """Log a finished response (written when this returns); returns its body's JSON."""
         body_json = orjson.dumps(body)
-        ins, outs = [orjson.dumps(i) for i in inputs], [orjson.dumps(o) for o in outputs]
-        line = b"".join((b"[", orjson.dumps(project), b",", body_json, b",[", b",".join(ins), b"],[",
-                         b",".join(outs), b"],null]"))  # [project, body, inputs, outputs, conversation]
+        ins = [orjson.dumps(i) for i in inputs]
+        # [project, body, inputs, outputs, conversation]: the outputs are in the body (an older line has them)
+        line = b"".join((b"[", orjson.dumps(project), b",", body_json, b",[", b",".join(ins), b"],[],null]"))
         rid = body["id"]
         self._unflushed[rid] = (project, line, Finished(rid, project, body["created_at"], body["status"],
-                                                        body.get("previous_response_id"), None, body_json, ins, outs))
+                                                        body.get("previous_response_id"), None, body_json, ins))
         self._order.append(rid)  # in step with the log's pending lines
         self.wal.write(line)
         return body_json

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from modelworks.store.db import Database
 from modelworks.store.schema import (
-    RUNNING, ConversationItemRow, ConversationRow, ResponseEventRow, ResponseItemRow, ResponseRow,
+    RUNNING, ConversationItemRow, ConversationRow, ResponseEventRow, ResponseRow,
 )
 
 _CHAIN = text("""
@@ -28,15 +28,13 @@ WITH RECURSIVE chain(id, prev, depth) AS (
     SELECT r.id, r.previous_response_id, c.depth + 1 FROM responses r JOIN chain c ON r.id = c.prev
     WHERE r.project_id = :project AND c.depth < :limit
 )
-SELECT c.id, c.depth, i.kind, i.position, i.body FROM chain c
-LEFT JOIN response_items i ON i.response_id = c.id
-ORDER BY c.depth DESC, i.kind ASC, i.position ASC
+SELECT r.input_items, r.body FROM chain c JOIN responses r ON r.id = c.id
+ORDER BY c.depth DESC
 """)
 MAX_CHAIN = 10_000
-CHUNK = 256  # rows a statement of `insert_lines` (12 columns: 3,072 parameters, well within either database's bound)
-_RESPONSE_COLUMNS = ("id", "project_id", "created_at", "updated_at", "expires_at", "status", "previous_response_id",
-                     "conversation_id", "background", "owner", "cancel_requested", "body")
-_ITEM_COLUMNS = ("id", "response_id", "project_id", "kind", "position", "body")
+CHUNK = 256  # rows a statement of `insert_records` (13 columns: 3,328 parameters, within either database's bound)
+_COLUMNS = ("id", "project_id", "created_at", "updated_at", "expires_at", "status", "previous_response_id",
+            "conversation_id", "background", "owner", "cancel_requested", "body", "input_items")
 
 
 def _now() -> datetime:
@@ -53,7 +51,7 @@ def _aware(value: datetime) -> datetime:
 
 
 class Finished(NamedTuple):
-    """A finished response as it is inserted: what its row needs, its body's and items' JSON."""
+    """A finished response as it is inserted: what its row needs, its body's and input items' JSON."""
 
     id: str
     project: str
@@ -61,9 +59,8 @@ class Finished(NamedTuple):
     status: str
     previous: str | None
     conversation: str | None
-    body: bytes
+    body: bytes  # its output items are in it
     inputs: list[bytes]
-    outputs: list[bytes]
 
 
 class ResponseStore:
@@ -84,7 +81,7 @@ class ResponseStore:
         for project, body, inputs, outputs, conversation in map(orjson.loads, lines):
             records.append(Finished(body["id"], project, body["created_at"], body["status"],
                                     body.get("previous_response_id"), conversation, orjson.dumps(body),
-                                    [orjson.dumps(i) for i in inputs], [orjson.dumps(o) for o in outputs]))
+                                    [orjson.dumps(i) for i in inputs]))
             if conversation is not None:
                 turns.append((project, conversation, inputs + outputs))
         self.insert_records(records, turns)
@@ -107,30 +104,25 @@ class ResponseStore:
         now = _now()
         sqlite = self.db.engine.dialect.name == "sqlite"
         stamp, expires = _db_time(now, sqlite), _db_time(now + self.retention, sqlite)
-        responses, items, times = [], [], {}
+        rows, times = [], {}
         for r in records:
             created = times.get(r.created_at)
             if created is None:  # a batch's responses were mostly made in the same few seconds
                 created = times[r.created_at] = _db_time(datetime.fromtimestamp(r.created_at, timezone.utc), sqlite)
-            responses.append((r.id, r.project, created, stamp, expires, r.status, r.previous, r.conversation,
-                              False, None, False, r.body.decode()))
-            for kind, tag, group in (("input", ":i", r.inputs), ("output", ":o", r.outputs)):
-                items.extend((f"{r.id}{tag}{i}", r.id, r.project, kind, i, item.decode())
-                             for i, item in enumerate(group))
+            rows.append((r.id, r.project, created, stamp, expires, r.status, r.previous, r.conversation, False, None,
+                         False, r.body.decode(), (b"[" + b",".join(r.inputs) + b"]").decode()))
         mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
         unchecked = sqlite and not turns  # a conversation's turn is checked (its conversation may be gone)
         with self.db.engine.connect() as conn:
             if unchecked:  # outside a transaction (the driver begins one at the first INSERT)
                 conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             try:
-                for table, columns, rows in (("responses", _RESPONSE_COLUMNS, responses),
-                                             ("response_items", _ITEM_COLUMNS, items)):
-                    row = "(" + ", ".join([mark] * len(columns)) + ")"
-                    for start in range(0, len(rows), CHUNK):
-                        chunk = rows[start:start + CHUNK]
-                        conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-                                             + ", ".join([row] * len(chunk)) + " ON CONFLICT (id) DO NOTHING",
-                                             tuple(chain.from_iterable(chunk)))
+                row = "(" + ", ".join([mark] * len(_COLUMNS)) + ")"
+                for start in range(0, len(rows), CHUNK):
+                    chunk = rows[start:start + CHUNK]
+                    conn.exec_driver_sql(f"INSERT INTO responses ({', '.join(_COLUMNS)}) VALUES "
+                                         + ", ".join([row] * len(chunk)) + " ON CONFLICT (id) DO NOTHING",
+                                         tuple(chain.from_iterable(chunk)))
                 if turns:  # in the same transaction: a turn is in its conversation or not stored at all
                     with Session(bind=conn) as s:
                         for project, conversation, appended in turns:
@@ -166,15 +158,10 @@ class ResponseStore:
             row.updated_at = now
             row.status = body["status"]
             row.owner = owner
-            row.body = orjson.dumps(body).decode()
-            s.flush()
+            row.body = orjson.dumps(body).decode()  # its output items are in it
             if input_items is not None:
-                s.execute(delete(ResponseItemRow).where(ResponseItemRow.response_id == row.id,
-                                                        ResponseItemRow.kind == "input"))
-                self._add_items(s, row.id, project_id, "input", input_items)
-            s.execute(delete(ResponseItemRow).where(ResponseItemRow.response_id == row.id,
-                                                    ResponseItemRow.kind == "output"))
-            self._add_items(s, row.id, project_id, "output", output_items)
+                row.input_items = orjson.dumps(input_items).decode()
+            s.flush()
             if conversation_items:
                 self._append_conversation(s, project_id, conversation_id, conversation_items, now)
             if events:
@@ -185,13 +172,6 @@ class ResponseStore:
                         s.add(ResponseEventRow(response_id=row.id, seq=event["sequence_number"],
                                                body=orjson.dumps(event).decode()))
             return bool(row.cancel_requested)
-
-    @staticmethod
-    def _add_items(s, response_id: str, project_id: str, kind: str, items: list[dict]) -> None:
-        for position, item in enumerate(items):
-            s.add(ResponseItemRow(id=f"{response_id}:{kind[0]}{position}", response_id=response_id,
-                                  project_id=project_id, kind=kind, position=position,
-                                  body=orjson.dumps(item).decode()))
 
     def get(self, project_id: str, response_id: str) -> dict | None:
         with self.db.session() as s:
@@ -205,7 +185,6 @@ class ResponseStore:
             row = s.get(ResponseRow, response_id)
             if row is None or row.project_id != project_id:
                 return False
-            s.execute(delete(ResponseItemRow).where(ResponseItemRow.response_id == response_id))
             s.execute(delete(ResponseEventRow).where(ResponseEventRow.response_id == response_id))
             s.delete(row)
             return True
@@ -257,29 +236,34 @@ class ResponseStore:
                                          "now": now}).all()
         if not rows:
             return None
-        return [orjson.loads(r.body) for r in rows if r.body is not None]
+        items: list[dict] = []
+        for inputs, body in rows:
+            items.extend(orjson.loads(inputs))
+            items.extend(orjson.loads(body).get("output") or [])
+        return items
 
     def input_items(self, project_id: str, response_id: str) -> list[dict] | None:
         with self.db.session() as s:
             row = s.get(ResponseRow, response_id)
             if not _live(row, project_id):
                 return None
-            bodies = s.scalars(select(ResponseItemRow.body).where(ResponseItemRow.response_id == response_id,
-                                                                  ResponseItemRow.kind == "input")
-                               .order_by(ResponseItemRow.position)).all()
-        return [orjson.loads(b) for b in bodies]
+            return orjson.loads(row.input_items)
 
     def find_item(self, project_id: str, item_id: str) -> dict | None:
         """A stored item by its id (an `item_reference`): from a response's items or a conversation's."""
         with self.db.session() as s:
             body = s.scalar(select(ConversationItemRow.body).where(ConversationItemRow.id == item_id,
                                                                    ConversationItemRow.project_id == project_id))
-            if body is None:
-                like = s.scalars(select(ResponseItemRow.body).where(ResponseItemRow.project_id == project_id,
-                                                                    ResponseItemRow.body.contains(item_id))
-                                 .limit(50)).all()
-                body = next((b for b in like if orjson.loads(b).get("id") == item_id), None)
-        return orjson.loads(body) if body is not None else None
+            if body is not None:
+                return orjson.loads(body)
+            like = s.execute(select(ResponseRow.input_items, ResponseRow.body).where(
+                ResponseRow.project_id == project_id,
+                ResponseRow.input_items.contains(item_id) | ResponseRow.body.contains(item_id)).limit(50)).all()
+        for inputs, response in like:
+            for item in orjson.loads(inputs) + (orjson.loads(response).get("output") or []):
+                if isinstance(item, dict) and item.get("id") == item_id:
+                    return item
+        return None
 
     def purge(self) -> int:
         """Delete what outlived the retention period; returns how many responses and conversations went."""
@@ -287,7 +271,6 @@ class ResponseStore:
         with self.db.session() as s:
             old = s.scalars(select(ResponseRow.id).where(ResponseRow.expires_at <= now).limit(1000)).all()
             if old:
-                s.execute(delete(ResponseItemRow).where(ResponseItemRow.response_id.in_(old)))
                 s.execute(delete(ResponseEventRow).where(ResponseEventRow.response_id.in_(old)))
                 s.execute(delete(ResponseRow).where(ResponseRow.id.in_(old)))
             gone = s.scalars(select(ConversationRow.id).where(ConversationRow.expires_at <= now).limit(1000)).all()

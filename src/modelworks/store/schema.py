@@ -171,21 +171,8 @@ class ResponseRow(Base):
     background: Mapped[bool] = mapped_column(Boolean, default=False)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process running it (background)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    body: Mapped[str] = mapped_column(Text)  # the Response object as JSON
-
-
-class ResponseItemRow(Base):
-    """The input and output items of a stored response, in order (`kind`: input or output)."""
-
-    __tablename__ = "response_items"
-    __table_args__ = (UniqueConstraint("response_id", "kind", "position", name="uq_response_item_position"),)
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    response_id: Mapped[str] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"))
-    project_id: Mapped[str] = mapped_column(String(40))
-    kind: Mapped[str] = mapped_column(String(10))
-    position: Mapped[int] = mapped_column(Integer)
-    body: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)  # the Response object as JSON (its output items in it)
+    input_items: Mapped[str] = mapped_column(Text, server_default="[]")  # JSON: its input items, in order
 
 
 class ResponseEventRow(Base):
