@@ -107,13 +107,13 @@ def _serve(settings, args) -> int:
                             proxy_headers=False, server_header=False,
                             access_log=settings.server.access_log, log_level=settings.server.log_level,
                             timeout_graceful_shutdown=5, **uvicorn_options(settings.server))
-    app.started.append(_freeze_heap)
+    app.started.append(_tune_gc)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
 
 
-def _freeze_heap() -> None:
+def _tune_gc() -> None:
     """Once the server has started, what start-up made (modules, schemas, settings: some 150,000 objects) is
     moved out of the garbage collector's sight (`gc.freeze`), so that its full passes walk only what serving
     makes; and the youngest generation is collected every 10,000 net allocations instead of 700, so that the

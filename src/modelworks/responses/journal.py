@@ -53,8 +53,7 @@ class ResponseJournal:
         # [project, body, inputs, outputs, conversation]: the outputs are in the body (an older line has them)
         line = b"".join((b"[", orjson.dumps(project), b",", body_json, b",[", b",".join(ins), b"],[],null]"))
         rid = body["id"]
-        self._unflushed[rid] = (project, line, Finished(rid, project, body["created_at"], body["status"],
-                                                        body.get("previous_response_id"), None, body_json, ins))
+        self._unflushed[rid] = (project, line, Finished.of(project, body, body_json, ins))
         self._order.append(rid)  # in step with the log's pending lines
         self.wal.write(line)
         return body_json

@@ -365,16 +365,13 @@ def _continued(req, tools: list, context: Context, new: list[dict], *, stream: b
     head_json, own_json = orjson.dumps(head)[1:-1], orjson.dumps(own)[1:-1]
     if len(rest) + len(context.messages_json) + len(own_json) + len(head_json) >= INLINE_BELOW:
         return None
-
-    def whole(*parts: bytes) -> bytes:
-        return b'{"messages":[' + b",".join(p for p in parts if p) + (b"]," + rest if rest != b"}" else b"]}")
-
     body["messages"] = [*head, *context.messages, *own]  # the context's are models: they pass as they are
     try:
         request = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         raise _unsendable(exc) from None
-    request._json = whole(head_json, context.messages_json[1:-1], own_json)
+    parts = (p for p in (head_json, context.messages_json[1:-1], own_json) if p)
+    request._json = b'{"messages":[' + b",".join(parts) + (b"]," + rest if rest != b"}" else b"]}")
     return request
 
 

@@ -62,6 +62,12 @@ class Finished(NamedTuple):
     body: bytes  # its output items are in it
     inputs: list[bytes]
 
+    @classmethod
+    def of(cls, project: str, body: dict, body_json: bytes, inputs: list[bytes],
+           conversation: str | None = None) -> "Finished":
+        return cls(body["id"], project, body["created_at"], body["status"], body.get("previous_response_id"),
+                   conversation, body_json, inputs)
+
 
 class ResponseStore:
     def __init__(self, db: Database, retention: timedelta) -> None:
@@ -73,18 +79,17 @@ class ResponseStore:
     def insert_finished(self, batch: list[tuple[str, dict, list[dict], list[dict], str | None]]) -> None:
         """Insert finished responses that were never stored before — (project, body, input items, output items,
         conversation id) each — in one transaction (see `insert_records`)."""
-        self.insert_lines([orjson.dumps(list(record)) for record in batch])
-
-    def insert_lines(self, lines: list[bytes]) -> None:
-        """`insert_finished` for records as the journal's JSON lines (a replay)."""
         records, turns = [], []
-        for project, body, inputs, outputs, conversation in map(orjson.loads, lines):
-            records.append(Finished(body["id"], project, body["created_at"], body["status"],
-                                    body.get("previous_response_id"), conversation, orjson.dumps(body),
-                                    [orjson.dumps(i) for i in inputs]))
+        for project, body, inputs, outputs, conversation in batch:
+            records.append(Finished.of(project, body, orjson.dumps(body), [orjson.dumps(i) for i in inputs],
+                                       conversation))
             if conversation is not None:
                 turns.append((project, conversation, inputs + outputs))
         self.insert_records(records, turns)
+
+    def insert_lines(self, lines: list[bytes]) -> None:
+        """`insert_finished` for records as the journal's JSON lines (a replay)."""
+        self.insert_finished([tuple(record) for record in map(orjson.loads, lines)])
 
     def insert_records(self, records: list["Finished"], turns: list[tuple[str, str, list[dict]]] = ()) -> None:
         """Insert finished responses in one transaction, idempotently (a replayed one is skipped); `turns`
