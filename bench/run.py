@@ -65,8 +65,9 @@ def modelworks(tmp: Path, upstream_url: str, parallel: int, threads: int, name: 
     if controls:  # a quota high enough never to refuse: it is checked and charged on every request
         deployment.update(tpm=1_000_000_000, rpm=100_000_000)
         config["quota"] = {"limiter": "redis", "redis_url": os.environ.get("MODELWORKS_REDIS", "redis://127.0.0.1:6379/0")}
-    else:
+    else:  # no quota either: a deployment without a TPM gets none
         config["metering"] = {"enabled": False}
+        config["quota"] = {"default_tpm": None}
     if embedded:
         config["backends"]["gemma"] = {"type": "llama_cpp", "threads": threads, "parallel": parallel,
                                        "max_queue": 64, "context_size": 2048}

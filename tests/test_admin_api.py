@@ -133,7 +133,7 @@ def test_roles(world):
 
 
 @pytest.mark.parametrize("body,param", [
-    ({"role": "user"}, "name"),
+    ({"name": "", "role": "user"}, "name"),
     ({"name": "x", "role": "emperor"}, "role"),
     ({"name": "x", "expires_at": 12}, "expires_at"),
     ({"name": "x", "rpm_limit": "many"}, "rpm_limit"),
@@ -232,6 +232,58 @@ def test_cli_over_the_admin_api(world, tmp_path):
     assert all(json.loads(line)["hash"] for line in export.stdout.splitlines())
     denied = cli("projects", "create", "nope", key=world["a"]["keys"]["user"]["key"])
     assert denied.returncode == 1 and "403" in denied.stderr
+
+
+def test_a_project_is_named_by_its_name_as_by_its_id(world, tmp_path):
+    """As a new user does it: `projects create team-x`, then `keys create --project team-x` (no --name), and every
+    other place that takes a project takes its name too."""
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "modelworks", *args, "--url", world["url"], "--api-key", API_KEY],
+                              capture_output=True, text=True, timeout=60)
+
+    name = f"team-{time.time_ns()}"
+    made = cli("projects", "create", name)
+    assert made.returncode == 0, made.stderr
+    project = json.loads(made.stdout)
+    key = cli("keys", "create", "--project", name)
+    assert key.returncode == 0, key.stderr
+    created = json.loads(key.stdout)
+    assert created["project_id"] == project["id"] and created["name"] == created["id"]  # unnamed: its id
+    listed = json.loads(cli("keys", "list", "--project", name).stdout)["data"]
+    assert [k["id"] for k in listed] == [created["id"]]
+    assert json.loads(cli("projects", "show", name).stdout)["id"] == project["id"]
+    admin = world["admin"]
+    usage = admin.call("GET", f"/admin/v1/usage?project_id={name}")
+    assert usage.status_code == 200 and "budget" in usage.json()
+    patched = admin.call("PATCH", f"/admin/v1/projects/{name}", "/admin/v1/projects/{project_id}",
+                         json={"monthly_token_cap": 1000})
+    assert patched.json()["id"] == project["id"] and patched.json()["monthly_token_cap"] == 1000
+    missing = cli("keys", "create", "--project", f"{name}-nope")
+    assert missing.returncode == 1 and f"No project '{name}-nope'" in missing.stderr
+    # another project's name is as invisible to a project admin as its id
+    other = world["a"]["padmin"].call("GET", f"/admin/v1/projects/{name}", "/admin/v1/projects/{project_id}")
+    assert other.status_code == 404 and name in other.json()["error"]["message"]
+
+
+def test_every_deployment_has_a_quota(world):
+    """As on Azure: a deployment made without a TPM gets the default one, and its answers carry the rate-limit
+    headers."""
+    admin = world["admin"]
+    name = f"no-tpm-{time.time_ns()}"
+    made = admin.call("POST", "/admin/v1/deployments", json={"name": name, "backends": ["fake"]})
+    assert made.status_code == 201, made.text
+    assert made.json()["tpm"] == 1_000_000 and made.json()["rpm_effective"] == 6_000
+    config_row = admin.call("GET", "/admin/v1/deployments/fake", "/admin/v1/deployments/{name}").json()
+    assert config_row["tpm"] == 1_000_000  # from the config file, without a tpm
+    answer = httpx.post(f"{world['url']}/v1/chat/completions", headers={"api-key": API_KEY}, timeout=60,
+                        json={"model": name, "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 200
+    assert answer.headers["x-ratelimit-limit-tokens"] == "1000000"
+    assert answer.headers["x-ratelimit-limit-requests"] == "6000"
+    admin.call("DELETE", f"/admin/v1/deployments/{name}", "/admin/v1/deployments/{name}")
 
 
 def test_deployments_take_effect_without_restart(world, admin_server):

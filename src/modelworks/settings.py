@@ -121,6 +121,12 @@ DEPLOYMENT_TYPES = ("GlobalStandard", "DataZoneStandard", "Standard", "GlobalPro
                     "ProvisionedManaged", "GlobalBatch", "DataZoneBatch")
 
 
+# The default TPM per core of a deployment served by an embedded model: about what one core serves, prompt and
+# answer tokens together (SmolLM2-135M reads prompts at ~1,000 tokens/s and writes ~50/s on one core here; MiniLM
+# encodes ~110 sentences/s of ~40 tokens on one thread). A deployment sets its own `tpm` to change it.
+EMBEDDED_TPM_PER_CORE = {"llama_cpp": 30_000, "minilm": 300_000}
+
+
 class Deployment(_Strict):
     backend: str | None = Field(default=None, description="one backend (or use `backends`)")
     backends: list[str] | None = Field(default=None, min_length=1, description="a pool of backends, tried in turn")
@@ -223,6 +229,11 @@ class QuotaSettings(_Strict):
                                                 description="memory: per process; redis: shared by every replica")
     redis_url: str = "redis://127.0.0.1:6379/0"
     default_max_tokens: int = Field(default=256, ge=1, description="charged at arrival when a request sets none")
+    default_tpm: int | None = Field(
+        default=1_000_000, ge=1,
+        description="the TPM of a deployment that sets none, as every Azure deployment has one (RPM derived: 6 per "
+                    "1,000); a deployment served only by embedded models gets one sized to this machine instead "
+                    "(see `embedded_tpm`); null: such deployments are unlimited")
 
 
 class MeteringSettings(_Strict):
@@ -286,6 +297,14 @@ class Settings(_Strict):
     @property
     def content_filter_policies(self) -> dict[str, ContentFilterPolicy]:
         return {**builtin_policies(), **self.content_filters}
+
+    def default_tpm(self, backends: list[str]) -> int | None:
+        """The TPM of a deployment of these backends that sets none: sized to this machine where every backend is
+        an embedded model, else `quota.default_tpm`."""
+        kinds = {getattr(self.backends.get(name), "type", None) for name in backends}
+        if kinds and kinds <= set(EMBEDDED_TPM_PER_CORE):
+            return min(EMBEDDED_TPM_PER_CORE[kind] for kind in kinds) * (os.cpu_count() or 1)
+        return self.quota.default_tpm
 
     @property
     def backend_places(self) -> dict[str, Place]:

@@ -55,13 +55,13 @@ class AdminHandlers:
 
     async def get_project(self, request: Request) -> JSONResult:
         who = await self._who(request, "projects.get")
-        project_id = request.path_params["project_id"]
+        project_id = await self._project_ref(who, request.path_params["project_id"])
         _visible(who.can_read(project_id), f"No project '{project_id}'.")
         return JSONResult({"object": "project", **await _run(self.control.projects.get, project_id)})
 
     async def update_project(self, request: Request) -> JSONResult:
         who = await self._who(request, "projects.update")
-        project_id = request.path_params["project_id"]
+        project_id = await self._project_ref(who, request.path_params["project_id"])
         _visible(who.can_read(project_id), f"No project '{project_id}'.")
         _require(who.is_admin, "Only admins change a project's settings.")
         body = await parse_request(ProjectUpdate, await request.body(self.max_body))
@@ -88,7 +88,7 @@ class AdminHandlers:
 
     async def _ending(self, request: Request, operation: str, verb: str) -> tuple[Principal, str]:
         who = await self._who(request, operation)
-        project_id = request.path_params["project_id"]
+        project_id = await self._project_ref(who, request.path_params["project_id"])
         _visible(who.can_read(project_id), f"No project '{project_id}'.")
         _require(who.is_admin, f"Only admins {verb} projects.")
         if project_id == who.project_id:
@@ -101,14 +101,14 @@ class AdminHandlers:
     async def list_keys(self, request: Request) -> JSONResult:
         who = await self._who(request, "keys.list")
         _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins list keys.")
-        project_id = _project_scope(who, request.query("project_id"))
+        project_id = _project_scope(who, await self._project_ref(who, request.query("project_id")))
         return _list("api_key", await _run(self.control.keys.list, project_id))
 
     async def create_key(self, request: Request) -> JSONResult:
         who = await self._who(request, "keys.create")
         _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins create keys.")
         body = await parse_request(KeyCreate, await request.body(self.max_body))
-        project_id = body.project_id or who.project_id
+        project_id = await self._project_ref(who, body.project_id) or who.project_id
         _visible(who.can_read(project_id), f"No project '{project_id}'.")
         _require(who.is_admin or body.role != ADMIN, "Only admins create admin keys.")
         created = await _run(self.control.keys.create, project_id, body.role, body.name,
@@ -184,7 +184,7 @@ class AdminHandlers:
     async def usage(self, request: Request) -> JSONResult:
         """Aggregated by any of day, deployment, key and project; `format=csv` for a CSV export."""
         who = await self._who(request, "usage.read")
-        project_id = _project_scope(who, request.query("project_id"))
+        project_id = _project_scope(who, await self._project_ref(who, request.query("project_id")))
         groups = parse_group_by(_values(request, "group_by"))
         as_csv = _choice(_one(request, "format"), "format", ("json", "csv")) == "csv"
         rows = await _run(self.control.usage.aggregate, project_id=project_id, group_by=groups,
@@ -217,7 +217,7 @@ class AdminHandlers:
     async def list_content_log(self, request: Request) -> JSONResult:
         who = await self._who(request, "content_log.list")
         _require(who.role in (ADMIN, PROJECT_ADMIN), "Only admins and project admins read logged content.")
-        project_id = _project_scope(who, request.query("project_id"))
+        project_id = _project_scope(who, await self._project_ref(who, request.query("project_id")))
         limit = _int(_one(request, "limit"), "limit", 100, MAX_LIMIT)
         rows = await _run(self.control.content_log.entries, project_id, limit)
         data = [{**row, "at": _iso(row["at"]), "expires_at": _iso(row["expires_at"]),
@@ -255,6 +255,14 @@ class AdminHandlers:
         await self.control.auth.admit(call)
         _refuse_nul(request)
         return call.principal
+
+    async def _project_ref(self, who: Principal, ref: str | None) -> str | None:
+        """The id of the project a request names by id or by name; one unknown, or not the caller's to see, as
+        given (its 404 names what was asked, never another project's id)."""
+        if ref is None or "\x00" in ref:
+            return ref
+        found = await _run(self.control.projects.resolve, ref)
+        return found if found is not None and who.can_read(found) else ref
 
     async def _audit(self, who: Principal, action: str, project_id: str | None, target: str | None,
                      detail: dict) -> None:

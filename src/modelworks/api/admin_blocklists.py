@@ -22,13 +22,13 @@ class BlocklistHandlers:
 
     async def list(self, request: Request) -> JSONResult:
         who = await self._manager(request, "blocklists.list")
-        project_id = _project_scope(who, request.query("project_id"))
+        project_id = _project_scope(who, await self.admin._project_ref(who, request.query("project_id")))
         return _list("blocklist", await _run(self.service.list, project_id))
 
     async def create(self, request: Request) -> JSONResult:
         who = await self._manager(request, "blocklists.create")
         body = await parse_request(BlocklistCreate, await request.body(self.admin.max_body))
-        project_id = body.project_id or who.project_id
+        project_id = await self.admin._project_ref(who, body.project_id) or who.project_id
         _visible(who.can_manage(project_id), f"No project '{project_id}'.")
         await _run(self.admin.control.projects.get, project_id)
         row = await _run(self.service.create, project_id, body.name, body.description)

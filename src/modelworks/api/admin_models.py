@@ -49,9 +49,12 @@ class ProjectCreate(ProjectUpdate):
     soft_threshold: float | None = Field(default=None, ge=0, le=1, description="default: 0.8")
 
 
+PROJECT_REF = "the project's id or name; default: the caller's project"
+
+
 class KeyCreate(_Body):
-    name: Text = Field(min_length=1, max_length=100)
-    project_id: Text | None = Field(default=None, max_length=40, description="default: the caller's project")
+    name: Text | None = Field(default=None, min_length=1, max_length=100, description="default: the key's id")
+    project_id: Text | None = Field(default=None, max_length=100, description=PROJECT_REF)
     role: Literal["admin", "project_admin", "user"] = "user"
     expires_at: UtcTime | None = Field(default=None, description="ISO 8601; a time without an offset is UTC; "
                                                                  "shown back in UTC")
@@ -95,7 +98,7 @@ class DeploymentCreate(DeploymentUpdate):
 
 class BlocklistCreate(_Body):
     name: Text = Field(min_length=1, max_length=100)
-    project_id: Text | None = Field(default=None, max_length=40, description="default: the caller's project")
+    project_id: Text | None = Field(default=None, max_length=100, description=PROJECT_REF)
     description: Text | None = Field(default=None, max_length=500)
 
 

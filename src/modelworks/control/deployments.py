@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import Callable
 
 from sqlalchemy import delete, func, select
 
@@ -38,16 +39,19 @@ def deployment_view(row: DeploymentRow) -> dict:
             "source": row.source, "updated_at": _iso(row.updated_at)}
 
 
-def from_config(name: str, dep: ConfigDeployment) -> dict:
+def from_config(name: str, dep: ConfigDeployment, default_tpm=lambda backends: None) -> dict:
+    tpm = dep.tpm if dep.tpm is not None else default_tpm(dep.backend_names)
     return {"model": dep.model, "backends": dep.backend_names, "deployment_type": dep.type, "region": dep.region,
-            "data_zone": dep.data_zone, "tpm": dep.tpm, "rpm": dep.rpm, "content_filter_policy": dep.content_filter,
+            "data_zone": dep.data_zone, "tpm": tpm, "rpm": dep.rpm, "content_filter_policy": dep.content_filter,
             "price_input_per_1k": dep.price_input_per_1k, "price_output_per_1k": dep.price_output_per_1k,
             "enabled": dep.enabled, "owned_by": dep.owned_by, "spillover": dep.spillover}
 
 
 class DeploymentService:
-    def __init__(self, db: Database, places: dict[str, Place], policy_names: set[str] = frozenset({"default"})) -> None:
+    def __init__(self, db: Database, places: dict[str, Place], policy_names: set[str] = frozenset({"default"}),
+                 default_tpm: Callable[[list[str]], int | None] = lambda backends: None) -> None:
         self.db = db
+        self.default_tpm = default_tpm  # the TPM of a deployment that sets none (see Settings.default_tpm)
         self.places = places
         self.backend_names = set(places)
         self.policy_names = policy_names
@@ -58,7 +62,7 @@ class DeploymentService:
             s.execute(delete(DeploymentRow).where(DeploymentRow.source == "config",
                                                   DeploymentRow.name.not_in(list(deployments) or [""])))
             for name, dep in deployments.items():
-                values = from_config(name, dep)
+                values = from_config(name, dep, self.default_tpm)
                 row = s.get(DeploymentRow, name)
                 if row is None:
                     s.add(DeploymentRow(name=name, source="config", updated_at=now(), **values))
@@ -89,6 +93,8 @@ class DeploymentService:
                 raise InvalidRequest(f"A deployment named '{name}' already exists.", param="name",
                                      code="already_exists")
             self._check_placement(s, name, {"deployment_type": "GlobalStandard", **values})
+            if values.get("tpm") is None:
+                values = {**values, "tpm": self.default_tpm(values.get("backends") or [])}
             row = DeploymentRow(name=name, source="api", updated_at=now(), **values)
             s.add(row)
             s.flush()

@@ -80,7 +80,7 @@ class KeyService:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create(self, project_id: str, role: str, name: str, *, expires_at: datetime | None = None,
+    def create(self, project_id: str, role: str, name: str | None = None, *, expires_at: datetime | None = None,
                key: str | None = None, rpm_limit: int | None = None, tpm_limit: int | None = None) -> CreatedKey:
         if role not in ROLES:
             raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
@@ -94,7 +94,8 @@ class KeyService:
             if project.status == "archived":
                 raise Conflict(f"The project '{project_id}' is archived: it takes no new keys.",
                                param="project_id", code="project_archived")
-            row = ApiKey(id="key_" + uuid.uuid4().hex[:20], project_id=project_id, name=name, role=role,
+            key_id = "key_" + uuid.uuid4().hex[:20]
+            row = ApiKey(id=key_id, project_id=project_id, name=name or key_id, role=role,  # unnamed: its id
                          display=key[:10], hash=key_hash(key), created_at=now(), expires_at=expires_at,
                          rpm_limit=rpm_limit, tpm_limit=tpm_limit)
             s.add(row)

@@ -28,7 +28,8 @@ class ControlPlane:
         self.db = Database(database_url(settings.database.url, settings.data_path))
         self.keys = KeyService(self.db)
         self.projects = ProjectService(self.db)
-        self.deployments = DeploymentService(self.db, settings.backend_places, set(settings.content_filter_policies))
+        self.deployments = DeploymentService(self.db, settings.backend_places, set(settings.content_filter_policies),
+                                             settings.default_tpm)
         self.blocklists = BlocklistService(self.db)
         self.content_log = ContentLog(self.db)
         self.usage = UsageService(self.db)

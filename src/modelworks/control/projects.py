@@ -87,6 +87,16 @@ class ProjectService:
         with self.db.session() as s:
             return project_view(self._row(s, project_id))
 
+    def resolve(self, ref: str) -> str | None:
+        """The id of the project `ref` names: its id, or else its name (a name may look like another's id: the id
+        wins). None when there is no such project."""
+        with self.db.session() as s:
+            found = {row.id: row.name for row in s.execute(
+                select(Project.id, Project.name).where((Project.id == ref) | (Project.name == ref)))}
+        if ref in found:
+            return ref
+        return next(iter(found), None)
+
     def mcp_servers(self, project_id: str) -> list[str] | None:
         """The URL prefixes of the MCP servers the project may reach; None: any public address."""
         with self.db.session() as s:
