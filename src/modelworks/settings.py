@@ -252,6 +252,12 @@ class ResponsesSettings(_Strict):
                                 description="server-run (MCP) tool calls per response; then the model must answer")
 
 
+class PortalSettings(_Strict):
+    enabled: bool = Field(default=True, description="the web console at /portal")
+    session_hours: float = Field(default=8.0, gt=0, le=24 * 30, description="a session ends this long after sign-in")
+    idle_minutes: float = Field(default=30.0, gt=0, le=24 * 60, description="... or after this long unused")
+
+
 class Settings(_Strict):
     server: Server = Server()
     metering: MeteringSettings = MeteringSettings()
@@ -262,6 +268,7 @@ class Settings(_Strict):
     routing: RoutingSettings = RoutingSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
+    portal: PortalSettings = PortalSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     deployments: dict[str, Deployment] = Field(default_factory=dict)
     content_filters: dict[str, ContentFilterPolicy] = Field(

@@ -42,11 +42,12 @@ class Request:
         values = self._query.get(name)
         return values[0] if values else None
 
-    async def body(self, limit: int) -> bytes:
+    async def body(self, limit: int, *, check_type: bool = True) -> bytes:
         """The whole body, at most `limit` bytes. Every body of this API is JSON: a request that says it sends
-        something else (a form, plain text) is refused before its body is read; one that says nothing is read."""
+        something else (a form, plain text) is refused before its body is read; one that says nothing is read.
+        `check_type=False`: the caller checked the type (the portal's forms)."""
         kind = self.headers.get("content-type")
-        if kind is not None and not _is_json(kind):
+        if check_type and kind is not None and not _is_json(kind):
             raise UnsupportedMediaType(f"Unsupported Content-Type '{kind[:100]}': send the body as "
                                        "application/json.")
         length = self.headers.get("content-length")

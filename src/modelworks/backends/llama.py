@@ -226,24 +226,33 @@ class LlamaBackend(Backend):
                 f"characters, which is more than {self.n_ctx} tokens of this model can hold.", param=where,
                 code="context_length_exceeded")
 
+    def check_room(self, task: GenerationTask, prompt_tokens: int) -> int:
+        """The room the context window leaves for the answer; a 400 when the prompt, or the prompt and the asked
+        `max_tokens`, do not fit (checked before admission too, so such a request is refused as bad input, not
+        charged to a quota it could never fit)."""
+        req, where = task.request, "messages" if task.is_chat else "prompt"
+        room = self.n_ctx - prompt_tokens
+        if room <= 0:
+            raise InvalidRequest(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, your {where} resulted in "
+                f"{prompt_tokens} tokens.", param=where, code="context_length_exceeded")
+        limit = req.token_limit
+        if limit is not None and limit > room:
+            raise InvalidRequest(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
+                f"{prompt_tokens + limit} tokens ({prompt_tokens} in the {where}, {limit} for the completion).",
+                param="max_completion_tokens" if task.is_chat and req.max_completion_tokens else "max_tokens",
+                code="context_length_exceeded")
+        return room
+
     def _prepare(self, task: GenerationTask, plan: llama_tools.ToolPlan | None) -> tuple[list[int], lg.Params]:
         req = task.request
         tokens = self._prompt_tokens(task)
         where = "messages" if task.is_chat else "prompt"
         if req.logit_bias:
             raise Unsupported("The embedded model does not support logit_bias.", param="logit_bias")
-        room = self.n_ctx - len(tokens)
-        if room <= 0:
-            raise InvalidRequest(
-                f"This model's maximum context length is {self.n_ctx} tokens. However, your {where} resulted in "
-                f"{len(tokens)} tokens.", param=where, code="context_length_exceeded")
+        room = self.check_room(task, len(tokens))
         limit = req.token_limit
-        if limit is not None and limit > room:
-            raise InvalidRequest(
-                f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
-                f"{len(tokens) + limit} tokens ({len(tokens)} in the {where}, {limit} for the completion).",
-                param="max_completion_tokens" if task.is_chat and req.max_completion_tokens else "max_tokens",
-                code="context_length_exceeded")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         params = lg.Params(
             max_tokens=limit if limit is not None else min(self.spec.max_tokens_default, room),

@@ -123,6 +123,11 @@ class KeyService:
                              monthly_token_cap=project.monthly_token_cap if project else None,
                              monthly_cost_cap=project.monthly_cost_cap if project else None)
 
+    def digest_of(self, key_id: str) -> str | None:
+        """The stored hash of a key (to look its principal up as a presented key is), or None."""
+        with self.db.session() as s:
+            return s.scalar(select(ApiKey.hash).where(ApiKey.id == key_id))
+
     def exists(self, digest: str) -> bool:
         with self.db.session() as s:
             return s.scalar(select(ApiKey.id).where(ApiKey.hash == digest)) is not None

@@ -139,7 +139,7 @@ class UsageService:
             return int(tokens), float(cost)
 
     def aggregate(self, *, project_id: str | None, since: datetime | None, until: datetime | None,
-                  group_by: tuple[str, ...]) -> list[dict]:
+                  group_by: tuple[str, ...], key_id: str | None = None) -> list[dict]:
         columns = {"day": func.date(UsageRecord.at).label("day"), "deployment": UsageRecord.deployment,
                    "key": UsageRecord.key_id.label("key_id"), "project": UsageRecord.project_id.label("project_id")}
         keys = [columns[g] for g in group_by]
@@ -151,6 +151,8 @@ class UsageService:
         query = select(*keys, *sums)
         if project_id is not None:
             query = query.where(UsageRecord.project_id == project_id)
+        if key_id is not None:
+            query = query.where(UsageRecord.key_id == key_id)
         if since is not None:
             query = query.where(UsageRecord.at >= since)
         if until is not None:

@@ -138,7 +138,10 @@ class QuotaPolicy:
             return tokens
         task = call.task
         req = task.request
-        prompt = await call.route.backend.count_prompt_tokens(task)  # the backend's tokenizer, off the loop
+        backend = call.route.backend
+        prompt = await backend.count_prompt_tokens(task)  # the backend's tokenizer, off the loop
+        if prompt is not None and hasattr(backend, "check_room"):
+            backend.check_room(task, prompt)  # a request that cannot fit is bad input (400), not over quota
         if prompt is None:  # a sum over the messages: off the event loop for a large body
             prompt = await run_sized(len(task.body), INLINE_BELOW, _approximate_prompt_tokens, task)
         call.facts["prompt_tokens"] = prompt

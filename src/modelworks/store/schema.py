@@ -49,6 +49,22 @@ class ApiKey(Base):
     tpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class PortalSession(Base):
+    """A signed-in portal session: the browser holds a random id (in an HttpOnly cookie), the store its hash and
+    the key it was opened with (the key itself is never kept)."""
+
+    __tablename__ = "portal_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))  # the form token of this session (useless without its cookie)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # the idle timeout counts from here
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    user_agent: Mapped[str] = mapped_column(String(200), default="")
+
+
 class DeploymentRow(Base):
     __tablename__ = "deployments"
 

@@ -1,0 +1,222 @@
+"""The portal without a browser, on a real server process: sessions, the cookie, CSRF and Origin checks, the
+Content-Security-Policy, and what each role is shown. (The flows in a real browser are in test_portal_browser.)"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+
+from conftest import API_KEY
+from support.servers import start_modelworks
+
+CONFIG = {"backends": {"fake": {"type": "fake"}}, "deployments": {"fake": {"backend": "fake"}},
+          "portal": {"idle_minutes": 0.05}}  # 3 s idle timeout: the test of it waits it out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc = start_modelworks(tmp_path_factory.mktemp("portal"), CONFIG, API_KEY, name="portal")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def keys(server):
+    """A project with a project-admin key and a user key, made through the admin API."""
+    admin = httpx.Client(base_url=server.url, headers={"api-key": API_KEY}, timeout=30)
+    project = admin.post("/admin/v1/projects", json={"name": f"portal-{time.time_ns()}"}).json()
+    out = {"admin": API_KEY, "project": project}
+    for role in ("project_admin", "user"):
+        made = admin.post("/admin/v1/keys", json={"role": role, "project_id": project["id"], "name": f"p-{role}"})
+        out[role] = made.json()["key"]
+        out[f"{role}_id"] = made.json()["id"]
+    return out
+
+
+class Browser:
+    """An HTTP client that behaves as a browser on the portal's pages: keeps cookies, sends the page's Origin,
+    and reads the CSRF token from the page it is on."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=30, follow_redirects=False)
+        self.csrf = ""
+
+    def get(self, path: str) -> httpx.Response:
+        r = self.http.get(path)
+        found = re.search(r'<meta name="csrf-token" content="([^"]+)"', r.text)
+        if found:
+            self.csrf = found.group(1)
+        return r
+
+    def post(self, path: str, data: dict | None = None, origin: str | None = "own", csrf: bool = True,
+             **kwargs) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if origin is not None:
+            headers["origin"] = self.url if origin == "own" else origin
+        form = dict(data or {})
+        if csrf and self.csrf:
+            form.setdefault("csrf", self.csrf)
+        return self.http.post(path, data=form, headers=headers, **kwargs)
+
+    def sign_in(self, key: str) -> httpx.Response:
+        return self.post("/portal/sign-in", {"key": key})
+
+
+def _cookie_header(r: httpx.Response) -> str:
+    return r.headers.get("set-cookie", "")
+
+
+def test_a_key_becomes_a_session_the_browser_cannot_read(server, keys):
+    b = Browser(server.url)
+    page = b.get("/portal")
+    assert page.status_code == 303 and page.headers["location"].startswith("/portal/sign-in")
+    form = b.get("/portal/sign-in")
+    assert form.status_code == 200 and 'name="key"' in form.text
+    signed = b.sign_in(keys["admin"])
+    assert signed.status_code == 303 and signed.headers["location"] == "/portal"
+    cookie = _cookie_header(signed)
+    session_id = re.match(r"mw_portal=([^;]+)", cookie).group(1)
+    assert len(session_id) >= 40 and API_KEY not in cookie
+    flags = {f.strip().lower() for f in cookie.split(";")[1:]}
+    assert {"httponly", "samesite=strict", "path=/portal"} <= flags
+    assert "secure" not in flags  # plain HTTP here; over TLS the cookie is Secure and __Host- (unit-tested below)
+    overview = b.get("/portal")
+    assert overview.status_code == 200
+    assert API_KEY not in overview.text and keys["admin"] not in overview.text
+    assert f"{server.url}/v1" in overview.text  # the OpenAI-style base URL
+    assert "AzureOpenAI" in overview.text and "curl" in overview.text
+    # the session is not a key: the APIs still take keys only
+    assert b.http.get("/admin/v1/projects").status_code == 401
+    assert b.http.post("/v1/chat/completions", json={"model": "fake", "messages": []}).status_code == 401
+
+
+def test_a_wrong_key_is_refused_and_not_echoed(server):
+    b = Browser(server.url)
+    b.get("/portal/sign-in")
+    refused = b.sign_in("mw-not-a-real-key-0123456789")
+    assert refused.status_code == 401 and "unknown, revoked or expired" in refused.text
+    assert "mw-not-a-real-key" not in refused.text and "set-cookie" not in refused.headers
+
+
+def test_sign_out_ends_the_session_on_the_server(server, keys):
+    b = Browser(server.url)
+    b.sign_in(keys["user"])
+    old_cookie = dict(b.http.cookies)
+    b.get("/portal")
+    out = b.post("/portal/sign-out")
+    assert out.status_code == 303 and "Max-Age=0" in _cookie_header(out)
+    # the old cookie, replayed, no longer works: the session was revoked in the store, not only forgotten
+    replay = httpx.get(f"{server.url}/portal", cookies=old_cookie, timeout=30)
+    assert replay.status_code == 303 and replay.headers["location"].startswith("/portal/sign-in")
+
+
+def test_changes_need_the_csrf_token_and_the_own_origin(server, keys):
+    b = Browser(server.url)
+    b.sign_in(keys["admin"])
+    b.get("/portal")
+    assert b.csrf
+    no_token = b.post("/portal/sign-out", csrf=False)
+    assert no_token.status_code == 403 and "security token" in no_token.text
+    wrong_token = b.post("/portal/sign-out", {"csrf": "x" * 43})
+    assert wrong_token.status_code == 403
+    other_site = b.post("/portal/sign-out", origin="https://evil.example")
+    assert other_site.status_code == 403 and "another origin" in other_site.text
+    no_origin = b.post("/portal/sign-out", origin=None)
+    assert no_origin.status_code == 403
+    # a sign-in from another site's page is refused too (login CSRF)
+    assert Browser(server.url).post("/portal/sign-in", {"key": API_KEY}, origin="https://evil.example").status_code == 403
+    referer_only = b.post("/portal/sign-out", origin=None, headers={"referer": f"{server.url}/portal"})
+    assert referer_only.status_code == 303  # a browser that sends only a Referer from this origin
+
+
+def test_every_answer_carries_a_strict_content_security_policy(server, keys):
+    b = Browser(server.url)
+    answers = [b.get("/portal/sign-in"), b.sign_in(keys["admin"]), b.get("/portal"), b.get("/portal/nowhere"),
+               b.get("/portal/static/portal.css"), b.get("/portal/static/portal.js")]
+    for r in answers:
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "frame-ancestors 'none'" in csp and "form-action 'self'" in csp
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+    page = b.get("/portal").text
+    assert "<script>" not in page and " style=" not in page and "onclick" not in page  # nothing inline
+    assert answers[4].headers["content-type"].startswith("text/css")
+
+
+def test_roles_shape_what_is_shown(server, keys):
+    admin, padmin, user = Browser(server.url), Browser(server.url), Browser(server.url)
+    admin.sign_in(keys["admin"])
+    padmin.sign_in(keys["project_admin"])
+    user.sign_in(keys["user"])
+    assert 'href="/portal/deployments"' in admin.get("/portal").text
+    assert 'href="/portal/deployments"' in padmin.get("/portal").text
+    user_page = user.get("/portal").text
+    assert 'href="/portal/deployments"' not in user_page and "your key" in user_page
+    assert "your project" in padmin.get("/portal").text and "all projects" in admin.get("/portal").text
+
+
+def test_todays_figures_are_the_callers_own(server, keys):
+    user = Browser(server.url)
+    user.sign_in(keys["user"])
+    before = _today(user.get("/portal").text)
+    for _ in range(3):
+        r = httpx.post(f"{server.url}/v1/chat/completions", headers={"api-key": keys["user"]}, timeout=30,
+                       json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200
+    httpx.post(f"{server.url}/v1/chat/completions", headers={"api-key": API_KEY}, timeout=30,  # another key's
+               json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+    deadline = time.monotonic() + 30
+    while _today(user.get("/portal").text)[0] < before[0] + 3:  # usage reaches the store in batches (1 s)
+        assert time.monotonic() < deadline, "the user's calls never showed on the overview"
+        time.sleep(0.3)
+    assert _today(user.get("/portal").text)[0] == before[0] + 3
+
+
+def _today(page: str) -> tuple[int, int, int]:
+    values = [int(re.search(rf'id="today-{name}">([\d,]+)<', page).group(1).replace(",", ""))
+              for name in ("requests", "tokens", "errors")]
+    return tuple(values)
+
+
+def test_a_session_ends_when_idle_or_when_its_key_is_revoked(server, keys):
+    admin = httpx.Client(base_url=server.url, headers={"api-key": API_KEY}, timeout=30)
+    made = admin.post("/admin/v1/keys", json={"role": "user", "project_id": keys["project"]["id"]}).json()
+    b = Browser(server.url)
+    b.sign_in(made["key"])
+    assert b.get("/portal").status_code == 200
+    admin.delete(f"/admin/v1/keys/{made['id']}")
+    assert b.get("/portal").status_code == 303  # the key's revocation ends its sessions at once
+    idle = Browser(server.url)
+    idle.sign_in(keys["user"])
+    assert idle.get("/portal").status_code == 200
+    time.sleep(3.5)  # past the 3-second idle timeout of this server
+    assert idle.get("/portal").status_code == 303
+
+
+def test_sign_in_goes_back_only_to_portal_pages(server, keys):
+    for target, expected in (("/portal/deployments", "/portal/deployments"), ("https://evil.example/x", "/portal"),
+                             ("//evil.example/portal", "/portal"), ("/admin/v1/keys", "/portal"),
+                             ("/portal\\@evil.example", "/portal")):
+        r = Browser(server.url).post("/portal/sign-in", {"key": API_KEY, "next": target})
+        assert r.headers["location"] == expected, target
+
+
+def test_static_files_stay_in_their_folder(server):
+    for path in ("/portal/static/../web.py", "/portal/static/%2e%2e/web.py", "/portal/static/../../settings.py"):
+        assert httpx.get(server.url + path, timeout=30).status_code == 404
+
+
+def test_the_cookie_over_tls_is_secure_and_host_only():
+    from modelworks.api.request import Request
+    from modelworks.portal import security
+
+    request = Request({"type": "http", "scheme": "https", "headers": [(b"host", b"ai.example")], "path": "/portal",
+                       "method": "GET"}, None, {})
+    cookie = security.set_cookie(request, "abc", 60)
+    assert cookie.startswith("__Host-mw_portal=abc;") and "Secure" in cookie and "Path=/;" in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert security.own_origin(request) == "https://ai.example"
