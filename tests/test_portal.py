@@ -220,3 +220,54 @@ def test_the_cookie_over_tls_is_secure_and_host_only():
     assert cookie.startswith("__Host-mw_portal=abc;") and "Secure" in cookie and "Path=/;" in cookie
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert security.own_origin(request) == "https://ai.example"
+
+
+def test_admins_manage_deployments_from_the_portal(server, keys):
+    b = Browser(server.url)
+    b.sign_in(keys["admin"])
+    listing = b.get("/portal/deployments")
+    assert listing.status_code == 200 and 'id="create-deployment"' in listing.text
+    assert "1,000,000 / 6,000" in listing.text  # the config's `fake`: the default quota, RPM derived
+    name = f"made-{time.time_ns()}"
+    bad = b.post("/portal/deployments", {"name": name, "backends": "fake", "tpm": "1500"})
+    assert bad.status_code == 400 and "steps of 1,000" in bad.text and f'value="{name}"' in bad.text
+    unknown = b.post("/portal/deployments", {"name": name, "backends": "nowhere"})
+    assert unknown.status_code == 400 and "Unknown backend" in unknown.text
+    made = b.post("/portal/deployments", {"name": name, "backends": "fake", "tpm": "12000", "enabled": "on"})
+    assert made.status_code == 303, made.text
+    page = b.get(f"/portal/deployments/{name}")
+    assert page.status_code == 200 and 'id="edit-deployment"' in page.text
+    chat = {"model": name, "messages": [{"role": "user", "content": "hi"}]}
+    served = httpx.post(f"{server.url}/v1/chat/completions", json=chat, headers={"api-key": API_KEY}, timeout=30)
+    assert served.status_code == 200 and served.headers["x-ratelimit-limit-requests"] == "72"  # 12,000 TPM
+    assert "12,000 / 72" in b.get("/portal/deployments").text
+    edited = b.post(f"/portal/deployments/{name}", {"backends": "fake", "tpm": "24000", "enabled": "on",
+                                                    "deployment_type": "GlobalStandard"})
+    assert edited.status_code == 303
+    assert "24,000 / 144" in b.get("/portal/deployments").text
+    b.get(f"/portal/deployments/{name}")
+    assert b.post(f"/portal/deployments/{name}/enabled", {"enabled": "false"}).status_code == 303
+    off = httpx.post(f"{server.url}/v1/chat/completions", json=chat, headers={"api-key": API_KEY}, timeout=30)
+    assert off.status_code == 404
+    wrong = b.post(f"/portal/deployments/{name}/delete", {"confirm": "something else"})
+    assert wrong.status_code == 400
+    assert b.post(f"/portal/deployments/{name}/delete", {"confirm": name}).status_code == 303
+    assert b.get(f"/portal/deployments/{name}").status_code == 404
+    audit = httpx.get(f"{server.url}/admin/v1/audit?limit=1000", headers={"api-key": API_KEY}, timeout=30).json()
+    actions = [(e["action"], e["detail"].get("via")) for e in audit["data"] if e["target"] == name]
+    assert actions == [("deployment.create", "portal"), ("deployment.update", "portal"),
+                       ("deployment.update", "portal"), ("deployment.delete", "portal")]
+
+
+def test_only_admins_change_deployments(server, keys):
+    padmin, user = Browser(server.url), Browser(server.url)
+    padmin.sign_in(keys["project_admin"])
+    user.sign_in(keys["user"])
+    page = padmin.get("/portal/deployments")
+    assert page.status_code == 200 and 'id="create-deployment"' not in page.text
+    refused = padmin.post("/portal/deployments", {"name": "sneaky", "backends": "fake"})
+    assert refused.status_code == 403
+    assert user.get("/portal/deployments").status_code == 403
+    config_row = Browser(server.url)
+    config_row.sign_in(keys["admin"])
+    assert 'id="edit-deployment"' not in config_row.get("/portal/deployments/fake").text  # from the config file

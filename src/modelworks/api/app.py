@@ -173,7 +173,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
     app = ModelworksApp(router, backends, gateway, control, catalog, health)
     if settings.portal.enabled:
-        _portal(router, app, settings, control, gateway, members)
+        _portal(router, app, settings, control, gateway, members, catalog)
     app.closers.append(limiter.close)
     purge_every = settings.responses.purge_interval_s
     app.loops.append(lambda: agents.service.maintain(purge_every))
@@ -208,7 +208,8 @@ def _responses_handlers(settings: Settings, control: ControlPlane, calls, chain:
 
 
 def _portal(router: Router, app: ModelworksApp, settings: Settings, control: ControlPlane, gateway: Gateway,
-            members: Members) -> None:
+            members: Members, catalog: Catalog) -> None:
+    from modelworks.portal.deployments import DeploymentsScreen
     from modelworks.portal.pages import Pages
     from modelworks.portal.sessions import SessionService
     from modelworks.portal.web import Portal, Redirect
@@ -226,6 +227,13 @@ def _portal(router: Router, app: ModelworksApp, settings: Settings, control: Con
     router.add("/portal/sign-in", portal.endpoint(pages.sign_in, signed_in=False), ("POST",))
     router.add("/portal/sign-out", portal.endpoint(pages.sign_out, signed_in=False), ("POST",))
     router.add("/portal/static/{path:path}", portal.endpoint(pages.static, signed_in=False), ("GET",))
+    deployments = DeploymentsScreen(control, catalog, pages.backend_states)
+    router.add("/portal/deployments", portal.endpoint(deployments.list), ("GET",))
+    router.add("/portal/deployments", portal.endpoint(deployments.create), ("POST",))
+    router.add("/portal/deployments/{name}", portal.endpoint(deployments.edit_form), ("GET",))
+    router.add("/portal/deployments/{name}", portal.endpoint(deployments.update), ("POST",))
+    router.add("/portal/deployments/{name}/enabled", portal.endpoint(deployments.toggle), ("POST",))
+    router.add("/portal/deployments/{name}/delete", portal.endpoint(deployments.delete), ("POST",))
     router.add("/portal/{rest:path}", portal.endpoint(pages.not_found, signed_in=False),
                ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"))  # a page of its own, with the portal's headers
 

@@ -78,6 +78,9 @@ class Pages:
                       "tokens": (total.get("prompt_tokens") or 0) + (total.get("completion_tokens") or 0),
                       "errors": total.get("errors") or 0}})
 
+    def backend_states(self) -> dict[str, dict]:
+        return {row["name"]: row for row in self._backends()}
+
     def _backends(self) -> list[dict]:
         """Each backend's live state, over the models it serves: healthy, its circuit, requests in flight."""
         out: dict[str, dict] = {}
