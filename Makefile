@@ -11,7 +11,7 @@ WHEELS := $(CACHE)/wheels/native-no-amx
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test bench install models peers clean
+.PHONY: run test bench install models peers clean browser
 
 install: $(VENV)/.installed
 
@@ -46,8 +46,14 @@ models: install
 run: models
 	$(BIN)/modelworks serve $(if $(CONFIG),--config $(CONFIG))
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The portal's browser tests drive Debian's chromium through Playwright (nothing is downloaded at run time).
+browser:
+	@command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
+	  || sudo apt-get install -y -q chromium) || echo "chromium could not be installed: the browser tests will fail"
 
 # Benchmarks against peers (LiteLLM Proxy, llama-cpp-python's server), each in its own virtual environment.
 PEERS := .venv-peers

@@ -142,3 +142,12 @@ def busy_machine():
     for p in procs:
         p.kill()
         p.wait()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on its test item (`rep_setup`, `rep_call`): a fixture's teardown can see whether the
+    test failed (the portal's browser tests then save screenshots)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -271,3 +271,26 @@ def test_only_admins_change_deployments(server, keys):
     config_row = Browser(server.url)
     config_row.sign_in(keys["admin"])
     assert 'id="edit-deployment"' not in config_row.get("/portal/deployments/fake").text  # from the config file
+
+
+def test_vendored_files_match_their_manifest_and_scripts_stay_small():
+    """Nothing is fetched from a CDN: any third-party file is vendored with its version and SHA-256, checked here;
+    and all the portal's script, gzipped, stays under 150 KB."""
+    import gzip
+    import hashlib
+    import json
+    from pathlib import Path
+
+    import modelworks.portal
+
+    static = Path(modelworks.portal.__file__).parent / "static"
+    manifest = json.loads((static / "vendor" / "MANIFEST.json").read_text())
+    listed = {entry["file"]: entry for entry in manifest["files"]}
+    present = {p.name for p in (static / "vendor").iterdir() if p.name != "MANIFEST.json"}
+    assert present == set(listed), f"vendored files not in the manifest, or listed and missing: {present ^ set(listed)}"
+    for name, entry in listed.items():
+        assert {"library", "version", "license", "source", "sha256"} <= set(entry), name
+        assert hashlib.sha256((static / "vendor" / name).read_bytes()).hexdigest() == entry["sha256"], name
+    scripts = [p for p in static.rglob("*.js")]
+    gzipped = sum(len(gzip.compress(p.read_bytes(), 9)) for p in scripts)
+    assert scripts and gzipped < 150 * 1024, f"{gzipped} bytes of script, gzipped"
