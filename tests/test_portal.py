@@ -60,6 +60,8 @@ class Browser:
         form = dict(data or {})
         if csrf and self.csrf:
             form.setdefault("csrf", self.csrf)
+        if path == "/portal/keys":  # the key form's one-time token
+            form.setdefault("once", f"{time.time_ns()}")
         return self.http.post(path, data=form, headers=headers, **kwargs)
 
     def sign_in(self, key: str) -> httpx.Response:
@@ -294,3 +296,57 @@ def test_vendored_files_match_their_manifest_and_scripts_stay_small():
     scripts = [p for p in static.rglob("*.js")]
     gzipped = sum(len(gzip.compress(p.read_bytes(), 9)) for p in scripts)
     assert scripts and gzipped < 150 * 1024, f"{gzipped} bytes of script, gzipped"
+
+
+def test_keys_are_made_shown_once_and_revoked_from_the_portal(server, keys):
+    b = Browser(server.url)
+    b.sign_in(keys["project_admin"])
+    page = b.get("/portal/keys")
+    assert page.status_code == 200 and keys["project"]["name"] in page.text
+    assert 'value="admin"' not in page.text  # a project admin cannot make admin keys
+    made = b.post("/portal/keys", {"name": "from-the-portal", "role": "user", "expires": "2099-01-31"})
+    assert made.status_code == 200 and made.headers["cache-control"] == "no-store"
+    secret = re.search(r'<code id="new-key">(mw-[^<]+)</code>', made.text).group(1)
+    ok = httpx.post(f"{server.url}/v1/chat/completions", headers={"api-key": secret}, timeout=30,
+                    json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+    assert ok.status_code == 200
+    again = b.get("/portal/keys")
+    assert secret not in again.text and "from-the-portal" in again.text  # shown once
+    key_id = re.search(r'id="key-(key_\w+)">\s*<td><code>' + re.escape(secret[:10]), again.text).group(1)
+    assert "2099-01-31" in again.text
+    assert b.post(f"/portal/keys/{key_id}/revoke").status_code == 303
+    gone = httpx.post(f"{server.url}/v1/chat/completions", headers={"api-key": secret}, timeout=30,
+                      json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+    assert gone.status_code == 401
+    sneaky = b.post("/portal/keys", {"role": "admin"})
+    assert sneaky.status_code == 403
+    other = b.post("/portal/keys", {"role": "user", "project_id": "proj_default"})
+    assert other.status_code == 400 and "No project" in other.text  # another project is not there for them
+    assert b.post("/portal/projects", {"name": "nope"}).status_code == 403
+
+
+def test_admins_see_projects_with_budgets_and_spend(server, keys):
+    b = Browser(server.url)
+    b.sign_in(keys["admin"])
+    name = f"budget-{time.time_ns()}"
+    b.get("/portal/keys")
+    assert b.post("/portal/projects", {"name": name, "monthly_token_cap": "1,000"}).status_code == 303
+    page = b.get("/portal/keys")
+    assert name in page.text and "1,000" in page.text
+    project_id = re.search(rf"{name} <span class=\"hint\">(proj_\w+)</span>", page.text).group(1)
+    made = b.post("/portal/keys", {"role": "user", "project_id": project_id})
+    secret = re.search(r'<code id="new-key">(mw-[^<]+)</code>', made.text).group(1)
+    for _ in range(2):
+        httpx.post(f"{server.url}/v1/chat/completions", headers={"api-key": secret}, timeout=30,
+                   json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+    deadline = time.monotonic() + 30
+    while True:  # usage reaches the store within a second or so
+        row = re.search(rf'id="project-{project_id}">(.*?)</tr>', b.get("/portal/keys").text, re.S).group(1)
+        if "<meter" in row and not re.search(r'<td class="num">0</td>', row):
+            break
+        assert time.monotonic() < deadline, row
+        time.sleep(0.3)
+    b.get("/portal/keys")
+    assert b.post(f"/portal/projects/{project_id}", {"monthly_token_cap": "", "monthly_cost_cap": "5"}).status_code == 303
+    row = re.search(rf'id="project-{project_id}">(.*?)</tr>', b.get("/portal/keys").text, re.S).group(1)
+    assert "5.00" in row and "none" in row  # the token cap removed, a cost cap set

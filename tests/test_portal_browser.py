@@ -74,7 +74,10 @@ def open_page(chromium, request):
         page = context.new_page()
         page.errors = []
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-        page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
+        page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error"
+                and "the server responded with a status of" not in msg.text else None)  # a 4xx page is a page
+        page.on("response", lambda r: page.errors.append(f"{r.status} {r.url}")
+                if r.status >= 400 and r.request.resource_type != "document" else None)
         pages.append(page)
         return page
 
@@ -202,3 +205,28 @@ def test_the_dark_theme_and_a_phone_screen(server, open_page):
 def _luminance(css: str) -> float:
     r, g, b = (int(v) / 255 for v in re.findall(r"\d+", css)[:3])
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_create_a_key_and_see_its_secret_once(server, open_page):
+    page = open_page(permissions=["clipboard-read", "clipboard-write"])
+    sign_in(page, server.url)
+    page.get_by_role("link", name="Keys and projects").click()
+    page.wait_for_url(f"{server.url}/portal/keys")
+    check_accessibility(page, "keys and projects")
+    page.get_by_label("Name").first.fill("browser-made")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-key").text_content()
+    assert secret.startswith("mw-")
+    page.locator(".created").get_by_role("button", name="Copy").click()
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    check_accessibility(page, "key created")
+    snapshot(page, "keys")
+    page.reload()  # sends the form again: it acts once
+    assert "This form was sent already" in page.locator("#form-error").text_content()
+    assert page.locator("#new-key").count() == 0
+    page.goto(f"{server.url}/portal/keys")
+    assert page.locator("#new-key").count() == 0 and secret not in page.content()
+    assert "browser-made" in page.locator("#keys").text_content()
+    page.get_by_role("button", name="Revoke browser-made").click()
+    page.wait_for_url(re.compile(r".*/portal/keys\?revoked="))
+    assert "revoked" in page.locator("#keys tr", has_text="browser-made").text_content()

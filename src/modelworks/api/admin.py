@@ -197,20 +197,7 @@ class AdminHandlers:
         return JSONResult(body)
 
     def _budget(self, project_id: str) -> dict:
-        """This month's spend against the project's caps, with the soft threshold."""
-        from modelworks.policies.budget import month_start
-
-        project = self.control.projects.get(project_id)
-        month = month_start()
-        tokens, cost = self.control.usage.totals(project_id, month)
-        fractions = [tokens / project["monthly_token_cap"] if project["monthly_token_cap"] else None,
-                     cost / project["monthly_cost_cap"] if project["monthly_cost_cap"] else None]
-        used = max((f for f in fractions if f is not None), default=None)
-        return {"month": month.strftime("%Y-%m"), "tokens": tokens, "cost": round(cost, 6),
-                "monthly_token_cap": project["monthly_token_cap"], "monthly_cost_cap": project["monthly_cost_cap"],
-                "soft_threshold": project["soft_threshold"], "used_fraction": used,
-                "soft_threshold_reached": used is not None and used >= (project["soft_threshold"] or 1.0),
-                "exhausted": used is not None and used >= 1.0}
+        return self.control.budget(project_id)
 
     # -- content log (only deployments whose content-filter policy opts in write to it) ---------------------------
 

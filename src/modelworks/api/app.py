@@ -210,6 +210,7 @@ def _responses_handlers(settings: Settings, control: ControlPlane, calls, chain:
 def _portal(router: Router, app: ModelworksApp, settings: Settings, control: ControlPlane, gateway: Gateway,
             members: Members, catalog: Catalog) -> None:
     from modelworks.portal.deployments import DeploymentsScreen
+    from modelworks.portal.keys import KeysScreen
     from modelworks.portal.pages import Pages
     from modelworks.portal.sessions import SessionService
     from modelworks.portal.web import Portal, Redirect
@@ -234,6 +235,12 @@ def _portal(router: Router, app: ModelworksApp, settings: Settings, control: Con
     router.add("/portal/deployments/{name}", portal.endpoint(deployments.update), ("POST",))
     router.add("/portal/deployments/{name}/enabled", portal.endpoint(deployments.toggle), ("POST",))
     router.add("/portal/deployments/{name}/delete", portal.endpoint(deployments.delete), ("POST",))
+    keys = KeysScreen(control, sessions)
+    router.add("/portal/keys", portal.endpoint(keys.list), ("GET",))
+    router.add("/portal/keys", portal.endpoint(keys.create_key), ("POST",))
+    router.add("/portal/keys/{key_id}/revoke", portal.endpoint(keys.revoke_key), ("POST",))
+    router.add("/portal/projects", portal.endpoint(keys.create_project), ("POST",))
+    router.add("/portal/projects/{project_id}", portal.endpoint(keys.update_project), ("POST",))
     router.add("/portal/{rest:path}", portal.endpoint(pages.not_found, signed_in=False),
                ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"))  # a page of its own, with the portal's headers
 

@@ -17,7 +17,7 @@ from modelworks.catalog import Catalog
 from modelworks.control.audit import Event
 from modelworks.control.plane import ControlPlane
 from modelworks.errors import Forbidden, InvalidRequest, NotFound
-from modelworks.portal.web import Page, Redirect, Visit
+from modelworks.portal.web import Page, Redirect, Visit, form_error as _message
 from modelworks.settings import DEPLOYMENT_TYPES
 
 TPM_STEP = 1000
@@ -172,12 +172,4 @@ def _values(form: dict, *, creating: bool) -> dict:
 def _shown(form: dict) -> dict:
     """The form as it was sent, to fill it again after an error."""
     return {k: v for k, v in form.items() if k != "csrf"}
-
-
-def _message(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"]) or "the form"
-        return f"{field}: {err['msg']}"
-    return str(getattr(exc, "message", exc))
 

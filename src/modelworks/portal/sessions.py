@@ -10,6 +10,7 @@ state-changing call of its pages (see `security`).
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -21,7 +22,8 @@ from modelworks.control.principal import Principal
 from modelworks.store.db import Database
 from modelworks.store.schema import PortalSession
 
-SEEN_EVERY = timedelta(seconds=60)  # the last-seen time is written at most this often per session
+SEEN_EVERY = timedelta(seconds=60)
+USED_FORMS_KEPT = 32  # the last-seen time is written at most this often per session
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,8 @@ class SessionService:
         if principal.expires_at is not None:
             expires = min(expires, _aware(principal.expires_at))
         row = PortalSession(id_hash=session_hash(session_id), key_id=principal.key_id, csrf=secrets.token_urlsafe(32),
-                            created_at=at, seen_at=at, expires_at=expires, user_agent=user_agent[:200])
+                            created_at=at, seen_at=at, expires_at=expires, user_agent=user_agent[:200],
+                            used_forms="[]")
         with self.db.session() as s:
             s.add(row)
         return session_id, Session(row.id_hash, row.csrf, principal, at, expires)
@@ -85,6 +88,18 @@ class SessionService:
         if principal is None:
             return None
         return Session(digest, csrf, principal, created, expires)
+
+    def use_form(self, id_hash: str, token: str) -> bool:
+        """Mark a one-time form token used: False when this session used it already (the form was sent again)."""
+        with self.db.session() as s:
+            row = s.get(PortalSession, id_hash, with_for_update=True)
+            if row is None:
+                return False
+            used = json.loads(row.used_forms or "[]")
+            if token in used:
+                return False
+            row.used_forms = json.dumps((used + [token])[-USED_FORMS_KEPT:])
+            return True
 
     def revoke(self, session_id: str) -> None:
         with self.db.session() as s:

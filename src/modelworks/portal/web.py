@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, quote
 
 import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import ValidationError
 
 from modelworks.api.errors import OPENAI, envelope
 from modelworks.api.http import new_request_id
@@ -92,7 +93,7 @@ def navigation(role: str) -> list[tuple[str, str]]:
     """The screens a role sees, in order: (path, label)."""
     items = [("/portal", "Overview")]
     if role in ("admin", "project_admin"):
-        items.append(("/portal/deployments", "Deployments"))
+        items += [("/portal/deployments", "Deployments"), ("/portal/keys", "Keys and projects")]
     return items
 
 
@@ -186,3 +187,11 @@ async def read_form(request: Request) -> dict[str, str]:
         raise InvalidRequest("A form field holds a NUL character.", param=None)
     return {name: values[-1] for name, values in fields.items()}
 
+
+
+def form_error(exc: Exception) -> str:
+    """What a form shows of a refused value: the field and what is wrong with it."""
+    if isinstance(exc, ValidationError):
+        err = exc.errors(include_url=False)[0]
+        return f"{'.'.join(str(p) for p in err['loc']) or 'the form'}: {err['msg']}"
+    return str(getattr(exc, "message", exc))

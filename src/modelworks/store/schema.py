@@ -63,6 +63,9 @@ class PortalSession(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     user_agent: Mapped[str] = mapped_column(String(200), default="")
+    # the one-time tokens of the forms sent in this session that must not act twice (a key's creation, whose
+    # answer shows its secret: a reload sends the form again); JSON, the last few
+    used_forms: Mapped[str] = mapped_column(Text, default="[]")
 
 
 class DeploymentRow(Base):

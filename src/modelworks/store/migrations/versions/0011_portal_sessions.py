@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
         sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
         sa.Column('user_agent', sa.String(length=200), nullable=False),
+        sa.Column('used_forms', sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(['key_id'], ['api_keys.id'], ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id_hash'),
     )
