@@ -350,3 +350,35 @@ def test_admins_see_projects_with_budgets_and_spend(server, keys):
     assert b.post(f"/portal/projects/{project_id}", {"monthly_token_cap": "", "monthly_cost_cap": "5"}).status_code == 303
     row = re.search(rf'id="project-{project_id}">(.*?)</tr>', b.get("/portal/keys").text, re.S).group(1)
     assert "5.00" in row and "none" in row  # the token cap removed, a cost cap set
+
+
+def test_usage_shows_the_callers_calls_as_charts_table_and_csv(server, keys):
+    for key in (keys["user"], keys["user"], API_KEY):
+        httpx.post(f"{server.url}/v1/chat/completions", headers={"api-key": key}, timeout=30,
+                   json={"model": "fake", "messages": [{"role": "user", "content": "count me"}]})
+    user = Browser(server.url)
+    user.sign_in(keys["user"])
+    deadline = time.monotonic() + 30
+    while "fake" not in user.get("/portal/usage").text:
+        assert time.monotonic() < deadline, "the calls never showed"
+        time.sleep(0.3)
+    page = user.get("/portal/usage")
+    assert page.status_code == 200 and 'id="chart-tokens-svg"' in page.text and "<rect" in page.text
+    table = re.search(r'<table id="usage-table">(.*?)</table>', page.text, re.S).group(1)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert today in table and "fake" in table
+    assert "your key" in page.text and 'value="project"' not in page.text  # a user groups by deployment only
+    assert user.get("/portal/usage?group=project").status_code == 400
+    assert user.get("/portal/usage?since=2026-13-01").status_code == 400
+    csv = user.get(f"/portal/usage.csv?since={today}&until={today}")
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    assert "attachment" in csv.headers["content-disposition"]
+    lines = csv.text.strip().splitlines()
+    assert lines[0].startswith("day,deployment,requests") and any(line.startswith(f"{today},fake,") for line in lines)
+    mine = sum(int(line.split(",")[2]) for line in lines[1:])
+    admin = Browser(server.url)
+    admin.sign_in(API_KEY)
+    everyone = admin.get(f"/portal/usage.csv?since={today}&until={today}").text.strip().splitlines()
+    assert sum(int(line.split(",")[2]) for line in everyone[1:]) > mine  # the user saw only their key's calls
+    by_key = admin.get("/portal/usage?group=key")
+    assert by_key.status_code == 200 and keys["user_id"] in by_key.text

@@ -230,3 +230,30 @@ def test_create_a_key_and_see_its_secret_once(server, open_page):
     page.get_by_role("button", name="Revoke browser-made").click()
     page.wait_for_url(re.compile(r".*/portal/keys\?revoked="))
     assert "revoked" in page.locator("#keys tr", has_text="browser-made").text_content()
+
+
+def test_the_usage_chart_and_table_show_the_calls_just_made(server, open_page):
+    name = f"counted-{time.time_ns()}"
+    admin = httpx.Client(base_url=server.url, headers={"api-key": API_KEY}, timeout=30)
+    admin.post("/admin/v1/deployments", json={"name": name, "backends": ["fake"]})
+    for _ in range(3):
+        assert admin.post("/v1/chat/completions", json={"model": name, "messages": [
+            {"role": "user", "content": "hi"}]}).status_code == 200
+    page = open_page()
+    sign_in(page, server.url)
+    page.get_by_role("link", name="Usage").click()
+    deadline = time.monotonic() + 30
+    while name not in page.locator("#usage-table").text_content():  # usage reaches the store within a second
+        assert time.monotonic() < deadline, "the calls never showed in the table"
+        page.reload()
+    row = page.locator("#usage-table tr", has_text=name)
+    assert row.locator("td").nth(2).text_content() == "3"
+    assert page.locator("#chart-requests-svg rect title", has_text=name).count() == 1
+    check_accessibility(page, "usage")
+    snapshot(page, "usage")
+    page.get_by_label("Stacked by").select_option("key")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url(re.compile(r".*group=key"))
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    assert download.value.suggested_filename.endswith("-by-key.csv")

@@ -211,6 +211,7 @@ def _portal(router: Router, app: ModelworksApp, settings: Settings, control: Con
             members: Members, catalog: Catalog) -> None:
     from modelworks.portal.deployments import DeploymentsScreen
     from modelworks.portal.keys import KeysScreen
+    from modelworks.portal.usage import UsageScreen
     from modelworks.portal.pages import Pages
     from modelworks.portal.sessions import SessionService
     from modelworks.portal.web import Portal, Redirect
@@ -241,6 +242,9 @@ def _portal(router: Router, app: ModelworksApp, settings: Settings, control: Con
     router.add("/portal/keys/{key_id}/revoke", portal.endpoint(keys.revoke_key), ("POST",))
     router.add("/portal/projects", portal.endpoint(keys.create_project), ("POST",))
     router.add("/portal/projects/{project_id}", portal.endpoint(keys.update_project), ("POST",))
+    usage = UsageScreen(control)
+    router.add("/portal/usage", portal.endpoint(usage.page), ("GET",))
+    router.add("/portal/usage.csv", portal.endpoint(usage.csv), ("GET",))
     router.add("/portal/{rest:path}", portal.endpoint(pages.not_found, signed_in=False),
                ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"))  # a page of its own, with the portal's headers
 

@@ -139,7 +139,10 @@ class UsageService:
             return int(tokens), float(cost)
 
     def aggregate(self, *, project_id: str | None, since: datetime | None, until: datetime | None,
-                  group_by: tuple[str, ...], key_id: str | None = None) -> list[dict]:
+                  group_by: tuple[str, ...], key_id: str | None = None, limit: int | None = None,
+                  offset: int = 0) -> list[dict]:
+        """Requests, tokens, cost, errors and mean latency, grouped (in group order); `limit`/`offset`: one page
+        of the groups, counted in the database."""
         columns = {"day": func.date(UsageRecord.at).label("day"), "deployment": UsageRecord.deployment,
                    "key": UsageRecord.key_id.label("key_id"), "project": UsageRecord.project_id.label("project_id")}
         keys = [columns[g] for g in group_by]
@@ -159,6 +162,8 @@ class UsageService:
             query = query.where(UsageRecord.at < until)
         if keys:
             query = query.group_by(*keys).order_by(*keys)
+        if limit is not None:
+            query = query.limit(limit).offset(offset)
         with self.db.session() as s:
             out = []
             for row in s.execute(query):

@@ -94,6 +94,7 @@ def navigation(role: str) -> list[tuple[str, str]]:
     items = [("/portal", "Overview")]
     if role in ("admin", "project_admin"):
         items += [("/portal/deployments", "Deployments"), ("/portal/keys", "Keys and projects")]
+    items.append(("/portal/usage", "Usage"))
     return items
 
 
