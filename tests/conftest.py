@@ -31,9 +31,10 @@ def server_config(upstream_url: str) -> dict:
                                "api_key": "azure-secret", "api_version": "2024-10-21"},
         },
         "deployments": {
-            "smollm2-135m-instruct": {"backend": "smollm2"},
-            "gemma-3-270m": {"backend": "gemma"},
-            "all-minilm-l6-v2": {"backend": "minilm"},
+            # far above the machine-sized default quota: these tests exercise the models, not quotas (test_quota)
+            "smollm2-135m-instruct": {"backend": "smollm2", "tpm": 100_000_000},
+            "gemma-3-270m": {"backend": "gemma", "tpm": 100_000_000},
+            "all-minilm-l6-v2": {"backend": "minilm", "tpm": 100_000_000},
             "fake": {"backend": "fake"},
             "slow-fake": {"backend": "slow-fake"},
             "upstream-model": {"backend": "upstream", "model": "fake-model"},

@@ -28,10 +28,11 @@ CONFIG = {
         "fake": {"type": "fake"},
     },
     "deployments": {
-        "gemma-3-270m": {"backend": "gemma"},
-        "all-minilm-l6-v2": {"backend": "minilm"},
-        "fake": {"backend": "fake"},
-        "filtered": {"backend": "fake", "content_filter": "default"},
+        # quotas far above the largest bodies here (8 MiB of text is ~2M tokens): this tests the event loop
+        "gemma-3-270m": {"backend": "gemma", "tpm": 100_000_000},
+        "all-minilm-l6-v2": {"backend": "minilm", "tpm": 100_000_000},
+        "fake": {"backend": "fake", "tpm": 100_000_000},
+        "filtered": {"backend": "fake", "content_filter": "default", "tpm": 100_000_000},
     },
 }
 

@@ -382,3 +382,44 @@ def test_usage_shows_the_callers_calls_as_charts_table_and_csv(server, keys):
     assert sum(int(line.split(",")[2]) for line in everyone[1:]) > mine  # the user saw only their key's calls
     by_key = admin.get("/portal/usage?group=key")
     assert by_key.status_code == 200 and keys["user_id"] in by_key.text
+
+
+def test_the_audit_trail_pages_filters_verifies_and_exports(server, keys):
+    admin = Browser(server.url)
+    admin.sign_in(API_KEY)
+    page = admin.get("/portal/audit")
+    assert page.status_code == 200 and "project.create" in page.text
+    only_keys = admin.get("/portal/audit?action=key.")
+    actions = re.findall(r"<td>([a-z_.]+)</td>\s*<td><span class=\"badge", only_keys.text)
+    assert actions and all(a.startswith("key.") for a in actions)
+    denied = admin.get("/portal/audit?outcome=denied")
+    assert denied.status_code == 200
+    assert admin.get("/portal/audit?outcome=maybe").status_code == 400
+    assert admin.get("/portal/audit?action=%3Cscript%3E").status_code == 400
+    for _ in range(3):  # at least one more page than fits on one
+        httpx.post(f"{server.url}/admin/v1/projects", headers={"api-key": API_KEY}, timeout=30,
+                   json={"name": f"fill-{time.time_ns()}"})
+    seqs = [int(s) for s in re.findall(r'<td class="num">(\d+)</td><td>\d{4}-', admin.get("/portal/audit").text)]
+    assert seqs == sorted(seqs, reverse=True)
+    if len(seqs) == 50:
+        older = re.search(r'href="([^"]+)" rel="next"', admin.get("/portal/audit").text).group(1)
+        older_seqs = [int(s) for s in re.findall(r'<td class="num">(\d+)</td><td>\d{4}-',
+                                                 admin.get(older.replace("&amp;", "&")).text)]
+        assert older_seqs and max(older_seqs) < min(seqs)
+    verified = admin.post("/portal/audit/verify")
+    assert verified.status_code == 200 and "chain intact" in verified.text
+    export = admin.get("/portal/audit.jsonl")
+    assert export.headers["content-type"].startswith("application/x-ndjson")
+    assert all(line.startswith('{"seq":') for line in export.text.splitlines())
+    padmin = Browser(server.url)
+    padmin.sign_in(keys["project_admin"])
+    theirs = padmin.get("/portal/audit")
+    assert theirs.status_code == 200
+    projects = set(re.findall(r"<td>(proj_\w+)</td>", theirs.text))
+    assert projects <= {keys["project"]["id"]}
+    assert padmin.get("/portal/audit.jsonl").status_code == 403
+    padmin.get("/portal/audit")
+    assert padmin.post("/portal/audit/verify").status_code == 403
+    user = Browser(server.url)
+    user.sign_in(keys["user"])
+    assert user.get("/portal/audit").status_code == 403

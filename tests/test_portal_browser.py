@@ -257,3 +257,19 @@ def test_the_usage_chart_and_table_show_the_calls_just_made(server, open_page):
     with page.expect_download() as download:
         page.get_by_role("link", name="Download CSV").click()
     assert download.value.suggested_filename.endswith("-by-key.csv")
+
+
+def test_verify_the_audit_chain(server, open_page):
+    page = open_page()
+    sign_in(page, server.url)
+    page.get_by_role("link", name="Audit").click()
+    page.wait_for_url(f"{server.url}/portal/audit")
+    check_accessibility(page, "audit")
+    page.get_by_role("button", name="Verify chain").click()
+    assert "chain intact" in page.locator("#verdict").text_content()
+    snapshot(page, "audit")
+    page.get_by_label("Action").fill("deployment.")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url(re.compile(r".*action=deployment\."))
+    actions = page.locator("#audit tbody tr td:nth-child(3)").all_text_contents()
+    assert all(a.startswith("deployment.") for a in actions)

@@ -209,6 +209,7 @@ def _responses_handlers(settings: Settings, control: ControlPlane, calls, chain:
 
 def _portal(router: Router, app: ModelworksApp, settings: Settings, control: ControlPlane, gateway: Gateway,
             members: Members, catalog: Catalog) -> None:
+    from modelworks.portal.audit import AuditScreen
     from modelworks.portal.deployments import DeploymentsScreen
     from modelworks.portal.keys import KeysScreen
     from modelworks.portal.usage import UsageScreen
@@ -245,6 +246,10 @@ def _portal(router: Router, app: ModelworksApp, settings: Settings, control: Con
     usage = UsageScreen(control)
     router.add("/portal/usage", portal.endpoint(usage.page), ("GET",))
     router.add("/portal/usage.csv", portal.endpoint(usage.csv), ("GET",))
+    audit = AuditScreen(control)
+    router.add("/portal/audit", portal.endpoint(audit.page), ("GET",))
+    router.add("/portal/audit/verify", portal.endpoint(audit.verify), ("POST",))
+    router.add("/portal/audit.jsonl", portal.endpoint(audit.export), ("GET",))
     router.add("/portal/{rest:path}", portal.endpoint(pages.not_found, signed_in=False),
                ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"))  # a page of its own, with the portal's headers
 

@@ -25,7 +25,7 @@ from modelworks.backends.base import (
 )
 from modelworks.backends.chat_templates import ChatTemplate, choose_template, template_messages
 from modelworks.backends.llama_prompt import Vocabulary, tokenize_chat
-from modelworks.errors import InvalidRequest, Unsupported
+from modelworks.errors import InvalidRequest, ModelworksError, Unsupported
 from modelworks.offload import offload
 from modelworks.settings import LlamaCppBackend
 
@@ -203,6 +203,21 @@ class LlamaBackend(Backend):
             return len(await offload(self._prompt_tokens, task))
         except Exception:  # noqa: BLE001 - a prompt the model refuses is reported when it is generated
             return None
+
+    async def check_prompt(self, task: GenerationTask) -> int | None:
+        """The prompt's tokens, before admission: a request that cannot fit the context window (its text far too
+        long, or its prompt and `max_tokens` together) is a 400 here, not charged to a quota it could never fit.
+        None when the prompt cannot be counted (the model call then says what is wrong)."""
+        if self.template is None:
+            return None
+        try:
+            tokens = len(await offload(self._prompt_tokens, task))
+        except ModelworksError:
+            raise
+        except Exception:  # noqa: BLE001 - reported when it is generated
+            return None
+        self.check_room(task, tokens)
+        return tokens
 
     def _prompt_tokens(self, task: GenerationTask) -> list[int]:
         """Templated and tokenized once per request (quotas count it before generation uses it). Called off the

@@ -119,6 +119,24 @@ class AuditLog:
                 query = query.limit(limit)
             return [view(row) for row in s.scalars(query)]
 
+    def page(self, *, project_id: str | None = None, before: int | None = None, limit: int = 50,
+             action: str | None = None, actor: str | None = None, outcome: str | None = None) -> list[dict]:
+        """The newest entries first, `before` a sequence number (a page's last, for the next page), filtered by
+        action (a prefix: "key." for every key action), actor and outcome."""
+        with self.db.session() as s:
+            query = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(limit)
+            if before is not None:
+                query = query.where(AuditEntry.seq < before)
+            if project_id is not None:
+                query = query.where(AuditEntry.project_id == project_id)
+            if action:
+                query = query.where(AuditEntry.action.startswith(action, autoescape=True))
+            if actor:
+                query = query.where(AuditEntry.actor == actor)
+            if outcome:
+                query = query.where(AuditEntry.outcome == outcome)
+            return [view(row) for row in s.scalars(query)]
+
     def _rows(self, batch: int = 1000) -> Iterator[AuditEntry]:
         after = 0
         while True:

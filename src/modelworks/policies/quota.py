@@ -139,9 +139,9 @@ class QuotaPolicy:
         task = call.task
         req = task.request
         backend = call.route.backend
-        prompt = await backend.count_prompt_tokens(task)  # the backend's tokenizer, off the loop
-        if prompt is not None and hasattr(backend, "check_room"):
-            backend.check_room(task, prompt)  # a request that cannot fit is bad input (400), not over quota
+        check = getattr(backend, "check_prompt", None)  # a request that cannot fit is bad input (400), not over quota
+        # the backend's tokenizer, off the loop
+        prompt = await (check(task) if check is not None else backend.count_prompt_tokens(task))
         if prompt is None:  # a sum over the messages: off the event loop for a large body
             prompt = await run_sized(len(task.body), INLINE_BELOW, _approximate_prompt_tokens, task)
         call.facts["prompt_tokens"] = prompt

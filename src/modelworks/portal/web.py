@@ -95,6 +95,8 @@ def navigation(role: str) -> list[tuple[str, str]]:
     if role in ("admin", "project_admin"):
         items += [("/portal/deployments", "Deployments"), ("/portal/keys", "Keys and projects")]
     items.append(("/portal/usage", "Usage"))
+    if role in ("admin", "project_admin"):
+        items.append(("/portal/audit", "Audit"))
     return items
 
 
