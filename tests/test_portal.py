@@ -423,3 +423,30 @@ def test_the_audit_trail_pages_filters_verifies_and_exports(server, keys):
     user = Browser(server.url)
     user.sign_in(keys["user"])
     assert user.get("/portal/audit").status_code == 403
+
+
+def test_content_filters_and_blocklists_from_the_portal(server, keys):
+    padmin = Browser(server.url)
+    padmin.sign_in(keys["project_admin"])
+    page = padmin.get("/portal/filters")
+    assert page.status_code == 200 and "Policy <code>default</code>" in page.text
+    assert "medium and up: block" in page.text and "<code>fake</code>" in page.text  # fake uses the default policy
+    made = padmin.post("/portal/blocklists", {"name": "competitors", "description": "rivals"})
+    assert made.status_code == 303
+    blocklist_id = made.headers["location"].split("#")[1]
+    assert padmin.post(f"/portal/blocklists/{blocklist_id}/items", {"value": "Contoso", "kind": "term"}).status_code == 303
+    bad = padmin.post(f"/portal/blocklists/{blocklist_id}/items", {"value": "(unclosed", "kind": "regex"})
+    assert bad.status_code == 400 and 'id="form-error"' in bad.text  # refused as by the admin API
+    page = padmin.get("/portal/filters").text
+    assert "<code>Contoso</code>" in page
+    listed = httpx.get(f"{server.url}/admin/v1/blocklists/{blocklist_id}/items",
+                       headers={"api-key": keys["project_admin"]}, timeout=30).json()["data"]
+    assert [i["value"] for i in listed] == ["Contoso"]
+    item_id = listed[0]["id"]
+    assert padmin.post(f"/portal/blocklists/{blocklist_id}/items/{item_id}/remove").status_code == 303
+    assert "<code>Contoso</code>" not in padmin.get("/portal/filters").text
+    other = Browser(server.url)
+    other.sign_in(keys["user"])
+    assert other.get("/portal/filters").status_code == 403
+    assert padmin.post(f"/portal/blocklists/{blocklist_id}/delete").status_code == 303
+    assert padmin.post(f"/portal/blocklists/{blocklist_id}/delete").status_code == 404

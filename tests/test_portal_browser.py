@@ -24,6 +24,7 @@ from support.servers import start_modelworks
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "portal"
 CONFIG = {"backends": {"fake": {"type": "fake"}}, "deployments": {"fake": {"backend": "fake"}}}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+SCREENS = ("/portal", "/portal/deployments", "/portal/keys", "/portal/usage", "/portal/filters", "/portal/audit")
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -189,13 +190,13 @@ def test_the_dark_theme_and_a_phone_screen(server, open_page):
     sign_in(page, server.url)
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert _luminance(background) < 0.1, background
-    check_accessibility(page, "overview (dark)")
     snapshot(page, "overview-dark")
-    page.goto(f"{server.url}/portal/deployments")
-    check_accessibility(page, "deployments (dark)")
+    for path in SCREENS:  # every screen, in the dark theme (the light one is checked in the flows)
+        page.goto(server.url + path)
+        check_accessibility(page, f"{path} (dark)")
     phone = open_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     sign_in(phone, server.url)
-    for path in ("/portal", "/portal/deployments"):
+    for path in SCREENS:
         phone.goto(server.url + path)
         width = phone.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"{path} is {width} px wide on a 390 px screen"
@@ -273,3 +274,18 @@ def test_verify_the_audit_chain(server, open_page):
     page.wait_for_url(re.compile(r".*action=deployment\."))
     actions = page.locator("#audit tbody tr td:nth-child(3)").all_text_contents()
     assert all(a.startswith("deployment.") for a in actions)
+
+
+def test_content_filters_screen(server, open_page):
+    page = open_page()
+    sign_in(page, server.url)
+    page.get_by_role("link", name="Content filters").click()
+    page.wait_for_url(f"{server.url}/portal/filters")
+    page.get_by_label("Name", exact=True).fill(f"words-{time.time_ns()}")
+    page.get_by_role("button", name="Create blocklist").click()
+    section = page.locator("section", has=page.get_by_role("button", name=re.compile("Delete the blocklist words-")))
+    section.get_by_role("textbox").fill("Fabrikam")
+    section.get_by_role("button", name="Add").click()
+    assert page.locator("ul.items code", has_text="Fabrikam").count() == 1
+    check_accessibility(page, "content filters")
+    snapshot(page, "filters")

@@ -173,7 +173,9 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
     app = ModelworksApp(router, backends, gateway, control, catalog, health)
     if settings.portal.enabled:
-        _portal(router, app, settings, control, gateway, members, catalog)
+        from modelworks.portal.routes import mount_portal
+
+        mount_portal(router, app, settings, control, gateway, members, catalog)
     app.closers.append(limiter.close)
     purge_every = settings.responses.purge_interval_s
     app.loops.append(lambda: agents.service.maintain(purge_every))
@@ -205,62 +207,6 @@ def _responses_handlers(settings: Settings, control: ControlPlane, calls, chain:
     service = ResponsesService(calls, store, journal, node=uuid.uuid4().hex[:16], mcp=mcp,
                                max_tool_rounds=settings.responses.max_tool_calls)
     return ResponsesHandlers(service, ConversationsService(store), chain, settings.server.max_body_bytes)
-
-
-def _portal(router: Router, app: ModelworksApp, settings: Settings, control: ControlPlane, gateway: Gateway,
-            members: Members, catalog: Catalog) -> None:
-    from modelworks.portal.audit import AuditScreen
-    from modelworks.portal.deployments import DeploymentsScreen
-    from modelworks.portal.keys import KeysScreen
-    from modelworks.portal.usage import UsageScreen
-    from modelworks.portal.pages import Pages
-    from modelworks.portal.sessions import SessionService
-    from modelworks.portal.web import Portal, Redirect
-
-    sessions = SessionService(control.db, control.keys, settings.portal.session_hours, settings.portal.idle_minutes)
-    portal = Portal(sessions)
-    pages = Pages(portal, control, gateway, members)
-
-    async def home(visit) -> Redirect:
-        return Redirect("/portal")
-
-    router.add("/portal", portal.endpoint(pages.overview), ("GET",))
-    router.add("/portal/", portal.endpoint(home, signed_in=False), ("GET",))
-    router.add("/portal/sign-in", portal.endpoint(pages.sign_in_form, signed_in=False), ("GET",))
-    router.add("/portal/sign-in", portal.endpoint(pages.sign_in, signed_in=False), ("POST",))
-    router.add("/portal/sign-out", portal.endpoint(pages.sign_out, signed_in=False), ("POST",))
-    router.add("/portal/static/{path:path}", portal.endpoint(pages.static, signed_in=False), ("GET",))
-    deployments = DeploymentsScreen(control, catalog, pages.backend_states)
-    router.add("/portal/deployments", portal.endpoint(deployments.list), ("GET",))
-    router.add("/portal/deployments", portal.endpoint(deployments.create), ("POST",))
-    router.add("/portal/deployments/{name}", portal.endpoint(deployments.edit_form), ("GET",))
-    router.add("/portal/deployments/{name}", portal.endpoint(deployments.update), ("POST",))
-    router.add("/portal/deployments/{name}/enabled", portal.endpoint(deployments.toggle), ("POST",))
-    router.add("/portal/deployments/{name}/delete", portal.endpoint(deployments.delete), ("POST",))
-    keys = KeysScreen(control, sessions)
-    router.add("/portal/keys", portal.endpoint(keys.list), ("GET",))
-    router.add("/portal/keys", portal.endpoint(keys.create_key), ("POST",))
-    router.add("/portal/keys/{key_id}/revoke", portal.endpoint(keys.revoke_key), ("POST",))
-    router.add("/portal/projects", portal.endpoint(keys.create_project), ("POST",))
-    router.add("/portal/projects/{project_id}", portal.endpoint(keys.update_project), ("POST",))
-    usage = UsageScreen(control)
-    router.add("/portal/usage", portal.endpoint(usage.page), ("GET",))
-    router.add("/portal/usage.csv", portal.endpoint(usage.csv), ("GET",))
-    audit = AuditScreen(control)
-    router.add("/portal/audit", portal.endpoint(audit.page), ("GET",))
-    router.add("/portal/audit/verify", portal.endpoint(audit.verify), ("POST",))
-    router.add("/portal/audit.jsonl", portal.endpoint(audit.export), ("GET",))
-    router.add("/portal/{rest:path}", portal.endpoint(pages.not_found, signed_in=False),
-               ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"))  # a page of its own, with the portal's headers
-
-    async def purge_sessions() -> None:
-        while True:
-            try:
-                await asyncio.to_thread(sessions.purge)
-            except Exception:  # noqa: BLE001 - the store may be away for a moment
-                log.warning("could not purge ended portal sessions", exc_info=True)
-            await asyncio.sleep(3600)
-    app.loops.append(purge_sessions)
 
 
 async def _start_journal(journal) -> None:

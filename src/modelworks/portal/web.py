@@ -96,7 +96,7 @@ def navigation(role: str) -> list[tuple[str, str]]:
         items += [("/portal/deployments", "Deployments"), ("/portal/keys", "Keys and projects")]
     items.append(("/portal/usage", "Usage"))
     if role in ("admin", "project_admin"):
-        items.append(("/portal/audit", "Audit"))
+        items += [("/portal/filters", "Content filters"), ("/portal/audit", "Audit")]
     return items
 
 
