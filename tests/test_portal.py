@@ -450,3 +450,36 @@ def test_content_filters_and_blocklists_from_the_portal(server, keys):
     assert other.get("/portal/filters").status_code == 403
     assert padmin.post(f"/portal/blocklists/{blocklist_id}/delete").status_code == 303
     assert padmin.post(f"/portal/blocklists/{blocklist_id}/delete").status_code == 404
+
+
+def test_the_playground_calls_as_the_session_through_the_same_policies(server, keys):
+    user = Browser(server.url)
+    user.sign_in(keys["user"])
+    page = user.get("/portal/playground")
+    assert page.status_code == 200 and "<option>fake</option>" in page.text
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+    api = "/portal/api/chat/completions"
+    no_token = user.http.post(api, json=body, headers={"origin": server.url})
+    assert no_token.status_code == 403 and no_token.json()["error"]["code"] == "csrf_failed"
+    elsewhere = user.http.post(api, json=body, headers={"origin": "https://evil.example", "x-csrf-token": user.csrf})
+    assert elsewhere.status_code == 403
+    key_only = httpx.post(server.url + api, json=body, headers={"api-key": API_KEY, "origin": server.url}, timeout=30)
+    assert key_only.status_code == 401  # the playground takes sessions, the API keys
+    ok = user.http.post(api, json=body, headers={"origin": server.url, "x-csrf-token": user.csrf})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
+    assert ok.headers["x-ratelimit-limit-tokens"] == "1000000"  # the deployment's quota applies
+    assert "default-src 'none'" in ok.headers["content-security-policy"]
+    bad = user.http.post(api, json={"model": "fake", "messages": []}, headers={"origin": server.url,
+                                                                               "x-csrf-token": user.csrf})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+    def served_to_the_key() -> int:
+        usage = httpx.get(f"{server.url}/admin/v1/usage?group_by=key", headers={"api-key": API_KEY}, timeout=30)
+        return sum(r["requests"] for r in usage.json()["data"] if r["key_id"] == keys["user_id"])
+
+    time.sleep(1.5)  # what came before is stored (usage is written in batches every second)
+    before = served_to_the_key()
+    assert user.http.post(api, json=body, headers={"origin": server.url, "x-csrf-token": user.csrf}).status_code == 200
+    deadline = time.monotonic() + 30
+    while served_to_the_key() < before + 1:  # metered under the session's key, as an API call with it would be
+        assert time.monotonic() < deadline, "the playground's call was not metered to the session's key"
+        time.sleep(0.3)

@@ -22,9 +22,16 @@ from conftest import API_KEY
 from support.servers import start_modelworks
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "portal"
-CONFIG = {"backends": {"fake": {"type": "fake"}}, "deployments": {"fake": {"backend": "fake"}}}
+CONFIG = {
+    "backends": {"fake": {"type": "fake"},
+                 "slow": {"type": "fake", "chunk_delay_s": 0.08, "reply": " ".join(["word"] * 24)}},
+    "deployments": {"fake": {"backend": "fake"}, "slow": {"backend": "slow"},
+                    "guarded": {"backend": "fake", "content_filter": "strict"}},
+    "content_filters": {"strict": {"blocklists": ["banned"]}},  # the admin's project's blocklist of that name
+}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-SCREENS = ("/portal", "/portal/deployments", "/portal/keys", "/portal/usage", "/portal/filters", "/portal/audit")
+SCREENS = ("/portal", "/portal/playground", "/portal/deployments", "/portal/keys", "/portal/usage", "/portal/filters",
+           "/portal/audit")
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -78,7 +85,8 @@ def open_page(chromium, request):
         page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error"
                 and "the server responded with a status of" not in msg.text else None)  # a 4xx page is a page
         page.on("response", lambda r: page.errors.append(f"{r.status} {r.url}")
-                if r.status >= 400 and r.request.resource_type != "document" else None)
+                if r.status >= 400 and r.request.resource_type not in ("document", "fetch") else None)  # an API
+        # error answered to the playground's fetch is shown on the page (the tests check it there)
         pages.append(page)
         return page
 
@@ -289,3 +297,62 @@ def test_content_filters_screen(server, open_page):
     assert page.locator("ul.items code", has_text="Fabrikam").count() == 1
     check_accessibility(page, "content filters")
     snapshot(page, "filters")
+
+
+def test_the_playground_streams_an_answer_token_by_token(server, open_page):
+    page = open_page()
+    sign_in(page, server.url)
+    page.get_by_role("link", name="Playground").click()
+    page.wait_for_url(f"{server.url}/portal/playground")
+    check_accessibility(page, "playground")
+    page.get_by_label("Deployment").select_option("slow")
+    page.get_by_label("Message", exact=True).fill("Say **something**")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator("#pg-messages li.assistant .content")
+    seen = set()
+    deadline = time.monotonic() + 30
+    while not page.locator("#pg-messages li.assistant .stats span").count():
+        seen.add(answer.get_attribute("data-chunks"))
+        assert time.monotonic() < deadline, "the answer never finished"
+        time.sleep(0.02)
+    assert len(seen - {None}) >= 5, f"tokens did not arrive one by one: {sorted(seen - {None})}"
+    stats = page.locator("#pg-messages li.assistant .stats").text_content()
+    assert "first token" in stats and "tokens/s" in stats and "finish: stop" in stats and "tokens in" in stats
+    assert answer.text_content().strip().startswith("word word")
+    assert page.locator("#pg-messages li.user strong", has_text="something").count() == 1  # Markdown, rendered
+    snapshot(page, "playground")
+    page.get_by_role("button", name="View code").click()
+    assert "chat.completions.create" in page.locator("#pg-code-python").text_content()
+    assert '"model": "slow"' in page.locator("#pg-code-curl").text_content()
+    page.get_by_role("button", name="Close").click()
+    # Stop: an answer cut short says so
+    page.get_by_label("Message", exact=True).fill("Again, slowly")
+    page.get_by_role("button", name="Send").click()
+    second = page.locator("#pg-messages li.assistant").nth(1)
+    deadline = time.monotonic() + 30
+    while int(second.locator(".content").get_attribute("data-chunks") or 0) < 2:  # (the CSP forbids eval:
+        assert time.monotonic() < deadline  # Playwright's wait_for_function cannot run here)
+        time.sleep(0.02)
+    page.get_by_role("button", name="Stop").click()
+    second.locator(".stats span").first.wait_for()
+    assert "finish: stopped" in second.locator(".stats").text_content()
+
+
+def test_a_prompt_blocked_by_a_filter_shows_its_annotation(server, open_page):
+    admin = httpx.Client(base_url=server.url, headers={"api-key": API_KEY}, timeout=30)
+    lists = admin.get("/admin/v1/blocklists").json()["data"]
+    if not any(b["name"] == "banned" for b in lists):
+        made = admin.post("/admin/v1/blocklists", json={"name": "banned"}).json()
+        admin.post(f"/admin/v1/blocklists/{made['id']}/items", json={"items": [{"kind": "term", "value": "Fabrikam"}]})
+    page = open_page()
+    sign_in(page, server.url)
+    page.goto(f"{server.url}/portal/playground")
+    page.get_by_label("Deployment").select_option("guarded")
+    page.get_by_label("Message", exact=True).fill("Tell me about Fabrikam")
+    page.get_by_role("button", name="Send").click()
+    error = page.locator("#pg-messages li.assistant.error")
+    error.locator(".annotations .badge").first.wait_for()
+    assert "content management policy" in error.text_content()
+    assert error.locator(".badge.bad[data-category='custom_blocklists']").count() == 1
+    assert "finish: content_filter" in error.locator(".stats").text_content()
+    snapshot(page, "playground-filtered")

@@ -175,7 +175,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     if settings.portal.enabled:
         from modelworks.portal.routes import mount_portal
 
-        mount_portal(router, app, settings, control, gateway, members, catalog)
+        mount_portal(router, app, settings, control, gateway, members, catalog, h)
     app.closers.append(limiter.close)
     purge_every = settings.responses.purge_interval_s
     app.loops.append(lambda: agents.service.maintain(purge_every))

@@ -37,7 +37,11 @@ class Handlers:
         return await self._generate(request, CompletionRequest, "completions")
 
     async def _generate(self, request: Request, model_cls, operation: str) -> JSONResult | EventStream:
-        call = await self._authenticate(request, operation)
+        return await self.serve(await self._authenticate(request, operation), request, model_cls)
+
+    async def serve(self, call: Call, request: Request, model_cls) -> JSONResult | EventStream:
+        """A chat or text completion for an authenticated call (an API key's, or a portal session's: the
+        playground), through the same policies either way."""
         body = await request.body(self.max_body)
         req = await parse_request(model_cls, body)
         await self.calls.admit(call, self._route(call.deployment, req.model), req, body)

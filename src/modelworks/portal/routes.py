@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from modelworks.api.http import Endpoint
 from modelworks.api.router import Router
+from modelworks.api.routes import Handlers
 from modelworks.catalog import Catalog
 from modelworks.control.plane import ControlPlane
 from modelworks.portal.audit import AuditScreen
@@ -13,6 +15,7 @@ from modelworks.portal.deployments import DeploymentsScreen
 from modelworks.portal.filters import FiltersScreen
 from modelworks.portal.keys import KeysScreen
 from modelworks.portal.pages import Pages
+from modelworks.portal.playground import Playground
 from modelworks.portal.sessions import SessionService
 from modelworks.portal.usage import UsageScreen
 from modelworks.portal.web import Portal, Redirect
@@ -24,7 +27,7 @@ log = logging.getLogger("modelworks.portal")
 
 
 def mount_portal(router: Router, app, settings: Settings, control: ControlPlane, gateway: Gateway, members: Members,
-                 catalog: Catalog) -> None:
+                 catalog: Catalog, handlers: Handlers) -> None:
     """Add the portal's routes (its catch-all last) and its session purge loop to the app."""
     sessions = SessionService(control.db, control.keys, settings.portal.session_hours, settings.portal.idle_minutes)
     portal = Portal(sessions)
@@ -66,6 +69,9 @@ def mount_portal(router: Router, app, settings: Settings, control: ControlPlane,
     router.add("/portal/blocklists/{blocklist_id}/items/{item_id}/remove", portal.endpoint(filters.remove_item),
                ("POST",))
     router.add("/portal/blocklists/{blocklist_id}/delete", portal.endpoint(filters.delete_blocklist), ("POST",))
+    playground = Playground(sessions, handlers, gateway)
+    router.add("/portal/playground", portal.endpoint(playground.page), ("GET",))
+    router.add("/portal/api/chat/completions", Endpoint(playground.chat), ("POST",))  # the API's errors and streams
     router.add("/portal/{rest:path}", portal.endpoint(pages.not_found, signed_in=False),
                ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"))  # a page of its own, with the portal's headers
 

@@ -91,7 +91,7 @@ class Portal:
 
 def navigation(role: str) -> list[tuple[str, str]]:
     """The screens a role sees, in order: (path, label)."""
-    items = [("/portal", "Overview")]
+    items = [("/portal", "Overview"), ("/portal/playground", "Playground")]
     if role in ("admin", "project_admin"):
         items += [("/portal/deployments", "Deployments"), ("/portal/keys", "Keys and projects")]
     items.append(("/portal/usage", "Usage"))
