@@ -10,7 +10,9 @@
 5. Responses vs chat completions (`bench/responses_chain.py`): requests/s at 1 and 16 connections of
    `POST /v1/responses` continuing stored 10-turn `previous_response_id` chains, against chat completions
    carrying the same history (wrk with Lua scripts; target: Responses >= 0.8 of chat).
-6. Soak (`bench/soak.py`): 10 minutes of mixed traffic through a pool of three upstreams under a schedule of
+6. Portal at scale (`bench/portal_scale.py`): the Usage and Audit screens with 1,000,000 usage records and 100,000
+   audit entries in the store, on SQLite and PostgreSQL (target: each under 1 s).
+7. Soak (`bench/soak.py`): 10 minutes of mixed traffic through a pool of three upstreams under a schedule of
    faults: lost usage records, hung requests, streams cut without an end, resident memory from start to end.
 
 Figures are printed and written to bench/results/latest.json. `--only responses` (a comma list) runs only the
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from support.servers import Process, free_port  # noqa: E402
 
+import portal_scale  # noqa: E402
 import responses_chain  # noqa: E402
 from loadgen import run_wrk  # noqa: E402
 
@@ -368,7 +371,7 @@ def _stop(proc: Process, procs: list[Process]) -> None:
     procs.remove(proc)
 
 
-SECTIONS = ("embedded", "concurrent", "proxy", "safety", "responses", "soak")
+SECTIONS = ("embedded", "concurrent", "proxy", "safety", "responses", "portal", "soak")
 
 
 def main() -> int:
@@ -422,6 +425,9 @@ def main() -> int:
         if "responses" not in skip:
             results["responses_vs_chat"] = section_responses(tmp, upstream, args, procs)
             responses_chain.print_result(results["responses_vs_chat"])
+        if "portal" not in skip:
+            results["portal_at_scale"] = portal_scale.run(tmp)
+            portal_scale.print_result(results["portal_at_scale"])
         if "soak" not in skip:
             import soak
 
