@@ -84,7 +84,8 @@ class Poller:
 
     def start(self) -> None:
         self._process.start()
-        self._send.close()  # the child's copy stays open: recv ends (EOFError) when the child closes it        self._drain = threading.Thread(target=self._collect, daemon=True)  # waits in recv, lock released
+        self._send.close()  # the child's copy stays open: recv ends (EOFError) when the child closes it
+        self._drain = threading.Thread(target=self._collect, daemon=True)  # waits in recv, lock released
         self._drain.start()
 
     def _collect(self) -> None:
