@@ -32,7 +32,7 @@ def test_migrations_create_every_table_and_are_idempotent(db):
     assert {"projects", "api_keys", "deployments", "usage_records", "audit_log", "blocklists", "blocklist_items",
             "alembic_version"} <= tables
     with db.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0011"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0012"
         # the migrations build exactly what the models describe
         from alembic.autogenerate import compare_metadata
         from alembic.migration import MigrationContext

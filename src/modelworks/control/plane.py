@@ -13,6 +13,7 @@ from modelworks.control.content_log import ContentLog
 from modelworks.control.deployments import DeploymentService
 from modelworks.control.keys import KeyService
 from modelworks.control.projects import ProjectService
+from modelworks.metering.daily import DailyUsage
 from modelworks.metering.usage import UsageService
 from modelworks.metering.wal import UsageWAL
 from modelworks.policies.auth import ApiKeyAuth
@@ -33,6 +34,7 @@ class ControlPlane:
         self.blocklists = BlocklistService(self.db)
         self.content_log = ContentLog(self.db)
         self.usage = UsageService(self.db)
+        self.daily = DailyUsage(self.db)  # the same, summed by day (the portal's usage screens)
         self.wal = UsageWAL(settings.data_path / "usage-wal", self.usage.insert_json, settings.metering.flush_seconds)
         self.audit = AuditLog(self.db)
         self.audit_writer = AuditWriter(self.audit)

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from modelworks.errors import InvalidRequest
+from modelworks.metering import daily
 from modelworks.store.db import Database
 from modelworks.store.schema import UsageRecord
 
@@ -89,13 +90,20 @@ class UsageService:
             if self._json_sql is not None:
                 try:
                     with conn.begin_nested():
-                        conn.exec_driver_sql(self._json_sql, (document.decode(),))
+                        text = document.decode()
+                        conn.exec_driver_sql(self._daily_sql, (text,))  # before: it counts what is not stored yet
+                        conn.exec_driver_sql(self._json_sql, (text,))
                     return
                 except DBAPIError as exc:
                     log.warning("inserting usage as one JSON document failed (%s); inserting row by row", exc.orig)
                     self._json_sql = None
             rows = [_row(r, sqlite) for r in orjson.loads(document)]
+            daily.add_rows(conn, rows, COLUMNS, self.db.engine.dialect.paramstyle)
             conn.exec_driver_sql(self._rows_sql, rows)
+
+    @functools.cached_property
+    def _daily_sql(self) -> str | None:
+        return daily.json_rollup_sql(self.db.engine.dialect.name, COLUMNS)
 
     @functools.cached_property
     def _json_sql(self) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import mimetypes
-from datetime import datetime, time, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -64,10 +64,10 @@ class Pages:
         origin = security.own_origin(visit.request)
         deployments = sorted(name for name, route in self.gateway.routes.items() if route.info.get("enabled", True))
         example = next((d for d in deployments if "minilm" not in d), deployments[0] if deployments else "my-deployment")
-        today = datetime.combine(datetime.now(timezone.utc).date(), time(), tzinfo=timezone.utc)
+        today = datetime.now(timezone.utc).date()
         scope = {"project_id": None if who.is_admin else who.project_id,
                  "key_id": who.key_id if who.role == "user" else None}
-        totals = await asyncio.to_thread(self.control.usage.aggregate, since=today, until=None, group_by=(), **scope)
+        totals = await asyncio.to_thread(self.control.daily.aggregate, since=today, until=today, group_by=(), **scope)
         total = totals[0] if totals else {}
         return Page("overview.html", {
             "origin": origin, "openai_base": f"{origin}/v1", "azure_endpoint": origin,

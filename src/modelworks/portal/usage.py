@@ -2,13 +2,13 @@
 on the server as SVG: no script, no library); the same data as a table, paginated in the database, and as CSV.
 
 What a caller sees is what `/admin/v1/usage` shows them: admins every project, project admins their project, users
-their own key.
+their own key. It reads the daily sums (`usage_daily`, kept with the records), not the records themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 from modelworks.control.plane import ControlPlane
 from modelworks.control.principal import ADMIN, PROJECT_ADMIN
@@ -32,11 +32,11 @@ class UsageScreen:
         scope = _scope(visit)
         offset = (query["page"] - 1) * PAGE_SIZE
         groups = ("day", query["group"])
+        read = self.control.daily.aggregate
         daily, rows = await asyncio.gather(
-            asyncio.to_thread(self.control.usage.aggregate, group_by=groups, since=query["since_at"],
-                              until=query["until_at"], **scope),
-            asyncio.to_thread(self.control.usage.aggregate, group_by=groups, since=query["since_at"],
-                              until=query["until_at"], limit=PAGE_SIZE + 1, offset=offset, **scope))
+            asyncio.to_thread(read, group_by=groups, since=query["since"], until=query["until"], **scope),
+            asyncio.to_thread(read, group_by=groups, since=query["since"], until=query["until"],
+                              limit=PAGE_SIZE + 1, offset=offset, **scope))
         field = GROUPS[query["group"]]
         days = [query["since"] + timedelta(days=i) for i in range((query["until"] - query["since"]).days + 1)]
         charts = [chart(daily, days, field, measure, title)
@@ -50,8 +50,8 @@ class UsageScreen:
 
     async def csv(self, visit: Visit) -> Raw:
         query = _query(visit)
-        rows = await asyncio.to_thread(self.control.usage.aggregate, group_by=("day", query["group"]),
-                                       since=query["since_at"], until=query["until_at"], **_scope(visit))
+        rows = await asyncio.to_thread(self.control.daily.aggregate, group_by=("day", query["group"]),
+                                       since=query["since"], until=query["until"], **_scope(visit))
         name = f"usage-{query['since']}-{query['until']}-by-{query['group']}.csv"
         return Raw(to_csv(rows).encode(), "text/csv; charset=utf-8",
                    headers={"content-disposition": f'attachment; filename="{name}"'})
@@ -89,9 +89,7 @@ def _query(visit: Visit) -> dict:
     raw_page = request.query("page") or "1"
     if not raw_page.isdigit() or not 1 <= int(raw_page) <= 100_000:
         raise InvalidRequest("'page' is a page number.", param="page")
-    return {"since": since, "until": until, "group": group, "page": int(raw_page),
-            "since_at": datetime.combine(since, time(), tzinfo=timezone.utc),
-            "until_at": datetime.combine(until + timedelta(days=1), time(), tzinfo=timezone.utc)}
+    return {"since": since, "until": until, "group": group, "page": int(raw_page)}
 
 
 def _date(raw: str | None, name: str) -> date | None:

@@ -113,6 +113,25 @@ class UsageRecord(Base):
     response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a Responses API model call
 
 
+class UsageDaily(Base):
+    """Usage records summed by UTC day, project, key and deployment, kept in step with `usage_records` in the same
+    transaction as each batch (a replayed record is not counted twice): the portal's usage screen reads this, not
+    a million raw rows."""
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
+    project_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)  # '' for records without a key
+    deployment: Mapped[str] = mapped_column(String(100), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)  # the sum: divided by requests when shown
+
+
 class AuditEntry(Base):
     __tablename__ = "audit_log"
 
