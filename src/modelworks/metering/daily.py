@@ -101,20 +101,38 @@ class DailyUsage:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    def top(self, *, since: date, until: date, group: str, n: int, project_id: str | None = None,
+            key_id: str | None = None) -> list[str]:
+        """The `n` groups with the most tokens over the days (a chart's series)."""
+        column = self.COLUMNS[group]
+        tokens = func.sum(UsageDaily.prompt_tokens + UsageDaily.completion_tokens)
+        query = self._scoped(select(column, tokens), since, until, project_id, key_id)
+        with self.db.session() as s:
+            return [row[0] for row in s.execute(query.group_by(column).order_by(tokens.desc()).limit(n))]
+
+    @staticmethod
+    def _scoped(query, since: date, until: date, project_id: str | None, key_id: str | None):
+        query = query.where(UsageDaily.day >= since.isoformat(), UsageDaily.day <= until.isoformat())
+        if project_id is not None:
+            query = query.where(UsageDaily.project_id == project_id)
+        if key_id is not None:
+            query = query.where(UsageDaily.key_id == key_id)
+        return query
+
     def aggregate(self, *, since: date, until: date, group_by: tuple[str, ...], project_id: str | None = None,
-                  key_id: str | None = None, limit: int | None = None, offset: int = 0) -> list[dict]:
-        """Days from `since` to `until`, both included."""
+                  key_id: str | None = None, limit: int | None = None, offset: int = 0,
+                  only: tuple[str, list[str]] | None = None) -> list[dict]:
+        """Days from `since` to `until`, both included; `only`: (a group, its values) to keep."""
         keys = [self.COLUMNS[g] for g in group_by]
         query = select(*keys, func.sum(UsageDaily.requests).label("requests"),
                        func.sum(UsageDaily.prompt_tokens).label("prompt_tokens"),
                        func.sum(UsageDaily.completion_tokens).label("completion_tokens"),
                        func.sum(UsageDaily.cost).label("cost"), func.sum(UsageDaily.errors).label("errors"),
-                       func.sum(UsageDaily.latency_ms).label("latency")).where(
-            UsageDaily.day >= since.isoformat(), UsageDaily.day <= until.isoformat())
-        if project_id is not None:
-            query = query.where(UsageDaily.project_id == project_id)
-        if key_id is not None:
-            query = query.where(UsageDaily.key_id == key_id)
+                       func.sum(UsageDaily.latency_ms).label("latency"))
+        query = self._scoped(query, since, until, project_id, key_id)
+        if only is not None:
+            column = self.COLUMNS[only[0]]
+            query = query.where((column.element if hasattr(column, "element") else column).in_(only[1]))
         if keys:
             query = query.group_by(*keys).order_by(*keys)
         if limit is not None:

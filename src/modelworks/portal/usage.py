@@ -32,14 +32,16 @@ class UsageScreen:
         scope = _scope(visit)
         offset = (query["page"] - 1) * PAGE_SIZE
         groups = ("day", query["group"])
-        read = self.control.daily.aggregate
-        daily, rows = await asyncio.gather(
-            asyncio.to_thread(read, group_by=groups, since=query["since"], until=query["until"], **scope),
-            asyncio.to_thread(read, group_by=groups, since=query["since"], until=query["until"],
-                              limit=PAGE_SIZE + 1, offset=offset, **scope))
+        daily = self.control.daily
+        span = {"since": query["since"], "until": query["until"], **scope}
+        top, totals, rows = await asyncio.gather(
+            asyncio.to_thread(daily.top, group=query["group"], n=SERIES, **span),
+            asyncio.to_thread(daily.aggregate, group_by=("day",), **span),
+            asyncio.to_thread(daily.aggregate, group_by=groups, limit=PAGE_SIZE + 1, offset=offset, **span))
         field = GROUPS[query["group"]]
+        by_top = await asyncio.to_thread(daily.aggregate, group_by=groups, only=(query["group"], top), **span)
         days = [query["since"] + timedelta(days=i) for i in range((query["until"] - query["since"]).days + 1)]
-        charts = [chart(daily, days, field, measure, title)
+        charts = [chart(by_top, totals, top, days, field, measure, title)
                   for measure, title in (("tokens", "Tokens by day"), ("requests", "Requests by day"))]
         return Page("usage.html", {
             "q": query, "charts": charts, "rows": rows[:PAGE_SIZE], "field": field,
@@ -110,23 +112,25 @@ def _link(path: str, query: dict) -> str:
     return f"{path}?{urlencode(params)}"
 
 
-def chart(rows: list[dict], days: list[date], field: str, measure: str, title: str) -> dict:
-    """A stacked bar chart as SVG shapes: a bar a day, a segment a group (the SERIES largest; the rest as
-    "other"), with its legend and the table an assistive technology reads instead."""
+def chart(rows: list[dict], totals: list[dict], top: list, days: list[date], field: str, measure: str,
+          title: str) -> dict:
+    """A stacked bar chart as SVG shapes: a bar a day, a segment a group (`top`, the largest; `rows` are their
+    sums by day) and "other" for the rest of each day's total (`totals`), with its legend."""
     value = (lambda r: r["prompt_tokens"] + r["completion_tokens"]) if measure == "tokens" else (lambda r: r["requests"])
-    totals: dict[str, int] = {}
-    for r in rows:
-        totals[r[field] or "(none)"] = totals.get(r[field] or "(none)", 0) + value(r)
-    named = [g for g, _ in sorted(totals.items(), key=lambda kv: -kv[1])[:SERIES]]
-    series = named + (["other"] if len(totals) > SERIES else [])
+    named = [g if g not in (None, "") else "(none)" for g in top]  # a record without a key: '' summed, None shown
     by_day: dict[str, dict[str, int]] = {}
     for r in rows:
-        group = r[field] or "(none)"
-        group = group if group in named else "other"
         day = by_day.setdefault(r["day"], {})
+        group = r[field] if r[field] is not None else "(none)"
         day[group] = day.get(group, 0) + value(r)
+    for t in totals:
+        day = by_day.setdefault(t["day"], {})
+        rest = value(t) - sum(day.values())
+        if rest > 0:
+            day["other"] = rest
+    series = named + (["other"] if any("other" in d for d in by_day.values()) else [])
     peak = max((sum(d.values()) for d in by_day.values()), default=0)
-    top = _nice(peak)
+    axis = _nice(peak)
     plot_w, plot_h = CHART_WIDTH - PAD_LEFT - 8, CHART_HEIGHT - PAD_BOTTOM - 8
     step = plot_w / max(1, len(days))
     bars, labels = [], []
@@ -137,13 +141,13 @@ def chart(rows: list[dict], days: list[date], field: str, measure: str, title: s
             amount = by_day.get(day.isoformat(), {}).get(group, 0)
             if not amount:
                 continue
-            h = plot_h * amount / top
+            h = plot_h * amount / axis
             y -= h
             bars.append({"x": round(x, 1), "y": round(y, 1), "w": round(step * 0.7, 1), "h": round(h, 1),
                          "cls": f"s{k}", "title": f"{day.isoformat()}, {group}: {amount:,}"})
         if len(days) <= 16 or i % max(1, len(days) // 8) == 0:
             labels.append({"x": round(PAD_LEFT + i * step + step / 2, 1), "text": day.strftime("%b %d")})
-    ticks = [{"y": round(8 + plot_h - plot_h * f, 1), "text": f"{int(top * f):,}"} for f in (0, 0.5, 1)]
+    ticks = [{"y": round(8 + plot_h - plot_h * f, 1), "text": f"{int(axis * f):,}"} for f in (0, 0.5, 1)]
     return {"title": title, "measure": measure, "bars": bars, "labels": labels, "ticks": ticks,
             "legend": [{"cls": f"s{k}", "name": g} for k, g in enumerate(series)], "width": CHART_WIDTH,
             "height": CHART_HEIGHT, "left": PAD_LEFT, "bottom": 8 + plot_h, "empty": peak == 0}

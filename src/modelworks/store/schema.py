@@ -119,6 +119,9 @@ class UsageDaily(Base):
     a million raw rows."""
 
     __tablename__ = "usage_daily"
+    # a page of (day, key) or (day, deployment) groups is read in index order, stopping at the page's end
+    __table_args__ = (Index("ix_usage_daily_day_key", "day", "key_id"),
+                      Index("ix_usage_daily_day_deployment", "day", "deployment"))
 
     day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
     project_id: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -30,6 +30,8 @@ def upgrade() -> None:
         sa.Column('latency_ms', sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint('day', 'project_id', 'key_id', 'deployment'),
     )
+    op.create_index('ix_usage_daily_day_key', 'usage_daily', ['day', 'key_id'])
+    op.create_index('ix_usage_daily_day_deployment', 'usage_daily', ['day', 'deployment'])
     day = ("substr(at, 1, 10)" if op.get_bind().dialect.name == "sqlite"
            else "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
     op.execute(f"""
