@@ -34,12 +34,16 @@ class UsageScreen:
         groups = ("day", query["group"])
         daily = self.control.daily
         span = {"since": query["since"], "until": query["until"], **scope}
-        top, totals, rows = await asyncio.gather(
-            asyncio.to_thread(daily.top, group=query["group"], n=SERIES, **span),
-            asyncio.to_thread(daily.aggregate, group_by=("day",), **span),
-            asyncio.to_thread(daily.aggregate, group_by=groups, limit=PAGE_SIZE + 1, offset=offset, **span))
         field = GROUPS[query["group"]]
-        by_top = await asyncio.to_thread(daily.aggregate, group_by=groups, only=(query["group"], top), **span)
+        page_rows = asyncio.to_thread(daily.aggregate, group_by=groups, limit=PAGE_SIZE + 1, offset=offset, **span)
+        if query["group"] == "key":  # keys may be thousands: the largest in the database, the rest as one total
+            top, totals, rows = await asyncio.gather(
+                asyncio.to_thread(daily.top, group=query["group"], n=SERIES, **span),
+                asyncio.to_thread(daily.aggregate, group_by=("day",), **span), page_rows)
+            by_top = await asyncio.to_thread(daily.aggregate, group_by=groups, only=(query["group"], top), **span)
+        else:  # deployments and projects are tens: every day-and-group row is few, and one scan
+            every, rows = await asyncio.gather(asyncio.to_thread(daily.aggregate, group_by=groups, **span), page_rows)
+            top, by_top, totals = _split(every, field)
         days = [query["since"] + timedelta(days=i) for i in range((query["until"] - query["since"]).days + 1)]
         charts = [chart(by_top, totals, top, days, field, measure, title)
                   for measure, title in (("tokens", "Tokens by day"), ("requests", "Requests by day"))]
@@ -110,6 +114,20 @@ def _link(path: str, query: dict) -> str:
     if query.get("page", 1) != 1 and path.endswith("/usage"):
         params["page"] = query["page"]
     return f"{path}?{urlencode(params)}"
+
+
+def _split(rows: list[dict], field: str) -> tuple[list, list[dict], list[dict]]:
+    """From every (day, group) row: the SERIES largest groups by tokens, their rows, and each day's total."""
+    tokens: dict = {}
+    days: dict[str, dict] = {}
+    for r in rows:
+        tokens[r[field]] = tokens.get(r[field], 0) + r["prompt_tokens"] + r["completion_tokens"]
+        day = days.setdefault(r["day"], {"day": r["day"], "requests": 0, "prompt_tokens": 0, "completion_tokens": 0})
+        for name in ("requests", "prompt_tokens", "completion_tokens"):
+            day[name] += r[name]
+    top = [g for g, _ in sorted(tokens.items(), key=lambda kv: -kv[1])[:SERIES]]
+    chosen = set(top)
+    return top, [r for r in rows if r[field] in chosen], list(days.values())
 
 
 def chart(rows: list[dict], totals: list[dict], top: list, days: list[date], field: str, measure: str,
