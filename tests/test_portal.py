@@ -483,3 +483,40 @@ def test_the_playground_calls_as_the_session_through_the_same_policies(server, k
     while served_to_the_key() < before + 1:  # metered under the session's key, as an API call with it would be
         assert time.monotonic() < deadline, "the playground's call was not metered to the session's key"
         time.sleep(0.3)
+
+
+def test_bad_values_are_400s_never_500s(server, keys):
+    admin = Browser(server.url)
+    admin.sign_in(API_KEY)
+    for path in ("/portal/audit?before=%C2%B2", "/portal/audit?before=9999999999", "/portal/usage?page=%C2%B2",
+                 "/portal/usage?until=0001-01-05", "/portal/usage?since=9999-12-31&until=9999-12-31",
+                 "/portal/deployments/%00", "/portal/static/%00"):
+        assert admin.get(path).status_code in (400, 404), path
+    admin.get("/portal/filters")
+    made = admin.post("/portal/blocklists", {"name": "x", "project_id": "proj_" + "0" * 30})
+    assert made.status_code == 400 and "No project" in made.text
+    target = Browser(server.url).post("/portal/sign-in", {"key": API_KEY, "next": "/portal%0d%0aX: y"})
+    assert target.status_code == 303 and target.headers["location"] == "/portal"
+    stale = Browser(server.url)
+    stale.sign_in(API_KEY)  # a second sign-in from a tab left open: no CSRF token on that form, its Origin checked
+    assert stale.post("/portal/sign-in", {"key": API_KEY}, csrf=False).status_code == 303
+    refused = Browser(server.url).post("/portal/sign-in", {"key": "mw-wrong-key-0123456789"})
+    assert refused.status_code == 401
+    audit = httpx.get(f"{server.url}/admin/v1/audit?limit=1000", headers={"api-key": API_KEY}, timeout=30).json()
+    assert any(e["action"] == "auth.failed" and e["detail"].get("operation") == "portal.sign_in"
+               for e in audit["data"])
+
+
+def test_behind_a_tls_proxy_the_public_origin_decides(tmp_path):
+    config = {**CONFIG, "portal": {"public_origin": "https://ai.example.com"}}
+    proc = start_modelworks(tmp_path, config, API_KEY, name="portal-tls")
+    try:
+        http = httpx.Client(base_url=proc.url, timeout=30)
+        signed = http.post("/portal/sign-in", data={"key": API_KEY}, headers={"origin": "https://ai.example.com"})
+        assert signed.status_code == 303
+        cookie = signed.headers["set-cookie"]
+        assert cookie.startswith("__Host-mw_portal=") and "Secure" in cookie and "Path=/;" in cookie
+        own = http.post("/portal/sign-in", data={"key": API_KEY}, headers={"origin": proc.url})
+        assert own.status_code == 403  # the proxy's origin is the portal's, not the server's own address
+    finally:
+        proc.stop()

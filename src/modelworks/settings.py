@@ -256,6 +256,10 @@ class PortalSettings(_Strict):
     enabled: bool = Field(default=True, description="the web console at /portal")
     session_hours: float = Field(default=8.0, gt=0, le=24 * 30, description="a session ends this long after sign-in")
     idle_minutes: float = Field(default=30.0, gt=0, le=24 * 60, description="... or after this long unused")
+    public_origin: str | None = Field(
+        default=None, pattern=r"^https?://[A-Za-z0-9.:\[\]-]+$",
+        description="the origin browsers use, e.g. https://ai.example.com, when a TLS proxy is in front: changes are "
+                    "taken only from it, and over https the cookie is Secure and __Host-; default: the request's own")
 
 
 class Settings(_Strict):

@@ -33,16 +33,16 @@ def json_rollup_sql(dialect: str, columns: tuple[str, ...]) -> str | None:
         def f(name: str) -> str:
             return f"json_extract(value, '$[{at[name]}]')"
 
-        source = (f"SELECT {f('id')} AS id, date(CAST({f('at')} AS INTEGER), 'unixepoch') AS d, {f('project_id')} AS p, "
+        source = (f"SELECT {f('id')} AS rid, date(CAST({f('at')} AS INTEGER), 'unixepoch') AS d, {f('project_id')} AS p, "
                   f"coalesce({f('key_id')}, '') AS k, {f('deployment')} AS dep, coalesce({f('prompt_tokens')}, 0) AS pt, "
                   f"coalesce({f('completion_tokens')}, 0) AS ct, coalesce({f('cost')}, 0) AS c, "
                   f"CASE WHEN {f('status')} >= 400 THEN 1 ELSE 0 END AS e, coalesce({f('latency_ms')}, 0) AS l "
-                  f"FROM json_each(?) GROUP BY id")
+                  f"FROM json_each(?) GROUP BY rid")  # (json_each has an `id` column of its own)
     elif dialect == "postgresql":
         def f(name: str, cast: str = "") -> str:
             return f"(r->>{at[name]}){cast}"
 
-        source = (f"SELECT DISTINCT ON (id) {f('id')} AS id, "
+        source = (f"SELECT DISTINCT ON (rid) {f('id')} AS rid, "
                   f"to_char(to_timestamp({f('at', '::float8')}) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS d, "
                   f"{f('project_id')} AS p, coalesce({f('key_id')}, '') AS k, {f('deployment')} AS dep, "
                   f"coalesce({f('prompt_tokens', '::bigint')}, 0) AS pt, coalesce({f('completion_tokens', '::bigint')}, 0) "
@@ -52,7 +52,7 @@ def json_rollup_sql(dialect: str, columns: tuple[str, ...]) -> str | None:
     else:
         return None
     return (_INSERT + "SELECT d, p, k, dep, count(*), sum(pt), sum(ct), sum(c), sum(e), sum(l) FROM (" + source
-            + ") AS j WHERE NOT EXISTS (SELECT 1 FROM usage_records u WHERE u.id = j.id) "
+            + ") AS j WHERE NOT EXISTS (SELECT 1 FROM usage_records u WHERE u.id = j.rid) "
               "GROUP BY d, p, k, dep " + _UPSERT)
 
 

@@ -11,12 +11,14 @@ from urllib.parse import urlencode
 
 from modelworks.control.plane import ControlPlane
 from modelworks.control.principal import ADMIN, PROJECT_ADMIN
+from modelworks.protocol.requests import INT32_MAX
 from modelworks.errors import Forbidden, InvalidRequest
 from modelworks.portal.web import Page, Raw, Visit
 
 PAGE_SIZE = 50
 OUTCOMES = ("ok", "denied", "error")
-_FILTER = re.compile(r"^[\w.:-]{0,60}$")
+_FILTER = re.compile(r"^[A-Za-z0-9_.:-]{0,60}$")
+_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 class AuditScreen:
@@ -72,7 +74,7 @@ def _filters(visit: Visit) -> dict:
         raise InvalidRequest(f"'outcome' takes {', '.join(OUTCOMES)}.", param="outcome")
     out["outcome"] = outcome
     before = request.query("before")
-    if before is not None and (not before.isdigit() or len(before) > 10):
+    if before is not None and (not _DIGITS.fullmatch(before) or int(before) > INT32_MAX):  # seq is an INTEGER
         raise InvalidRequest("'before' is an entry's sequence number.", param="before")
     out["before"] = int(before) if before else None
     return out

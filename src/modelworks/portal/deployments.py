@@ -38,7 +38,8 @@ class DeploymentsScreen:
     async def _context(self, visit: Visit, **extra) -> dict:
         rows = await asyncio.to_thread(self.control.deployments.all)
         since = datetime.now(timezone.utc) - timedelta(minutes=1)
-        used = await asyncio.to_thread(self.control.usage.aggregate, project_id=None, since=since, until=None,
+        scope = None if visit.who.is_admin else visit.who.project_id  # a project admin sees their project's use
+        used = await asyncio.to_thread(self.control.usage.aggregate, project_id=scope, since=since, until=None,
                                        group_by=("deployment",))
         tokens = {u["deployment"]: u["prompt_tokens"] + u["completion_tokens"] for u in used}
         states = self.backend_states()

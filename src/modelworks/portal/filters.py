@@ -57,6 +57,7 @@ class FiltersScreen:
             project_id = body.project_id or who.project_id
             if not who.can_manage(project_id):
                 raise NotFound(f"No project '{project_id}'.", param="project_id")
+            await asyncio.to_thread(self.control.projects.get, project_id)  # NotFound for one that is not there
             row = await asyncio.to_thread(self.control.blocklists.create, project_id, body.name, body.description)
         except (InvalidRequest, NotFound, ValidationError) as exc:
             return await self.page(visit, error=form_error(exc), status=400)

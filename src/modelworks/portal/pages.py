@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from modelworks.control.audit import Event
 from modelworks.control.plane import ControlPlane
 from modelworks.errors import NotFound
 from modelworks.portal import security
@@ -44,7 +45,10 @@ class Pages:
         target = _next(visit.form.get("next"))
         opened = await asyncio.to_thread(self.portal.sessions.open, key,
                                          visit.request.headers.get("user-agent", "")) if key else None
-        if opened is None:
+        if opened is None:  # recorded as the API's failed authentications are
+            await asyncio.to_thread(self.control.audit.append, [Event(
+                "auth.failed", outcome="denied", detail={"reason": "unknown, revoked or expired key" if key
+                                                         else "missing key", "operation": "portal.sign_in"})])
             return Page("sign_in.html", {"next": target, "failed": True}, status=401)
         session_id, session = opened
         max_age = max(1, int((session.expires_at - datetime.now(timezone.utc)).total_seconds()))
@@ -97,6 +101,8 @@ class Pages:
 
     async def static(self, visit: Visit) -> Raw:
         name = visit.request.path_params["path"]
+        if "\x00" in name:
+            raise NotFound("No such file.")
         cached = self._static.get(name)
         if cached is None:
             path = (STATIC / name).resolve()
@@ -120,6 +126,8 @@ class Pages:
 def _next(raw: str | None) -> str:
     """Where to go after signing in: a portal path of this site, never another site (an open redirect)."""
     if not raw:
+        return "/portal"
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw) or len(raw) > 2000:  # nothing a header cannot hold
         return "/portal"
     parts = urlsplit(raw)
     if parts.scheme or parts.netloc or not parts.path.startswith("/portal") or raw.startswith("//") or "\\" in raw:

@@ -9,6 +9,7 @@ with the CSRF token in a header and the page's own Origin, instead of a key (the
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 from modelworks.api.http import EventStream, JSONResult
 from modelworks.api.request import Request
@@ -23,7 +24,8 @@ from modelworks.service import Gateway
 
 
 class Playground:
-    def __init__(self, sessions, handlers: Handlers, gateway: Gateway) -> None:
+    def __init__(self, sessions, handlers: Handlers, gateway: Gateway, control) -> None:
+        self.control = control
         self.sessions = sessions
         self.handlers = handlers
         self.gateway = gateway
@@ -45,5 +47,6 @@ class Playground:
             raise Unauthorized("Sign in to the portal first (your session has ended).", code="no_session")
         security.check_csrf(request, session.csrf, None)
         call = Call(operation="chat.completions", headers=request.headers, principal=session.principal)
+        self.control.auth.used[session.principal.key_id] = datetime.now(timezone.utc)  # its last-used time
         call.response_headers.update({k: v for k, v in security.HEADERS.items() if k != "cache-control"})
         return await self.handlers.serve(call, request, ChatCompletionRequest)

@@ -10,6 +10,7 @@ from modelworks.api.router import Router
 from modelworks.api.routes import Handlers
 from modelworks.catalog import Catalog
 from modelworks.control.plane import ControlPlane
+from modelworks.portal import security
 from modelworks.portal.audit import AuditScreen
 from modelworks.portal.deployments import DeploymentsScreen
 from modelworks.portal.filters import FiltersScreen
@@ -29,6 +30,7 @@ log = logging.getLogger("modelworks.portal")
 def mount_portal(router: Router, app, settings: Settings, control: ControlPlane, gateway: Gateway, members: Members,
                  catalog: Catalog, handlers: Handlers) -> None:
     """Add the portal's routes (its catch-all last) and its session purge loop to the app."""
+    security.PUBLIC_ORIGIN = settings.portal.public_origin
     sessions = SessionService(control.db, control.keys, settings.portal.session_hours, settings.portal.idle_minutes)
     portal = Portal(sessions)
     pages = Pages(portal, control, gateway, members)
@@ -39,7 +41,7 @@ def mount_portal(router: Router, app, settings: Settings, control: ControlPlane,
     router.add("/portal", portal.endpoint(pages.overview), ("GET",))
     router.add("/portal/", portal.endpoint(home, signed_in=False), ("GET",))
     router.add("/portal/sign-in", portal.endpoint(pages.sign_in_form, signed_in=False), ("GET",))
-    router.add("/portal/sign-in", portal.endpoint(pages.sign_in, signed_in=False), ("POST",))
+    router.add("/portal/sign-in", portal.endpoint(pages.sign_in, signed_in=False, csrf=False), ("POST",))
     router.add("/portal/sign-out", portal.endpoint(pages.sign_out, signed_in=False), ("POST",))
     router.add("/portal/static/{path:path}", portal.endpoint(pages.static, signed_in=False), ("GET",))
     deployments = DeploymentsScreen(control, catalog, pages.backend_states)
@@ -69,7 +71,7 @@ def mount_portal(router: Router, app, settings: Settings, control: ControlPlane,
     router.add("/portal/blocklists/{blocklist_id}/items/{item_id}/remove", portal.endpoint(filters.remove_item),
                ("POST",))
     router.add("/portal/blocklists/{blocklist_id}/delete", portal.endpoint(filters.delete_blocklist), ("POST",))
-    playground = Playground(sessions, handlers, gateway)
+    playground = Playground(sessions, handlers, gateway, control)
     router.add("/portal/playground", portal.endpoint(playground.page), ("GET",))
     router.add("/portal/api/chat/completions", Endpoint(playground.chat), ("POST",))  # the API's errors and streams
     router.add("/portal/{rest:path}", portal.endpoint(pages.not_found, signed_in=False),

@@ -36,12 +36,21 @@ HEADERS = {
 SAFE_METHODS = ("GET", "HEAD")
 
 
+PUBLIC_ORIGIN: str | None = None  # `portal.public_origin`, set once by `mount_portal`
+
+
 def is_tls(request: Request) -> bool:
+    """Whether browsers reach the portal over TLS: the configured public origin says so behind a proxy."""
+    if PUBLIC_ORIGIN is not None:
+        return PUBLIC_ORIGIN.startswith("https://")
     return request.scope.get("scheme") == "https"
 
 
 def own_origin(request: Request) -> str:
-    """This server's origin as the browser sees it: the scheme and the Host the request came to."""
+    """This server's origin as the browser sees it: `portal.public_origin` where set (behind a TLS proxy), else
+    the scheme and the Host the request came to."""
+    if PUBLIC_ORIGIN is not None:
+        return PUBLIC_ORIGIN.lower().rstrip("/")
     scheme = "https" if is_tls(request) else "http"
     return f"{scheme}://{request.headers.get('host', '')}".lower()
 

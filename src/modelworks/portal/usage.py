@@ -8,6 +8,7 @@ their own key. It reads the daily sums (`usage_daily`, kept with the records), n
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import date, datetime, timedelta, timezone
 
 from modelworks.control.plane import ControlPlane
@@ -84,7 +85,11 @@ def _query(visit: Visit) -> dict:
     request = visit.request
     today = datetime.now(timezone.utc).date()
     until = _date(request.query("until"), "until") or today
-    since = _date(request.query("since"), "since") or until - timedelta(days=13)
+    try:
+        since = _date(request.query("since"), "since") or until - timedelta(days=13)
+        until + timedelta(days=1)  # noqa: B018 -- the day after must exist too
+    except OverflowError:
+        raise InvalidRequest("The range is outside the calendar.", param="until") from None
     if since > until:
         raise InvalidRequest("'since' must not be after 'until'.", param="since")
     if (until - since).days >= MAX_DAYS:
@@ -93,7 +98,7 @@ def _query(visit: Visit) -> dict:
     if group not in _groupings(visit):
         raise InvalidRequest(f"'group' takes {', '.join(_groupings(visit))}.", param="group")
     raw_page = request.query("page") or "1"
-    if not raw_page.isdigit() or not 1 <= int(raw_page) <= 100_000:
+    if not re.fullmatch(r"[0-9]{1,6}", raw_page) or not 1 <= int(raw_page) <= 100_000:
         raise InvalidRequest("'page' is a page number.", param="page")
     return {"since": since, "until": until, "group": group, "page": int(raw_page)}
 

@@ -14,6 +14,7 @@ import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
 
+from modelworks.api.admin import _refuse_nul as refuse_nul
 from modelworks.api.errors import OPENAI, envelope
 from modelworks.api.http import new_request_id
 from modelworks.api.request import Request
@@ -79,8 +80,9 @@ class Portal:
         self.sessions = sessions
         self.env = templates()
 
-    def endpoint(self, handler: Handler, *, signed_in: bool = True, api: bool = False) -> "PortalEndpoint":
-        return PortalEndpoint(self, handler, signed_in=signed_in, api=api)
+    def endpoint(self, handler: Handler, *, signed_in: bool = True, api: bool = False,
+                 csrf: bool = True) -> "PortalEndpoint":
+        return PortalEndpoint(self, handler, signed_in=signed_in, api=api, csrf=csrf)
 
     def render(self, page: Page, visit: Visit) -> bytes:
         who = visit.who
@@ -101,9 +103,10 @@ def navigation(role: str) -> list[tuple[str, str]]:
 
 
 class PortalEndpoint:
-    __slots__ = ("portal", "handler", "signed_in", "api", "__name__")
+    __slots__ = ("portal", "handler", "signed_in", "api", "csrf", "__name__")
 
-    def __init__(self, portal: Portal, handler: Handler, *, signed_in: bool, api: bool) -> None:
+    def __init__(self, portal: Portal, handler: Handler, *, signed_in: bool, api: bool, csrf: bool = True) -> None:
+        self.csrf = csrf  # check the session's CSRF token on changes (sign-in's form has none)
         self.portal = portal
         self.handler = handler
         self.signed_in = signed_in  # the page needs a session (else: to the sign-in page)
@@ -127,6 +130,7 @@ class PortalEndpoint:
 
     async def _handle(self, visit: Visit):
         request = visit.request
+        refuse_nul(request)  # PostgreSQL refuses NUL in text: a 400, not a failed query
         security.check_origin(request)
         session_id = security.session_cookie(request)
         if session_id is not None:
@@ -138,7 +142,7 @@ class PortalEndpoint:
         if request.method not in security.SAFE_METHODS:
             if not self.api:
                 visit.form = await read_form(request)
-            if visit.session is not None:
+            if visit.session is not None and self.csrf:  # not sign-in's form: its Origin is checked (a stale tab)
                 security.check_csrf(request, visit.session.csrf, visit.form.get("csrf"))
         return await self.handler(visit)
 
