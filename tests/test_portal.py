@@ -452,7 +452,7 @@ def test_content_filters_and_blocklists_from_the_portal(server, keys):
     assert padmin.post(f"/portal/blocklists/{blocklist_id}/delete").status_code == 404
 
 
-def test_the_playground_calls_as_the_session_through_the_same_policies(server, keys):
+def test_the_playground_calls_as_the_session_through_the_same_policies(server, keys, specs):
     user = Browser(server.url)
     user.sign_in(keys["user"])
     page = user.get("/portal/playground")
@@ -467,11 +467,17 @@ def test_the_playground_calls_as_the_session_through_the_same_policies(server, k
     assert key_only.status_code == 401  # the playground takes sessions, the API keys
     ok = user.http.post(api, json=body, headers={"origin": server.url, "x-csrf-token": user.csrf})
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
+    specs.check("/v1/chat/completions", 200, ok.json())  # the API's answer, as the spec describes it
+    streamed = user.http.post(api, json={**body, "stream": True, "stream_options": {"include_usage": True}},
+                              headers={"origin": server.url, "x-csrf-token": user.csrf})
+    events = specs.check_sse("/v1/chat/completions", streamed.content)
+    assert events and events[-1]["usage"]["completion_tokens"] > 0
     assert ok.headers["x-ratelimit-limit-tokens"] == "1000000"  # the deployment's quota applies
     assert "default-src 'none'" in ok.headers["content-security-policy"]
     bad = user.http.post(api, json={"model": "fake", "messages": []}, headers={"origin": server.url,
                                                                                "x-csrf-token": user.csrf})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+    specs.check("/v1/chat/completions", 400, bad.json())
     def served_to_the_key() -> int:
         usage = httpx.get(f"{server.url}/admin/v1/usage?group_by=key", headers={"api-key": API_KEY}, timeout=30)
         return sum(r["requests"] for r in usage.json()["data"] if r["key_id"] == keys["user_id"])
