@@ -13,7 +13,7 @@ from modelworks.control.plane import ControlPlane
 from modelworks.control.principal import ADMIN, PROJECT_ADMIN
 from modelworks.protocol.requests import INT32_MAX
 from modelworks.errors import Forbidden, InvalidRequest
-from modelworks.portal.web import Page, Raw, Visit
+from modelworks.portal.web import Page, Raw, Visit, require
 
 PAGE_SIZE = 50
 OUTCOMES = ("ok", "denied", "error")
@@ -26,7 +26,7 @@ class AuditScreen:
         self.control = control
 
     async def page(self, visit: Visit, verdict=None) -> Page:
-        who = _readers_only(visit)
+        who = require(visit, (ADMIN, PROJECT_ADMIN), "Only admins and project admins read the audit trail.")
         f = _filters(visit)
         rows = await asyncio.to_thread(self.control.audit.page, project_id=None if who.is_admin else who.project_id,
                                        before=f["before"], limit=PAGE_SIZE + 1, action=f["action"],
@@ -53,12 +53,6 @@ class AuditScreen:
         text = await asyncio.to_thread(lambda: "".join(self.control.audit.export_jsonl()))
         return Raw(text.encode(), "application/x-ndjson",
                    headers={"content-disposition": 'attachment; filename="modelworks-audit.jsonl"'})
-
-
-def _readers_only(visit: Visit):
-    if visit.who.role not in (ADMIN, PROJECT_ADMIN):
-        raise Forbidden("Only admins and project admins read the audit trail.")
-    return visit.who
 
 
 def _filters(visit: Visit) -> dict:

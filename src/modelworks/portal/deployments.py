@@ -14,13 +14,13 @@ from pydantic import ValidationError
 
 from modelworks.api.admin_models import DeploymentCreate, DeploymentUpdate
 from modelworks.catalog import Catalog
-from modelworks.control.audit import Event
 from modelworks.control.plane import ControlPlane
-from modelworks.errors import Forbidden, InvalidRequest, NotFound
-from modelworks.portal.web import Page, Redirect, Visit, form_error as _message
+from modelworks.errors import InvalidRequest, NotFound
+from modelworks.portal.web import Page, Redirect, Visit, audit, form_error as _message, number, require
 from modelworks.settings import DEPLOYMENT_TYPES
 
 TPM_STEP = 1000
+ADMINS, MANAGERS = ("admin",), ("admin", "project_admin")
 _NUMBERS = {"tpm": int, "rpm": int, "price_input_per_1k": float, "price_output_per_1k": float}
 _TEXTS = ("model", "region", "content_filter_policy", "spillover", "owned_by")
 
@@ -32,7 +32,7 @@ class DeploymentsScreen:
         self.backend_states = backend_states  # () -> {backend name: its live state}, as the overview shows them
 
     async def list(self, visit: Visit) -> Page:
-        _managers_only(visit)
+        require(visit, MANAGERS, "Only admins and project admins see the deployments screen.")
         return Page("deployments.html", await self._context(visit))
 
     async def _context(self, visit: Visit, **extra) -> dict:
@@ -52,7 +52,7 @@ class DeploymentsScreen:
                 "policies": sorted(self.control.deployments.policy_names), "tpm_step": TPM_STEP, **extra}
 
     async def create(self, visit: Visit) -> Page | Redirect:
-        _admins_only(visit)
+        require(visit, ADMINS, "Only admins manage deployments.")
         form = visit.form
         try:
             values = _values(form, creating=True)
@@ -62,11 +62,11 @@ class DeploymentsScreen:
         except (InvalidRequest, ValidationError) as exc:
             return await self._form_error(visit, exc, "deployments.html", form)
         await self.catalog.reload()
-        await self._audit(visit, "deployment.create", body.name, made)
+        await audit(self.control, visit, "deployment.create", None, body.name, made)
         return Redirect(f"/portal/deployments?made={body.name}")
 
     async def edit_form(self, visit: Visit) -> Page:
-        _managers_only(visit)
+        require(visit, MANAGERS, "Only admins and project admins see the deployments screen.")
         row = await self._row(visit)
         return Page("deployment_edit.html", await self._edit_context(visit, row))
 
@@ -75,7 +75,7 @@ class DeploymentsScreen:
         return {**context, "d": row, "editable": visit.who.is_admin and row["source"] != "config", **extra}
 
     async def update(self, visit: Visit) -> Page | Redirect:
-        _admins_only(visit)
+        require(visit, ADMINS, "Only admins manage deployments.")
         row = await self._row(visit)
         form = visit.form
         try:
@@ -85,27 +85,27 @@ class DeploymentsScreen:
             return Page("deployment_edit.html", await self._edit_context(visit, {**row, **_shown(form)},
                                                                          error=_message(exc)), status=400)
         await self.catalog.reload()
-        await self._audit(visit, "deployment.update", row["name"], changes)
+        await audit(self.control, visit, "deployment.update", None, row["name"], changes)
         return Redirect(f"/portal/deployments/{row['name']}?saved=1")
 
     async def toggle(self, visit: Visit) -> Redirect:
         """Disable (or enable) at once: a disabled deployment answers 404 to inference at once."""
-        _admins_only(visit)
+        require(visit, ADMINS, "Only admins manage deployments.")
         row = await self._row(visit)
         enabled = visit.form.get("enabled") == "true"
         await asyncio.to_thread(self.control.deployments.update, row["name"], {"enabled": enabled})
         await self.catalog.reload()
-        await self._audit(visit, "deployment.update", row["name"], {"enabled": enabled})
+        await audit(self.control, visit, "deployment.update", None, row["name"], {"enabled": enabled})
         return Redirect(f"/portal/deployments/{row['name']}")
 
     async def delete(self, visit: Visit) -> Redirect:
-        _admins_only(visit)
+        require(visit, ADMINS, "Only admins manage deployments.")
         row = await self._row(visit)
         if visit.form.get("confirm") != row["name"]:
             raise InvalidRequest(f"Type the deployment's name ('{row['name']}') to delete it.", param="confirm")
         await asyncio.to_thread(self.control.deployments.delete, row["name"])
         await self.catalog.reload()
-        await self._audit(visit, "deployment.delete", row["name"], {})
+        await audit(self.control, visit, "deployment.delete", None, row["name"], {})
         return Redirect(f"/portal/deployments?deleted={row['name']}")
 
     async def _row(self, visit: Visit) -> dict:
@@ -117,21 +117,6 @@ class DeploymentsScreen:
 
     async def _form_error(self, visit: Visit, exc: Exception, template: str, form: dict) -> Page:
         return Page(template, await self._context(visit, error=_message(exc), draft=_shown(form)), status=400)
-
-    async def _audit(self, visit: Visit, action: str, target: str, detail: dict) -> None:
-        event = Event(action, actor=visit.who.key_id, project_id=None, target=target,
-                      detail={**detail, "via": "portal"})
-        await asyncio.to_thread(self.control.audit.append, [event])
-
-
-def _managers_only(visit: Visit) -> None:
-    if visit.who.role not in ("admin", "project_admin"):
-        raise Forbidden("Only admins and project admins see the deployments screen.")
-
-
-def _admins_only(visit: Visit) -> None:
-    if not visit.who.is_admin:
-        raise Forbidden("Only admins manage deployments.")
 
 
 def _values(form: dict, *, creating: bool) -> dict:
@@ -149,14 +134,9 @@ def _values(form: dict, *, creating: bool) -> dict:
     if zone or not creating:
         values["data_zone"] = zone or None
     for name, kind in _NUMBERS.items():
-        raw = form.get(name, "").strip().replace(",", "").replace("_", "")
-        if raw:
-            try:
-                values[name] = kind(raw)
-            except ValueError:
-                raise InvalidRequest(f"'{name}' must be a number.", param=name) from None
-        elif not creating and name in ("tpm", "rpm"):
-            values[name] = None
+        value = number(form, name, kind)
+        if value is not None or (not creating and name in ("tpm", "rpm")):
+            values[name] = value
     if values.get("tpm") is not None and values["tpm"] % TPM_STEP:
         raise InvalidRequest(f"TPM is set in steps of {TPM_STEP:,}.", param="tpm")
     for name in _TEXTS:

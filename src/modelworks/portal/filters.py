@@ -12,12 +12,13 @@ import asyncio
 from pydantic import ValidationError
 
 from modelworks.api.admin_models import BlocklistCreate, BlocklistItem
-from modelworks.control.audit import Event
 from modelworks.control.plane import ControlPlane
 from modelworks.control.principal import ADMIN, PROJECT_ADMIN
-from modelworks.errors import Forbidden, InvalidRequest, NotFound
-from modelworks.portal.web import Page, Redirect, Visit, form_error
+from modelworks.errors import InvalidRequest, NotFound
+from modelworks.portal.web import Page, Redirect, Visit, audit, form_error, require
 
+MANAGERS = (ADMIN, PROJECT_ADMIN)
+MANAGERS_ONLY = "Only admins and project admins see content filters and manage blocklists."
 HARMS = ("hate", "sexual", "violence", "self_harm")
 
 
@@ -27,7 +28,7 @@ class FiltersScreen:
         self.policies = policies  # name -> ContentFilterPolicy, from the settings
 
     async def page(self, visit: Visit, **extra) -> Page:
-        who = _managers_only(visit)
+        who = require(visit, MANAGERS, MANAGERS_ONLY)
         status = extra.pop("status", 200)
         deployments, lists, projects = await asyncio.gather(
             asyncio.to_thread(self.control.deployments.all),
@@ -48,7 +49,7 @@ class FiltersScreen:
             "blocklists": lists, "projects": projects, "is_admin": who.is_admin, **extra}, status=status)
 
     async def create_blocklist(self, visit: Visit) -> Page | Redirect:
-        who = _managers_only(visit)
+        who = require(visit, MANAGERS, MANAGERS_ONLY)
         form = visit.form
         try:
             body = BlocklistCreate.model_validate({k: v for k, v in (
@@ -61,7 +62,7 @@ class FiltersScreen:
             row = await asyncio.to_thread(self.control.blocklists.create, project_id, body.name, body.description)
         except (InvalidRequest, NotFound, ValidationError) as exc:
             return await self.page(visit, error=form_error(exc), status=400)
-        await self._audit(visit, "blocklist.create", project_id, row["id"], {"name": body.name})
+        await audit(self.control, visit, "blocklist.create", project_id, row["id"], {"name": body.name})
         return Redirect(f"/portal/filters#{row['id']}")
 
     async def add_item(self, visit: Visit) -> Page | Redirect:
@@ -72,7 +73,7 @@ class FiltersScreen:
             await asyncio.to_thread(self.control.blocklists.add_items, row["id"], [item.model_dump()])
         except (InvalidRequest, ValidationError) as exc:
             return await self.page(visit, error=form_error(exc).replace("items[0].", ""), status=400)
-        await self._audit(visit, "blocklist.items.add", row["project_id"], row["id"],
+        await audit(self.control, visit, "blocklist.items.add", row["project_id"], row["id"],
                           {"terms": int(item.kind == "term"), "patterns": int(item.kind == "regex")})
         return Redirect(f"/portal/filters#{row['id']}")
 
@@ -80,17 +81,17 @@ class FiltersScreen:
         row = await self._blocklist(visit)
         item_id = visit.request.path_params["item_id"]
         item = await asyncio.to_thread(self.control.blocklists.remove_item, row["id"], item_id)
-        await self._audit(visit, "blocklist.items.remove", row["project_id"], row["id"], {"item": item["id"]})
+        await audit(self.control, visit, "blocklist.items.remove", row["project_id"], row["id"], {"item": item["id"]})
         return Redirect(f"/portal/filters#{row['id']}")
 
     async def delete_blocklist(self, visit: Visit) -> Redirect:
         row = await self._blocklist(visit)
         await asyncio.to_thread(self.control.blocklists.delete, row["id"])
-        await self._audit(visit, "blocklist.delete", row["project_id"], row["id"], {"name": row["name"]})
+        await audit(self.control, visit, "blocklist.delete", row["project_id"], row["id"], {"name": row["name"]})
         return Redirect("/portal/filters")
 
     async def _blocklist(self, visit: Visit) -> dict:
-        who = _managers_only(visit)
+        who = require(visit, MANAGERS, MANAGERS_ONLY)
         blocklist_id = visit.request.path_params["blocklist_id"]
         try:
             row = await asyncio.to_thread(self.control.blocklists.get, blocklist_id)
@@ -99,17 +100,6 @@ class FiltersScreen:
         if row is None or not who.can_manage(row["project_id"]):
             raise NotFound(f"No blocklist '{blocklist_id[:60]}'.")
         return row
-
-    async def _audit(self, visit: Visit, action: str, project_id: str, target: str, detail: dict) -> None:
-        event = Event(action, actor=visit.who.key_id, project_id=project_id, target=target,
-                      detail={**detail, "via": "portal"})
-        await asyncio.to_thread(self.control.audit.append, [event])
-
-
-def _managers_only(visit: Visit):
-    if visit.who.role not in (ADMIN, PROJECT_ADMIN):
-        raise Forbidden("Only admins and project admins see content filters and manage blocklists.")
-    return visit.who
 
 
 def _policy_view(name: str, policy, deployments: list[str]) -> dict:

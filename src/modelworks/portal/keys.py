@@ -14,12 +14,11 @@ from datetime import datetime, timezone
 from pydantic import ValidationError
 
 from modelworks.api.admin_models import KeyCreate, ProjectCreate, ProjectUpdate
-from modelworks.control.audit import Event
 from modelworks.control.plane import ControlPlane
 from modelworks.control.principal import ADMIN, PROJECT_ADMIN, ROLES
 from modelworks.errors import Forbidden, InvalidRequest, NotFound
 from modelworks.portal.sessions import SessionService
-from modelworks.portal.web import Page, Redirect, Visit, form_error as _message
+from modelworks.portal.web import Page, Redirect, Visit, audit, form_error as _message, number, require
 
 
 class KeysScreen:
@@ -28,7 +27,7 @@ class KeysScreen:
         self.sessions = sessions  # a key's form acts once (see `SessionService.use_form`)
 
     async def list(self, visit: Visit, **extra) -> Page:
-        who = _managers_only(visit)
+        who = require(visit, (ADMIN, PROJECT_ADMIN), "Only admins and project admins manage keys.")
         status = extra.pop("status", 200)
         scope = None if who.is_admin else who.project_id
         keys, projects = await asyncio.gather(asyncio.to_thread(self.control.keys.list, scope),
@@ -46,7 +45,7 @@ class KeysScreen:
 
     async def create_key(self, visit: Visit) -> Page:
         """The new key's secret is on this page only (the answer to the form, never stored, never redirected to)."""
-        who = _managers_only(visit)
+        who = require(visit, (ADMIN, PROJECT_ADMIN), "Only admins and project admins manage keys.")
         form = visit.form
         token = form.get("once", "")
         if not token or not await asyncio.to_thread(self.sessions.use_form, visit.session.id_hash, token):
@@ -66,13 +65,13 @@ class KeysScreen:
                                               expires_at=body.expires_at)
         except (InvalidRequest, NotFound, ValidationError) as exc:
             return await self.list(visit, error=_message(exc), status=400)
-        await self._audit(visit, "key.create", project_id, created.record["id"],
+        await audit(self.control, visit, "key.create", project_id, created.record["id"],
                           {"name": created.record["name"], "role": body.role,
                            "expires_at": created.record["expires_at"]})
         return await self.list(visit, created={**created.record, "key": created.key})
 
     async def revoke_key(self, visit: Visit) -> Redirect:
-        who = _managers_only(visit)
+        who = require(visit, (ADMIN, PROJECT_ADMIN), "Only admins and project admins manage keys.")
         key_id = visit.request.path_params["key_id"]
         try:
             record = await asyncio.to_thread(self.control.keys.get, key_id)
@@ -82,47 +81,30 @@ class KeysScreen:
             raise NotFound(f"No key '{key_id[:60]}'.")
         await asyncio.to_thread(self.control.keys.revoke, key_id)
         self.control.auth.forget()  # at once on this replica; the others within the key cache time
-        await self._audit(visit, "key.revoke", record["project_id"], key_id, {"name": record["name"]})
+        await audit(self.control, visit, "key.revoke", record["project_id"], key_id, {"name": record["name"]})
         return Redirect("/portal/keys?revoked=" + key_id)
 
     async def create_project(self, visit: Visit) -> Page | Redirect:
-        _admins_only(visit)
+        require(visit, (ADMIN,), "Only admins manage projects.")
         form = visit.form
         try:
             body = ProjectCreate.model_validate({"name": form.get("name", "").strip(), **_caps(form)})
             row = await asyncio.to_thread(self.control.projects.create, **body.model_dump())
         except (InvalidRequest, ValidationError) as exc:
             return await self.list(visit, error=_message(exc), status=400)
-        await self._audit(visit, "project.create", row["id"], row["id"], body.model_dump(exclude_none=True))
+        await audit(self.control, visit, "project.create", row["id"], row["id"], body.model_dump(exclude_none=True))
         return Redirect("/portal/keys?project=" + row["id"])
 
     async def update_project(self, visit: Visit) -> Page | Redirect:
-        _admins_only(visit)
+        require(visit, (ADMIN,), "Only admins manage projects.")
         project_id = visit.request.path_params["project_id"]
         try:
             changes = ProjectUpdate.model_validate(_caps(visit.form, clear=True)).model_dump(exclude_unset=True)
             await asyncio.to_thread(self.control.projects.update, project_id, changes)
         except (InvalidRequest, ValidationError) as exc:
             return await self.list(visit, error=_message(exc), status=400)
-        await self._audit(visit, "project.update", project_id, project_id, changes)
+        await audit(self.control, visit, "project.update", project_id, project_id, changes)
         return Redirect("/portal/keys?project=" + project_id)
-
-    async def _audit(self, visit: Visit, action: str, project_id: str | None, target: str, detail: dict) -> None:
-        event = Event(action, actor=visit.who.key_id, project_id=project_id, target=target,
-                      detail={**detail, "via": "portal"})
-        await asyncio.to_thread(self.control.audit.append, [event])
-
-
-def _managers_only(visit: Visit):
-    who = visit.who
-    if who.role not in (ADMIN, PROJECT_ADMIN):
-        raise Forbidden("Only admins and project admins manage keys.")
-    return who
-
-
-def _admins_only(visit: Visit) -> None:
-    if not visit.who.is_admin:
-        raise Forbidden("Only admins manage projects.")
 
 
 def _day(raw: str | None) -> datetime | None:
@@ -139,13 +121,8 @@ def _caps(form: dict, *, clear: bool = False) -> dict:
     """The budget fields of a project form, typed; on an edit, an emptied field removes that cap."""
     out: dict = {}
     for name, kind in (("monthly_token_cap", int), ("monthly_cost_cap", float), ("soft_threshold", float)):
-        raw = form.get(name, "").strip().replace(",", "").replace("_", "")
-        if raw:
-            try:
-                out[name] = kind(raw)
-            except ValueError:
-                raise InvalidRequest(f"'{name}' must be a number.", param=name) from None
-        elif clear and name != "soft_threshold":
-            out[name] = None
+        value = number(form, name, kind)
+        if value is not None or (clear and name != "soft_threshold"):
+            out[name] = value
     return out
 

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import mimetypes
 from datetime import datetime, timezone
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from modelworks.control.audit import Event

@@ -31,9 +31,9 @@ class Playground:
         self.gateway = gateway
 
     async def page(self, visit: Visit) -> Page:
-        chat = sorted(name for name, route in self.gateway.routes.items()
-                      if route.info.get("enabled", True) and any(m.backend.capabilities.chat and m.backend.capabilities.streaming
-                                                                  for m in route.pool.members))
+        chat = sorted(name for name, route in self.gateway.routes.items() if route.info.get("enabled", True)
+                      and any(m.backend.capabilities.chat and m.backend.capabilities.streaming
+                              for m in route.pool.members))
         origin = security.own_origin(visit.request)
         return Page("playground.html", {"deployments": chat, "openai_base": f"{origin}/v1",
                                         "azure_endpoint": origin, "api_version": AZURE_API_VERSION})

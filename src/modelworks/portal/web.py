@@ -18,7 +18,8 @@ from modelworks.api.admin import _refuse_nul as refuse_nul
 from modelworks.api.errors import OPENAI, envelope
 from modelworks.api.http import new_request_id
 from modelworks.api.request import Request
-from modelworks.errors import InvalidRequest, ModelworksError, Unauthorized, UnsupportedMediaType
+from modelworks.control.audit import Event
+from modelworks.errors import Forbidden, InvalidRequest, ModelworksError, Unauthorized, UnsupportedMediaType
 from modelworks.portal import security
 from modelworks.portal.sessions import Session, SessionService
 
@@ -202,3 +203,29 @@ def form_error(exc: Exception) -> str:
         err = exc.errors(include_url=False)[0]
         return f"{'.'.join(str(p) for p in err['loc']) or 'the form'}: {err['msg']}"
     return str(getattr(exc, "message", exc))
+
+
+def require(visit: Visit, roles: tuple[str, ...], message: str):
+    """The signed-in principal, when its role is one of `roles`; else a 403 saying `message`."""
+    if visit.who.role not in roles:
+        raise Forbidden(message)
+    return visit.who
+
+
+async def audit(control, visit: Visit, action: str, project_id: str | None, target: str, detail: dict) -> None:
+    """An audit entry for a change made in the portal: the admin API's entry, marked `"via": "portal"`."""
+    event = Event(action, actor=visit.who.key_id, project_id=project_id, target=target,
+                  detail={**detail, "via": "portal"})
+    await asyncio.to_thread(control.audit.append, [event])
+
+
+def number(form: dict, name: str, kind: type):
+    """A form's number field (thousands separators allowed), or None when it is empty; a 400 naming it when it is
+    not a number."""
+    raw = form.get(name, "").strip().replace(",", "").replace("_", "")
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be a number.", param=name) from None
