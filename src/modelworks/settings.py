@@ -252,6 +252,17 @@ class ResponsesSettings(_Strict):
                                 description="server-run (MCP) tool calls per response; then the model must answer")
 
 
+class FilesSettings(_Strict):
+    storage: Literal["local", "database"] = Field(
+        default="local", description="where file contents go: 'local', a directory (a volume shared by every "
+                                     "replica), or 'database', the control-plane store (PostgreSQL for replicas)")
+    directory: str | None = Field(default=None, description="for 'local': default server.data_dir/files")
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="one file (413 past it)")
+    max_project_bytes: int | None = Field(default=100 * 1024 ** 3, ge=1,
+                                          description="all of a project's files together; null: no limit")
+    purge_interval_s: float = Field(default=300, gt=0, description="how often expired files are deleted")
+
+
 class PortalSettings(_Strict):
     enabled: bool = Field(default=True, description="the web console at /portal")
     session_hours: float = Field(default=8.0, gt=0, le=24 * 30, description="a session ends this long after sign-in")
@@ -273,6 +284,7 @@ class Settings(_Strict):
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
     portal: PortalSettings = PortalSettings()
+    files: FilesSettings = FilesSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     deployments: dict[str, Deployment] = Field(default_factory=dict)
     content_filters: dict[str, ContentFilterPolicy] = Field(
@@ -325,6 +337,10 @@ class Settings(_Strict):
     @property
     def data_path(self) -> Path:
         return Path(self.server.data_dir).expanduser()
+
+    @property
+    def files_path(self) -> Path:
+        return Path(self.files.directory).expanduser() if self.files.directory else self.data_path / "files"
 
     @property
     def model_cache_path(self) -> Path:

@@ -51,6 +51,10 @@ class SpecChecker:
         openai["components"]["schemas"]["ModelworksCompletionStreamEvent"] = chunk
         azure_chunk = copy.deepcopy(azure["components"]["schemas"]["createCompletionResponse"])
         azure["components"]["schemas"]["ModelworksCompletionStreamEvent"] = azure_chunk
+        # CreateFileRequest takes purpose `evals`, and OpenAI lists such files with it, but the File object's enum
+        # lacks it: the File object here allows what the upload request allows.
+        file_purpose = openai["components"]["schemas"]["OpenAIFile"]["properties"]["purpose"]
+        file_purpose["enum"] = sorted(set(file_purpose["enum"]) | {"evals"})
         self.registry = Registry().with_resources([
             ("urn:openai", Resource(contents=openai, specification=DRAFT202012)),
             ("urn:azure", Resource(contents=azure, specification=DRAFT202012)),
@@ -66,7 +70,7 @@ class SpecChecker:
                 self._event_schemas[kind] = f"urn:openai#/components/schemas/{name}"
         self._agent_templates = [
             (t, re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(t)) + "$"))
-            for t in openai["paths"] if t.startswith(("/responses", "/conversations")) and "?" not in t]
+            for t in openai["paths"] if t.startswith(_AGENT_PREFIXES) and "?" not in t]
         # exact templates (input_tokens) before the ones with a parameter in their place
         self._agent_templates.sort(key=lambda e: "{" in e[0].split("/")[-1])
 
@@ -95,7 +99,7 @@ class SpecChecker:
             return None
         agents = _AGENT_PATH.match(path)
         if agents is not None:
-            return self._agent_schema(method, agents.group(1), stream)
+            return self._agent_schema(method, agents.group(1) or agents.group(2), stream)
         if path.endswith("/chat/completions"):
             return "urn:openai#/components/schemas/" + (
                 "CreateChatCompletionStreamResponse" if stream else "CreateChatCompletionResponse")
@@ -151,7 +155,12 @@ class SpecChecker:
         return events
 
 
-_AGENT_PATH = re.compile(r"^(?:/v1|/openai/v1)(/(?:responses|conversations)(?:/.*)?)$")
+_AGENT_PREFIXES = ("/responses", "/conversations", "/files", "/vector_stores", "/batches")
+# the Responses and data APIs, checked by their path templates in the OpenAI spec (Azure's v1 paths are the same;
+# its dated /openai/files and /openai/batches answer in the same shapes, which its 2024-10-21 spec does not hold)
+_AGENT_PATH = re.compile(r"^(?:/v1|/openai/v1)(/(?:responses|conversations|files|vector_stores|batches)(?:/.*)?)$"
+                         r"|^/openai(/(?:files|batches)(?:/.*)?)$")
+_RAW_CONTENT = re.compile(r"^(?:/v1|/openai/v1|/openai)/files/[^/]+/content$")
 
 
 def _decode_base64_embeddings(body: Any) -> Any:
@@ -198,6 +207,8 @@ class _Recorder:
                 failed = "error" in event and not agents
                 self.problems += self.checker.errors(path, 500 if failed else 200, event, stream=True,
                                                      method=method)
+        elif status == 200 and method == "GET" and _RAW_CONTENT.match(path):
+            return  # a file's own bytes, as they were uploaded (the spec types them only as a string)
         elif "application/json" in content_type:
             self.problems += self.checker.errors(path, status, json.loads(body), method=method)
         else:

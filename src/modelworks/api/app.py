@@ -10,6 +10,7 @@ from modelworks.api.admin import AdminHandlers
 from modelworks.api.errors import AZURE, AZURE_V1, OPENAI, envelope
 from modelworks.api.http import Endpoint, JSONResult, new_request_id, send_json
 from modelworks.api.content_safety import ContentSafetyHandlers
+from modelworks.api.files import FilesHandlers
 from modelworks.api.moderation import ModerationHandlers
 from modelworks.api.request import Request
 from modelworks.api.router import Router
@@ -18,6 +19,7 @@ from modelworks.backends.base import Backend
 from modelworks.backends.registry import build_backend
 from modelworks.catalog import Catalog
 from modelworks.errors import NotFound
+from modelworks.files.service import build_files
 from modelworks.control.plane import ControlPlane
 from modelworks.policies.budget import BudgetPolicy
 from modelworks.policies.chain import PolicyChain
@@ -145,6 +147,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     chain = PolicyChain(policies)
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
     agents = _responses_handlers(settings, control, h.calls, chain)
+    files = build_files(control.db, settings, settings.data_path)
     moderation = ModerationHandlers(chain, _safety_model, settings.server.max_body_bytes)
     safety = ContentSafetyHandlers(chain, _safety_model, blocklists, settings.server.max_body_bytes)
 
@@ -161,6 +164,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
         router.add(f"{prefix}/models", Endpoint(h.list_models, dialect=dialect), ("GET",))
         router.add(f"{prefix}/models/{{model:path}}", Endpoint(h.get_model, dialect=dialect), ("GET",))
         _responses_routes(router, prefix, dialect, agents)
+        _files_routes(router, prefix, dialect, FilesHandlers(files, chain, control.audit_writer))
     router.add("/openai/deployments/{deployment}/chat/completions", Endpoint(h.chat, dialect=AZURE))
     router.add("/openai/deployments/{deployment}/completions", Endpoint(h.completions, dialect=AZURE))
     router.add("/openai/deployments/{deployment}/embeddings", Endpoint(h.embeddings, dialect=AZURE))
@@ -170,6 +174,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     router.add("/openai/models", Endpoint(h.list_models, dialect=AZURE), ("GET",))
     router.add("/openai/models/{model:path}", Endpoint(h.get_model, dialect=AZURE), ("GET",))
     _responses_routes(router, "/openai", AZURE, agents)  # Azure's resource-level dated paths
+    _files_routes(router, "/openai", AZURE, FilesHandlers(files, chain, control.audit_writer))
     _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
     app = ModelworksApp(router, backends, gateway, control, catalog, health)
     if settings.portal.enabled:
@@ -179,6 +184,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     app.closers.append(limiter.close)
     purge_every = settings.responses.purge_interval_s
     app.loops.append(lambda: agents.service.maintain(purge_every))
+    app.loops.append(lambda: files.maintain(settings.files.purge_interval_s))
     journal = agents.service.journal
     app.starters.append(lambda: _start_journal(journal))
     app.closers.insert(0, journal.close)  # before the store goes
@@ -232,6 +238,14 @@ def _responses_routes(router: Router, prefix: str, dialect: str, r) -> None:
     add("/conversations/{conversation_id}/items", r.add_items, "POST")
     add("/conversations/{conversation_id}/items/{item_id}", r.get_item, "GET")
     add("/conversations/{conversation_id}/items/{item_id}", r.delete_item, "DELETE")
+
+
+def _files_routes(router: Router, prefix: str, dialect: str, f) -> None:
+    router.add(f"{prefix}/files", Endpoint(f.create, dialect=dialect), ("POST",))
+    router.add(f"{prefix}/files", Endpoint(f.list, dialect=dialect), ("GET",))
+    router.add(f"{prefix}/files/{{file_id}}", Endpoint(f.retrieve, dialect=dialect), ("GET",))
+    router.add(f"{prefix}/files/{{file_id}}", Endpoint(f.delete, dialect=dialect), ("DELETE",))
+    router.add(f"{prefix}/files/{{file_id}}/content", Endpoint(f.content, dialect=dialect), ("GET",))
 
 
 def _admin_routes(router: Router, a: AdminHandlers) -> None:

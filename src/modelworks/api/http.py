@@ -39,7 +39,18 @@ class EventStream:
         self.headers = headers
 
 
-Handler = Callable[[Request], Awaitable["JSONResult | EventStream"]]
+class ByteStream:
+    """A raw (non-SSE) streamed answer: a file's contents, say. `chunks` is closed however the send ends."""
+
+    __slots__ = ("chunks", "headers", "length")
+
+    def __init__(self, chunks: AsyncIterator[bytes], headers: dict[str, str], length: int | None = None) -> None:
+        self.chunks = chunks
+        self.headers = headers
+        self.length = length
+
+
+Handler = Callable[[Request], Awaitable["JSONResult | EventStream | ByteStream"]]
 
 
 def new_request_id() -> str:
@@ -100,7 +111,9 @@ class Endpoint:
                 if gone:
                     return
                 raise
-            if isinstance(result, EventStream):
+            if isinstance(result, ByteStream):
+                await self._send_bytes(result, send, request_id)
+            elif isinstance(result, EventStream):
                 if watcher is None:
                     start_watching()
                 await self._stream(result, send, request_id)
@@ -124,6 +137,30 @@ class Endpoint:
 
     async def _send_json(self, send, status: int, body, headers: dict[str, str] | None, request_id: str) -> None:
         await send_json(send, status, body, headers, request_id, azure=self.azure)
+
+    async def _send_bytes(self, result: ByteStream, send, request_id: str) -> None:
+        raw = [(b"x-request-id", request_id.encode())]
+        if self.azure:
+            raw.append((b"apim-request-id", request_id.encode()))
+        if result.length is not None:
+            raw.append((b"content-length", str(result.length).encode()))
+        raw.extend((k.encode(), v.encode()) for k, v in result.headers.items())
+        try:
+            first = await anext(result.chunks, b"")  # a failure before the first byte is still an envelope
+            await send({"type": "http.response.start", "status": 200, "headers": raw})
+            try:
+                if first:
+                    await send({"type": "http.response.body", "body": first, "more_body": True})
+                async for chunk in result.chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (OSError, asyncio.CancelledError):
+                raise
+            except Exception:  # noqa: BLE001 - headers are out: the connection ends short of its length
+                log.warning("a streamed answer failed after its start", exc_info=True)
+                raise ConnectionAbortedError("stream failed") from None
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await result.chunks.aclose()
 
     async def _stream(self, result: EventStream, send, request_id: str) -> None:
         raw = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]

@@ -26,7 +26,7 @@ class ResponsesHandlers:
 
     async def _who(self, request: Request, operation: str) -> Call:
         if request.path.startswith("/openai/") and not request.path.startswith("/openai/v1/"):
-            _dated_api_version(request)  # Azure's resource-level dated paths (/openai/responses?api-version=...)
+            dated_api_version(request)  # Azure's resource-level dated paths (/openai/responses?api-version=...)
         call = Call(operation=operation, headers=request.headers)
         await self.chain.authenticate(call)
         return call
@@ -126,7 +126,7 @@ class ResponsesHandlers:
         return JSONResult(await self.conversations.delete_item(project, p["conversation_id"], p["item_id"]))
 
 
-def _dated_api_version(request: Request) -> None:
+def dated_api_version(request: Request) -> None:
     version = request.query("api-version")
     if version is None:
         raise MissingApiVersion("Missing the required query parameter 'api-version' (for example "
