@@ -43,6 +43,22 @@ class ModelCalls:
         # a provisioned deployment over capacity may have spilled over: the policies may change the route
         call.dispatch = self.gateway.dispatch(call.route, call.task, call.facts.get("span"))
 
+    async def embed(self, call: Call, route: Route, req):
+        """Embeddings for an `EmbeddingRequest`, admitted, dispatched and completed (metered) like every call:
+        `/v1/embeddings`, and the vectors of vector-store chunks and searches. Returns the backend's result."""
+        call.route = route
+        call.facts["embedding_input"] = req.input
+        try:
+            await self.chain.admit(call)
+            call.dispatch = self.gateway.dispatch(call.route, span=call.facts.get("span"))
+            result = await self.gateway.embed(call.route, req, call.dispatch)
+        except BaseException as exc:
+            await self.chain.complete(call, None, status_of(exc))
+            raise
+        call.response_headers.update(call.dispatch.headers())
+        await self.chain.complete(call, Usage(result.prompt_tokens, 0), 200)
+        return result
+
     async def generate(self, call: Call) -> Generation:
         """The whole answer of an admitted call; the call is completed when this returns or raises."""
         dispatch = call.dispatch

@@ -263,6 +263,17 @@ class FilesSettings(_Strict):
     purge_interval_s: float = Field(default=300, gt=0, description="how often expired files are deleted")
 
 
+class VectorStoresSettings(_Strict):
+    embedding_deployment: str | None = Field(
+        default=None, description="the embeddings deployment of new vector stores that name none; default: the "
+                                  "first deployment of the built-in MiniLM, else the first that serves embeddings")
+    ingest_lease_s: float = Field(default=60.0, ge=1, le=3600,
+                                  description="a worker's hold on a file it ingests; renewed while it works, so a "
+                                              "dead worker's file is taken again this long after")
+    max_cached_indexes: int = Field(default=64, ge=1, description="vector stores kept in memory for search")
+    purge_interval_s: float = Field(default=3600, gt=0, description="how often expired vector stores are deleted")
+
+
 class PortalSettings(_Strict):
     enabled: bool = Field(default=True, description="the web console at /portal")
     session_hours: float = Field(default=8.0, gt=0, le=24 * 30, description="a session ends this long after sign-in")
@@ -285,6 +296,7 @@ class Settings(_Strict):
     tracing: TracingSettings = TracingSettings()
     portal: PortalSettings = PortalSettings()
     files: FilesSettings = FilesSettings()
+    vector_stores: VectorStoresSettings = VectorStoresSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     deployments: dict[str, Deployment] = Field(default_factory=dict)
     content_filters: dict[str, ContentFilterPolicy] = Field(

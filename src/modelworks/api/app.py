@@ -11,6 +11,7 @@ from modelworks.api.errors import AZURE, AZURE_V1, OPENAI, envelope
 from modelworks.api.http import Endpoint, JSONResult, new_request_id, send_json
 from modelworks.api.content_safety import ContentSafetyHandlers
 from modelworks.api.files import FilesHandlers
+from modelworks.api.vector_stores import VectorStoreHandlers
 from modelworks.api.moderation import ModerationHandlers
 from modelworks.api.request import Request
 from modelworks.api.router import Router
@@ -148,6 +149,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     h = Handlers(gateway, chain, settings.server.max_body_bytes)
     agents = _responses_handlers(settings, control, h.calls, chain)
     files = build_files(control.db, settings, settings.data_path)
+    vectors, ingestor = _vector_stores(settings, control, files, h.calls, gateway)
+    vector_handlers = VectorStoreHandlers(vectors, chain, control.audit_writer, settings.server.max_body_bytes)
     moderation = ModerationHandlers(chain, _safety_model, settings.server.max_body_bytes)
     safety = ContentSafetyHandlers(chain, _safety_model, blocklists, settings.server.max_body_bytes)
 
@@ -165,6 +168,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
         router.add(f"{prefix}/models/{{model:path}}", Endpoint(h.get_model, dialect=dialect), ("GET",))
         _responses_routes(router, prefix, dialect, agents)
         _files_routes(router, prefix, dialect, FilesHandlers(files, chain, control.audit_writer))
+        _vector_store_routes(router, prefix, dialect, vector_handlers)
     router.add("/openai/deployments/{deployment}/chat/completions", Endpoint(h.chat, dialect=AZURE))
     router.add("/openai/deployments/{deployment}/completions", Endpoint(h.completions, dialect=AZURE))
     router.add("/openai/deployments/{deployment}/embeddings", Endpoint(h.embeddings, dialect=AZURE))
@@ -185,6 +189,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     purge_every = settings.responses.purge_interval_s
     app.loops.append(lambda: agents.service.maintain(purge_every))
     app.loops.append(lambda: files.maintain(settings.files.purge_interval_s))
+    app.loops.append(ingestor.run)
+    app.loops.append(lambda: vectors.maintain(settings.vector_stores.purge_interval_s))
     journal = agents.service.journal
     app.starters.append(lambda: _start_journal(journal))
     app.closers.insert(0, journal.close)  # before the store goes
@@ -238,6 +244,41 @@ def _responses_routes(router: Router, prefix: str, dialect: str, r) -> None:
     add("/conversations/{conversation_id}/items", r.add_items, "POST")
     add("/conversations/{conversation_id}/items/{item_id}", r.get_item, "GET")
     add("/conversations/{conversation_id}/items/{item_id}", r.delete_item, "DELETE")
+
+
+def _vector_stores(settings: Settings, control: ControlPlane, files, calls, gateway: Gateway):
+    from modelworks.vectors.ingest import Ingestor
+    from modelworks.vectors.service import VectorStoresService, default_embedding_deployment
+    from modelworks.vectors.store import VectorStoreDB
+
+    v = settings.vector_stores
+    service = VectorStoresService(VectorStoreDB(control.db), files, calls, gateway,
+                                  lambda: v.embedding_deployment or default_embedding_deployment(gateway),
+                                  v.max_cached_indexes)
+    files.on_delete.append(service.store.detach_everywhere)
+    return service, Ingestor(service, control.keys, v.ingest_lease_s)
+
+
+def _vector_store_routes(router: Router, prefix: str, dialect: str, v) -> None:
+    def add(path: str, handler, method: str) -> None:
+        router.add(f"{prefix}/vector_stores{path}", Endpoint(handler, dialect=dialect), (method,))
+
+    add("", v.create, "POST")
+    add("", v.list, "GET")
+    add("/{vector_store_id}", v.retrieve, "GET")
+    add("/{vector_store_id}", v.update, "POST")
+    add("/{vector_store_id}", v.delete, "DELETE")
+    add("/{vector_store_id}/search", v.search, "POST")
+    add("/{vector_store_id}/files", v.add_file, "POST")
+    add("/{vector_store_id}/files", v.list_files, "GET")
+    add("/{vector_store_id}/files/{file_id}", v.get_file, "GET")
+    add("/{vector_store_id}/files/{file_id}", v.update_file, "POST")
+    add("/{vector_store_id}/files/{file_id}", v.delete_file, "DELETE")
+    add("/{vector_store_id}/files/{file_id}/content", v.file_content, "GET")
+    add("/{vector_store_id}/file_batches", v.create_batch, "POST")
+    add("/{vector_store_id}/file_batches/{batch_id}", v.get_batch, "GET")
+    add("/{vector_store_id}/file_batches/{batch_id}/cancel", v.cancel_batch, "POST")
+    add("/{vector_store_id}/file_batches/{batch_id}/files", v.batch_files, "GET")
 
 
 def _files_routes(router: Router, prefix: str, dialect: str, f) -> None:

@@ -9,9 +9,8 @@ import orjson
 
 from modelworks.api.http import EventStream, JSONResult
 from modelworks.api.request import Request
-from modelworks.backends.base import Usage
 from modelworks.calls import CallStream, Frames, ModelCalls
-from modelworks.errors import InvalidRequest, MissingApiVersion, ModelworksError
+from modelworks.errors import InvalidRequest, MissingApiVersion
 from modelworks.offload import run_sized
 from modelworks.policies.chain import Call, PolicyChain
 from modelworks.protocol import render
@@ -71,19 +70,9 @@ class Handlers:
         body = await request.body(self.max_body)
         req = await parse_request(EmbeddingRequest, body)
         route = self._route(call.deployment, req.model)
-        call.route = route
-        call.facts["embedding_input"] = req.input
-        try:
-            await self.chain.admit(call)
-            request.watch_disconnect()
-            route = call.route
-            call.dispatch = self.gateway.dispatch(route, span=call.facts.get("span"))
-            result = await self.gateway.embed(route, req, call.dispatch)
-        except ModelworksError as exc:
-            await self.chain.complete(call, None, exc.status)
-            raise
-        call.response_headers.update(call.dispatch.headers())
-        await self.chain.complete(call, Usage(result.prompt_tokens, 0), 200)
+        request.watch_disconnect()
+        result = await self.calls.embed(call, route, req)
+        route = call.route
         # 2,048 vectors of 384 numbers take tens of milliseconds to cut and encode: off the event loop
         numbers = len(result.vectors) * len(result.vectors[0]) if result.vectors else 0
         body = await run_sized(numbers, 20_000, _embeddings_json, result, req, route.deployment)

@@ -89,6 +89,7 @@ class FilesService:
         self.settings = settings
         self.blobs = blobs
         self.validators: dict[str, object] = {}  # purpose -> a check of the whole file (the Batch API's, say)
+        self.on_delete: list = []  # (project_id, file_id) -> None: what else holds the file's content goes too
 
     @property
     def spool(self):
@@ -227,6 +228,8 @@ class FilesService:
             if row is None:
                 raise NotFound(f"No such File object: {file_id[:80]}", param="file_id")
             s.delete(row)
+        for forget in self.on_delete:
+            forget(project_id, file_id)
         self.blobs.remove(project_id, file_id)
         log.info("file %s deleted: project %s", file_id, project_id)
         return {"id": file_id, "object": "file", "deleted": True}
@@ -239,6 +242,8 @@ class FilesService:
             if rows:
                 s.execute(delete(FileRow).where(FileRow.id.in_([r.id for r in rows])))
         for r in rows:
+            for forget in self.on_delete:
+                forget(r.project_id, r.id)
             self.blobs.remove(r.project_id, r.id)
         if self.blobs.kind == "local":
             with self.db.session() as s:

@@ -283,3 +283,82 @@ class FilePart(Base):
     file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
     part: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class VectorStoreRow(Base):
+    """A vector store of a project: its files' chunks are searched together. `version` grows with every change
+    of its chunks, so that each replica knows when its in-memory index is behind."""
+
+    __tablename__ = "vector_stores"
+    __table_args__ = (Index("ix_vector_stores_project_order", "project_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(256), default="")
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_active_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_after_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    metadata_json: Mapped[str] = mapped_column(Text, default="{}")
+    embedding_deployment: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class VectorStoreFileRow(Base):
+    """A file in a vector store, and its ingestion: waiting or taken by a worker (`lease_owner` until
+    `lease_until`), then `completed`, `failed` (with `last_error`) or `cancelled`."""
+
+    __tablename__ = "vector_store_files"
+    __table_args__ = (UniqueConstraint("vector_store_id", "file_id", name="uq_vector_store_files"),
+                      Index("ix_vector_store_files_work", "status", "lease_until"),
+                      Index("ix_vector_store_files_file", "file_id"))
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    vector_store_id: Mapped[str] = mapped_column(ForeignKey("vector_stores.id", ondelete="CASCADE"))
+    file_id: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # whose quota embeds it
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(20))
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON {code, message}
+    attributes: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    chunking: Mapped[str] = mapped_column(Text)  # JSON: the chunking strategy object
+    usage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class VectorStoreFileBatchRow(Base):
+    __tablename__ = "vector_store_file_batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vector_store_id: Mapped[str] = mapped_column(ForeignKey("vector_stores.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class VectorChunkRow(Base):
+    """A chunk of a file in a vector store: its text, its terms (for the full-text ranking, made once) and its
+    vector (float32, little-endian). `seq` only grows: a replica loads what is new since the last it saw."""
+
+    __tablename__ = "vector_chunks"
+    __table_args__ = (Index("ix_vector_chunks_store_seq", "vector_store_id", "seq"),
+                      Index("ix_vector_chunks_store_file", "vector_store_id", "file_id"))
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    vector_store_id: Mapped[str] = mapped_column(ForeignKey("vector_stores.id", ondelete="CASCADE"))
+    file_id: Mapped[str] = mapped_column(String(64))
+    idx: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    terms: Mapped[str] = mapped_column(Text)
+    tokens: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,176 @@
+"""One vector store's chunks in memory, for search: their vectors, the BM25 index of their terms, and for each
+chunk its file. Built from the store and brought up to date by loading only the chunks added since (their `seq`
+only grows within a store); chunks of files that left the store are masked, and the index is rebuilt when most of
+it is masked. The text of a chunk stays in the store: only the results' texts are read back.
+
+Search is hybrid: the dense ranking (cosine of unit vectors, exact: a matrix-vector product) and the BM25 ranking
+each give their best candidates; every candidate gets both scores, each scaled to [0, 1] over the candidates, and
+the fused score is their weighted sum."""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelworks.vectors.lexical import LexicalIndex
+
+DENSE_WEIGHT = 0.5
+CANDIDATES = 100  # from each ranking, before fusion
+
+
+@dataclass
+class FileInfo:
+    file_id: str
+    filename: str
+    attributes: dict
+
+
+@dataclass
+class Hit:
+    seq: int
+    file: FileInfo
+    score: float
+
+
+class StoreIndex:
+    def __init__(self, store_id: str) -> None:
+        self.store_id = store_id
+        # searches and loads take turns: a load appends to arrays that a search reads without copying
+        self.lock = threading.Lock()
+        self.version = -1
+        self.last_seq = 0
+        self.lexical = LexicalIndex()
+        self.vectors = np.zeros((0, 0), dtype=np.float32)
+        self.count = 0
+        self.chunk_file = array("i")  # chunk number -> file number
+        self.chunk_seq = array("q")   # chunk number -> its row's seq
+        self.file_numbers: dict[str, int] = {}
+        self.files: list[FileInfo] = []
+        self.live_files: set[int] = set()
+        self.live = np.zeros(0, dtype=bool)
+        self.live_count = 0
+        self.live_length = 0.0
+
+    # -- loading ------------------------------------------------------------------------------------------------
+
+    def _file_number(self, file_id: str) -> int:
+        number = self.file_numbers.get(file_id)
+        if number is None:
+            number = self.file_numbers[file_id] = len(self.files)
+            self.files.append(FileInfo(file_id, "", {}))
+        return number
+
+    def add_chunks(self, rows) -> None:
+        """Rows of (seq, file_id, terms text, vector bytes), in seq order."""
+        rows = list(rows)
+        if not rows:
+            return
+        first = np.frombuffer(rows[0][3], dtype="<f4")
+        if self.vectors.shape[1] != len(first):
+            if self.count:
+                raise ValueError("vectors of another size in the same store")
+            self.vectors = np.zeros((0, len(first)), dtype=np.float32)
+        need = self.count + len(rows)
+        if need > self.vectors.shape[0]:
+            grown = np.zeros((max(need, self.vectors.shape[0] * 2, 1024), len(first)), dtype=np.float32)
+            grown[:self.count] = self.vectors[:self.count]
+            self.vectors = grown
+        for seq, file_id, terms, vector in rows:
+            number = self.count
+            self.vectors[number] = np.frombuffer(vector, dtype="<f4")
+            self.lexical.add(number, terms.split())
+            self.chunk_file.append(self._file_number(file_id))
+            self.chunk_seq.append(seq)
+            self.count += 1
+            self.last_seq = seq
+
+    def set_files(self, files: list[tuple[str, str, dict]]) -> None:
+        """The files whose chunks are searchable now (completed ones): (file_id, filename, attributes)."""
+        live = set()
+        for file_id, filename, attributes in files:
+            number = self._file_number(file_id)
+            self.files[number] = FileInfo(file_id, filename, attributes)
+            live.add(number)
+        self.live_files = live
+        owners = np.frombuffer(self.chunk_file, dtype=np.int32) if self.count else np.zeros(0, dtype=np.int32)
+        flags = np.zeros(len(self.files), dtype=bool)
+        if live:
+            flags[list(live)] = True
+        self.live = flags[owners] if self.count else np.zeros(0, dtype=bool)
+        self.live_count = int(self.live.sum())
+        lengths = np.frombuffer(self.lexical.lengths, dtype=np.float32) if self.count else np.zeros(0)
+        self.live_length = float(lengths[self.live].sum()) if self.count else 0.0
+
+    @property
+    def masked_fraction(self) -> float:
+        return 0.0 if not self.count else 1.0 - self.live_count / self.count
+
+    # -- search -------------------------------------------------------------------------------------------------
+
+    def search(self, query_vector: np.ndarray | None, query_terms: list[str], limit: int,
+               allowed_files: set[int] | None = None, dense_weight: float = DENSE_WEIGHT,
+               threshold: float = 0.0) -> list[Hit]:
+        if not self.live_count:
+            return []
+        mask = self.live
+        if allowed_files is not None:
+            flags = np.zeros(len(self.files), dtype=bool)
+            if allowed_files:
+                flags[list(allowed_files)] = True
+            mask = mask & flags[np.frombuffer(self.chunk_file, dtype=np.int32)]
+            if not mask.any():
+                return []
+        n = self.count
+        dense = None
+        if query_vector is not None and dense_weight > 0:
+            dense = self.vectors[:n] @ query_vector.astype(np.float32)
+            dense = np.where(mask, dense, -np.inf)
+        lexical = None
+        if query_terms and dense_weight < 1:
+            lexical = self.lexical.scores(query_terms, live=mask, live_count=self.live_count,
+                                          live_length=self.live_length)
+        candidates = _union(_top(dense, CANDIDATES), _top(lexical, CANDIDATES, positive=True))
+        if not len(candidates):
+            return []
+        fused = np.zeros(len(candidates), dtype=np.float64)
+        if dense is not None:
+            fused += dense_weight * _scaled(dense[candidates])
+        if lexical is not None:
+            fused += (1.0 - dense_weight if dense is not None else 1.0) * _scaled(lexical[candidates])
+        order = np.argsort(-fused, kind="stable")
+        hits = []
+        for i in order:
+            if fused[i] < threshold or len(hits) == limit:
+                break
+            chunk = int(candidates[i])
+            hits.append(Hit(self.chunk_seq[chunk], self.files[self.chunk_file[chunk]], float(fused[i])))
+        return hits
+
+    def file_number(self, file_id: str) -> int | None:
+        return self.file_numbers.get(file_id)
+
+
+def _top(scores: np.ndarray | None, k: int, positive: bool = False) -> np.ndarray:
+    if scores is None:
+        return np.zeros(0, dtype=np.int64)
+    valid = np.isfinite(scores) & (scores > 0) if positive else np.isfinite(scores)
+    idx = np.flatnonzero(valid)
+    if len(idx) > k:
+        idx = idx[np.argpartition(-scores[idx], k - 1)[:k]]
+    return idx
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.union1d(a, b)
+
+
+def _scaled(values: np.ndarray) -> np.ndarray:
+    """Scores over the candidates to [0, 1] (min to max); all equal: all 1."""
+    values = np.where(np.isfinite(values), values, 0.0).astype(np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-12:
+        return np.ones_like(values)
+    return (values - lo) / (hi - lo)

@@ -1,0 +1,341 @@
+"""The Vector Stores API's work: stores, their files and file batches, and hybrid search.
+
+Every vector, a chunk's or a query's, comes from an embeddings deployment through `ModelCalls.embed`, the path
+of `/v1/embeddings`: the same quotas, budgets, routing, residency and metering (operation
+`vector_stores.ingest` or `vector_stores.search`, on the key that added the file or that searches).
+Each replica keeps an in-memory index per store it has searched, brought up to date before each search from the
+store's `version` (one small query), so a file added through one replica is searchable through every other as
+soon as its ingestion commits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import OrderedDict
+
+import numpy as np
+
+from modelworks.calls import ModelCalls
+from modelworks.errors import InvalidRequest, NotFound
+from modelworks.files.service import FilesService
+from modelworks.policies.chain import Call
+from modelworks.protocol.requests import EmbeddingRequest
+from modelworks.service import Gateway
+from modelworks.store.schema import VectorStoreFileBatchRow
+from modelworks.vectors.filters import compile_filter
+from modelworks.vectors.index import DENSE_WEIGHT, StoreIndex
+from modelworks.vectors.protocol import (
+    ChunkingStrategy, CreateFileBatch, CreateVectorStore, CreateVectorStoreFile, SearchRequest, UpdateAttributes,
+    UpdateVectorStore,
+)
+from modelworks.vectors.store import VectorStoreDB, batch_view, file_view, new_id
+from modelworks.vectors.terms import terms
+
+log = logging.getLogger("modelworks.vectors")
+
+AUTO_CHUNKING = ChunkingStrategy(type="auto")
+
+
+class VectorStoresService:
+    def __init__(self, store: VectorStoreDB, files: FilesService, calls: ModelCalls, gateway: Gateway,
+                 default_deployment, max_indexes: int = 64) -> None:
+        self.store = store
+        self.files = files
+        self.calls = calls
+        self.gateway = gateway
+        self.default_deployment = default_deployment  # () -> the embeddings deployment to use when none is named
+        self.indexes: OrderedDict[str, StoreIndex] = OrderedDict()
+        self.max_indexes = max_indexes
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.wake = asyncio.Event()  # the ingestion worker's: files are waiting
+
+    # -- stores -----------------------------------------------------------------------------------------------------
+
+    async def create(self, who, req: CreateVectorStore) -> dict:
+        deployment = req.embedding_model or self.default_deployment()
+        if deployment is None:
+            raise InvalidRequest("No embeddings deployment is configured for vector stores; name one in "
+                                 "'embedding_model'.", param="embedding_model")
+        self.gateway.resolve(deployment, param="embedding_model")
+        files = await self._files(who.project_id, [CreateVectorStoreFile(file_id=f) for f in req.file_ids or []],
+                                  req.chunking_strategy, None, "file_ids")
+        days = req.expires_after.days if req.expires_after else None
+        row = await asyncio.to_thread(self.store.create, who.project_id, name=req.name or "",
+                                      description=req.description, days=days, metadata=req.metadata or {},
+                                      deployment=deployment)
+        body = await asyncio.to_thread(self._attach_and_view, who, row.id, files, None)
+        if files:
+            self.wake.set()
+        return body
+
+    def _attach_and_view(self, who, store_id: str, files, batch_id) -> dict:
+        with self.store.db.session() as s:
+            row = self.store.store_row(s, who.project_id, store_id, usable=True)
+            if files:
+                self.store.attach(s, row, files, who.key_id, batch_id)
+            return self.store.view(s, row)
+
+    async def get(self, project_id: str, store_id: str) -> dict:
+        def run():
+            with self.store.db.session() as s:
+                return self.store.view(s, self.store.store_row(s, project_id, store_id))
+        return await asyncio.to_thread(run)
+
+    async def update(self, project_id: str, store_id: str, req: UpdateVectorStore) -> dict:
+        sent = req.model_fields_set
+
+        def run():
+            with self.store.db.session() as s:
+                row = self.store.store_row(s, project_id, store_id)
+                if "name" in sent and req.name is not None:
+                    row.name = req.name
+                if "metadata" in sent and req.metadata is not None:
+                    row.metadata_json = json.dumps(req.metadata)
+                if "expires_after" in sent:
+                    row.expires_after_days = req.expires_after.days if req.expires_after else None
+                    row.expires_at = (row.last_active_at + _days(row.expires_after_days)
+                                      if row.expires_after_days else None)
+                return self.store.view(s, row)
+        return await asyncio.to_thread(run)
+
+    async def delete(self, project_id: str, store_id: str) -> dict:
+        await asyncio.to_thread(self.store.delete, project_id, store_id)
+        self.indexes.pop(store_id, None)
+        return {"id": store_id, "object": "vector_store.deleted", "deleted": True}
+
+    async def list(self, project_id: str, **page) -> tuple[list[dict], bool]:
+        return await asyncio.to_thread(self.store.list, project_id, **page)
+
+    # -- files ------------------------------------------------------------------------------------------------------
+
+    async def _files(self, project_id: str, items: list[CreateVectorStoreFile], chunking: ChunkingStrategy | None,
+                     attributes: dict | None, param: str) -> list[tuple[str, str, dict | None, dict]]:
+        """(file_id, filename, attributes, chunking) of files of the project; a missing one is a 404 naming it."""
+        out = []
+        for i, item in enumerate(items):
+            try:
+                row = await asyncio.to_thread(self.files.row, project_id, item.file_id)
+            except NotFound:
+                raise NotFound(f"No file found with id '{item.file_id[:80]}'.",
+                               param=param if param == "file_id" else f"{param}[{i}]") from None
+            strategy = item.chunking_strategy or chunking or AUTO_CHUNKING
+            attrs = item.attributes if item.attributes is not None else attributes
+            out.append((row.id, row.filename, attrs, strategy.resolved()))
+        return out
+
+    async def add_file(self, who, store_id: str, req: CreateVectorStoreFile) -> dict:
+        files = await self._files(who.project_id, [req], None, None, "file_id")
+
+        def run():
+            with self.store.db.session() as s:
+                row = self.store.store_row(s, who.project_id, store_id, usable=True)
+                (made,) = self.store.attach(s, row, files, who.key_id, None)
+                return file_view(made)
+        body = await asyncio.to_thread(run)
+        self.wake.set()
+        return body
+
+    async def get_file(self, project_id: str, store_id: str, file_id: str) -> dict:
+        def run():
+            with self.store.db.session() as s:
+                self.store.store_row(s, project_id, store_id)
+                return file_view(self.store.file_row(s, store_id, file_id))
+        return await asyncio.to_thread(run)
+
+    async def update_file(self, project_id: str, store_id: str, file_id: str, req: UpdateAttributes) -> dict:
+        def run():
+            with self.store.db.session() as s:
+                self.store.store_row(s, project_id, store_id)
+                self.store.bump(s, store_id)  # filters read attributes from the index
+                row = self.store.file_row(s, store_id, file_id)
+                row.attributes = json.dumps(req.attributes) if req.attributes is not None else None
+                return file_view(row)
+        return await asyncio.to_thread(run)
+
+    async def delete_file(self, project_id: str, store_id: str, file_id: str) -> dict:
+        def run():
+            with self.store.db.session() as s:
+                self.store.detach(s, self.store.store_row(s, project_id, store_id), file_id)
+        await asyncio.to_thread(run)
+        return {"id": file_id, "object": "vector_store.file.deleted", "deleted": True}
+
+    async def list_files(self, project_id: str, store_id: str, **page) -> tuple[list[dict], bool]:
+        return await asyncio.to_thread(self.store.list_files, project_id, store_id, **page)
+
+    async def file_content(self, project_id: str, store_id: str, file_id: str) -> dict:
+        def run():
+            with self.store.db.session() as s:
+                self.store.store_row(s, project_id, store_id)
+                self.store.file_row(s, store_id, file_id)
+            return self.store.file_chunks(store_id, file_id)
+        chunks = await asyncio.to_thread(run)
+        return {"object": "vector_store.file_content.page", "data": [{"type": "text", "text": c} for c in chunks],
+                "has_more": False, "next_page": None}
+
+    # -- file batches -----------------------------------------------------------------------------------------------
+
+    async def create_batch(self, who, store_id: str, req: CreateFileBatch) -> dict:
+        items = req.files or [CreateVectorStoreFile(file_id=f) for f in req.file_ids or []]
+        files = await self._files(who.project_id, items, req.chunking_strategy,
+                                  req.attributes if req.file_ids is not None else None,
+                                  "files" if req.files is not None else "file_ids")
+        batch_id = new_id("vsfb_")
+
+        def run():
+            with self.store.db.session() as s:
+                store = self.store.store_row(s, who.project_id, store_id, usable=True)
+                row = VectorStoreFileBatchRow(id=batch_id, vector_store_id=store.id, project_id=who.project_id,
+                                              created_at=store.last_active_at, cancelled=False)
+                s.add(row)
+                self.store.attach(s, store, files, who.key_id, batch_id)
+                row.created_at = store.last_active_at
+                return batch_view(row, self.store.batch_counts(s, batch_id))
+        body = await asyncio.to_thread(run)
+        self.wake.set()
+        return body
+
+    async def get_batch(self, project_id: str, store_id: str, batch_id: str, cancel: bool = False) -> dict:
+        def run():
+            with self.store.db.session() as s:
+                self.store.store_row(s, project_id, store_id)
+                row = self.store.batch_row(s, store_id, batch_id)
+                if cancel:
+                    self.store.cancel_batch(s, row)
+                    s.flush()
+                return batch_view(row, self.store.batch_counts(s, batch_id))
+        return await asyncio.to_thread(run)
+
+    async def batch_files(self, project_id: str, store_id: str, batch_id: str, **page) -> tuple[list[dict], bool]:
+        def check():
+            with self.store.db.session() as s:
+                self.store.store_row(s, project_id, store_id)
+                self.store.batch_row(s, store_id, batch_id)
+        await asyncio.to_thread(check)
+        return await asyncio.to_thread(self.store.list_files, project_id, store_id, batch_id=batch_id, **page)
+
+    # -- search -----------------------------------------------------------------------------------------------------
+
+    async def search(self, who, call: Call, store_ids: list[str], req: SearchRequest, param: str = "vector_store_id"
+                     ) -> tuple[list[str], list[dict]]:
+        """The best chunks of the stores for the query (or queries): (the queries, result items)."""
+        queries = [req.query] if isinstance(req.query, str) else list(req.query)
+        predicate = compile_filter(req.filters)
+        options = req.ranking_options
+        threshold = options.score_threshold if options else 0.0
+        weight = _dense_weight(options)
+        rows = await asyncio.to_thread(self._usable_stores, who.project_id, store_ids, param)
+        hits = []
+        for row in rows:
+            index = await self.index(row.id)
+            vectors = await self._query_vectors(call, row.embedding_deployment, queries) if weight > 0 else None
+            allowed = None
+            if predicate is not None:
+                allowed = {index.file_number(f.file_id) for f in index.files if predicate(f.attributes)}
+                allowed.discard(None)
+            for q, text in enumerate(queries):
+                vector = vectors[q] if vectors is not None else None
+                found = await asyncio.to_thread(_locked_search, index, vector, terms(text), req.max_num_results,
+                                                allowed, weight, threshold)
+                hits.extend(found)
+        best: dict[int, object] = {}
+        for hit in hits:
+            if hit.seq not in best or hit.score > best[hit.seq].score:
+                best[hit.seq] = hit
+        ranked = sorted(best.values(), key=lambda h: (-h.score, h.seq))[:req.max_num_results]
+        texts = await asyncio.to_thread(self.store.texts, [h.seq for h in ranked])
+        return queries, [{"file_id": h.file.file_id, "filename": h.file.filename, "score": round(h.score, 6),
+                          "attributes": h.file.attributes or None, "content": [{"type": "text",
+                                                                                 "text": texts.get(h.seq, "")}]}
+                         for h in ranked if h.seq in texts]
+
+    def _usable_stores(self, project_id: str, store_ids: list[str], param: str):
+        with self.store.db.session() as s:
+            rows = []
+            for store_id in store_ids:
+                row = self.store.store_row(s, project_id, store_id, usable=True)
+                self.store.touch(s, row)
+                rows.append(row)
+            return rows
+
+    async def _query_vectors(self, call: Call, deployment: str, queries: list[str]) -> np.ndarray:
+        route = self.gateway.resolve(deployment, param="embedding_model")
+        result = await self.calls.embed(ModelCalls.another(call, "vector_stores.search"), route,
+                                        EmbeddingRequest(model=deployment, input=queries))
+        vectors = np.asarray(result.vectors, dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)
+
+    async def index(self, store_id: str) -> StoreIndex:
+        """This replica's index of the store, brought up to date with what the store holds now."""
+        lock = self._locks.setdefault(store_id, asyncio.Lock())
+        async with lock:
+            index = self.indexes.get(store_id)
+            version = await asyncio.to_thread(self.store.version, store_id)
+            if index is not None and index.version == version:
+                self.indexes.move_to_end(store_id)
+                return index
+            if index is None or index.masked_fraction > 0.5:
+                index = StoreIndex(store_id)
+            await asyncio.to_thread(self._refresh, index, version)
+            self.indexes[store_id] = index
+            self.indexes.move_to_end(store_id)
+            while len(self.indexes) > self.max_indexes:
+                self.indexes.popitem(last=False)
+            return index
+
+    async def maintain(self, every_s: float) -> None:
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.store.purge_expired)
+                if removed:
+                    log.info("deleted %d expired vector stores", removed)
+            except Exception:  # noqa: BLE001 - the next round retries
+                log.warning("could not delete expired vector stores", exc_info=True)
+            await asyncio.sleep(every_s)
+
+    def _refresh(self, index: StoreIndex, version: int | None) -> None:
+        while True:
+            rows = self.store.chunks_after(index.store_id, index.last_seq)
+            if not rows:
+                break
+            with index.lock:
+                index.add_chunks(rows)
+        files = self.store.live_files(index.store_id)
+        with index.lock:
+            index.set_files(files)
+            index.version = version if version is not None else -1
+
+
+def _locked_search(index: StoreIndex, *args):
+    with index.lock:
+        return index.search(*args)
+
+
+def default_embedding_deployment(gateway: Gateway) -> str | None:
+    """The first deployment of the built-in MiniLM, else the first whose backend serves embeddings."""
+    capable = [name for name, route in gateway.routes.items() if route.backend.capabilities.embeddings]
+    builtin = [name for name in capable if type(gateway.routes[name].backend).__name__ == "MiniLMBackend"]
+    return (builtin or capable or [None])[0]
+
+
+def _dense_weight(options) -> float:
+    hybrid = options.hybrid_search if options is not None else None
+    if not hybrid:
+        return DENSE_WEIGHT
+    try:
+        dense = float(hybrid.get("embedding_weight", 1.0))
+        text = float(hybrid.get("text_weight", 1.0))
+    except (TypeError, ValueError):
+        raise InvalidRequest("Invalid value for 'ranking_options.hybrid_search': embedding_weight and text_weight "
+                             "are numbers.", param="ranking_options.hybrid_search") from None
+    if dense < 0 or text < 0 or dense + text <= 0:
+        raise InvalidRequest("Invalid value for 'ranking_options.hybrid_search': weights are 0 or more, not both 0.",
+                             param="ranking_options.hybrid_search")
+    return dense / (dense + text)
+
+
+def _days(days: int):
+    from datetime import timedelta
+
+    return timedelta(days=days)
