@@ -17,7 +17,7 @@ B = 0.4    # short passages (Anserini's defaults), which score better on SciFact
 
 
 class LexicalIndex:
-    __slots__ = ("postings", "lengths", "total_length", "live_length", "live_count")
+    __slots__ = ("postings", "lengths", "total_length")
 
     def __init__(self) -> None:
         self.postings: dict[str, tuple[array, array]] = {}
@@ -40,13 +40,16 @@ class LexicalIndex:
             entry[1].append(float(count))
 
     def scores(self, query_terms: list[str], live: np.ndarray | None = None, live_count: int | None = None,
-               live_length: float | None = None) -> np.ndarray:
-        """BM25 of every chunk for the query (0 where no term matches). `live` masks chunks of removed files;
-        the collection statistics (count, mean length, document frequencies) are those of the live chunks."""
+               live_length: float | None = None) -> tuple[np.ndarray, float]:
+        """BM25 of every chunk for the query (0 where no term matches), and the most any chunk could score (every
+        term at saturation): their ratio is a score in [0, 1] that means the same whatever the query. `live` masks
+        chunks of removed files; the collection statistics (count, mean length, document frequencies) are those
+        of the live chunks."""
         n = len(self.lengths)
         out = np.zeros(n, dtype=np.float32)
+        best = 0.0
         if n == 0 or not query_terms:
-            return out
+            return out, best
         count = n if live_count is None else live_count
         mean = (self.total_length if live_length is None else live_length) / max(count, 1)
         lengths = np.frombuffer(self.lengths, dtype=np.float32)
@@ -65,4 +68,5 @@ class LexicalIndex:
             idf = math.log(1.0 + (count - df + 0.5) / (df + 0.5))
             norm = K1 * (1.0 - B + B * lengths[docs] / max(mean, 1e-9))
             out[docs] += (repeats * idf) * (tf * (K1 + 1.0) / (tf + norm))
-        return out
+            best += repeats * idf * (K1 + 1.0)
+        return out, best
