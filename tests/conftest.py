@@ -39,6 +39,7 @@ def server_config(upstream_url: str) -> dict:
             "slow-fake": {"backend": "slow-fake"},
             "upstream-model": {"backend": "upstream", "model": "fake-model"},
             "upstream-tools": {"backend": "upstream", "model": "tool-model"},
+            "upstream-echo": {"backend": "upstream", "model": "echo-tool"},  # answers with the last tool result
             "upstream-slow": {"backend": "upstream", "model": "slow-stream"},
             "upstream-broken": {"backend": "upstream", "model": "error-500"},
             "upstream-limited": {"backend": "upstream", "model": "error-429"},

@@ -150,6 +150,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     agents = _responses_handlers(settings, control, h.calls, chain)
     files = build_files(control.db, settings, settings.data_path)
     vectors, ingestor = _vector_stores(settings, control, files, h.calls, gateway)
+    agents.service.tools.file_search.vectors = vectors
     vector_handlers = VectorStoreHandlers(vectors, chain, control.audit_writer, settings.server.max_body_bytes)
     moderation = ModerationHandlers(chain, _safety_model, settings.server.max_body_bytes)
     safety = ContentSafetyHandlers(chain, _safety_model, blocklists, settings.server.max_body_bytes)

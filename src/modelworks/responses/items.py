@@ -12,6 +12,8 @@ import re
 import time
 from typing import Any, Awaitable, Callable
 
+import orjson
+
 from modelworks.errors import InvalidRequest
 from modelworks.responses.protocol import (
     MAX_INPUT_ITEMS, FunctionCallItem, FunctionCallOutputItem, InputItem, InputMedia, ItemReference,
@@ -19,7 +21,8 @@ from modelworks.responses.protocol import (
 )
 
 _PREFIX = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_", "mcp_list_tools": "mcpl_",
-           "mcp_call": "mcp_", "mcp_approval_request": "mcpr_", "mcp_approval_response": "mcpa_", "reasoning": "rs_"}
+           "mcp_call": "mcp_", "mcp_approval_request": "mcpr_", "mcp_approval_response": "mcpa_", "reasoning": "rs_",
+           "file_search_call": "fs_"}
 
 
 def new_id(prefix: str) -> str:
@@ -110,10 +113,12 @@ def _stored_message(item: MessageItem) -> dict:
             "content": parts}
 
 
-def to_chat_messages(items: list[dict], instructions: str | None) -> list[dict]:
+def to_chat_messages(items: list[dict], instructions: str | None,
+                     searched: dict[str, str] | None = None) -> list[dict]:
     """Stored items as chat-completion messages: instructions first (as a system message), consecutive
-    function calls merged into one assistant turn, their outputs as tool messages. MCP calls become the same
-    call-and-result pair; listings, approvals and reasoning are not shown to the model."""
+    function calls merged into one assistant turn, their outputs as tool messages. MCP calls and file searches
+    become the same call-and-result pair (a search's result: its text in `searched`, made for this response, or
+    the results it kept); listings, approvals and reasoning are not shown to the model."""
     messages: list[dict] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
@@ -121,10 +126,14 @@ def to_chat_messages(items: list[dict], instructions: str | None) -> list[dict]:
         kind = item.get("type")
         if kind == "message":
             messages.append(_chat_message(item))
-        elif kind in ("function_call", "mcp_call"):
+        elif kind in ("function_call", "mcp_call", "file_search_call"):
             call_id = item.get("call_id") or item["id"]
-            name = item["name"] if kind == "function_call" else function_name(item["server_label"], item["name"])
-            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": item["arguments"]}}
+            if kind == "file_search_call":
+                name, arguments = "file_search", orjson.dumps({"queries": item.get("queries") or []}).decode()
+            else:
+                name = item["name"] if kind == "function_call" else function_name(item["server_label"], item["name"])
+                arguments = item["arguments"]
+            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant" and last.get("tool_calls") and not last.get("content"):
                 last["tool_calls"].append(call)
@@ -133,6 +142,9 @@ def to_chat_messages(items: list[dict], instructions: str | None) -> list[dict]:
             if kind == "mcp_call":
                 result = item.get("output") if item.get("error") is None else f"Error: {_error_text(item['error'])}"
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": result or ""})
+            elif kind == "file_search_call":
+                messages.append({"role": "tool", "tool_call_id": call_id,
+                                 "content": (searched or {}).get(item["id"]) or _search_results(item)})
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]})
     return messages
@@ -169,3 +181,9 @@ def _chat_message(item: dict) -> dict:
         return {"role": item["role"], "content": "".join(p["text"] for p in parts)}
     return {"role": item["role"], "content": parts}
 
+
+def _search_results(item: dict) -> str:
+    results = item.get("results")
+    if not results:
+        return "The results of this earlier file search were not kept."
+    return "\n\n".join(f"[{n}] {r.get('filename', '')}: {r.get('text', '')}" for n, r in enumerate(results, 1))

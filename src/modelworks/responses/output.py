@@ -14,7 +14,8 @@ from typing import Any, Callable
 import orjson
 from modelworks.backends.base import Usage
 from modelworks.responses.items import item_id
-from modelworks.responses.protocol import CreateResponse, FunctionTool, McpTool
+from modelworks.responses.file_search import citations
+from modelworks.responses.protocol import CreateResponse, FileSearchTool, FunctionTool, McpTool
 
 TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed",
             "cancelled": "response.failed"}
@@ -43,6 +44,7 @@ class ResponseState:
         self.events: list[dict] = []  # kept for a background stream that a client resumes
         self.keep_events = bool(req.background)
         self.saved_events = 0
+        self.sources: list[dict] = []  # file_search results that the answer may cite
 
     def unsaved_events(self) -> list[dict] | None:
         """The kept events not yet stored (`saved` moves past them once their write has committed)."""
@@ -149,6 +151,8 @@ def _tool(tool) -> dict:
     if isinstance(tool, FunctionTool):
         return {"type": "function", "name": tool.name, "description": tool.description,
                 "parameters": tool.parameters, "strict": tool.strict if tool.strict is not None else True}
+    if isinstance(tool, FileSearchTool):
+        return tool.model_dump(exclude_none=True)
     assert isinstance(tool, McpTool)
     data = tool.model_dump(exclude_none=True)
     data.pop("authorization", None)  # secrets sent for the server's use are never echoed or stored
@@ -251,6 +255,7 @@ class OutputBuilder:
     def close(self, status: str = "completed") -> None:
         """End every open item: the text and argument `done` events, then each item's `output_item.done`."""
         state = self.state
+        self._cite()
         if not state.listening:  # no events to tell: the items end
             for item in ([self.message] if self.message is not None else []) + [i for _, i in self.calls.values()]:
                 item["status"] = status
@@ -275,6 +280,21 @@ class OutputBuilder:
             state.emit({"type": "response.output_item.done", "output_index": position, "item": _copy(item)})
         self.message = None
         self.calls = {}
+
+    def _cite(self) -> None:
+        """The answer's file citations (from this response's file_search results), told as they are added."""
+        state = self.state
+        if self.message is None or not state.sources:
+            return
+        part = self.message["content"][0]
+        if part["annotations"]:
+            return
+        for k, annotation in enumerate(citations(part["text"], state.sources)):
+            part["annotations"].append(annotation)
+            if state.listening:
+                state.emit({"type": "response.output_text.annotation.added", "item_id": self.message["id"],
+                            "output_index": self.message_index, "content_index": 0, "annotation_index": k,
+                            "annotation": dict(annotation)})
 
     def take_server_calls(self) -> list[dict]:
         """The server-run tool calls of the model call that just ended (and forget them)."""

@@ -223,8 +223,19 @@ class McpTool(_Body):
         return self
 
 
-_TOOL_MODELS = {"function": TypeAdapter(FunctionTool), "mcp": TypeAdapter(McpTool)}
-Tool = FunctionTool | McpTool
+class FileSearchTool(_Body):
+    """Searches the project's vector stores before the model answers (see `responses.file_search`)."""
+
+    type: Literal["file_search"]
+    vector_store_ids: list[str] = Field(min_length=1, max_length=10)
+    max_num_results: int | None = Field(default=None, ge=1, le=50)
+    filters: JSONObject | None = None
+    ranking_options: JSONObject | None = None
+
+
+_TOOL_MODELS = {"function": TypeAdapter(FunctionTool), "mcp": TypeAdapter(McpTool),
+                "file_search": TypeAdapter(FileSearchTool)}
+Tool = FunctionTool | McpTool | FileSearchTool
 
 
 def parse_tools(raw: Any) -> list[Tool] | None:
@@ -240,7 +251,7 @@ def parse_tools(raw: Any) -> list[Tool] | None:
         kind = entry.get("type") if isinstance(entry, dict) else None
         if kind not in _TOOL_MODELS:
             raise InvalidRequest(f"Unsupported tool type {str(kind)[:60]!r} in '{here}.type': this server runs "
-                                 "'function' and 'mcp' tools.", param=f"{here}.type", code="invalid_value")
+                                 "'function', 'mcp' and 'file_search' tools.", param=f"{here}.type", code="invalid_value")
         try:
             tools.append(_TOOL_MODELS[kind].validate_python(entry, strict=True))
         except ValidationError as exc:
@@ -253,6 +264,9 @@ def parse_tools(raw: Any) -> list[Tool] | None:
     if len(set(labels)) != len(labels):
         raise InvalidRequest("Invalid 'tools': two MCP tools have the same server_label.", param="tools",
                              code="invalid_value")
+    if sum(isinstance(t, FileSearchTool) for t in tools) > 1:
+        raise InvalidRequest("Invalid 'tools': at most one file_search tool (it may name several vector stores).",
+                             param="tools", code="invalid_value")
     return tools
 
 

@@ -100,10 +100,10 @@ class ResponsesService:
         req, new = run.state.req, run.inputs + run.state.output
         if run.source.follows(new):  # the context's messages are known: only this response's are made
             request = _continued(req, run.tools, run.source, new, stream=stream, functions=run.functions,
-                                 tool_choice=tool_choice)
+                                 tool_choice=tool_choice, searched=run.searched)
             if request is not None:
                 return request
-        messages = to_chat_messages(run.context + new, req.instructions)
+        messages = to_chat_messages(run.context + new, req.instructions, run.searched)
         return await _chat_request(req, run.tools, messages, stream=stream, functions=run.functions,
                                    tool_choice=tool_choice)
 
@@ -320,6 +320,7 @@ class Run:
     inputs_saved: bool = False  # a background run's input items are written once
     saving: asyncio.Lock = field(default_factory=asyncio.Lock)
     body_json: bytes | None = None  # the finished response as it was logged: the answer's bytes
+    searched: dict[str, str] = field(default_factory=dict)  # file_search_call id -> the results the model reads
 
     @property
     def context(self) -> list[dict]:
@@ -349,14 +350,14 @@ async def _chat_request(req, tools: list, messages: list[dict], *, stream: bool,
 
 
 def _continued(req, tools: list, context: Context, new: list[dict], *, stream: bool, functions: list[dict] = (),
-               tool_choice=None) -> ChatCompletionRequest | None:
+               tool_choice=None, searched: dict[str, str] | None = None) -> ChatCompletionRequest | None:
     """The chat request of a model call whose context's messages are known and validated: only the messages of
     `new` (the response's input and output so far) are made and validated, and the body sent on is the same,
     byte for byte, as converting the whole context would give. None where this does not apply (no message of
     its own to send, or a body too large to build on the event loop): the caller converts the whole context."""
     instructions = req.instructions
     head = [{"role": "system", "content": instructions}] if instructions else []
-    own = to_chat_messages(new, None)
+    own = to_chat_messages(new, None, searched)
     if not own or all(m["role"] in ("system", "developer") for m in own):
         return None
     body = _chat_body(req, tools, head, stream=stream, functions=functions, tool_choice=tool_choice, check=False)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from modelworks.errors import InvalidRequest
+from modelworks.responses.file_search import FileSearch
 from modelworks.responses.items import function_name, item_id
 from modelworks.responses.mcp import check_tool
 from modelworks.responses.mcp_policy import Unreachable
@@ -29,10 +30,12 @@ class ServerTools:
         self.service = service
         self.mcp = mcp  # modelworks.responses.mcp.McpGateway, or None where MCP is off
         self.max_rounds = max_rounds
+        self.file_search = FileSearch()
 
     async def check(self, run: "Run") -> None:
         """Before anything runs: each MCP tool's fields, and that the project may reach its server (a refusal
-        is the request's 400, never a background run that fails later)."""
+        is the request's 400, never a background run that fails later); a file_search tool's stores."""
+        await self.file_search.check(run)
         for i, tool in enumerate(run.tools):
             if not isinstance(tool, McpTool):
                 continue
@@ -48,6 +51,7 @@ class ServerTools:
     # -- before the first model call --------------------------------------------------------------------------
 
     async def prepare(self, run: "Run") -> None:
+        await self.file_search.run(run)
         servers = [(i, t) for i, t in enumerate(run.tools) if isinstance(t, McpTool)]
         if not servers:
             return

@@ -273,7 +273,12 @@ def _fitting(schema: dict, root: dict | None = None):
 
 
 def _reply(request: dict) -> str:
-    """The text answer: the fixed reply, or for a `json_schema` response format a JSON value that fits it."""
+    """The text answer: the fixed reply, or for a `json_schema` response format a JSON value that fits it; the
+    `echo-tool` model answers with the first 300 characters of the last tool result, when the last message is
+    one (what a model that reads its search results would say)."""
+    messages = request.get("messages") or [{}]
+    if request.get("model") == "echo-tool" and messages[-1].get("role") == "tool":
+        return str(messages[-1].get("content") or "")[:300]
     fmt = request.get("response_format") or {}
     if fmt.get("type") != "json_schema":
         return REPLY
