@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modelworks.vectors import ivf
 from modelworks.vectors.lexical import LexicalIndex
 
 DENSE_WEIGHT = 0.5
@@ -46,7 +47,10 @@ class StoreIndex:
         self.version = -1
         self.last_seq = 0
         self.lexical = LexicalIndex()
-        self.vectors = np.zeros((0, 0), dtype=np.float32)
+        self.vectors = np.zeros((0, 0), dtype=np.float32)  # by row: see `row_of`
+        self.row_of = np.zeros(0, dtype=np.int64)  # chunk number -> its vector's row (grouped once clustered)
+        self.clusters: ivf.Clusters | None = None
+        self.building = False
         self.count = 0
         self.chunk_file = array("i")  # chunk number -> file number
         self.chunk_seq = array("q")   # chunk number -> its row's seq
@@ -78,11 +82,15 @@ class StoreIndex:
             self.vectors = np.zeros((0, len(first)), dtype=np.float32)
         need = self.count + len(rows)
         if need > self.vectors.shape[0]:
-            grown = np.zeros((max(need, self.vectors.shape[0] * 2, 1024), len(first)), dtype=np.float32)
+            size = max(need, self.vectors.shape[0] * 2, 1024)
+            grown = np.zeros((size, len(first)), dtype=np.float32)
             grown[:self.count] = self.vectors[:self.count]
             self.vectors = grown
+            row_of = np.arange(size, dtype=np.int64)
+            row_of[:self.count] = self.row_of[:self.count]
+            self.row_of = row_of
         for seq, file_id, terms, vector in rows:
-            number = self.count
+            number = self.count  # chunks after the clustered ones have their own number as row
             self.vectors[number] = np.frombuffer(vector, dtype="<f4")
             self.lexical.add(number, terms.split())
             self.chunk_file.append(self._file_number(file_id))
@@ -111,6 +119,54 @@ class StoreIndex:
     def masked_fraction(self) -> float:
         return 0.0 if not self.count else 1.0 - self.live_count / self.count
 
+    def needs_clusters(self) -> bool:
+        """Large enough for the IVF index, and it is missing or has fallen behind (by half what it holds)."""
+        if self.building or self.count < ivf.MIN_CHUNKS:
+            return False
+        return self.clusters is None or self.count - self.clusters.trained > self.clusters.trained // 2
+
+    def build_clusters(self) -> None:
+        """(Re)build the IVF index from the chunks held now; searches go on meanwhile and take it when it is
+        ready. Call from a worker thread."""
+        with self.lock:
+            n = self.count
+            by_chunk = self.vectors[self.row_of[:n]]
+        clusters, rows = ivf.build(by_chunk)
+        with self.lock:
+            vectors = np.empty_like(self.vectors)
+            vectors[:n] = rows
+            vectors[n:self.count] = self.vectors[n:self.count]  # added meanwhile: rows by chunk number
+            row_of = np.arange(len(vectors), dtype=np.int64)
+            row_of[clusters.order] = np.arange(n)
+            self.vectors, self.row_of, self.clusters = vectors, row_of, clusters
+
+    def _dense(self, query: np.ndarray, mask: np.ndarray, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk numbers, cosines) of the best dense candidates among the chunks `mask` admits."""
+        n = self.count
+        clusters = self.clusters
+        if clusters is None or exact:
+            chunks = np.flatnonzero(mask)
+            scores = self.vectors[self.row_of[chunks]] @ query if len(chunks) < n // 2 else (
+                (self.vectors[:n] @ query)[self.row_of[:n]][chunks])
+        else:
+            parts_c, parts_s = [], []
+            for group in clusters.probes(query):
+                a, b = clusters.offsets[group], clusters.offsets[group + 1]
+                if b > a:
+                    parts_c.append(clusters.order[a:b])
+                    parts_s.append(self.vectors[a:b] @ query)
+            if n > clusters.trained:  # chunks added since: searched exactly
+                parts_c.append(np.arange(clusters.trained, n))
+                parts_s.append(self.vectors[clusters.trained:n] @ query)
+            chunks = np.concatenate(parts_c) if parts_c else np.zeros(0, dtype=np.int64)
+            scores = np.concatenate(parts_s) if parts_s else np.zeros(0, dtype=np.float32)
+            keep = mask[chunks]
+            chunks, scores = chunks[keep], scores[keep]
+        if len(chunks) > CANDIDATES:
+            best = np.argpartition(-scores, CANDIDATES - 1)[:CANDIDATES]
+            chunks, scores = chunks[best], scores[best]
+        return chunks, scores
+
     # -- search -------------------------------------------------------------------------------------------------
 
     def search(self, query_vector: np.ndarray | None, query_terms: list[str], limit: int,
@@ -126,23 +182,26 @@ class StoreIndex:
             mask = mask & flags[np.frombuffer(self.chunk_file, dtype=np.int32)]
             if not mask.any():
                 return []
-        n = self.count
-        dense = None
-        if query_vector is not None and dense_weight > 0:
-            dense = self.vectors[:n] @ query_vector.astype(np.float32)
-            dense = np.where(mask, dense, -np.inf)
+        query = query_vector.astype(np.float32) if query_vector is not None and dense_weight > 0 else None
+        dense_chunks = np.zeros(0, dtype=np.int64)
+        if query is not None:  # a narrow filter: its few chunks exactly (groups would hold too few of them)
+            exact = allowed_files is not None and mask.sum() < self.count // 10
+            dense_chunks, _ = self._dense(query, mask, exact)
         lexical, best = None, 0.0
-        if query_terms and dense_weight < 1:
-            lexical, best = self.lexical.scores(query_terms, live=mask, live_count=self.live_count,
+        if query_terms and dense_weight < 1:  # statistics of every live chunk, whatever the filter
+            lexical, best = self.lexical.scores(query_terms, live=self.live, live_count=self.live_count,
                                                 live_length=self.live_length)
-        candidates = _union(_top(dense, CANDIDATES), _top(lexical, CANDIDATES, positive=True))
+            if allowed_files is not None:
+                lexical = np.where(mask, lexical, 0.0)
+        candidates = np.union1d(dense_chunks, _top(lexical, CANDIDATES, positive=True)).astype(np.int64)
         if not len(candidates):
             return []
         fused = np.zeros(len(candidates), dtype=np.float64)
-        if dense is not None:
-            fused += dense_weight * np.clip(dense[candidates], 0.0, 1.0)
+        if query is not None:
+            cosines = self.vectors[self.row_of[candidates]] @ query
+            fused += dense_weight * np.clip(cosines, 0.0, 1.0)
         if lexical is not None and best > 0:
-            weight = 1.0 - dense_weight if dense is not None else 1.0
+            weight = 1.0 - dense_weight if query is not None else 1.0
             fused += weight * np.minimum(lexical[candidates] / best, 1.0)
         order = np.argsort(-fused, kind="stable")
         hits = []
@@ -167,5 +226,3 @@ def _top(scores: np.ndarray | None, k: int, positive: bool = False) -> np.ndarra
     return idx
 
 
-def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.union1d(a, b)

@@ -49,6 +49,7 @@ class VectorStoresService:
         self.max_indexes = max_indexes
         self._locks: dict[str, asyncio.Lock] = {}
         self.wake = asyncio.Event()  # the ingestion worker's: files are waiting
+        self._builds: set[asyncio.Task] = set()
 
     # -- stores -----------------------------------------------------------------------------------------------------
 
@@ -278,6 +279,9 @@ class VectorStoresService:
             if index is None or index.masked_fraction > 0.5:
                 index = StoreIndex(store_id)
             await asyncio.to_thread(self._refresh, index, version)
+            if index.needs_clusters():
+                index.building = True
+                self._builds.add(asyncio.create_task(self._cluster(index)))
             self.indexes[store_id] = index
             self.indexes.move_to_end(store_id)
             while len(self.indexes) > self.max_indexes:
@@ -293,6 +297,15 @@ class VectorStoresService:
             except Exception:  # noqa: BLE001 - the next round retries
                 log.warning("could not delete expired vector stores", exc_info=True)
             await asyncio.sleep(every_s)
+
+    async def _cluster(self, index: StoreIndex) -> None:
+        try:
+            await asyncio.to_thread(index.build_clusters)
+        except Exception:  # noqa: BLE001 - searches stay exact; the next refresh tries again
+            log.warning("could not build the IVF index of %s", index.store_id, exc_info=True)
+        finally:
+            index.building = False
+            self._builds = {t for t in self._builds if not t.done()}
 
     def _refresh(self, index: StoreIndex, version: int | None) -> None:
         while True:
