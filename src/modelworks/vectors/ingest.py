@@ -59,6 +59,7 @@ class Ingestor:
                 await self.ingest(row)
 
     async def ingest(self, row: VectorStoreFileRow) -> None:
+        log.info("ingesting %s into %s (attempt %d)", row.file_id, row.vector_store_id, row.attempts)
         renewer = asyncio.create_task(self._renew(row))
         try:
             outcome = await self._work(row)
