@@ -12,7 +12,9 @@
    carrying the same history (wrk with Lua scripts; target: Responses >= 0.8 of chat).
 6. Portal at scale (`bench/portal_scale.py`): the Usage and Audit screens with 1,000,000 usage records and 100,000
    audit entries in the store, on SQLite and PostgreSQL (target: each under 1 s).
-7. Soak (`bench/soak.py`): 10 minutes of mixed traffic through a pool of three upstreams under a schedule of
+7. Retrieval (`bench/retrieval.py`): vector-store search on BEIR SciFact through the API (nDCG@10, Recall, against
+   the published BM25 and MiniLM anchors), ingestion chunks/s, and search p50/p99 on a store of 100,000 chunks.
+8. Soak (`bench/soak.py`): 10 minutes of mixed traffic through a pool of three upstreams under a schedule of
    faults: lost usage records, hung requests, streams cut without an end, resident memory from start to end.
 
 Figures are printed and written to bench/results/latest.json. `--only responses` (a comma list) runs only the
@@ -371,7 +373,7 @@ def _stop(proc: Process, procs: list[Process]) -> None:
     procs.remove(proc)
 
 
-SECTIONS = ("embedded", "concurrent", "proxy", "safety", "responses", "portal", "soak")
+SECTIONS = ("embedded", "concurrent", "proxy", "safety", "responses", "portal", "retrieval", "soak")
 
 
 def main() -> int:
@@ -428,6 +430,11 @@ def main() -> int:
         if "portal" not in skip:
             results["portal_at_scale"] = portal_scale.run(tmp)
             portal_scale.print_result(results["portal_at_scale"])
+        if "retrieval" not in skip:
+            import retrieval
+
+            results["retrieval"] = retrieval.run(tmp)
+            retrieval.print_result(results["retrieval"])
         if "soak" not in skip:
             import soak
 

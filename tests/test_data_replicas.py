@@ -5,6 +5,7 @@ finishes it (the lease runs out)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -27,15 +28,17 @@ def replicas(tmp_path_factory):
     url, drop = fresh_postgres()
     tmp = tmp_path_factory.mktemp("data-replicas")
     config = {"database": {"url": url}, "files": {"storage": "database"},
-              "backends": {"minilm": {"type": "minilm"}, "fake": {"type": "fake"}},
+              "backends": {"minilm": {"type": "minilm"}, "fake": {"type": "fake"},
+                           "slow": {"type": "fake", "chunk_delay_s": 0.01, "reply": " ".join(["word"] * 20)}},
               "deployments": {"all-minilm-l6-v2": {"backend": "minilm", "tpm": 100_000_000},
-                              "fake": {"backend": "fake"}},
-              "vector_stores": {"ingest_lease_s": LEASE_S}}
+                              "fake": {"backend": "fake"}, "slow": {"backend": "slow"}},
+              "vector_stores": {"ingest_lease_s": LEASE_S}, "batches": {"lease_s": LEASE_S, "concurrency": 2}}
     a = start_modelworks(tmp, config, API_KEY, name="replica-a")
     b = start_modelworks(tmp, config, API_KEY, name="replica-b")
-    yield {"a": a, "b": b, "tmp": tmp, "config": config}
-    for proc in (a, b):
-        proc.stop()
+    procs = {"a": a, "b": b, "tmp": tmp, "config": config, "url": url}
+    yield procs
+    for name in ("a", "b"):
+        procs[name].stop()
     drop()
 
 
@@ -92,8 +95,9 @@ def test_a_killed_ingesting_replica_leaves_its_file_to_the_other(replicas):
         assert time.monotonic() < end, "no replica took the file"
         time.sleep(0.1)
     time.sleep(1.0)
-    victim = replicas["a"] if f"ingesting {made.id}" in replicas["a"].output() else replicas["b"]
-    survivor = b if victim is replicas["a"] else a
+    name = "a" if f"ingesting {made.id}" in replicas["a"].output() else "b"
+    victim = replicas[name]
+    survivor = b if name == "a" else a
     assert survivor.vector_stores.retrieve(store.id).file_counts.in_progress == 1
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait()
@@ -103,8 +107,43 @@ def test_a_killed_ingesting_replica_leaves_its_file_to_the_other(replicas):
     assert hits and hits[0].file_id == made.id and "417" in hits[0].content[0].text
     content = survivor.vector_stores.files.content(file_id=made.id, vector_store_id=store.id)
     assert len(list(content)) == len(set(p.text for p in content))  # no chunk stored twice
-    restarted = start_modelworks(replicas["tmp"], replicas["config"], API_KEY, name="replica-restarted")
-    try:
-        assert _sdk(restarted).vector_stores.search(store.id, query="lighthouse").data
-    finally:
-        restarted.stop()
+    victim.stop()
+    replicas[name] = start_modelworks(replicas["tmp"], replicas["config"], API_KEY, name=f"replica-{name}")
+    assert _sdk(replicas[name]).vector_stores.search(store.id, query="lighthouse").data
+
+
+def test_a_replica_killed_mid_batch(replicas):
+    """Both replicas run lines; one is killed with SIGKILL mid-batch. The other takes its lines when their leases
+    run out; every custom_id is answered exactly once, and once the killed replica is back (its usage log
+    replayed), each line has exactly one usage record."""
+    a, b = _sdk(replicas["a"]), _sdk(replicas["b"])
+    lines = [{"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "slow", "messages": [{"role": "user", "content": f"question {i}"}]}}
+             for i in range(60)]
+    made = a.files.create(file=("work.jsonl", "\n".join(json.dumps(x) for x in lines).encode()), purpose="batch")
+    batch = b.batches.create(input_file_id=made.id, endpoint="/v1/chat/completions", completion_window="24h")
+    end = time.monotonic() + 120
+    while a.batches.retrieve(batch.id).request_counts.completed < 8:
+        assert time.monotonic() < end
+        time.sleep(0.1)
+    replicas["a"].proc.send_signal(signal.SIGKILL)
+    replicas["a"].proc.wait()
+    end = time.monotonic() + 300
+    while (done := b.batches.retrieve(batch.id)).status not in ("completed", "failed", "cancelled", "expired"):
+        assert time.monotonic() < end, done.request_counts
+        time.sleep(0.3)
+    assert done.status == "completed" and done.request_counts.completed == 60, done
+    out = [json.loads(x) for x in b.files.content(done.output_file_id).read().decode().splitlines()]
+    errors = [json.loads(x) for x in b.files.content(done.error_file_id).read().decode().splitlines()] if (
+        done.error_file_id) else []
+    assert sorted(x["custom_id"] for x in out + errors) == sorted(x["custom_id"] for x in lines)
+    assert "batch" in replicas["b"].output()
+    replicas["a"].stop()
+    replicas["a"] = start_modelworks(replicas["tmp"], replicas["config"], API_KEY, name="replica-a")
+    time.sleep(3)  # its usage log replayed, both flushed
+    import psycopg
+
+    with psycopg.connect(replicas["url"].replace("postgresql+psycopg://", "postgresql://")) as conn:
+        total, distinct = conn.execute("SELECT count(*), count(DISTINCT id) FROM usage_records WHERE batch_id = %s",
+                                       (batch.id,)).fetchone()
+    assert total == distinct == 60, (total, distinct)

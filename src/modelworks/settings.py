@@ -274,6 +274,13 @@ class VectorStoresSettings(_Strict):
     purge_interval_s: float = Field(default=3600, gt=0, description="how often expired vector stores are deleted")
 
 
+class BatchesSettings(_Strict):
+    concurrency: int = Field(default=2, ge=1, le=256, description="batch lines one replica runs at once")
+    lease_s: float = Field(default=60.0, ge=1, le=3600,
+                           description="a worker's hold on a line it runs; renewed while it works, so a dead "
+                                       "worker's lines are taken again this long after")
+
+
 class PortalSettings(_Strict):
     enabled: bool = Field(default=True, description="the web console at /portal")
     session_hours: float = Field(default=8.0, gt=0, le=24 * 30, description="a session ends this long after sign-in")
@@ -297,6 +304,7 @@ class Settings(_Strict):
     portal: PortalSettings = PortalSettings()
     files: FilesSettings = FilesSettings()
     vector_stores: VectorStoresSettings = VectorStoresSettings()
+    batches: BatchesSettings = BatchesSettings()
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     deployments: dict[str, Deployment] = Field(default_factory=dict)
     content_filters: dict[str, ContentFilterPolicy] = Field(

@@ -10,6 +10,7 @@ from modelworks.api.admin import AdminHandlers
 from modelworks.api.errors import AZURE, AZURE_V1, OPENAI, envelope
 from modelworks.api.http import Endpoint, JSONResult, new_request_id, send_json
 from modelworks.api.content_safety import ContentSafetyHandlers
+from modelworks.api.batches import BatchHandlers
 from modelworks.api.files import FilesHandlers
 from modelworks.api.vector_stores import VectorStoreHandlers
 from modelworks.api.moderation import ModerationHandlers
@@ -19,6 +20,7 @@ from modelworks.api.routes import Handlers
 from modelworks.backends.base import Backend
 from modelworks.backends.registry import build_backend
 from modelworks.catalog import Catalog
+from modelworks.batches.priority import Interactive
 from modelworks.errors import NotFound
 from modelworks.files.service import build_files
 from modelworks.control.plane import ControlPlane
@@ -141,6 +143,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     policies = [control.auth, *([TracingPolicy(tracing)] if tracing is not None else []), BudgetPolicy(control.usage),
                 QuotaPolicy(limiter, settings.quota.default_max_tokens, resolve=gateway.routes_get),
                 SafetyPolicy(settings.content_filter_policies, blocklists, control.content_log, gateway)]
+    interactive = Interactive()  # counts interactive calls, so that batch lines wait for quiet
+    policies.append(interactive)
     if settings.metering.enabled:
         policies.append(MeteringPolicy(control.wal))
     if settings.metrics.enabled:
@@ -151,6 +155,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     files = build_files(control.db, settings, settings.data_path)
     vectors, ingestor = _vector_stores(settings, control, files, h.calls, gateway)
     agents.service.tools.file_search.vectors = vectors
+    batches, batch_worker = _batches(settings, control, files, gateway, h, agents.service, interactive)
+    batch_handlers = BatchHandlers(batches, chain, control.audit_writer, settings.server.max_body_bytes)
     vector_handlers = VectorStoreHandlers(vectors, chain, control.audit_writer, settings.server.max_body_bytes)
     moderation = ModerationHandlers(chain, _safety_model, settings.server.max_body_bytes)
     safety = ContentSafetyHandlers(chain, _safety_model, blocklists, settings.server.max_body_bytes)
@@ -170,6 +176,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
         _responses_routes(router, prefix, dialect, agents)
         _files_routes(router, prefix, dialect, FilesHandlers(files, chain, control.audit_writer))
         _vector_store_routes(router, prefix, dialect, vector_handlers)
+        _batch_routes(router, prefix, dialect, batch_handlers)
     router.add("/openai/deployments/{deployment}/chat/completions", Endpoint(h.chat, dialect=AZURE))
     router.add("/openai/deployments/{deployment}/completions", Endpoint(h.completions, dialect=AZURE))
     router.add("/openai/deployments/{deployment}/embeddings", Endpoint(h.embeddings, dialect=AZURE))
@@ -180,6 +187,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     router.add("/openai/models/{model:path}", Endpoint(h.get_model, dialect=AZURE), ("GET",))
     _responses_routes(router, "/openai", AZURE, agents)  # Azure's resource-level dated paths
     _files_routes(router, "/openai", AZURE, FilesHandlers(files, chain, control.audit_writer))
+    _batch_routes(router, "/openai", AZURE, batch_handlers)
     _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
     app = ModelworksApp(router, backends, gateway, control, catalog, health)
     if settings.portal.enabled:
@@ -191,6 +199,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     app.loops.append(lambda: agents.service.maintain(purge_every))
     app.loops.append(lambda: files.maintain(settings.files.purge_interval_s))
     app.loops.append(ingestor.run)
+    app.loops.append(batch_worker.run)
     app.loops.append(lambda: vectors.maintain(settings.vector_stores.purge_interval_s))
     journal = agents.service.journal
     app.starters.append(lambda: _start_journal(journal))
@@ -258,6 +267,25 @@ def _vector_stores(settings: Settings, control: ControlPlane, files, calls, gate
                                   v.max_cached_indexes)
     files.on_delete.append(service.store.detach_everywhere)
     return service, Ingestor(service, control.keys, v.ingest_lease_s)
+
+
+def _batches(settings: Settings, control: ControlPlane, files, gateway: Gateway, handlers, responses,
+             interactive):
+    from modelworks.batches.service import BatchService
+    from modelworks.batches.store import BatchDB
+    from modelworks.batches.worker import BatchWorker
+
+    service = BatchService(BatchDB(control.db), files, gateway)
+    worker = BatchWorker(service, control.keys, handlers, responses, interactive,
+                         concurrency=settings.batches.concurrency, lease_s=settings.batches.lease_s)
+    return service, worker
+
+
+def _batch_routes(router: Router, prefix: str, dialect: str, b) -> None:
+    router.add(f"{prefix}/batches", Endpoint(b.create, dialect=dialect), ("POST",))
+    router.add(f"{prefix}/batches", Endpoint(b.list, dialect=dialect), ("GET",))
+    router.add(f"{prefix}/batches/{{batch_id}}", Endpoint(b.retrieve, dialect=dialect), ("GET",))
+    router.add(f"{prefix}/batches/{{batch_id}}/cancel", Endpoint(b.cancel, dialect=dialect), ("POST",))
 
 
 def _vector_store_routes(router: Router, prefix: str, dialect: str, v) -> None:

@@ -48,10 +48,7 @@ class Handlers:
         route = call.route  # a provisioned deployment over capacity may have spilled over
         chat = call.task.is_chat
         if not req.stream:
-            result = await self.calls.generate(call)
-            return JSONResult(render.completion_body(result, chat=chat, model=route.deployment,
-                                                     extra=_annotations(call)),
-                              headers=call.response_headers)
+            return await self._whole(call)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         framer = render.StreamFramer(chat=chat, model=route.deployment, include_usage=include_usage)
         stream = await self.calls.stream(call)
@@ -62,6 +59,24 @@ class Handlers:
         if annotations is not None and call.facts.get("annotation_frame", True):
             head = framer.annotation_frame(annotations) + head
         return EventStream(head, Frames(_frames(stream, framer), stream), headers=call.response_headers)
+
+    async def _whole(self, call: Call) -> JSONResult:
+        result = await self.calls.generate(call)
+        return JSONResult(render.completion_body(result, chat=call.task.is_chat, model=call.route.deployment,
+                                                 extra=_annotations(call)), headers=call.response_headers)
+
+    async def answer(self, call: Call, body: bytes, model_cls) -> JSONResult:
+        """A whole chat or text completion (a batch line's) for a call whose principal is known."""
+        req = await parse_request(model_cls, body)
+        await self.calls.admit(call, self._route(None, req.model), req, body)
+        return await self._whole(call)
+
+    async def answer_embeddings(self, call: Call, body: bytes) -> JSONResult:
+        """Embeddings (a batch line's) for a call whose principal is known."""
+        req = await parse_request(EmbeddingRequest, body)
+        result = await self.calls.embed(call, self._route(None, req.model), req)
+        numbers = len(result.vectors) * len(result.vectors[0]) if result.vectors else 0
+        return JSONResult(await run_sized(numbers, 20_000, _embeddings_json, result, req, call.route.deployment))
 
     # -- embeddings -------------------------------------------------------------------------------------------
 

@@ -124,8 +124,14 @@ class FilesService:
             upload.discard()
 
     def store_bytes(self, project_id: str, data: bytes, filename: str, purpose: str,
-                    expires_after_s: int | None = None) -> dict:
-        """A file made here (a batch's output), stored as an upload would be."""
+                    expires_after_s: int | None = None, file_id: str | None = None) -> dict:
+        """A file made here (a batch's output), stored as an upload would be. With `file_id`, storing it again
+        (its maker died after storing it once) gives the file stored before."""
+        if file_id is not None:
+            with self.db.session() as s:
+                row = s.scalar(select(FileRow).where(FileRow.id == file_id, FileRow.project_id == project_id))
+            if row is not None:
+                return view(row)
         self.spool.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="made-", dir=self.spool)
         with os.fdopen(fd, "wb") as f:
@@ -135,11 +141,12 @@ class FilesService:
         upload = Upload(filename=filename, media_type="application/octet-stream", path=Path(name), size=len(data),
                         sha256=hashlib.sha256(data).hexdigest())
         try:
-            return self._store(project_id, upload, filename, purpose, expires_after_s)
+            return self._store(project_id, upload, filename, purpose, expires_after_s, file_id, quota=False)
         finally:
             upload.discard()
 
-    def _store(self, project_id: str, upload: Upload, filename: str, purpose: str, seconds: int | None) -> dict:
+    def _store(self, project_id: str, upload: Upload, filename: str, purpose: str, seconds: int | None,
+               file_id: str | None = None, quota: bool = True) -> dict:
         now = _now()
         if seconds is not None:
             expires = now + timedelta(seconds=seconds)
@@ -150,10 +157,10 @@ class FilesService:
         media = MEDIA_TYPES.get(suffix(filename))
         if media is None:
             media = upload.media_type if "/" in upload.media_type else "application/octet-stream"
-        row = FileRow(id=new_file_id(), project_id=project_id, filename=filename, purpose=purpose,
+        row = FileRow(id=file_id or new_file_id(), project_id=project_id, filename=filename, purpose=purpose,
                       bytes=upload.size, sha256=upload.sha256, media_type=media[:100], created_at=now,
                       expires_at=expires, status="processed", storage=self.blobs.kind)
-        cap = self.settings.max_project_bytes
+        cap = self.settings.max_project_bytes if quota else None  # a batch's output is never refused
         with self.db.session() as s:
             if cap is not None:
                 used = s.scalar(select(func.coalesce(func.sum(FileRow.bytes), 0))

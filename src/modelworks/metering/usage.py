@@ -25,7 +25,7 @@ DEFAULT_GROUPS = ("day", "deployment")
 # A usage record as metering writes it: a row of these, in this order ("at" in seconds since the epoch)
 COLUMNS = ("id", "at", "project_id", "key_id", "deployment", "backend", "region", "operation", "prompt_tokens",
            "completion_tokens", "cost", "latency_ms", "ttft_ms", "status", "filter_outcome", "filter_decisions",
-           "response_id")
+           "response_id", "batch_id")
 assert set(COLUMNS) == {c.name for c in UsageRecord.__table__.columns}, "usage record columns out of step"
 
 

@@ -28,7 +28,7 @@ class MeteringPolicy(Recorder):
 
     def record(self, call: Call, usage: Usage | None, status: int) -> None:
         route = call.route
-        if route is None:
+        if route is None or call.facts.get("unmetered"):  # a batch line stopped for interactive calls
             return
         who = call.principal
         info = route.info
@@ -39,14 +39,15 @@ class MeteringPolicy(Recorder):
         now = time.monotonic()
         first = call.facts.get("first_at")
         # a row in usage.COLUMNS order
+        record_id = call.facts.get("record_id") or f"{self._node}{next(self._ids):x}"  # a batch line's: its own
         self.wal.append([
-            f"{self._node}{next(self._ids):x}", time.time(), who.project_id if who else "",
+            record_id, time.time(), who.project_id if who else "",
             who.key_id if who else None, route.deployment,
             served.name if served is not None else route.backend.name,
             served.region if served is not None else info.get("region"), call.operation,
             prompt, completion, round(cost, 8), round((now - call.started) * 1000, 3),
             round((first - call.started) * 1000, 3) if first else None, status, call.facts.get("filter_outcome"),
-            _decisions(call.facts.get("safety")), call.facts.get("response_id"),
+            _decisions(call.facts.get("safety")), call.facts.get("response_id"), call.facts.get("batch_id"),
         ])
 
     def durable(self):

@@ -112,6 +112,7 @@ class UsageRecord(Base):
     # the content filter's explained decisions (detector, category, score, threshold, action, span), as JSON
     filter_decisions: Mapped[str | None] = mapped_column(Text, nullable=True)
     response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a Responses API model call
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a Batch API line's model call
 
 
 class UsageDaily(Base):
@@ -362,3 +363,61 @@ class VectorChunkRow(Base):
     terms: Mapped[str] = mapped_column(Text)
     tokens: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class BatchRow(Base):
+    """A batch of the Batch API: its input, status and times; its lines are `batch_lines`. `lease_owner` holds
+    the worker finishing it (writing its output files)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_project_order", "project_id", "seq"), Index("ix_batches_status", "status"))
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # whose quota and budget run it
+    endpoint: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(200))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metadata_json: Mapped[str] = mapped_column(Text, default="{}")
+    output_expires_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class BatchLineRow(Base):
+    """One request of a batch: waiting, taken by a worker (`lease_owner` until `lease_until`), or done with its
+    output line (`ok`: in the output file, else the error file). A result is stored only by the worker holding
+    the line's lease, in the statement that marks it done: each line is answered once."""
+
+    __tablename__ = "batch_lines"
+    __table_args__ = (UniqueConstraint("batch_id", "custom_id", name="uq_batch_lines_custom_id"),
+                      Index("ix_batch_lines_work", "status", "line"))
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    custom_id: Mapped[str] = mapped_column(String(512))
+    body: Mapped[str] = mapped_column(Text)  # the request's JSON body
+    status: Mapped[str] = mapped_column(String(12), default="pending")  # pending, running, done
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)  # the output line, JSON
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -300,7 +301,10 @@ class VectorStoresService:
 
     async def _cluster(self, index: StoreIndex) -> None:
         try:
+            started = time.perf_counter()
             await asyncio.to_thread(index.build_clusters)
+            log.info("built the IVF index of %s (%d chunks) in %.1f s", index.store_id, index.clusters.trained,
+                     time.perf_counter() - started)
         except Exception:  # noqa: BLE001 - searches stay exact; the next refresh tries again
             log.warning("could not build the IVF index of %s", index.store_id, exc_info=True)
         finally:

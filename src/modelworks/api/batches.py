@@ -1,0 +1,63 @@
+"""HTTP handlers of the Batch API (`/v1/batches`, `/openai/v1/batches`, Azure's dated `/openai/batches`): thin,
+the work is in `modelworks.batches`. Another project's batch is answered as missing (404)."""
+
+from __future__ import annotations
+
+from modelworks.api.http import JSONResult
+from modelworks.api.request import Request
+from modelworks.api.responses import dated_api_version
+from modelworks.batches.service import BatchService, CreateBatch
+from modelworks.control.audit import Event
+from modelworks.control.audit_writer import AuditWriter
+from modelworks.errors import InvalidRequest
+from modelworks.policies.chain import Call, PolicyChain
+from modelworks.protocol.parse import parse_request
+
+
+class BatchHandlers:
+    def __init__(self, service: BatchService, chain: PolicyChain, audit: AuditWriter, max_body_bytes: int) -> None:
+        self.service = service
+        self.chain = chain
+        self.audit = audit
+        self.max_body = max_body_bytes
+
+    async def _who(self, request: Request, operation: str):
+        if request.path.startswith("/openai/") and not request.path.startswith("/openai/v1/"):
+            dated_api_version(request)
+        call = Call(operation=operation, headers=request.headers)
+        await self.chain.authenticate(call)
+        return call.principal
+
+    async def create(self, request: Request) -> JSONResult:
+        who = await self._who(request, "batches.create")
+        req = await parse_request(CreateBatch, await request.body(self.max_body))
+        body = await self.service.create(who, req, azure=request.path.startswith("/openai/"))
+        await self.audit.submit(Event("batch.create", actor=who.key_id, project_id=who.project_id, target=body["id"],
+                                      detail={"endpoint": body["endpoint"], "model": body["model"],
+                                              "lines": body["request_counts"]["total"]}))
+        return JSONResult(body)
+
+    async def retrieve(self, request: Request) -> JSONResult:
+        who = await self._who(request, "batches.retrieve")
+        return JSONResult(await self.service.get(who.project_id, request.path_params["batch_id"]))
+
+    async def list(self, request: Request) -> JSONResult:
+        who = await self._who(request, "batches.list")
+        raw = request.query("limit")
+        try:
+            limit = 20 if raw is None else int(raw)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            raise InvalidRequest("Invalid value for 'limit': an integer from 1 to 100.", param="limit",
+                                 code="invalid_value")
+        items, more = await self.service.list(who.project_id, limit, request.query("after"))
+        return JSONResult({"object": "list", "data": items, "has_more": more,
+                           "first_id": items[0]["id"] if items else "", "last_id": items[-1]["id"] if items else ""})
+
+    async def cancel(self, request: Request) -> JSONResult:
+        who = await self._who(request, "batches.cancel")
+        batch_id = request.path_params["batch_id"]
+        body = await self.service.cancel(who.project_id, batch_id)
+        await self.audit.submit(Event("batch.cancel", actor=who.key_id, project_id=who.project_id, target=batch_id))
+        return JSONResult(body)
