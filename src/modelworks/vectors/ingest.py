@@ -30,6 +30,7 @@ log = logging.getLogger("modelworks.vectors.ingest")
 
 EMBED_BATCH = 32
 MAX_ATTEMPTS = 3
+CLAIM = 16  # files taken at once: their chunks are embedded together
 
 
 class Ingestor:
@@ -44,7 +45,7 @@ class Ingestor:
     async def run(self, idle_s: float = 2.0) -> None:
         while True:
             try:
-                rows = await asyncio.to_thread(self.store.claim, self.owner, self.lease)
+                rows = await asyncio.to_thread(self.store.claim, self.owner, self.lease, CLAIM)
             except Exception:  # noqa: BLE001 - the store is away: try again later
                 log.warning("could not look for files to ingest", exc_info=True)
                 rows = []
@@ -55,35 +56,82 @@ class Ingestor:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            for row in rows:
-                await self.ingest(row)
+            await self.ingest(rows)
 
-    async def ingest(self, row: VectorStoreFileRow) -> None:
-        log.info("ingesting %s into %s (attempt %d)", row.file_id, row.vector_store_id, row.attempts)
-        renewer = asyncio.create_task(self._renew(row))
+    async def ingest(self, rows: list[VectorStoreFileRow]) -> None:
+        """Files taken together: each read, extracted and chunked, then the chunks of all of them embedded in
+        shared batches (many small files embed much faster so), then each file's chunks stored."""
+        for row in rows:
+            log.info("ingesting %s into %s (attempt %d)", row.file_id, row.vector_store_id, row.attempts)
+        renewer = asyncio.create_task(self._renew(rows))
+        outcomes: dict[int, dict] = {}
         try:
-            outcome = await self._work(row)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a file's failure is its own
-            log.warning("ingesting %s into %s failed", row.file_id, row.vector_store_id, exc_info=True)
-            if row.attempts < MAX_ATTEMPTS:
-                return  # its lease runs out and it is taken again
-            outcome = {"error": {"code": "server_error", "message": f"Ingestion failed: {type(exc).__name__}."}}
+            ready = []
+            for row in rows:
+                try:
+                    prepared = await self._prepare(row)
+                except Exception as exc:  # noqa: BLE001 - a file's failure is its own
+                    outcome = self._failed_attempt(row, exc)
+                    if outcome is not None:
+                        outcomes[id(row)] = outcome
+                    continue
+                if isinstance(prepared, dict):
+                    outcomes[id(row)] = prepared
+                else:
+                    ready.append((row, *prepared))
+            groups: dict[tuple, list] = {}
+            for entry in ready:  # (row, principal, deployment, chunks)
+                groups.setdefault((entry[2], entry[1].key_id), []).append(entry)
+            for (deployment, _), members in groups.items():
+                texts = [c.text for *_, chunks in members for c in chunks]
+                try:
+                    vectors = await self._embed(members[0][1], deployment, texts)
+                except Exception as exc:  # noqa: BLE001 - the group's files fail (or wait) together
+                    for row, *_ in members:
+                        outcome = self._failed_attempt(row, exc)
+                        if outcome is not None:
+                            outcomes[id(row)] = outcome
+                    continue
+                at = 0
+                for row, _, _, chunks in members:
+                    made = await asyncio.to_thread(_chunk_rows, chunks, vectors[at:at + len(chunks)])
+                    at += len(chunks)
+                    outcomes[id(row)] = {"chunks": made,
+                                         "usage_bytes": sum(len(c["text"].encode()) + len(c["vector"]) for c in made)}
         finally:
             renewer.cancel()
-        await asyncio.to_thread(self.store.finish, row.vector_store_id, row.file_id, self.owner, **outcome)
-        self.processed += 1
+        for row in rows:
+            outcome = outcomes.get(id(row))
+            if outcome is not None:
+                await asyncio.to_thread(self.store.finish, row.vector_store_id, row.file_id, self.owner, **outcome)
+                self.processed += 1
 
-    async def _renew(self, row: VectorStoreFileRow) -> None:
+    def _failed_attempt(self, row: VectorStoreFileRow, exc: BaseException) -> dict | None:
+        """A failed attempt: the file fails for good (its outcome), or after its lease runs out it is taken again
+        (None)."""
+        if isinstance(exc, asyncio.CancelledError):
+            raise exc
+        if isinstance(exc, InsufficientQuota):
+            return _failed("server_error", f"The project's budget is spent: {exc.message}")
+        log.warning("ingesting %s into %s failed", row.file_id, row.vector_store_id, exc_info=exc)
+        if row.attempts < MAX_ATTEMPTS:
+            return None
+        if isinstance(exc, ModelworksError):
+            return _failed("server_error", f"The embeddings deployment failed: {exc.message}")
+        return _failed("server_error", f"Ingestion failed: {type(exc).__name__}.")
+
+    async def _renew(self, rows: list[VectorStoreFileRow]) -> None:
         while True:
             await asyncio.sleep(self.lease.total_seconds() / 3)
-            try:
-                await asyncio.to_thread(self.store.renew, row.vector_store_id, row.file_id, self.owner, self.lease)
-            except Exception:  # noqa: BLE001 - the next renewal may succeed before the lease runs out
-                log.warning("could not renew the lease of %s", row.file_id, exc_info=True)
+            for row in rows:
+                try:
+                    await asyncio.to_thread(self.store.renew, row.vector_store_id, row.file_id, self.owner,
+                                            self.lease)
+                except Exception:  # noqa: BLE001 - the next renewal may succeed before the lease runs out
+                    log.warning("could not renew the lease of %s", row.file_id, exc_info=True)
 
-    async def _work(self, row: VectorStoreFileRow) -> dict:
+    async def _prepare(self, row: VectorStoreFileRow):
+        """(principal, deployment, chunks) of a file to embed, or its outcome where it cannot be."""
         digest = await asyncio.to_thread(self.keys.digest_of, row.key_id) if row.key_id else None
         principal = await asyncio.to_thread(self.keys.lookup, digest) if digest else None
         if principal is None:
@@ -105,17 +153,7 @@ class Ingestor:
         deployment = await asyncio.to_thread(self._deployment, row.vector_store_id)
         if deployment is None:
             return _failed("server_error", "The vector store is gone.")
-        try:
-            vectors = await self._embed(principal, deployment, [c.text for c in chunks])
-        except InsufficientQuota as exc:
-            return _failed("server_error", f"The project's budget is spent: {exc.message}")
-        except ModelworksError as exc:
-            if row.attempts >= MAX_ATTEMPTS:
-                return _failed("server_error", f"The embeddings deployment failed: {exc.message}")
-            raise
-        made = await asyncio.to_thread(_chunk_rows, chunks, vectors)
-        usage = sum(len(c["text"].encode()) + len(c["vector"]) for c in made)
-        return {"chunks": made, "usage_bytes": usage}
+        return principal, deployment, chunks
 
     def _deployment(self, store_id: str) -> str | None:
         with self.store.db.session() as s:
