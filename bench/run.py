@@ -14,7 +14,9 @@
    audit entries in the store, on SQLite and PostgreSQL (target: each under 1 s).
 7. Retrieval (`bench/retrieval.py`): vector-store search on BEIR SciFact through the API (nDCG@10, Recall, against
    the published BM25 and MiniLM anchors), ingestion chunks/s, and search p50/p99 on a store of 100,000 chunks.
-8. Soak (`bench/soak.py`): 10 minutes of mixed traffic through a pool of three upstreams under a schedule of
+8. Batch priority (`bench/batch_priority.py`): interactive latency on the embedded model while a 5,000-line batch
+   runs on it, against idle (target: p50 within 1.3x).
+9. Soak (`bench/soak.py`): 10 minutes of mixed traffic through a pool of three upstreams under a schedule of
    faults: lost usage records, hung requests, streams cut without an end, resident memory from start to end.
 
 Figures are printed and written to bench/results/latest.json. `--only responses` (a comma list) runs only the
@@ -373,7 +375,7 @@ def _stop(proc: Process, procs: list[Process]) -> None:
     procs.remove(proc)
 
 
-SECTIONS = ("embedded", "concurrent", "proxy", "safety", "responses", "portal", "retrieval", "soak")
+SECTIONS = ("embedded", "concurrent", "proxy", "safety", "responses", "portal", "retrieval", "batch", "soak")
 
 
 def main() -> int:
@@ -435,6 +437,11 @@ def main() -> int:
 
             results["retrieval"] = retrieval.run(tmp)
             retrieval.print_result(results["retrieval"])
+        if "batch" not in skip:
+            import batch_priority
+
+            results["batch_priority"] = batch_priority.run(tmp)
+            batch_priority.print_result(results["batch_priority"])
         if "soak" not in skip:
             import soak
 
