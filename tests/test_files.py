@@ -263,3 +263,20 @@ def test_store_both_kinds_expiry_and_purge(database_url, tmp_path):
         else:
             assert not (settings.files_path / "p1" / made["id"]).exists()
     db.dispose()
+
+
+def test_hostile_uploads(http):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for name in ("deep.json", "deep.jsonl"):
+        r = http.post("/v1/files", files={"file": (name, deep)}, data={"purpose": "user_data"})
+        assert r.status_code == 400 and "nested" in r.json()["error"]["message"], r.text
+    # a client's Content-Type is kept only where it is a plain type/subtype: it is sent back as a header
+    body = (b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="blob.bin"\r\n'
+            b'Content-Type: a/b\x01\x7fc\r\n\r\nbytes\r\n--b--\r\n')
+    r = http.post("/v1/files", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 200, r.text
+    got = http.get(f"/v1/files/{r.json()['id']}/content")
+    assert got.status_code == 200 and got.content == b"bytes"
+    assert got.headers["content-type"] == "application/octet-stream"
+    http.delete(f"/v1/files/{r.json()['id']}")

@@ -61,3 +61,28 @@ def test_filters_and_removed_files():
     index.set_files([(f"file-{k}", f"f{k}.txt", {}) for k in range(500) if k != 3])
     assert all(h.file.file_id != "file-3" for h in index.search(vectors[3], [], 50))
     assert index.masked_fraction > 0
+
+
+def test_a_file_ingested_again_leaves_no_old_chunks():
+    index = StoreIndex("vs_again")
+    one = np.ones(4, dtype="<f4") / 2
+    index.begin_load()
+    assert index.add_chunks([(1, "file-a", "alpha", one.tobytes()), (2, "file-b", "beta", one.tobytes())])
+    assert index.add_chunks([(3, "file-a", "alpha more", one.tobytes())])  # the same load's next page
+    index.set_files([("file-a", "a.txt", {}), ("file-b", "b.txt", {})])
+    index.begin_load()
+    assert not index.add_chunks([(9, "file-a", "alpha new", one.tobytes())])  # replaced: build anew
+
+
+def test_extraction_counts_what_a_zip_inflates(monkeypatch):
+    import pytest
+
+    from modelworks.vectors import extract
+    from support.documents import make_docx
+
+    monkeypatch.setattr(extract, "MAX_XML", 2000)
+    with pytest.raises(extract.ExtractionError) as err:
+        extract.extract_text("big.docx", make_docx(["word " * 1000]))
+    assert "too large" in err.value.message
+    with pytest.raises(extract.ExtractionError):
+        extract.extract_text("deep.json", b"[" * 50_000 + b"]" * 50_000)

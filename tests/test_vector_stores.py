@@ -175,6 +175,22 @@ def test_removing_a_file_and_deleting_a_file(sdk):
         sdk.vector_stores.retrieve(store.id)
 
 
+def test_a_file_added_again_is_searched_once(sdk):
+    made = sdk.files.create(file=("ferries.txt", b"Ferries cross the strait every hour in summer."),
+                            purpose="assistants")
+    store = sdk.vector_stores.create(name="again", file_ids=[made.id])
+    wait_ingested(sdk, store.id)
+    assert len(sdk.vector_stores.search(store.id, query="ferry crossings").data) == 1
+    sdk.vector_stores.files.create(vector_store_id=store.id, file_id=made.id,
+                                   chunking_strategy={"type": "static", "static": {"max_chunk_size_tokens": 100,
+                                                                                   "chunk_overlap_tokens": 0}})
+    wait_ingested(sdk, store.id)
+    hits = sdk.vector_stores.search(store.id, query="ferry crossings", max_num_results=5).data
+    assert len(hits) == 1 and hits[0].file_id == made.id  # the old chunks are gone from the index too
+    assert sdk.vector_stores.search(store.id, query="ferry crossings", max_num_results=1).data
+    sdk.vector_stores.delete(store.id)
+
+
 def test_failures_say_why(sdk):
     png = sdk.files.create(file=("picture.png", b"\x89PNG\r\n\x1a\nnot really"), purpose="assistants")
     blank = sdk.files.create(file=("blank.pdf", make_pdf([[]])), purpose="assistants")

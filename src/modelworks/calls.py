@@ -26,9 +26,11 @@ class ModelCalls:
 
     @staticmethod
     def another(call: Call, operation: str | None = None, facts: dict | None = None) -> Call:
-        """A further model call made for the same authenticated request (a tool loop's next turn)."""
+        """A further model call made for the same authenticated request (a tool loop's next turn); a batch line's
+        calls all carry the line (its metering and its priority)."""
+        carried = {k: call.facts[k] for k in ("batch_id", "line") if k in call.facts}
         return Call(operation=operation or call.operation, headers=call.headers, deployment=call.deployment,
-                    principal=call.principal, facts=dict(facts or {}))
+                    principal=call.principal, facts={**carried, **(facts or {})})
 
     async def admit(self, call: Call, route: Route, request, body: bytes = b"") -> None:
         """Check the route can serve the request, let the policies admit it, and pick its dispatch. A refusal

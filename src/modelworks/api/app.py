@@ -86,7 +86,7 @@ class ModelworksApp:
                     self.catalog.start()
                     await asyncio.gather(*(b.start() for b in unique))
                     self.health.start()
-                    self._loop_tasks = [asyncio.create_task(loop()) for loop in self.loops]
+                    self._loop_tasks = [asyncio.create_task(_supervised(loop)) for loop in self.loops]
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -105,6 +105,20 @@ class ModelworksApp:
                 await self.control.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _supervised(loop) -> None:
+    """A background loop, started again (after a pause) if it ever fails: one bad moment of the store must not end
+    a replica's ingestion or batch work for good."""
+    while True:
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - logged; the loop goes on
+            log.exception("a background loop failed; starting it again in 5 s")
+            await asyncio.sleep(5)
 
 
 def _tracing(settings: Settings):

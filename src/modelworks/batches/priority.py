@@ -23,7 +23,8 @@ class Interactive:
         self.arrivals: dict[str, asyncio.Event] = {}
 
     async def admit(self, call: Call) -> None:
-        if call.facts.get("batch_id") or call.route is None or "interactive" in call.facts:
+        if (call.facts.get("line") is not None or call.route is None or "interactive" in call.facts
+                or call.operation == "vector_stores.ingest"):  # background work is not interactive
             return
         deployment = call.route.deployment
         call.facts["interactive"] = deployment

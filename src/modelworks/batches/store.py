@@ -223,16 +223,33 @@ class BatchDB:
                     return None
                 else:
                     outcome = "completed"
-                row.finalizing_at = at
+            # taken only if no other worker took it since it was read (PostgreSQL: two replicas may race here)
+            seen = (BatchRow.lease_owner.is_(None) if row.lease_owner is None else
+                    BatchRow.lease_owner == row.lease_owner)
+            taken = s.execute(update(BatchRow).where(BatchRow.id == batch_id, BatchRow.status == row.status, seen)
+                              .values(status="finalizing", lease_owner=f"{owner}|{outcome}", lease_until=at + lease,
+                                      finalizing_at=row.finalizing_at or at)
+                              .execution_options(synchronize_session=False))
+            if taken.rowcount != 1:
+                return None
             s.execute(update(BatchLineRow).where(BatchLineRow.batch_id == batch_id, BatchLineRow.status != "done")
                       .values(status="done", ok=False, result=None, lease_owner=None, lease_until=None))
-            row.status, row.lease_owner, row.lease_until = "finalizing", f"{owner}|{outcome}", at + lease
+            s.refresh(row)
             return row, outcome
 
-    def lines(self, batch_id: str) -> list[BatchLineRow]:
+    def lines(self, batch_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, str, bool, str | None]]:
+        """(line, custom_id, ok, result) of the lines after `after`, in order: a page."""
         with self.db.session() as s:
-            return list(s.scalars(select(BatchLineRow).where(BatchLineRow.batch_id == batch_id)
-                                  .order_by(BatchLineRow.line)))
+            return [tuple(r) for r in s.execute(
+                select(BatchLineRow.line, BatchLineRow.custom_id, BatchLineRow.ok, BatchLineRow.result)
+                .where(BatchLineRow.batch_id == batch_id, BatchLineRow.line > after)
+                .order_by(BatchLineRow.line).limit(limit))]
+
+    def renew_finalizing(self, batch_id: str, owner: str, lease: timedelta) -> None:
+        with self.db.session() as s:
+            s.execute(update(BatchRow).where(BatchRow.id == batch_id, BatchRow.status == "finalizing",
+                                             BatchRow.lease_owner.like(f"{owner}|%"))
+                      .values(lease_until=now() + lease))
 
     def end(self, batch_id: str, owner: str, outcome: str, output_file_id: str | None,
             error_file_id: str | None) -> bool:

@@ -96,13 +96,16 @@ class BatchWorker:
             outcome = (False, _result(batch, line, 500, {"error": {"message": "The server failed to run this "
                                                                               "request.", "type": "server_error",
                                                                    "param": None, "code": "server_error"}}), (0, 0))
-        if outcome is None:  # given back: taken again later
-            await asyncio.to_thread(self.store.release, line.batch_id, line.line, self.owner)
-            return
-        ok, result, tokens = outcome
-        if await asyncio.to_thread(self.store.finish, line.batch_id, line.line, self.owner, ok, result, tokens):
-            self.processed += 1
-            self.service.wake.set()
+        try:
+            if outcome is None:  # given back: taken again later
+                await asyncio.to_thread(self.store.release, line.batch_id, line.line, self.owner)
+                return
+            ok, result, tokens = outcome
+            if await asyncio.to_thread(self.store.finish, line.batch_id, line.line, self.owner, ok, result, tokens):
+                self.processed += 1
+                self.service.wake.set()
+        except Exception:  # noqa: BLE001 - the store failed: the line's lease runs out and it is run again
+            log.warning("could not store batch %s line %d", line.batch_id, line.line, exc_info=True)
 
     async def _attempt(self, batch: BatchRow, line: BatchLineRow):
         deployment = batch.model
@@ -113,8 +116,9 @@ class BatchWorker:
             return False, _result(batch, line, 401, {"error": {
                 "message": "The API key that created this batch was revoked or has expired.",
                 "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}), (0, 0)
+        context = LineCall(f"{batch.id}-{line.line}")
         call = Call(operation="batch" + batch.endpoint[3:].replace("/", "."), headers={}, principal=principal,
-                    facts={"batch_id": batch.id, "record_id": _record_id(batch.id, line.line)})
+                    facts={"batch_id": batch.id, "line": context})
         arrival = self.interactive.arrival(deployment)
         arrival.clear()
         work = asyncio.create_task(self._run(batch, line, call))
@@ -127,7 +131,7 @@ class BatchWorker:
             stop.cancel()
         if work in done:
             return work.result()
-        call.facts["unmetered"] = True  # stopped for an interactive call: not the batch's to pay
+        context.stopped = True  # stopped for an interactive call: not the batch's to pay
         work.cancel()
         try:
             await work
@@ -193,34 +197,60 @@ class BatchWorker:
         if taken is None:
             return False
         row, outcome = taken
-        output, errors = [], []
-        for line in self.store.lines(batch_id):
-            if line.result is not None:
-                (output if line.ok else errors).append(line.result)
-            else:
-                code = "batch_expired" if outcome == "expired" else "batch_cancelled"
-                message = ("The batch expired before this request was run." if outcome == "expired" else
-                           "The batch was cancelled before this request was run.")
-                errors.append(json.dumps({"id": _request_id(batch_id, line.line), "custom_id": line.custom_id,
-                                          "response": None, "error": {"code": code, "message": message}}))
-        ids = []
-        for kind, lines in (("output", output), ("error", errors)):
-            if not lines:
-                ids.append(None)
-                continue
-            file_id = "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:24]
-            made = self.files.store_bytes(row.project_id, ("\n".join(lines) + "\n").encode(),
-                                          f"{batch_id}_{kind}.jsonl", "batch_output", row.output_expires_s,
-                                          file_id=file_id)
-            ids.append(made["id"])
+        spool = self.files.spool
+        spool.mkdir(parents=True, exist_ok=True)
+        paths = {kind: spool / f"{batch_id}-{kind}-{self.owner}.jsonl" for kind in ("output", "error")}
+        counts = {"output": 0, "error": 0}
+        try:
+            with paths["output"].open("wb") as output, paths["error"].open("wb") as errors:
+                after = 0
+                while page := self.store.lines(batch_id, after):  # a page at a time: bounded memory
+                    for number, custom_id, ok, result in page:
+                        if result is None:
+                            code = "batch_expired" if outcome == "expired" else "batch_cancelled"
+                            message = ("The batch expired before this request was run." if outcome == "expired"
+                                       else "The batch was cancelled before this request was run.")
+                            result = json.dumps({"id": _request_id(batch_id, number), "custom_id": custom_id,
+                                                 "response": None, "error": {"code": code, "message": message}})
+                        kind = "output" if ok else "error"
+                        (output if kind == "output" else errors).write(result.encode() + b"\n")
+                        counts[kind] += 1
+                    after = page[-1][0]
+                    self.store.renew_finalizing(batch_id, self.owner, self.lease)
+            ids = []
+            for kind in ("output", "error"):
+                if not counts[kind]:
+                    ids.append(None)
+                    continue
+                file_id = "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:24]
+                made = self.files.store_path(row.project_id, paths[kind], f"{batch_id}_{kind}.jsonl",
+                                             "batch_output", row.output_expires_s, file_id=file_id)
+                ids.append(made["id"])
+        finally:
+            for path in paths.values():
+                path.unlink(missing_ok=True)
         ended = self.store.end(batch_id, self.owner, outcome, ids[0], ids[1])
         if ended:
-            log.info("batch %s %s: %d output lines, %d error lines", batch_id, outcome, len(output), len(errors))
+            log.info("batch %s %s: %d output lines, %d error lines", batch_id, outcome, counts["output"],
+                     counts["error"])
         return ended
 
 
-def _record_id(batch_id: str, line: int) -> str:
-    return f"{batch_id}-{line}"
+class LineCall:
+    """What every model call of one batch line shares: its usage records' ids (the line's, then a counter: the
+    same again when the line is run again after a crash, so that it is metered once) and whether it was stopped
+    (then it is not metered at all)."""
+
+    __slots__ = ("base", "calls", "stopped")
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.calls = 0
+        self.stopped = False
+
+    def record_id(self) -> str:
+        self.calls += 1
+        return self.base if self.calls == 1 else f"{self.base}-{self.calls}"
 
 
 def _request_id(batch_id: str, line: int) -> str:

@@ -108,7 +108,18 @@ class DatabaseBlobs:
             s.execute(delete(FilePart).where(FilePart.file_id == file_id))
 
     def sweep(self, known: set[str], older_than_s: float = 3600) -> int:
-        return 0  # parts go with their row (ON DELETE CASCADE): nothing can be left behind
+        """Parts go with their row (ON DELETE CASCADE); what a crash can leave is a temporary upload."""
+        removed = 0
+        cutoff = time.time() - older_than_s
+        if self.spool.is_dir():
+            for entry in self.spool.iterdir():
+                try:
+                    if entry.stat().st_mtime < cutoff:
+                        entry.unlink(missing_ok=True)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
 
 
 def _sync_dir(path: Path) -> None:

@@ -41,6 +41,9 @@ def check_upload(path: Path, filename: str, size: int, purpose: str) -> None:
         text = _utf8(path, filename)
         try:
             json.loads(text)
+        except RecursionError:
+            raise InvalidRequest(f"'{filename}' is JSON nested too deeply.", param="file",
+                                 code="invalid_file_format") from None
         except ValueError as exc:
             raise InvalidRequest(f"'{filename}' is not valid JSON: {exc}.", param="file",
                                  code="invalid_file_format") from None
@@ -92,6 +95,9 @@ def _check_jsonl(path: Path, filename: str) -> None:
                 continue
             try:
                 value = json.loads(raw.decode("utf-8"))
+            except RecursionError:
+                raise InvalidRequest(f"'{filename}' line {number} is JSON nested too deeply.", param="file",
+                                     code="invalid_file_format") from None
             except (UnicodeDecodeError, ValueError) as exc:
                 raise InvalidRequest(f"'{filename}' line {number} is not valid JSON: {exc}.", param="file",
                                      code="invalid_file_format") from None

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import secrets
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -36,6 +37,9 @@ MEDIA_TYPES = {".pdf": "application/pdf", ".json": "application/json", ".jsonl":
                ".txt": "text/plain", ".md": "text/markdown", ".html": "text/html", ".htm": "text/html",
                ".csv": "text/csv",
                ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document"}
+
+
+_MEDIA = re.compile(r"[A-Za-z0-9][\w.+-]{0,60}/[A-Za-z0-9][\w.+-]{0,60}")
 
 
 def new_file_id() -> str:
@@ -125,25 +129,34 @@ class FilesService:
 
     def store_bytes(self, project_id: str, data: bytes, filename: str, purpose: str,
                     expires_after_s: int | None = None, file_id: str | None = None) -> dict:
-        """A file made here (a batch's output), stored as an upload would be. With `file_id`, storing it again
-        (its maker died after storing it once) gives the file stored before."""
-        if file_id is not None:
-            with self.db.session() as s:
-                row = s.scalar(select(FileRow).where(FileRow.id == file_id, FileRow.project_id == project_id))
-            if row is not None:
-                return view(row)
+        """A file made here, stored as an upload would be (see `store_path`)."""
         self.spool.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="made-", dir=self.spool)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        upload = Upload(filename=filename, media_type="application/octet-stream", path=Path(name), size=len(data),
-                        sha256=hashlib.sha256(data).hexdigest())
+        return self.store_path(project_id, Path(name), filename, purpose, expires_after_s, file_id=file_id)
+
+    def store_path(self, project_id: str, path: Path, filename: str, purpose: str,
+                   expires_after_s: int | None = None, file_id: str | None = None) -> dict:
+        """A file made here (a batch's output), from a file on disk (moved in or removed). With `file_id`,
+        storing it again (its maker died after storing it once) gives the file stored before."""
         try:
+            if file_id is not None:
+                with self.db.session() as s:
+                    row = s.scalar(select(FileRow).where(FileRow.id == file_id, FileRow.project_id == project_id))
+                if row is not None:
+                    return view(row)
+            digest, size = hashlib.sha256(), 0
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+                    size += len(block)
+                os.fsync(f.fileno())
+            upload = Upload(filename=filename, media_type="application/octet-stream", path=path, size=size,
+                            sha256=digest.hexdigest())
             return self._store(project_id, upload, filename, purpose, expires_after_s, file_id, quota=False)
         finally:
-            upload.discard()
+            path.unlink(missing_ok=True)
 
     def _store(self, project_id: str, upload: Upload, filename: str, purpose: str, seconds: int | None,
                file_id: str | None = None, quota: bool = True) -> dict:
@@ -155,8 +168,8 @@ class FilesService:
         else:
             expires = None
         media = MEDIA_TYPES.get(suffix(filename))
-        if media is None:
-            media = upload.media_type if "/" in upload.media_type else "application/octet-stream"
+        if media is None:  # the client's, where it is a plain type/subtype (it is sent back as a header)
+            media = upload.media_type if _MEDIA.fullmatch(upload.media_type) else "application/octet-stream"
         row = FileRow(id=file_id or new_file_id(), project_id=project_id, filename=filename, purpose=purpose,
                       bytes=upload.size, sha256=upload.sha256, media_type=media[:100], created_at=now,
                       expires_at=expires, status="processed", storage=self.blobs.kind)
@@ -252,10 +265,11 @@ class FilesService:
             for forget in self.on_delete:
                 forget(r.project_id, r.id)
             self.blobs.remove(r.project_id, r.id)
+        known: set[str] = set()
         if self.blobs.kind == "local":
             with self.db.session() as s:
                 known = set(s.scalars(select(FileRow.id)))
-            self.blobs.sweep(known)
+        self.blobs.sweep(known)
         return len(rows)
 
     async def maintain(self, every_s: float) -> None:

@@ -28,7 +28,8 @@ class MeteringPolicy(Recorder):
 
     def record(self, call: Call, usage: Usage | None, status: int) -> None:
         route = call.route
-        if route is None or call.facts.get("unmetered"):  # a batch line stopped for interactive calls
+        line = call.facts.get("line")  # a batch line's call: one record per line (see batches.worker)
+        if route is None or (line is not None and (line.stopped or status == 429)):
             return
         who = call.principal
         info = route.info
@@ -39,7 +40,7 @@ class MeteringPolicy(Recorder):
         now = time.monotonic()
         first = call.facts.get("first_at")
         # a row in usage.COLUMNS order
-        record_id = call.facts.get("record_id") or f"{self._node}{next(self._ids):x}"  # a batch line's: its own
+        record_id = line.record_id() if line is not None else f"{self._node}{next(self._ids):x}"
         self.wal.append([
             record_id, time.time(), who.project_id if who else "",
             who.key_id if who else None, route.deployment,

@@ -47,7 +47,10 @@ class FileSearch:
         self._search_request(tool, "x", i)  # filters and ranking options checked up front
         for j, store_id in enumerate(tool.vector_store_ids):
             try:
-                await self.vectors.get(run.project, store_id)
+                store = await self.vectors.get(run.project, store_id)
+                if store["status"] == "expired":
+                    raise InvalidRequest(f"The vector store '{store_id[:80]}' has expired.",
+                                         param=f"tools[{i}].vector_store_ids[{j}]", code="vector_store_expired")
             except NotFound:
                 raise InvalidRequest(f"No vector store found with id '{store_id[:80]}'.",
                                      param=f"tools[{i}].vector_store_ids[{j}]", code="invalid_value") from None

@@ -59,7 +59,8 @@ class ResponsesService:
         project, tools, context, route, inputs = await self._request(call, req)
         state = ResponseState(response_id(), req, route.deployment, tools, store=req.store is not False,
                               conversation_id=req.conversation_id)
-        call.operation = "responses"
+        if call.facts.get("line") is None:  # a batch line's keeps its operation (batch.responses)
+            call.operation = "responses"
         call.facts["response_id"] = state.id
         run = Run(project, state, context, inputs, call, route, tools)
         await self.tools.check(run)

@@ -258,7 +258,7 @@ class FileRow(Base):
     """An uploaded file of the Files API. Its bytes are in the local file store or in `file_parts`."""
 
     __tablename__ = "files"
-    __table_args__ = (Index("ix_files_project_order", "project_id", "seq"),)
+    __table_args__ = (Index("ix_files_project_order", "project_id", "seq"), {"sqlite_autoincrement": True})
 
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                      autoincrement=True)  # list order, on any replica
@@ -291,7 +291,7 @@ class VectorStoreRow(Base):
     of its chunks, so that each replica knows when its in-memory index is behind."""
 
     __tablename__ = "vector_stores"
-    __table_args__ = (Index("ix_vector_stores_project_order", "project_id", "seq"),)
+    __table_args__ = (Index("ix_vector_stores_project_order", "project_id", "seq"), {"sqlite_autoincrement": True})
 
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                      autoincrement=True)
@@ -315,7 +315,7 @@ class VectorStoreFileRow(Base):
     __tablename__ = "vector_store_files"
     __table_args__ = (UniqueConstraint("vector_store_id", "file_id", name="uq_vector_store_files"),
                       Index("ix_vector_store_files_work", "status", "lease_until"),
-                      Index("ix_vector_store_files_file", "file_id"))
+                      Index("ix_vector_store_files_file", "file_id"), {"sqlite_autoincrement": True})
 
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                      autoincrement=True)
@@ -352,7 +352,8 @@ class VectorChunkRow(Base):
 
     __tablename__ = "vector_chunks"
     __table_args__ = (Index("ix_vector_chunks_store_seq", "vector_store_id", "seq"),
-                      Index("ix_vector_chunks_store_file", "vector_store_id", "file_id"))
+                      Index("ix_vector_chunks_store_file", "vector_store_id", "file_id"),
+                      {"sqlite_autoincrement": True})  # a seq is never given twice: replicas load by it
 
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                      autoincrement=True)
@@ -370,7 +371,8 @@ class BatchRow(Base):
     the worker finishing it (writing its output files)."""
 
     __tablename__ = "batches"
-    __table_args__ = (Index("ix_batches_project_order", "project_id", "seq"), Index("ix_batches_status", "status"))
+    __table_args__ = (Index("ix_batches_project_order", "project_id", "seq"), Index("ix_batches_status", "status"),
+                      {"sqlite_autoincrement": True})
 
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                      autoincrement=True)

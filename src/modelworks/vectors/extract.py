@@ -42,6 +42,8 @@ def extract_text(filename: str, data: bytes) -> str:
         elif ext == ".json":
             try:
                 text = json.dumps(json.loads(text), indent=1, ensure_ascii=False)
+            except RecursionError:
+                raise ExtractionError("invalid_file", "The JSON is nested too deeply.") from None
             except ValueError as exc:
                 raise ExtractionError("invalid_file", f"The file is not valid JSON: {exc}.") from None
     if len(text) > MAX_TEXT:
@@ -123,9 +125,14 @@ def _docx(data: bytes) -> str:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             info = z.getinfo("word/document.xml")
-            if info.file_size > MAX_XML:
-                raise ExtractionError("invalid_file", "The document is too large once uncompressed.")
-            root = ElementTree.fromstring(z.read(info))
+            parts, size = [], 0
+            with z.open(info) as member:  # counted as it inflates: a ZIP's declared sizes can lie
+                while block := member.read(1 << 20):
+                    size += len(block)
+                    if size > MAX_XML:
+                        raise ExtractionError("invalid_file", "The document is too large once uncompressed.")
+                    parts.append(block)
+            root = ElementTree.fromstring(b"".join(parts))
     except ExtractionError:
         raise
     except (zipfile.BadZipFile, KeyError, ElementTree.ParseError, ValueError, OSError):

@@ -56,6 +56,8 @@ class StoreIndex:
         self.chunk_seq = array("q")   # chunk number -> its row's seq
         self.file_numbers: dict[str, int] = {}
         self.files: list[FileInfo] = []
+        self.filled: set[int] = set()  # files whose chunks are here
+        self.settled: set[int] = set()  # ... as of the load before this one: new chunks of theirs mean a rebuild
         self.live_files: set[int] = set()
         self.live = np.zeros(0, dtype=bool)
         self.live_count = 0
@@ -70,11 +72,20 @@ class StoreIndex:
             self.files.append(FileInfo(file_id, "", {}))
         return number
 
-    def add_chunks(self, rows) -> None:
-        """Rows of (seq, file_id, terms text, vector bytes), in seq order."""
+    def begin_load(self) -> None:
+        """A load starts: the files with chunks now were ingested before it (a file's chunks may span the pages
+        of one load, never two loads, unless it was ingested again)."""
+        self.settled = set(self.filled)
+
+    def add_chunks(self, rows) -> bool:
+        """Rows of (seq, file_id, terms text, vector bytes), in seq order. False (nothing added) when a row is of a
+        file that already has chunks here: its chunks were replaced (it was ingested again), and the index must be
+        built anew, without the old ones."""
         rows = list(rows)
         if not rows:
-            return
+            return True
+        if any(self.file_numbers.get(row[1]) in self.settled for row in rows):
+            return False
         first = np.frombuffer(rows[0][3], dtype="<f4")
         if self.vectors.shape[1] != len(first):
             if self.count:
@@ -93,10 +104,13 @@ class StoreIndex:
             number = self.count  # chunks after the clustered ones have their own number as row
             self.vectors[number] = np.frombuffer(vector, dtype="<f4")
             self.lexical.add(number, terms.split())
-            self.chunk_file.append(self._file_number(file_id))
+            number_of_file = self._file_number(file_id)
+            self.chunk_file.append(number_of_file)
             self.chunk_seq.append(seq)
             self.count += 1
             self.last_seq = seq
+        self.filled.update(self.file_numbers[row[1]] for row in rows)
+        return True
 
     def set_files(self, files: list[tuple[str, str, dict]]) -> None:
         """The files whose chunks are searchable now (completed ones): (file_id, filename, attributes)."""

@@ -31,6 +31,7 @@ log = logging.getLogger("modelworks.vectors.ingest")
 EMBED_BATCH = 32
 MAX_ATTEMPTS = 3
 CLAIM = 16  # files taken at once: their chunks are embedded together
+GROUP_CHUNKS = 256  # chunks embedded together at most (more of one file are, in its own group)
 
 
 class Ingestor:
@@ -56,55 +57,64 @@ class Ingestor:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            await self.ingest(rows)
+            try:
+                await self.ingest(rows)
+            except Exception:  # noqa: BLE001 - the files' leases run out and they are taken again
+                log.warning("ingesting %d files failed", len(rows), exc_info=True)
 
     async def ingest(self, rows: list[VectorStoreFileRow]) -> None:
-        """Files taken together: each read, extracted and chunked, then the chunks of all of them embedded in
-        shared batches (many small files embed much faster so), then each file's chunks stored."""
+        """Files taken together: each read, extracted and chunked, and the chunks of several embedded in shared
+        batches (many small files embed much faster so; at most GROUP_CHUNKS chunks wait in memory), then each
+        file's chunks stored. Leases are renewed until the last file is stored."""
         for row in rows:
             log.info("ingesting %s into %s (attempt %d)", row.file_id, row.vector_store_id, row.attempts)
         renewer = asyncio.create_task(self._renew(rows))
-        outcomes: dict[int, dict] = {}
         try:
-            ready = []
+            pending: list[tuple] = []
             for row in rows:
                 try:
                     prepared = await self._prepare(row)
                 except Exception as exc:  # noqa: BLE001 - a file's failure is its own
-                    outcome = self._failed_attempt(row, exc)
-                    if outcome is not None:
-                        outcomes[id(row)] = outcome
+                    await self._finish(row, self._failed_attempt(row, exc))
                     continue
                 if isinstance(prepared, dict):
-                    outcomes[id(row)] = prepared
-                else:
-                    ready.append((row, *prepared))
-            groups: dict[tuple, list] = {}
-            for entry in ready:  # (row, principal, deployment, chunks)
-                groups.setdefault((entry[2], entry[1].key_id), []).append(entry)
-            for (deployment, _), members in groups.items():
-                texts = [c.text for *_, chunks in members for c in chunks]
-                try:
-                    vectors = await self._embed(members[0][1], deployment, texts)
-                except Exception as exc:  # noqa: BLE001 - the group's files fail (or wait) together
-                    for row, *_ in members:
-                        outcome = self._failed_attempt(row, exc)
-                        if outcome is not None:
-                            outcomes[id(row)] = outcome
+                    await self._finish(row, prepared)
                     continue
-                at = 0
-                for row, _, _, chunks in members:
-                    made = await asyncio.to_thread(_chunk_rows, chunks, vectors[at:at + len(chunks)])
-                    at += len(chunks)
-                    outcomes[id(row)] = {"chunks": made,
-                                         "usage_bytes": sum(len(c["text"].encode()) + len(c["vector"]) for c in made)}
+                pending.append((row, *prepared))
+                if sum(len(p[3]) for p in pending) >= GROUP_CHUNKS:
+                    await self._embed_and_store(pending)
+                    pending = []
+            await self._embed_and_store(pending)
         finally:
             renewer.cancel()
-        for row in rows:
-            outcome = outcomes.get(id(row))
-            if outcome is not None:
-                await asyncio.to_thread(self.store.finish, row.vector_store_id, row.file_id, self.owner, **outcome)
-                self.processed += 1
+
+    async def _embed_and_store(self, pending: list[tuple]) -> None:
+        groups: dict[tuple, list] = {}
+        for entry in pending:  # (row, principal, deployment, chunks)
+            groups.setdefault((entry[2], entry[1].key_id), []).append(entry)
+        for (deployment, _), members in groups.items():
+            texts = [c.text for *_, chunks in members for c in chunks]
+            try:
+                vectors = await self._embed(members[0][1], deployment, texts)
+            except Exception as exc:  # noqa: BLE001 - the group's files fail (or wait) together
+                for row, *_ in members:
+                    await self._finish(row, self._failed_attempt(row, exc))
+                continue
+            at = 0
+            for row, _, _, chunks in members:
+                made = await asyncio.to_thread(_chunk_rows, chunks, vectors[at:at + len(chunks)])
+                at += len(chunks)
+                await self._finish(row, {"chunks": made, "usage_bytes": sum(len(c["text"].encode()) +
+                                                                           len(c["vector"]) for c in made)})
+
+    async def _finish(self, row: VectorStoreFileRow, outcome: dict | None) -> None:
+        if outcome is None:  # taken again once its lease runs out
+            return
+        try:
+            await asyncio.to_thread(self.store.finish, row.vector_store_id, row.file_id, self.owner, **outcome)
+            self.processed += 1
+        except Exception:  # noqa: BLE001 - the store failed: its lease runs out and it is taken again
+            log.warning("could not store the outcome of %s", row.file_id, exc_info=True)
 
     def _failed_attempt(self, row: VectorStoreFileRow, exc: BaseException) -> dict | None:
         """A failed attempt: the file fails for good (its outcome), or after its lease runs out it is taken again

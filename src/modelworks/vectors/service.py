@@ -244,12 +244,13 @@ class VectorStoresService:
         for hit in hits:
             if hit.seq not in best or hit.score > best[hit.seq].score:
                 best[hit.seq] = hit
-        ranked = sorted(best.values(), key=lambda h: (-h.score, h.seq))[:req.max_num_results]
-        texts = await asyncio.to_thread(self.store.texts, [h.seq for h in ranked])
+        ranked = sorted(best.values(), key=lambda h: (-h.score, h.seq))
+        texts = await asyncio.to_thread(self.store.texts, store_ids, [h.seq for h in ranked])
+        ranked = [h for h in ranked if h.seq in texts][:req.max_num_results]  # a chunk just replaced is left out
         return queries, [{"file_id": h.file.file_id, "filename": h.file.filename, "score": round(h.score, 6),
                           "attributes": h.file.attributes or None, "content": [{"type": "text",
                                                                                  "text": texts.get(h.seq, "")}]}
-                         for h in ranked if h.seq in texts]
+                         for h in ranked]
 
     def _usable_stores(self, project_id: str, store_ids: list[str], param: str):
         with self.store.db.session() as s:
@@ -279,14 +280,15 @@ class VectorStoresService:
                 return index
             if index is None or index.masked_fraction > 0.5:
                 index = StoreIndex(store_id)
-            await asyncio.to_thread(self._refresh, index, version)
+            index = await asyncio.to_thread(self._refresh, index, version)
             if index.needs_clusters():
                 index.building = True
                 self._builds.add(asyncio.create_task(self._cluster(index)))
             self.indexes[store_id] = index
             self.indexes.move_to_end(store_id)
             while len(self.indexes) > self.max_indexes:
-                self.indexes.popitem(last=False)
+                gone, _ = self.indexes.popitem(last=False)
+                self._locks.pop(gone, None)
             return index
 
     async def maintain(self, every_s: float) -> None:
@@ -311,17 +313,21 @@ class VectorStoresService:
             index.building = False
             self._builds = {t for t in self._builds if not t.done()}
 
-    def _refresh(self, index: StoreIndex, version: int | None) -> None:
-        while True:
-            rows = self.store.chunks_after(index.store_id, index.last_seq)
-            if not rows:
-                break
-            with index.lock:
-                index.add_chunks(rows)
-        files = self.store.live_files(index.store_id)
+    def _refresh(self, index: StoreIndex, version: int | None) -> StoreIndex:
+        """Load what is new into the index, under its lock (a search never sees it half loaded); a store whose
+        files' chunks were replaced is loaded anew (into a fresh index, returned)."""
         with index.lock:
-            index.set_files(files)
+            index.begin_load()
+            while True:
+                rows = self.store.chunks_after(index.store_id, index.last_seq)
+                if not rows:
+                    break
+                if not index.add_chunks(rows):
+                    fresh = StoreIndex(index.store_id)
+                    return self._refresh(fresh, version)
+            index.set_files(self.store.live_files(index.store_id))
             index.version = version if version is not None else -1
+        return index
 
 
 def _locked_search(index: StoreIndex, *args):

@@ -10,7 +10,7 @@ import json
 import secrets
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from modelworks.errors import InvalidRequest, NotFound
@@ -156,6 +156,7 @@ class VectorStoreDB:
     def delete(self, project_id: str, store_id: str) -> None:
         with self.db.session() as s:
             row = self.store_row(s, project_id, store_id)
+            self._bump(s, store_id)  # the store's row first, as ingestion takes it: no deadlock between them
             s.execute(delete(VectorChunkRow).where(VectorChunkRow.vector_store_id == store_id))
             s.execute(delete(VectorStoreFileRow).where(VectorStoreFileRow.vector_store_id == store_id))
             s.execute(delete(VectorStoreFileBatchRow).where(VectorStoreFileBatchRow.vector_store_id == store_id))
@@ -166,6 +167,7 @@ class VectorStoreDB:
             ids = list(s.scalars(select(VectorStoreRow.id).where(VectorStoreRow.expires_at <= now() - EXPIRED_KEPT)
                                  .limit(100)))
             for store_id in ids:
+                self._bump(s, store_id)
                 s.execute(delete(VectorChunkRow).where(VectorChunkRow.vector_store_id == store_id))
                 s.execute(delete(VectorStoreFileRow).where(VectorStoreFileRow.vector_store_id == store_id))
                 s.execute(delete(VectorStoreFileBatchRow).where(VectorStoreFileBatchRow.vector_store_id == store_id))
@@ -305,24 +307,25 @@ class VectorStoreDB:
     def finish(self, store_id: str, file_id: str, owner: str, *, chunks: list[dict] | None = None,
                usage_bytes: int = 0, error: dict | None = None) -> bool:
         """Store a file's chunks and mark it `completed`, or mark it `failed`: only while its lease is still this
-        worker's (a cancelled or re-queued file is left as it is). Returns whether it was written."""
+        worker's and it is still waiting (a cancelled or re-queued file is left as it is: the update is
+        conditional). Returns whether it was written."""
         with self.db.session() as s:
             if chunks is not None:
                 self._bump(s, store_id)  # first: the store's row lock orders the chunks' seq by commit
-            row = s.scalar(select(VectorStoreFileRow).where(
+            values = ({"status": "failed", "last_error": json.dumps(error)} if error is not None else
+                      {"status": "completed", "usage_bytes": usage_bytes, "last_error": None})
+            done = s.execute(update(VectorStoreFileRow).where(
                 VectorStoreFileRow.vector_store_id == store_id, VectorStoreFileRow.file_id == file_id,
-                VectorStoreFileRow.lease_owner == owner, VectorStoreFileRow.status == "in_progress"))
-            if row is None:
-                s.rollback()
-                return False
-            row.lease_owner, row.lease_until = None, None
-            if error is not None:
-                row.status, row.last_error = "failed", json.dumps(error)
-                return True
-            s.execute(delete(VectorChunkRow).where(VectorChunkRow.vector_store_id == store_id,
-                                                   VectorChunkRow.file_id == file_id))
-            s.add_all([VectorChunkRow(vector_store_id=store_id, file_id=file_id, **c) for c in chunks or []])
-            row.status, row.usage_bytes, row.last_error = "completed", usage_bytes, None
+                VectorStoreFileRow.lease_owner == owner, VectorStoreFileRow.status == "in_progress")
+                .values(lease_owner=None, lease_until=None, **values))
+            if done.rowcount != 1:
+                return False  # (the version bump stands: replicas look again, and find nothing new)
+            if error is None:
+                s.execute(delete(VectorChunkRow).where(VectorChunkRow.vector_store_id == store_id,
+                                                       VectorChunkRow.file_id == file_id))
+                if chunks:
+                    s.execute(insert(VectorChunkRow), [{"vector_store_id": store_id, "file_id": file_id, **c}
+                                                       for c in chunks])
             return True
 
     # -- what a replica's index loads --------------------------------------------------------------------------------
@@ -344,10 +347,12 @@ class VectorStoreDB:
                 select(VectorStoreFileRow.file_id, VectorStoreFileRow.filename, VectorStoreFileRow.attributes)
                 .where(VectorStoreFileRow.vector_store_id == store_id, VectorStoreFileRow.status == "completed"))]
 
-    def texts(self, seqs: list[int]) -> dict[int, str]:
+    def texts(self, store_ids: list[str], seqs: list[int]) -> dict[int, str]:
+        if not seqs:
+            return {}
         with self.db.session() as s:
-            return dict(s.execute(select(VectorChunkRow.seq, VectorChunkRow.text)
-                                  .where(VectorChunkRow.seq.in_(seqs))).all())
+            return dict(s.execute(select(VectorChunkRow.seq, VectorChunkRow.text).where(
+                VectorChunkRow.vector_store_id.in_(store_ids), VectorChunkRow.seq.in_(seqs))).all())
 
     def file_chunks(self, store_id: str, file_id: str) -> list[str]:
         with self.db.session() as s:
