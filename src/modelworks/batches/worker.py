@@ -47,6 +47,8 @@ class BatchWorker:
         self.owner = uuid.uuid4().hex[:16]
         self.running: dict[tuple[str, int], asyncio.Task] = {}
         self.processed = 0
+        self.stopped = 0  # lines stopped for interactive calls
+        self._local_locks: dict[str, asyncio.Lock] = {}
 
     async def run(self, idle_s: float = 1.0) -> None:
         renewer = asyncio.create_task(self._renew_forever())
@@ -109,6 +111,15 @@ class BatchWorker:
 
     async def _attempt(self, batch: BatchRow, line: BatchLineRow):
         deployment = batch.model
+        if not self._local(deployment):
+            return await self._attempt_on(batch, line, deployment, local=False)
+        # on this machine's model one line at a time: an interactive call always finds a free slot, and waits
+        # only for the one line it stops (within a token)
+        lock = self._local_locks.setdefault(deployment, asyncio.Lock())
+        async with lock:
+            return await self._attempt_on(batch, line, deployment, local=True)
+
+    async def _attempt_on(self, batch: BatchRow, line: BatchLineRow, deployment: str, local: bool):
         while (wait := self.interactive.quiet(deployment)) > 0:
             await asyncio.sleep(wait)
         principal = await self._principal(batch.key_id)
@@ -122,7 +133,7 @@ class BatchWorker:
         arrival = self.interactive.arrival(deployment)
         arrival.clear()
         work = asyncio.create_task(self._run(batch, line, call))
-        if not self._local(deployment):
+        if not local:
             return await work
         stop = asyncio.create_task(arrival.wait())
         try:
@@ -132,6 +143,8 @@ class BatchWorker:
         if work in done:
             return work.result()
         context.stopped = True  # stopped for an interactive call: not the batch's to pay
+        self.stopped += 1
+        log.debug("batch %s line %d stopped for an interactive call", batch.id, line.line)
         work.cancel()
         try:
             await work
