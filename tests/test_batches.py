@@ -211,6 +211,16 @@ def test_bad_input_files_name_the_line(sdk, http, lines, words):
     assert "line" in error["message"]
 
 
+def test_too_many_lines(sdk, http):
+    line = json.dumps(chat_line(0)).replace('"req-0"', '"r%d"')
+    made = sdk.files.create(file=("big.jsonl", "\n".join(line % i for i in range(50_001)).encode()), purpose="batch")
+    r = http.post("/v1/batches", json={"input_file_id": made.id, "endpoint": "/v1/chat/completions",
+                                       "completion_window": "24h"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input_file_id"
+    assert "at most 50000" in r.json()["error"]["message"]
+    sdk.files.delete(made.id)
+
+
 def test_bad_batch_requests_name_the_field(sdk, http):
     good = sdk.files.create(file=("good.jsonl", jsonl([chat_line(0)])), purpose="batch").id
     notes = sdk.files.create(file=("notes.txt", b"not for batches"), purpose="assistants").id

@@ -92,6 +92,22 @@ def test_embedded_model_answers_after_searching(client, stores):
     assert r.output[-1].type == "message" and r.usage.input_tokens > 60  # the results were in its prompt
 
 
+def test_a_store_on_another_embeddings_deployment(client):
+    """Any embeddings deployment makes a store's vectors (here the fake upstream's), metered as its calls."""
+    made = client.files.create(file=("tides.txt", b"High tide at Brest is at six in the morning."),
+                               purpose="assistants")
+    store = client.vector_stores.create(name="upstream-vectors", file_ids=[made.id],
+                                        extra_body={"embedding_model": "upstream-model"})
+    end = time.monotonic() + 60
+    while client.vector_stores.retrieve(store.id).file_counts.in_progress:
+        assert time.monotonic() < end
+        time.sleep(0.2)
+    assert client.vector_stores.retrieve(store.id).file_counts.completed == 1
+    hits = client.vector_stores.search(store.id, query="tide at Brest").data
+    assert hits and hits[0].file_id == made.id
+    client.vector_stores.delete(store.id)
+
+
 def test_bad_file_search_tools(raw, stores):
     for tool, param in (({"type": "file_search"}, "tools[0].vector_store_ids"),
                         ({"type": "file_search", "vector_store_ids": []}, "tools[0].vector_store_ids"),

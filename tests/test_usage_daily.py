@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
-from sqlalchemy import text
 
 from modelworks.control.bootstrap import bootstrap
 from modelworks.metering.daily import DailyUsage
@@ -65,9 +64,19 @@ def test_the_daily_sums_agree_with_the_records_and_count_a_replay_once(db, path)
 
 def test_the_migration_fills_the_daily_sums_from_stored_records(db):
     UsageService(db).insert_json(_lines(50))
-    with db.engine.begin() as conn:  # as a store before migration 0012: records, no sums
-        conn.execute(text("DROP TABLE usage_daily"))
-        conn.execute(text("UPDATE alembic_version SET version_num = '0011'"))
+    from alembic import command
+    from alembic.config import Config
+
+    from modelworks.store.db import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:  # back to a store before migration 0012: records, no sums
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0011")
+        assert "usage_daily" not in {r[0] for r in conn.exec_driver_sql(
+            "SELECT table_name FROM information_schema.tables" if conn.dialect.name == "postgresql"
+            else "SELECT name FROM sqlite_master WHERE type = 'table'")}
     db.upgrade()
     raw, summed = _both(db, ("day", "deployment", "key"))
     assert raw == summed and len(raw) > 3

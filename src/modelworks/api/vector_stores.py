@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from modelworks.api.http import JSONResult
 from modelworks.api.request import Request
 from modelworks.control.audit import Event
@@ -13,8 +15,10 @@ from modelworks.protocol.parse import parse_request
 from modelworks.vectors.protocol import (
     CreateFileBatch, CreateVectorStore, CreateVectorStoreFile, SearchRequest, UpdateAttributes, UpdateVectorStore,
 )
-from modelworks.vectors.service import VectorStoresService
 from modelworks.vectors.store import STATUSES
+
+if TYPE_CHECKING:
+    from modelworks.vectors.service import VectorStoresService  # NumPy: loaded when the app is built
 
 
 class VectorStoreHandlers:
