@@ -4,12 +4,11 @@ the work is in `modelworks.batches`. Another project's batch is answered as miss
 from __future__ import annotations
 
 from modelworks.api.http import JSONResult
-from modelworks.api.request import Request
+from modelworks.api.request import Request, int_query
 from modelworks.api.responses import dated_api_version
 from modelworks.batches.service import BatchService, CreateBatch
 from modelworks.control.audit import Event
 from modelworks.control.audit_writer import AuditWriter
-from modelworks.errors import InvalidRequest
 from modelworks.policies.chain import Call, PolicyChain
 from modelworks.protocol.parse import parse_request
 
@@ -43,14 +42,7 @@ class BatchHandlers:
 
     async def list(self, request: Request) -> JSONResult:
         who = await self._who(request, "batches.list")
-        raw = request.query("limit")
-        try:
-            limit = 20 if raw is None else int(raw)
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= 100:
-            raise InvalidRequest("Invalid value for 'limit': an integer from 1 to 100.", param="limit",
-                                 code="invalid_value")
+        limit = int_query(request, "limit", 20, 1, 100)
         items, more = await self.service.list(who.project_id, limit, request.query("after"))
         return JSONResult({"object": "list", "data": items, "has_more": more,
                            "first_id": items[0]["id"] if items else "", "last_id": items[-1]["id"] if items else ""})

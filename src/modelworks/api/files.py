@@ -6,7 +6,7 @@ import asyncio
 from urllib.parse import quote
 
 from modelworks.api.http import ByteStream, JSONResult
-from modelworks.api.request import Request
+from modelworks.api.request import Request, int_query
 from modelworks.api.responses import dated_api_version
 from modelworks.control.audit import Event
 from modelworks.control.audit_writer import AuditWriter
@@ -40,7 +40,7 @@ class FilesHandlers:
 
     async def list(self, request: Request) -> JSONResult:
         who = await self._who(request, "files.list")
-        limit = _int_query(request, "limit", 10000, 1, 10000)
+        limit = int_query(request, "limit", 10000, 1, 10000)
         order = request.query("order") or "desc"
         if order not in ("asc", "desc"):
             raise InvalidRequest("Invalid value for 'order': 'asc' or 'desc'.", param="order", code="invalid_value")
@@ -70,15 +70,3 @@ class FilesHandlers:
         disposition = f"attachment; filename*=UTF-8''{quote(row.filename, safe='')}"
         return ByteStream(chunks, {"content-type": row.media_type, "content-disposition": disposition,
                                    "x-content-type-options": "nosniff"}, length=row.bytes)
-
-
-def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query(name)
-    try:
-        value = default if raw is None else int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise InvalidRequest(f"Invalid value for '{name}': an integer from {low} to {high}.", param=name,
-                             code="invalid_value")
-    return value

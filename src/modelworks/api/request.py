@@ -73,6 +73,19 @@ class Request:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter from `low` to `high` (a 400 naming it otherwise)."""
+    raw = request.query(name)
+    try:
+        value = default if raw is None else int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidRequest(f"Invalid value for '{name}': an integer from {low} to {high}.", param=name,
+                             code="invalid_value")
+    return value
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from modelworks.api.http import JSONResult
-from modelworks.api.request import Request
+from modelworks.api.request import Request, int_query
 from modelworks.control.audit import Event
 from modelworks.control.audit_writer import AuditWriter
 from modelworks.errors import InvalidRequest
@@ -138,14 +138,7 @@ class VectorStoreHandlers:
 
 
 def _page(request: Request) -> dict:
-    raw = request.query("limit")
-    try:
-        limit = 20 if raw is None else int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise InvalidRequest("Invalid value for 'limit': an integer from 1 to 100.", param="limit",
-                             code="invalid_value")
+    limit = int_query(request, "limit", 20, 1, 100)
     order = request.query("order") or "desc"
     if order not in ("asc", "desc"):
         raise InvalidRequest("Invalid value for 'order': 'asc' or 'desc'.", param="order", code="invalid_value")

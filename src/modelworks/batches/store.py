@@ -8,28 +8,17 @@ that marks it done. Lines are taken across batches in line order, so that batche
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from sqlalchemy import and_, case, func, insert, or_, select, update
 
 from modelworks.errors import InvalidRequest, NotFound
 from modelworks.store.db import Database
+from modelworks.store.times import aware, now, ts
 from modelworks.store.schema import BatchLineRow, BatchRow
 
 ACTIVE = ("validating", "in_progress")
 ENDED = ("completed", "failed", "expired", "cancelled")
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def ts(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return int(value.timestamp())
 
 
 def view(row: BatchRow, counts: dict, usage: tuple[int, int] | None = None) -> dict:
@@ -204,7 +193,7 @@ class BatchDB:
             if row is None or row.status in ENDED:
                 return None
             if row.status == "finalizing":
-                if row.lease_until is not None and _aware(row.lease_until) > at:
+                if row.lease_until is not None and aware(row.lease_until) > at:
                     return None
                 outcome = _outcome(row)  # its finisher died: taken over, to the same end
             else:
@@ -213,7 +202,7 @@ class BatchDB:
                 running = s.scalar(select(func.count()).where(BatchLineRow.batch_id == batch_id,
                                                               BatchLineRow.status == "running",
                                                               BatchLineRow.lease_until >= at))
-                if row.status in ACTIVE and _aware(row.expires_at) <= at:
+                if row.status in ACTIVE and aware(row.expires_at) <= at:
                     outcome = "expired"
                 elif row.status == "cancelling":
                     if running:
@@ -260,10 +249,6 @@ class BatchDB:
             done = s.execute(update(BatchRow).where(BatchRow.id == batch_id, BatchRow.status == "finalizing",
                                                     BatchRow.lease_owner.like(f"{owner}|%")).values(**values))
             return done.rowcount == 1
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def _outcome(row: BatchRow) -> str:

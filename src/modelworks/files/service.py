@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -25,6 +25,7 @@ from modelworks.files.checks import check_upload, suffix
 from modelworks.files.upload import Upload, clean_filename
 from modelworks.settings import FilesSettings
 from modelworks.store.db import Database
+from modelworks.store.times import now, ts
 from modelworks.store.schema import FileRow
 
 log = logging.getLogger("modelworks.files")
@@ -46,23 +47,11 @@ def new_file_id() -> str:
     return "file-" + secrets.token_hex(12)
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _ts(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return int(value.timestamp())
-
-
 def view(row: FileRow) -> dict:
-    body = {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": _ts(row.created_at),
+    body = {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": ts(row.created_at),
             "filename": row.filename, "purpose": row.purpose, "status": row.status}
     if row.expires_at is not None:  # the spec's expires_at is an integer, never null: absent when it never expires
-        body["expires_at"] = _ts(row.expires_at)
+        body["expires_at"] = ts(row.expires_at)
     if row.status_details:
         body["status_details"] = row.status_details
     return body
@@ -160,18 +149,18 @@ class FilesService:
 
     def _store(self, project_id: str, upload: Upload, filename: str, purpose: str, seconds: int | None,
                file_id: str | None = None, quota: bool = True) -> dict:
-        now = _now()
+        at = now()
         if seconds is not None:
-            expires = now + timedelta(seconds=seconds)
+            expires = at + timedelta(seconds=seconds)
         elif purpose == "batch":
-            expires = now + BATCH_DEFAULT_EXPIRY
+            expires = at + BATCH_DEFAULT_EXPIRY
         else:
             expires = None
         media = MEDIA_TYPES.get(suffix(filename))
         if media is None:  # the client's, where it is a plain type/subtype (it is sent back as a header)
             media = upload.media_type if _MEDIA.fullmatch(upload.media_type) else "application/octet-stream"
         row = FileRow(id=file_id or new_file_id(), project_id=project_id, filename=filename, purpose=purpose,
-                      bytes=upload.size, sha256=upload.sha256, media_type=media[:100], created_at=now,
+                      bytes=upload.size, sha256=upload.sha256, media_type=media[:100], created_at=at,
                       expires_at=expires, status="processed", storage=self.blobs.kind)
         cap = self.settings.max_project_bytes if quota else None  # a batch's output is never refused
         with self.db.session() as s:
@@ -192,7 +181,7 @@ class FilesService:
 
     def _live(self, project_id: str):
         return (FileRow.project_id == project_id,
-                or_(FileRow.expires_at.is_(None), FileRow.expires_at > _now()))
+                or_(FileRow.expires_at.is_(None), FileRow.expires_at > now()))
 
     def row(self, project_id: str, file_id: str) -> FileRow:
         with self.db.session() as s:
@@ -258,7 +247,7 @@ class FilesService:
         """Delete expired files (rows and bytes); then sweep bytes that no row refers to."""
         with self.db.session() as s:
             rows = list(s.execute(select(FileRow.id, FileRow.project_id)
-                                  .where(FileRow.expires_at <= _now()).limit(limit)))
+                                  .where(FileRow.expires_at <= now()).limit(limit)))
             if rows:
                 s.execute(delete(FileRow).where(FileRow.id.in_([r.id for r in rows])))
         for r in rows:

@@ -8,29 +8,18 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from modelworks.errors import InvalidRequest, NotFound
 from modelworks.store.db import Database
+from modelworks.store.times import aware, now, ts
 from modelworks.store.schema import VectorChunkRow, VectorStoreFileBatchRow, VectorStoreFileRow, VectorStoreRow
 
 STATUSES = ("in_progress", "completed", "cancelled", "failed")
 EXPIRED_KEPT = timedelta(days=7)  # an expired store is listed as `expired` this long, then deleted
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def ts(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return int(value.timestamp())
 
 
 def new_id(prefix: str) -> str:
@@ -38,12 +27,7 @@ def new_id(prefix: str) -> str:
 
 
 def expired(row: VectorStoreRow) -> bool:
-    at = row.expires_at
-    if at is None:
-        return False
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
-    return at <= now()
+    return row.expires_at is not None and aware(row.expires_at) <= now()
 
 
 def counts_view(counts: dict[str, int]) -> dict:
@@ -136,7 +120,7 @@ class VectorStoreDB:
     def touch(self, s: Session, row: VectorStoreRow) -> None:
         """Active now: the expiry counts from here (written at most once a minute)."""
         at = now()
-        last = row.last_active_at if row.last_active_at.tzinfo else row.last_active_at.replace(tzinfo=timezone.utc)
+        last = aware(row.last_active_at)
         if at - last < timedelta(minutes=1):
             return
         row.last_active_at = at
