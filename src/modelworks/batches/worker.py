@@ -23,6 +23,9 @@ from modelworks.batches.priority import Interactive
 from modelworks.batches.store import BatchDB
 from modelworks.errors import InsufficientQuota, ModelworksError, Overloaded
 from modelworks.policies.chain import Call
+from modelworks.protocol.parse import parse_request
+from modelworks.protocol.requests import ChatCompletionRequest, CompletionRequest
+from modelworks.responses.protocol import CreateResponse
 from modelworks.store.schema import BatchLineRow, BatchRow
 
 log = logging.getLogger("modelworks.batches")
@@ -168,13 +171,8 @@ class BatchWorker:
             if batch.endpoint == "/v1/embeddings":
                 answer = (await self.handlers.answer_embeddings(call, body)).body
             elif batch.endpoint == "/v1/responses":
-                from modelworks.protocol.parse import parse_request
-                from modelworks.responses.protocol import CreateResponse
-
                 answer = await self.responses.create(call, await parse_request(CreateResponse, body))
             else:
-                from modelworks.protocol.requests import ChatCompletionRequest, CompletionRequest
-
                 model = ChatCompletionRequest if batch.endpoint == "/v1/chat/completions" else CompletionRequest
                 answer = (await self.handlers.answer(call, body, model)).body
         except InsufficientQuota as exc:

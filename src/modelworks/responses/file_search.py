@@ -94,8 +94,7 @@ class FileSearch:
         state.emit({"type": "response.file_search_call.searching", "item_id": item["id"], "output_index": position})
         call = ModelCalls.another(run.call, "file_search", {"response_id": state.id})
         _, results = await self.vectors.search(run.call.principal, call, list(tool.vector_store_ids),
-                                               self._search_request(tool, query, i),
-                                               param=f"tools[{i}].vector_store_ids")
+                                               self._search_request(tool, query, i))
         hits = [{"file_id": r["file_id"], "filename": r["filename"], "score": r["score"],
                  "attributes": r["attributes"] or {}, "text": r["content"][0]["text"]} for r in results]
         state.sources = hits

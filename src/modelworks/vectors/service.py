@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from datetime import timedelta
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class VectorStoresService:
                     row.metadata_json = json.dumps(req.metadata)
                 if "expires_after" in sent:
                     row.expires_after_days = req.expires_after.days if req.expires_after else None
-                    row.expires_at = (row.last_active_at + _days(row.expires_after_days)
+                    row.expires_at = (row.last_active_at + timedelta(days=row.expires_after_days)
                                       if row.expires_after_days else None)
                 return self.store.view(s, row)
         return await asyncio.to_thread(run)
@@ -218,15 +219,14 @@ class VectorStoresService:
 
     # -- search -----------------------------------------------------------------------------------------------------
 
-    async def search(self, who, call: Call, store_ids: list[str], req: SearchRequest, param: str = "vector_store_id"
-                     ) -> tuple[list[str], list[dict]]:
+    async def search(self, who, call: Call, store_ids: list[str], req: SearchRequest) -> tuple[list[str], list[dict]]:
         """The best chunks of the stores for the query (or queries): (the queries, result items)."""
         queries = [req.query] if isinstance(req.query, str) else list(req.query)
         predicate = compile_filter(req.filters)
         options = req.ranking_options
         threshold = options.score_threshold if options else 0.0
         weight = _dense_weight(options)
-        rows = await asyncio.to_thread(self._usable_stores, who.project_id, store_ids, param)
+        rows = await asyncio.to_thread(self._usable_stores, who.project_id, store_ids)
         hits = []
         for row in rows:
             index = await self.index(row.id)
@@ -252,7 +252,7 @@ class VectorStoresService:
                                                                                  "text": texts.get(h.seq, "")}]}
                          for h in ranked]
 
-    def _usable_stores(self, project_id: str, store_ids: list[str], param: str):
+    def _usable_stores(self, project_id: str, store_ids: list[str]):
         with self.store.db.session() as s:
             rows = []
             for store_id in store_ids:
@@ -356,9 +356,3 @@ def _dense_weight(options) -> float:
         raise InvalidRequest("Invalid value for 'ranking_options.hybrid_search': weights are 0 or more, not both 0.",
                              param="ranking_options.hybrid_search")
     return dense / (dense + text)
-
-
-def _days(days: int):
-    from datetime import timedelta
-
-    return timedelta(days=days)

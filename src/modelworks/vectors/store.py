@@ -131,7 +131,8 @@ class VectorStoreDB:
              descending: bool) -> tuple[list[dict], bool]:
         with self.db.session() as s:
             q = select(VectorStoreRow).where(VectorStoreRow.project_id == project_id)
-            q = _cursor(s, q, VectorStoreRow, project_id, after, before, descending, "after")
+            q = _cursor(s, q, VectorStoreRow.seq, VectorStoreRow.id, (VectorStoreRow.project_id == project_id,),
+                        after, before, descending)
             rows = list(s.scalars(q.order_by(VectorStoreRow.seq.desc() if descending else VectorStoreRow.seq)
                                   .limit(limit + 1)))
             counts, usage = self.counts(s, [r.id for r in rows[:limit]])
@@ -140,7 +141,7 @@ class VectorStoreDB:
     def delete(self, project_id: str, store_id: str) -> None:
         with self.db.session() as s:
             row = self.store_row(s, project_id, store_id)
-            self._bump(s, store_id)  # the store's row first, as ingestion takes it: no deadlock between them
+            self.bump(s, store_id)  # the store's row first, as ingestion takes it: no deadlock between them
             s.execute(delete(VectorChunkRow).where(VectorChunkRow.vector_store_id == store_id))
             s.execute(delete(VectorStoreFileRow).where(VectorStoreFileRow.vector_store_id == store_id))
             s.execute(delete(VectorStoreFileBatchRow).where(VectorStoreFileBatchRow.vector_store_id == store_id))
@@ -151,7 +152,7 @@ class VectorStoreDB:
             ids = list(s.scalars(select(VectorStoreRow.id).where(VectorStoreRow.expires_at <= now() - EXPIRED_KEPT)
                                  .limit(100)))
             for store_id in ids:
-                self._bump(s, store_id)
+                self.bump(s, store_id)
                 s.execute(delete(VectorChunkRow).where(VectorChunkRow.vector_store_id == store_id))
                 s.execute(delete(VectorStoreFileRow).where(VectorStoreFileRow.vector_store_id == store_id))
                 s.execute(delete(VectorStoreFileBatchRow).where(VectorStoreFileBatchRow.vector_store_id == store_id))
@@ -200,23 +201,15 @@ class VectorStoreDB:
                 q = q.where(VectorStoreFileRow.status == status)
             if batch_id is not None:
                 q = q.where(VectorStoreFileRow.batch_id == batch_id)
-            for cursor, param in ((after, "after"), (before, "before")):
-                if cursor is None:
-                    continue
-                mark = s.scalar(select(VectorStoreFileRow.seq).where(
-                    VectorStoreFileRow.vector_store_id == store_id, VectorStoreFileRow.file_id == cursor))
-                if mark is None:
-                    raise InvalidRequest(f"Invalid value for '{param}': no file {cursor[:80]} in this vector store.",
-                                         param=param, code="invalid_value")
-                later = (param == "after") != descending
-                q = q.where(VectorStoreFileRow.seq > mark if later else VectorStoreFileRow.seq < mark)
+            q = _cursor(s, q, VectorStoreFileRow.seq, VectorStoreFileRow.file_id,
+                        (VectorStoreFileRow.vector_store_id == store_id,), after, before, descending)
             rows = list(s.scalars(q.order_by(VectorStoreFileRow.seq.desc() if descending else VectorStoreFileRow.seq)
                                   .limit(limit + 1)))
             return [file_view(r) for r in rows[:limit]], len(rows) > limit
 
     def detach(self, s: Session, store: VectorStoreRow, file_id: str) -> None:
         row = self.file_row(s, store.id, file_id)
-        self._bump(s, store.id)
+        self.bump(s, store.id)
         s.execute(delete(VectorChunkRow).where(VectorChunkRow.vector_store_id == store.id,
                                                VectorChunkRow.file_id == file_id))
         s.delete(row)
@@ -227,20 +220,17 @@ class VectorStoreDB:
             stores = list(s.scalars(select(VectorStoreFileRow.vector_store_id).where(
                 VectorStoreFileRow.file_id == file_id, VectorStoreFileRow.project_id == project_id)))
             for store_id in stores:
-                self._bump(s, store_id)
+                self.bump(s, store_id)
                 s.execute(delete(VectorChunkRow).where(VectorChunkRow.vector_store_id == store_id,
                                                        VectorChunkRow.file_id == file_id))
                 s.execute(delete(VectorStoreFileRow).where(VectorStoreFileRow.vector_store_id == store_id,
                                                            VectorStoreFileRow.file_id == file_id))
         return len(stores)
 
-    def _bump(self, s: Session, store_id: str) -> None:
+    def bump(self, s: Session, store_id: str) -> None:
         """Take the store's row (PostgreSQL: a row lock until commit) and mark its chunks changed."""
         s.execute(update(VectorStoreRow).where(VectorStoreRow.id == store_id)
                   .values(version=VectorStoreRow.version + 1))
-
-    def bump(self, s: Session, store_id: str) -> None:
-        self._bump(s, store_id)
 
     # -- batches ----------------------------------------------------------------------------------------------------
 
@@ -295,7 +285,7 @@ class VectorStoreDB:
         conditional). Returns whether it was written."""
         with self.db.session() as s:
             if chunks is not None:
-                self._bump(s, store_id)  # first: the store's row lock orders the chunks' seq by commit
+                self.bump(s, store_id)  # first: the store's row lock orders the chunks' seq by commit
             values = ({"status": "failed", "last_error": json.dumps(error)} if error is not None else
                       {"status": "completed", "usage_bytes": usage_bytes, "last_error": None})
             done = s.execute(update(VectorStoreFileRow).where(
@@ -345,15 +335,15 @@ class VectorStoreDB:
                 .order_by(VectorChunkRow.idx)))
 
 
-def _cursor(s: Session, q, table, project_id: str, after: str | None, before: str | None, descending: bool,
-            _param: str):
+def _cursor(s: Session, q, seq, key, scope, after: str | None, before: str | None, descending: bool):
+    """`after` / `before` (an object's id, `key`, among the rows `scope` selects) as a condition on `seq`."""
     for cursor, param in ((after, "after"), (before, "before")):
         if cursor is None:
             continue
-        mark = s.scalar(select(table.seq).where(table.id == cursor, table.project_id == project_id))
+        mark = s.scalar(select(seq).where(key == cursor, *scope))
         if mark is None:
-            raise InvalidRequest(f"Invalid value for '{param}': no object {cursor[:80]}.", param=param,
+            raise InvalidRequest(f"Invalid value for '{param}': no object {cursor[:80]} here.", param=param,
                                  code="invalid_value")
         later = (param == "after") != descending
-        q = q.where(table.seq > mark if later else table.seq < mark)
+        q = q.where(seq > mark if later else seq < mark)
     return q
