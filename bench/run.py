@@ -29,6 +29,9 @@ import argparse
 import asyncio
 import json
 import os
+
+# as the server sets it (vector-store searches in process are small products): before anything loads NumPy
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import shutil
 import subprocess
 import sys

@@ -143,13 +143,15 @@ def _open_files_limit(needed: int) -> None:
 
 
 def _blas_threads(settings) -> None:
-    """BLAS reads its thread count once, when NumPy loads: set it from the embeddings backends first."""
+    """BLAS reads its thread count once, when NumPy loads: set it first, from the embeddings backends that run on
+    NumPy, else 1 (vector-store searches are small products that a second thread only slows down; the encoders on
+    ONNX Runtime have threads of their own)."""
     from modelworks.settings import EmbeddedEmbeddingsBackend
 
-    threads = [b.threads for b in settings.backends.values() if isinstance(b, EmbeddedEmbeddingsBackend)]
-    if threads:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, str(max(threads)))
+    threads = [b.threads for b in settings.backends.values()
+               if isinstance(b, EmbeddedEmbeddingsBackend) and b.runtime == "numpy"]
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(max(threads, default=1)))
 
 
 def _db(settings) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from modelworks.backends.admission import Admission
 from modelworks.backends.base import Backend, Capabilities, Embeddings, EmbeddingTask, GenerationTask, Health
 from modelworks.errors import InvalidRequest, Unsupported
 from modelworks.settings import EmbeddedEmbeddingsBackend
+
+log = logging.getLogger(__name__)
 
 
 class MiniLMBackend(Backend):
@@ -24,13 +27,13 @@ class MiniLMBackend(Backend):
         self.admission: Admission | None = None
 
     async def start(self) -> None:
-        from modelworks.backends.minilm_model import MiniLM
         from modelworks.model_files import resolve_model_source
 
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{self.name}")
         model_dir = resolve_model_source(self.spec.model, self.cache_dir)
         loop = asyncio.get_running_loop()
-        self.model = await loop.run_in_executor(self.executor, MiniLM, model_dir, self.spec.max_batch)
+        self.model = await loop.run_in_executor(self.executor, load_model, self.spec, model_dir, self.cache_dir)
+        log.info("embeddings backend %s runs %s", self.name, self.model.runtime)
         self.admission = Admission(self.name, [self.model], self.spec.max_queue)
 
     async def close(self) -> None:
@@ -51,6 +54,16 @@ class MiniLMBackend(Backend):
             loop = asyncio.get_running_loop()
             vectors, tokens = await loop.run_in_executor(self.executor, _encode, model, texts)
         return Embeddings(vectors=vectors, prompt_tokens=tokens)
+
+
+def load_model(spec: EmbeddedEmbeddingsBackend, model_dir: Path, cache_dir: Path):
+    if spec.runtime == "numpy":
+        from modelworks.backends.minilm_model import MiniLM
+
+        return MiniLM(model_dir, spec.max_batch)
+    from modelworks.backends.minilm_onnx import OnnxMiniLM
+
+    return OnnxMiniLM(model_dir, spec.max_batch, threads=spec.threads, quantize=spec.quantize, cache_dir=cache_dir)
 
 
 def _encode(model, texts: list[str]) -> tuple[list[list[float]], int]:

@@ -28,7 +28,12 @@ class MiniLM:
         self.tokenizer.enable_truncation(max_length=self.max_len)
         self.tokenizer.no_padding()
         self.tokenizer.encode_special_tokens = True  # "[SEP]" typed in an input is text, not the separator
-        w = load_file(str(model_dir / "model.safetensors"))
+        self._load(model_dir / "model.safetensors")
+
+    def _load(self, weights_path: Path) -> None:
+        """Read the weights for `_forward` (subclasses running another runtime load them their way)."""
+        self.runtime = "numpy"
+        w = load_file(str(weights_path))
         self.word = w["embeddings.word_embeddings.weight"]
         self.pos = w["embeddings.position_embeddings.weight"]
         self.type0 = w["embeddings.token_type_embeddings.weight"][0]

@@ -203,8 +203,8 @@ class StoreIndex:
             dense_chunks, _ = self._dense(query, mask, exact)
         lexical, best = None, 0.0
         if query_terms and dense_weight < 1:  # statistics of every live chunk, whatever the filter
-            lexical, best = self.lexical.scores(query_terms, live=self.live, live_count=self.live_count,
-                                                live_length=self.live_length)
+            lexical, best = self.lexical.scores(query_terms, live=self.live if self.live_count < self.count else None,
+                                                live_count=self.live_count, live_length=self.live_length)
             if allowed_files is not None:
                 lexical = np.where(mask, lexical, 0.0)
         candidates = np.union1d(dense_chunks, _top(lexical, CANDIDATES, positive=True)).astype(np.int64)

@@ -14,15 +14,19 @@ import numpy as np
 
 K1 = 0.9   # term-frequency saturation and length normalisation: the values tuned for BM25 on
 B = 0.4    # short passages (Anserini's defaults), which score better on SciFact than 1.2 / 0.75
+MAX_CACHED_TERMS = 50_000  # terms whose BM25 tf parts are kept between queries
 
 
 class LexicalIndex:
-    __slots__ = ("postings", "lengths", "total_length")
+    __slots__ = ("postings", "lengths", "total_length", "impacts")
 
     def __init__(self) -> None:
         self.postings: dict[str, tuple[array, array]] = {}
         self.lengths = array("f")
         self.total_length = 0.0
+        # term -> (mean length, postings count, each posting's tf part of BM25): computed when a query first
+        # needs it, and again only when chunks were added or removed since (the mean length moved)
+        self.impacts: dict[str, tuple[float, int, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -58,15 +62,26 @@ class LexicalIndex:
             if entry is None:
                 continue
             docs = np.frombuffer(entry[0], dtype=np.int32)
-            tf = np.frombuffer(entry[1], dtype=np.float32)
+            impact = self._impact(term, entry, docs, lengths, mean)
             if live is not None:
                 keep = live[docs]
-                docs, tf = docs[keep], tf[keep]
+                docs, impact = docs[keep], impact[keep]
             df = len(docs)
             if df == 0:
                 continue
             idf = math.log(1.0 + (count - df + 0.5) / (df + 0.5))
-            norm = K1 * (1.0 - B + B * lengths[docs] / max(mean, 1e-9))
-            out[docs] += (repeats * idf) * (tf * (K1 + 1.0) / (tf + norm))
+            out[docs] += impact * np.float32(repeats * idf)
             best += repeats * idf * (K1 + 1.0)
         return out, best
+
+    def _impact(self, term: str, entry, docs: np.ndarray, lengths: np.ndarray, mean: float) -> np.ndarray:
+        cached = self.impacts.get(term)
+        if cached is not None and cached[0] == mean and cached[1] == len(docs):
+            return cached[2]
+        tf = np.frombuffer(entry[1], dtype=np.float32)
+        norm = K1 * (1.0 - B + B * lengths[docs] / max(mean, 1e-9))
+        impact = (tf * (K1 + 1.0) / (tf + norm)).astype(np.float32)
+        if len(self.impacts) >= MAX_CACHED_TERMS:
+            self.impacts.clear()
+        self.impacts[term] = (mean, len(docs), impact)
+        return impact

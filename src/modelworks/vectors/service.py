@@ -226,40 +226,34 @@ class VectorStoresService:
         options = req.ranking_options
         threshold = options.score_threshold if options else 0.0
         weight = _dense_weight(options)
-        rows = await asyncio.to_thread(self._usable_stores, who.project_id, store_ids)
-        hits = []
+        rows = await asyncio.to_thread(self.store.searchable, who.project_id, store_ids)
+        searches = []
         for row in rows:
-            index = await self.index(row.id)
+            index = await self.index(row.id, row.version)
             vectors = await self._query_vectors(call, row.embedding_deployment, queries) if weight > 0 else None
             allowed = None
             if predicate is not None:
                 allowed = {index.file_number(f.file_id) for f in index.files if predicate(f.attributes)}
                 allowed.discard(None)
-            for q, text in enumerate(queries):
-                vector = vectors[q] if vectors is not None else None
-                found = await asyncio.to_thread(_locked_search, index, vector, terms(text), req.max_num_results,
-                                                allowed, weight, threshold)
-                hits.extend(found)
-        best: dict[int, object] = {}
-        for hit in hits:
-            if hit.seq not in best or hit.score > best[hit.seq].score:
-                best[hit.seq] = hit
-        ranked = sorted(best.values(), key=lambda h: (-h.score, h.seq))
-        texts = await asyncio.to_thread(self.store.texts, store_ids, [h.seq for h in ranked])
+            searches += [(index, vectors[q] if vectors is not None else None, terms(text), allowed)
+                         for q, text in enumerate(queries)]
+
+        def find():  # one trip to a worker thread: the searches, then the texts of the best chunks
+            best: dict[int, object] = {}
+            for index, vector, query_terms, allowed in searches:
+                for hit in _locked_search(index, vector, query_terms, req.max_num_results, allowed, weight,
+                                          threshold):
+                    if hit.seq not in best or hit.score > best[hit.seq].score:
+                        best[hit.seq] = hit
+            ranked = sorted(best.values(), key=lambda h: (-h.score, h.seq))
+            return ranked, self.store.texts(store_ids, [h.seq for h in ranked])
+
+        ranked, texts = await asyncio.to_thread(find)
         ranked = [h for h in ranked if h.seq in texts][:req.max_num_results]  # a chunk just replaced is left out
         return queries, [{"file_id": h.file.file_id, "filename": h.file.filename, "score": round(h.score, 6),
                           "attributes": h.file.attributes or None, "content": [{"type": "text",
                                                                                  "text": texts.get(h.seq, "")}]}
                          for h in ranked]
-
-    def _usable_stores(self, project_id: str, store_ids: list[str]):
-        with self.store.db.session() as s:
-            rows = []
-            for store_id in store_ids:
-                row = self.store.store_row(s, project_id, store_id, usable=True)
-                self.store.touch(s, row)
-                rows.append(row)
-            return rows
 
     async def _query_vectors(self, call: Call, deployment: str, queries: list[str]) -> np.ndarray:
         route = self.gateway.resolve(deployment, param="embedding_model")
@@ -269,13 +263,17 @@ class VectorStoresService:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)
 
-    async def index(self, store_id: str) -> StoreIndex:
-        """This replica's index of the store, brought up to date with what the store holds now."""
+    async def index(self, store_id: str, version: int | None = None) -> StoreIndex:
+        """This replica's index of the store, brought up to date with what the store holds now (its `version`, if
+        the caller has just read it)."""
         lock = self._locks.setdefault(store_id, asyncio.Lock())
         async with lock:
             index = self.indexes.get(store_id)
-            version = await asyncio.to_thread(self.store.version, store_id)
-            if index is not None and index.version == version:
+            if version is None:
+                version = await asyncio.to_thread(self.store.version, store_id)
+            version = -1 if version is None else version  # (a store just deleted: its texts are gone too)
+            if index is not None and index.version >= version:  # (versions only grow; a caller may have
+                # read one before another caller brought the index past it)
                 self.indexes.move_to_end(store_id)
                 return index
             if index is None or index.masked_fraction > 0.5:
@@ -326,7 +324,7 @@ class VectorStoresService:
                     fresh = StoreIndex(index.store_id)
                     return self._refresh(fresh, version)
             index.set_files(self.store.live_files(index.store_id))
-            index.version = version if version is not None else -1
+            index.version = version
         return index
 
 
