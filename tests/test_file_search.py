@@ -92,6 +92,31 @@ def test_embedded_model_answers_after_searching(client, stores):
     assert r.output[-1].type == "message" and r.usage.input_tokens > 60  # the results were in its prompt
 
 
+def test_several_stores_embed_the_query_once(client, server, stores):
+    """Stores on the same embeddings deployment share the query's vectors: one embedding call, metered as the
+    file_search of its response; the results come from both stores."""
+    import sqlite3
+
+    made = client.files.create(file=("parking.md", b"Parking spaces in the garage are free for visitors."),
+                               purpose="assistants")
+    second = client.vector_stores.create(name="facilities", file_ids=[made.id])
+    end = time.monotonic() + 60
+    while client.vector_stores.retrieve(second.id).file_counts.in_progress:
+        assert time.monotonic() < end
+        time.sleep(0.2)
+    tool = {"type": "file_search", "vector_store_ids": [stores["store"], second.id]}
+    for _ in range(2):  # the second time the query is embedded while the stores are read
+        r = client.responses.create(model="upstream-echo", input="Is parking free, and what about hotel costs?",
+                                    tools=[tool], include=["file_search_call.results"])
+        assert {h.file_id for h in r.output[0].results} >= {made.id, stores["policy"]}
+        time.sleep(1.5)  # metering reaches the store within its flush interval
+        with sqlite3.connect(server.log_path.parent / "modelworks-data" / "modelworks.db") as conn:
+            rows = conn.execute("SELECT deployment, status, prompt_tokens FROM usage_records WHERE response_id = ? "
+                                "AND operation = 'file_search'", (r.id,)).fetchall()
+        assert len(rows) == 1 and rows[0][:2] == ("all-minilm-l6-v2", 200) and rows[0][2] > 0, rows
+    client.vector_stores.delete(second.id)
+
+
 def test_a_store_on_another_embeddings_deployment(client):
     """Any embeddings deployment makes a store's vectors (here the fake upstream's), metered as its calls."""
     made = client.files.create(file=("tides.txt", b"High tide at Brest is at six in the morning."),

@@ -191,6 +191,27 @@ def test_a_file_added_again_is_searched_once(sdk):
     sdk.vector_stores.delete(store.id)
 
 
+def test_a_store_gone_elsewhere_while_its_query_is_embedded(sdk, http, vs_server):
+    """After a first search, this replica embeds a store's queries while it reads the store; a store that another
+    replica deleted (here: taken out of the project in the database) is still a clean 404, and the server goes on."""
+    import sqlite3
+
+    made = sdk.files.create(file=("moved.txt", b"Gliders ride thermals over the ridge."), purpose="assistants")
+    store = sdk.vector_stores.create(name="moving", file_ids=[made.id])
+    wait_ingested(sdk, store.id)
+    assert sdk.vector_stores.search(store.id, query="gliders").data
+    with sqlite3.connect(vs_server.log_path.parent / "vectors-data" / "modelworks.db") as conn:
+        conn.execute("UPDATE vector_stores SET project_id = 'proj_elsewhere' WHERE id = ?", (store.id,))
+    for _ in range(3):
+        r = http.post(f"/v1/vector_stores/{store.id}/search", json={"query": "gliders over the ridge"})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "vector_store_id", r.text
+    with sqlite3.connect(vs_server.log_path.parent / "vectors-data" / "modelworks.db") as conn:
+        conn.execute("UPDATE vector_stores SET project_id = (SELECT project_id FROM files WHERE id = ?) "
+                     "WHERE id = ?", (made.id, store.id))
+    assert sdk.vector_stores.search(store.id, query="gliders").data
+    sdk.vector_stores.delete(store.id)
+
+
 def test_failures_say_why(sdk):
     png = sdk.files.create(file=("picture.png", b"\x89PNG\r\n\x1a\nnot really"), purpose="assistants")
     blank = sdk.files.create(file=("blank.pdf", make_pdf([[]])), purpose="assistants")

@@ -33,6 +33,14 @@ class FileInfo:
 
 
 @dataclass
+class Lexical:
+    terms: list[str]
+    generation: int  # the index's, when computed
+    scores: np.ndarray
+    best: float
+
+
+@dataclass
 class Hit:
     seq: int
     file: FileInfo
@@ -62,6 +70,7 @@ class StoreIndex:
         self.live = np.zeros(0, dtype=bool)
         self.live_count = 0
         self.live_length = 0.0
+        self.generation = 0  # grows with every change to the chunks or the live files
 
     # -- loading ------------------------------------------------------------------------------------------------
 
@@ -110,6 +119,7 @@ class StoreIndex:
             self.count += 1
             self.last_seq = seq
         self.filled.update(self.file_numbers[row[1]] for row in rows)
+        self.generation += 1
         return True
 
     def set_files(self, files: list[tuple[str, str, dict]]) -> None:
@@ -128,6 +138,7 @@ class StoreIndex:
         self.live_count = int(self.live.sum())
         lengths = np.frombuffer(self.lexical.lengths, dtype=np.float32) if self.count else np.zeros(0)
         self.live_length = float(lengths[self.live].sum()) if self.count else 0.0
+        self.generation += 1
 
     @property
     def masked_fraction(self) -> float:
@@ -183,9 +194,16 @@ class StoreIndex:
 
     # -- search -------------------------------------------------------------------------------------------------
 
+    def lexical_scores(self, query_terms: list[str]) -> "Lexical":
+        """The BM25 half of a search, on its own: it can be computed while the query is being embedded, and given
+        to `search`, which uses it if the index has not changed since."""
+        scores, best = self.lexical.scores(query_terms, live=self.live if self.live_count < self.count else None,
+                                           live_count=self.live_count, live_length=self.live_length)
+        return Lexical(query_terms, self.generation, scores, best)
+
     def search(self, query_vector: np.ndarray | None, query_terms: list[str], limit: int,
                allowed_files: set[int] | None = None, dense_weight: float = DENSE_WEIGHT,
-               threshold: float = 0.0) -> list[Hit]:
+               threshold: float = 0.0, lexical_scores: "Lexical | None" = None) -> list[Hit]:
         if not self.live_count:
             return []
         mask = self.live
@@ -203,8 +221,10 @@ class StoreIndex:
             dense_chunks, _ = self._dense(query, mask, exact)
         lexical, best = None, 0.0
         if query_terms and dense_weight < 1:  # statistics of every live chunk, whatever the filter
-            lexical, best = self.lexical.scores(query_terms, live=self.live if self.live_count < self.count else None,
-                                                live_count=self.live_count, live_length=self.live_length)
+            pre = lexical_scores
+            if pre is None or pre.generation != self.generation or pre.terms != query_terms:
+                pre = self.lexical_scores(query_terms)
+            lexical, best = pre.scores, pre.best
             if allowed_files is not None:
                 lexical = np.where(mask, lexical, 0.0)
         candidates = np.union1d(dense_chunks, _top(lexical, CANDIDATES, positive=True)).astype(np.int64)

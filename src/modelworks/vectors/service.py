@@ -50,6 +50,7 @@ class VectorStoresService:
         self.indexes: OrderedDict[str, StoreIndex] = OrderedDict()
         self.max_indexes = max_indexes
         self._locks: dict[str, asyncio.Lock] = {}
+        self._deployments: dict[tuple[str, str], str] = {}  # (project, store) -> its embedding deployment
         self.wake = asyncio.Event()  # the ingestion worker's: files are waiting
         self._builds: set[asyncio.Task] = set()
 
@@ -105,6 +106,7 @@ class VectorStoresService:
     async def delete(self, project_id: str, store_id: str) -> dict:
         await asyncio.to_thread(self.store.delete, project_id, store_id)
         self.indexes.pop(store_id, None)
+        self._deployments.pop((project_id, store_id), None)
         return {"id": store_id, "object": "vector_store.deleted", "deleted": True}
 
     async def list(self, project_id: str, **page) -> tuple[list[dict], bool]:
@@ -226,23 +228,44 @@ class VectorStoresService:
         options = req.ranking_options
         threshold = options.score_threshold if options else 0.0
         weight = _dense_weight(options)
-        rows = await asyncio.to_thread(self.store.searchable, who.project_id, store_ids)
-        searches = []
-        for row in rows:
-            index = await self.index(row.id, row.version)
-            vectors = await self._query_vectors(call, row.embedding_deployment, queries) if weight > 0 else None
-            allowed = None
-            if predicate is not None:
-                allowed = {index.file_number(f.file_id) for f in index.files if predicate(f.attributes)}
-                allowed.discard(None)
-            searches += [(index, vectors[q] if vectors is not None else None, terms(text), allowed)
-                         for q, text in enumerate(queries)]
+        query_terms = [terms(text) for text in queries]
+        embeddings: dict[str, asyncio.Task] = {}  # embedding deployment -> the queries' vectors from it
+        plans: list[tuple] = []
+        try:
+            if weight > 0:  # stores this project searched here before: the queries are embedded while they are read
+                for deployment in {self._deployments.get((who.project_id, i)) for i in store_ids} - {None}:
+                    embeddings[deployment] = self._embed(call, deployment, queries)
+            rows = await asyncio.to_thread(self.store.searchable, who.project_id, store_ids)
+            for row in rows:
+                self._remember(who.project_id, row.id, row.embedding_deployment)
+                if weight > 0 and row.embedding_deployment not in embeddings:
+                    embeddings[row.embedding_deployment] = self._embed(call, row.embedding_deployment, queries)
+                index = await self.index(row.id, row.version)
+                # the BM25 half is computed while the queries are embedded (on the other core, if there is one)
+                lexical = asyncio.create_task(asyncio.to_thread(_locked_lexical, index, query_terms)) \
+                    if 0 < weight < 1 else None
+                plans.append((row, index, lexical))
+            vectors = {deployment: await task for deployment, task in embeddings.items()}
+            searches = []
+            for row, index, lexical in plans:
+                lexical = await lexical if lexical is not None else [None] * len(queries)
+                allowed = None
+                if predicate is not None:
+                    allowed = {index.file_number(f.file_id) for f in index.files if predicate(f.attributes)}
+                    allowed.discard(None)
+                found = vectors.get(row.embedding_deployment)
+                searches += [(index, found[q] if found is not None else None, query_terms[q], allowed, lexical[q])
+                             for q in range(len(queries))]
+        except BaseException:
+            for task in [*embeddings.values(), *(plan[2] for plan in plans if plan[2] is not None)]:
+                task.cancel()  # (an embedding cancelled is completed as such: nothing is metered for it)
+            raise
 
         def find():  # one trip to a worker thread: the searches, then the texts of the best chunks
             best: dict[int, object] = {}
-            for index, vector, query_terms, allowed in searches:
+            for index, vector, query_terms, allowed, lexical in searches:
                 for hit in _locked_search(index, vector, query_terms, req.max_num_results, allowed, weight,
-                                          threshold):
+                                          threshold, lexical):
                     if hit.seq not in best or hit.score > best[hit.seq].score:
                         best[hit.seq] = hit
             ranked = sorted(best.values(), key=lambda h: (-h.score, h.seq))
@@ -255,9 +278,20 @@ class VectorStoresService:
                                                                                  "text": texts.get(h.seq, "")}]}
                          for h in ranked]
 
+    def _embed(self, call: Call, deployment: str, queries: list[str]) -> asyncio.Task:
+        return asyncio.create_task(self._query_vectors(call, deployment, queries))
+
+    def _remember(self, project_id: str, store_id: str, deployment: str) -> None:
+        """A store's embedding deployment (fixed when it is created), for the next search to start early."""
+        if len(self._deployments) >= 10_000 and (project_id, store_id) not in self._deployments:
+            self._deployments.clear()
+        self._deployments[(project_id, store_id)] = deployment
+
     async def _query_vectors(self, call: Call, deployment: str, queries: list[str]) -> np.ndarray:
         route = self.gateway.resolve(deployment, param="embedding_model")
-        result = await self.calls.embed(ModelCalls.another(call, "vector_stores.search"), route,
+        # metered as the search's own (a file_search's carries its response)
+        facts = {"response_id": call.facts["response_id"]} if "response_id" in call.facts else None
+        result = await self.calls.embed(ModelCalls.another(call, call.operation, facts), route,
                                         EmbeddingRequest(model=deployment, input=queries))
         vectors = np.asarray(result.vectors, dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -331,6 +365,11 @@ class VectorStoresService:
 def _locked_search(index: StoreIndex, *args):
     with index.lock:
         return index.search(*args)
+
+
+def _locked_lexical(index: StoreIndex, query_terms: list[list[str]]) -> list:
+    with index.lock:
+        return [index.lexical_scores(t) if t else None for t in query_terms]
 
 
 def default_embedding_deployment(gateway: Gateway) -> str | None:
