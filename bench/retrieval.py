@@ -227,6 +227,7 @@ def at_scale(tmp: Path, vectors: np.ndarray) -> dict:
                     t = time.perf_counter()
                     http.post(f"/v1/vector_stores/{store}/search", json={"query": q["text"]}).raise_for_status()
                     lat.append(time.perf_counter() - t)
+            first = sorted(lat[:len(queries)])  # each query's first time (no term's BM25 part cached for it yet)
             lat.sort()
             index = _index(proc.db, store)
             qv, _ = model.encode([q["text"] for q in queries])
@@ -254,6 +255,7 @@ def at_scale(tmp: Path, vectors: np.ndarray) -> dict:
                 series.sort()
             return {"chunks": BIG, "fill_s": round(fill_s, 1), "ivf_build_s": round(build_s, 1),
                     "api_p50_ms": _ms(lat, 0.5), "api_p99_ms": _ms(lat, 0.99),
+                    "api_first_pass_p50_ms": _ms(first, 0.5), "api_first_pass_p99_ms": _ms(first, 0.99),
                     "index_ivf_p50_ms": _ms(ivf_lat, 0.5), "index_ivf_p99_ms": _ms(ivf_lat, 0.99),
                     "index_exact_p50_ms": _ms(exact_lat, 0.5), "index_exact_p99_ms": _ms(exact_lat, 0.99),
                     "ivf_recall_at_10_vs_exact": round(recall / len(queries), 4),
@@ -327,7 +329,8 @@ def print_result(r: dict) -> None:
     print(f"  anchors: BM25 {ANCHORS['bm25']}, MiniLM dense {ANCHORS['minilm_dense']}; hybrid / BM25 "
           f"{q['ratio_to_bm25']}, hybrid / dense {q['ratio_to_dense']} (target nDCG@10 >= 0.69)")
     s = r["at_100k_chunks"]
-    print(f"At {s['chunks']} chunks: API search p50 {s['api_p50_ms']} ms, p99 {s['api_p99_ms']} ms (query embedding "
+    print(f"At {s['chunks']} chunks: API search p50 {s['api_p50_ms']} ms, p99 {s['api_p99_ms']} ms (first pass "
+          f"{s['api_first_pass_p50_ms']} / {s['api_first_pass_p99_ms']} ms; query embedding "
           f"p50 {s['query_embedding_p50_ms']} ms of it); index alone IVF p50 {s['index_ivf_p50_ms']} ms, p99 "
           f"{s['index_ivf_p99_ms']} ms, exact p50 {s['index_exact_p50_ms']} ms; IVF recall@10 vs exact "
           f"{s['ivf_recall_at_10_vs_exact']} (build {s['ivf_build_s']} s)")

@@ -41,3 +41,10 @@ def test_batch_order_and_dimensions_parameter(client):
         assert _cos(got.embedding, want) > 0.9999
     cut = client.embeddings.create(model=MODEL, input="hello", dimensions=64).data[0].embedding
     assert len(cut) == 64 and abs(sum(x * x for x in cut) - 1) < 1e-4
+
+
+def test_the_runtime_is_onnx_and_readyz_says_so(server):
+    import httpx
+
+    detail = httpx.get(f"{server.url}/readyz", timeout=60).json()["backends"]["minilm"]["detail"]
+    assert detail.startswith("onnxruntime ") and "fp32" in detail and "1 thread)" in detail, detail

@@ -200,12 +200,23 @@ def test_a_store_gone_elsewhere_while_its_query_is_embedded(sdk, http, vs_server
     store = sdk.vector_stores.create(name="moving", file_ids=[made.id])
     wait_ingested(sdk, store.id)
     assert sdk.vector_stores.search(store.id, query="gliders").data
-    with sqlite3.connect(vs_server.log_path.parent / "vectors-data" / "modelworks.db") as conn:
+    db = vs_server.log_path.parent / "vectors-data" / "modelworks.db"
+
+    def searches() -> int:
+        time.sleep(1.5)  # metering reaches the store within its flush interval
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT count(*) FROM usage_records WHERE operation = 'vector_stores.search'"
+                                ).fetchone()[0]
+
+    before = searches()
+    with sqlite3.connect(db) as conn:
         conn.execute("UPDATE vector_stores SET project_id = 'proj_elsewhere' WHERE id = ?", (store.id,))
     for _ in range(3):
         r = http.post(f"/v1/vector_stores/{store.id}/search", json={"query": "gliders over the ridge"})
         assert r.status_code == 404 and r.json()["error"]["param"] == "vector_store_id", r.text
-    with sqlite3.connect(vs_server.log_path.parent / "vectors-data" / "modelworks.db") as conn:
+    # only the first had started embedding its query (a record: cancelled, or done if it finished first)
+    assert searches() - before <= 1
+    with sqlite3.connect(db) as conn:
         conn.execute("UPDATE vector_stores SET project_id = (SELECT project_id FROM files WHERE id = ?) "
                      "WHERE id = ?", (made.id, store.id))
     assert sdk.vector_stores.search(store.id, query="gliders").data

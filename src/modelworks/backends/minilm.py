@@ -41,7 +41,7 @@ class MiniLMBackend(Backend):
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def health(self) -> Health:
-        return Health(ok=self.model is not None, detail="loaded" if self.model else "loading")
+        return Health(ok=self.model is not None, detail=self.model.runtime if self.model else "loading")
 
     async def generate(self, task: GenerationTask):
         raise Unsupported(f"The model '{task.model}' serves embeddings only.", param="model")

@@ -235,7 +235,12 @@ class VectorStoresService:
             if weight > 0:  # stores this project searched here before: the queries are embedded while they are read
                 for deployment in {self._deployments.get((who.project_id, i)) for i in store_ids} - {None}:
                     embeddings[deployment] = self._embed(call, deployment, queries)
-            rows = await asyncio.to_thread(self.store.searchable, who.project_id, store_ids)
+            try:
+                rows = await asyncio.to_thread(self.store.searchable, who.project_id, store_ids)
+            except Exception:
+                for store_id in store_ids:  # gone or expired: its next search starts no embedding before reading it
+                    self._deployments.pop((who.project_id, store_id), None)
+                raise
             for row in rows:
                 self._remember(who.project_id, row.id, row.embedding_deployment)
                 if weight > 0 and row.embedding_deployment not in embeddings:
@@ -258,7 +263,10 @@ class VectorStoresService:
                              for q in range(len(queries))]
         except BaseException:
             for task in [*embeddings.values(), *(plan[2] for plan in plans if plan[2] is not None)]:
-                task.cancel()  # (an embedding cancelled is completed as such: nothing is metered for it)
+                # an embedding stopped here is completed as cancelled (a usage record with no tokens), or as done
+                # if it finished first; a task that failed on its own has its exception read
+                task.cancel()
+                task.add_done_callback(_quietly)
             raise
 
         def find():  # one trip to a worker thread: the searches, then the texts of the best chunks
@@ -365,6 +373,11 @@ class VectorStoresService:
 def _locked_search(index: StoreIndex, *args):
     with index.lock:
         return index.search(*args)
+
+
+def _quietly(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _locked_lexical(index: StoreIndex, query_terms: list[list[str]]) -> list:
