@@ -17,7 +17,7 @@ import numpy as np
 MIN_CHUNKS = 20_000  # below this a store is searched exactly (a few milliseconds)
 SAMPLE = 25_000      # vectors k-means is trained on
 ITERATIONS = 10
-PROBE_FRACTION = 0.08  # of the groups read per query
+PROBE_FRACTION = 0.05  # of the groups read per query (8%: recall@10 0.995, 5%: 0.992 at 100k chunks; 0.8 ms less)
 MIN_PROBES = 8
 
 
