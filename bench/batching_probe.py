@@ -1,0 +1,145 @@
+"""What batching gives on this machine (issue 14, item 3's first step): one llama.cpp context holding N sequences,
+each decode step adding one token to every sequence, against N = 1. Greedy sampling from the logits in NumPy; the
+same short prompt for every sequence, evaluated once per sequence before the timed steps.
+
+    .venv/bin/python bench/batching_probe.py [--threads 2] [--steps 64] [--model smollm2|gemma]
+
+Prints aggregate tokens/s for 1, 2, 4 and 8 sequences and their ratio to one sequence (median of 3 rounds,
+interleaved), and one stream through llama-cpp-python's high-level `Llama.generate` (how the embedded backend
+drives each slot today) for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+def model_path(name: str) -> Path:
+    from modelworks.model_files import resolve_model_source
+    from modelworks.settings import load_settings
+
+    settings = load_settings(environ={})
+    spec = settings.backends.get(name)
+    if spec is None or getattr(spec, "type", "") != "llama_cpp":
+        raise SystemExit(f"no built-in llama.cpp backend named {name!r} (smollm2, gemma)")
+    return resolve_model_source(spec.model, settings.model_cache_path)
+
+
+class Probe:
+    def __init__(self, path: Path, threads: int, max_seqs: int, n_ctx: int) -> None:
+        import llama_cpp as l
+
+        self.l = l
+        self._quiet = l.llama_log_callback(lambda level, text, data: None)  # kept: llama.cpp holds the pointer
+        l.llama_log_set(self._quiet, ctypes.c_void_p())
+        l.llama_backend_init()
+        mparams = l.llama_model_default_params()
+        self.model = l.llama_model_load_from_file(str(path).encode(), mparams)
+        cparams = l.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = 512
+        cparams.n_ubatch = 512
+        cparams.n_seq_max = max_seqs
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        self.ctx = l.llama_init_from_model(self.model, cparams)
+        self.vocab = l.llama_model_get_vocab(self.model)
+        self.n_vocab = l.llama_vocab_n_tokens(self.vocab)
+        self.batch = l.llama_batch_init(512, 0, max_seqs)
+        buf = (l.llama_token * 256)()
+        n = l.llama_tokenize(self.vocab, PROMPT.encode(), len(PROMPT.encode()), buf, 256, True, False)
+        self.prompt = list(buf[:n])
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """entries: (token, position, sequence, wants logits)."""
+        b = self.batch
+        b.n_tokens = len(entries)
+        for i, (token, pos, seq, logits) in enumerate(entries):
+            b.token[i] = token
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = logits
+        if self.l.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def _argmax(self, i: int) -> int:
+        ptr = self.l.llama_get_logits_ith(self.ctx, i)
+        return int(np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (self.n_vocab,)).argmax())
+
+    def run(self, seqs: int, steps: int) -> float:
+        """Aggregate tokens/s of `steps` decode steps over `seqs` sequences (prompts evaluated first, untimed)."""
+        self.l.llama_memory_clear(self.l.llama_get_memory(self.ctx), True)
+        last = []
+        for s in range(seqs):
+            self._decode([(t, p, s, p == len(self.prompt) - 1) for p, t in enumerate(self.prompt)])
+            last.append(self._argmax(len(self.prompt) - 1))
+        pos = len(self.prompt)
+        started = time.perf_counter()
+        for _ in range(steps):
+            self._decode([(last[s], pos, s, True) for s in range(seqs)])
+            last = [self._argmax(s) for s in range(seqs)]
+            pos += 1
+        return seqs * steps / (time.perf_counter() - started)
+
+
+def high_level(path: Path, threads: int, steps: int, rounds: int) -> tuple[float, float]:
+    """One stream as the embedded backend drives it today (llama-cpp-python's `Llama.generate`, its sampling in
+    Python): tokens/s greedy (temperature 0) and sampled (temperature 1, top_p 0.9), medians of `rounds`."""
+    from llama_cpp import Llama
+
+    llama = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    prompt = llama.tokenize(PROMPT.encode())
+    out = []
+    for temp, top_p in ((0.0, 1.0), (1.0, 0.9)):
+        rates = []
+        for _ in range(rounds):
+            llama.reset()
+            gen = llama.generate(prompt, top_k=0, top_p=top_p, min_p=0.0, typical_p=1.0, temp=temp,
+                                 repeat_penalty=1.0)
+            next(gen)  # the prompt is evaluated before the first token: not timed
+            started = time.perf_counter()
+            for _, _token in zip(range(steps), gen):
+                pass
+            gen.close()
+            rates.append(steps / (time.perf_counter() - started))
+        out.append(statistics.median(rates))
+    return out[0], out[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="smollm2")
+    args = parser.parse_args()
+    counts = (1, 2, 4, 8)
+    probe = Probe(model_path(args.model), args.threads, max(counts), n_ctx=8 * 256)
+    probe.run(1, 8)  # warm up
+    rates: dict[int, list[float]] = {n: [] for n in counts}
+    for _ in range(args.rounds):
+        for n in counts:
+            rates[n].append(probe.run(n, args.steps))
+    one = statistics.median(rates[1])
+    print(f"{args.model}, {args.threads} threads, {args.steps} steps, median of {args.rounds} rounds:")
+    for n in counts:
+        rate = statistics.median(rates[n])
+        print(f"  {n} sequence(s): {rate:7.1f} tokens/s aggregate  {rate / one:5.2f}x one sequence")
+    greedy, sampled = high_level(model_path(args.model), args.threads, args.steps, args.rounds)
+    print(f"  for comparison, one stream through llama-cpp-python's Llama.generate: {greedy:.1f} tokens/s greedy, "
+          f"{sampled:.1f} sampled (temperature 1, top_p 0.9)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
