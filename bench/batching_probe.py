@@ -92,6 +92,33 @@ class Probe:
         return seqs * steps / (time.perf_counter() - started)
 
 
+def sampling_costs(probe: Probe, rounds: int = 200) -> dict[str, float]:
+    """Microseconds to draw one token from one sequence's logits with llama.cpp's own samplers, for chains of
+    increasing cost (a 262k vocabulary makes a full-vocabulary top_p the expensive part)."""
+    l = probe.l
+    probe.l.llama_memory_clear(l.llama_get_memory(probe.ctx), True)
+    probe._decode([(t, p, 0, p == len(probe.prompt) - 1) for p, t in enumerate(probe.prompt)])
+    chains = {"greedy": [lambda: l.llama_sampler_init_greedy()],
+              "temp 1, top_p 0.9 (whole vocabulary)": [lambda: l.llama_sampler_init_top_p(0.9, 1),
+                                                        lambda: l.llama_sampler_init_temp(1.0),
+                                                        lambda: l.llama_sampler_init_dist(1234)],
+              "top_k 40, then top_p 0.9, temp 1": [lambda: l.llama_sampler_init_top_k(40),
+                                                   lambda: l.llama_sampler_init_top_p(0.9, 1),
+                                                   lambda: l.llama_sampler_init_temp(1.0),
+                                                   lambda: l.llama_sampler_init_dist(1234)]}
+    out = {}
+    for name, parts in chains.items():
+        chain = l.llama_sampler_chain_init(l.llama_sampler_chain_default_params())
+        for make in parts:
+            l.llama_sampler_chain_add(chain, make())
+        started = time.perf_counter()
+        for _ in range(rounds):
+            l.llama_sampler_sample(chain, probe.ctx, -1)
+        out[name] = (time.perf_counter() - started) / rounds * 1e6
+        l.llama_sampler_free(chain)
+    return out
+
+
 def high_level(path: Path, threads: int, steps: int, rounds: int) -> tuple[float, float]:
     """One stream as the embedded backend drives it today (llama-cpp-python's `Llama.generate`, its sampling in
     Python): tokens/s greedy (temperature 0) and sampled (temperature 1, top_p 0.9), medians of `rounds`."""
@@ -135,6 +162,8 @@ def main() -> int:
     for n in counts:
         rate = statistics.median(rates[n])
         print(f"  {n} sequence(s): {rate:7.1f} tokens/s aggregate  {rate / one:5.2f}x one sequence")
+    for name, us in sampling_costs(probe).items():
+        print(f"  sampling one token, {name}: {us:.0f} us")
     greedy, sampled = high_level(model_path(args.model), args.threads, args.steps, args.rounds)
     print(f"  for comparison, one stream through llama-cpp-python's Llama.generate: {greedy:.1f} tokens/s greedy, "
           f"{sampled:.1f} sampled (temperature 1, top_p 0.9)")
