@@ -45,13 +45,12 @@ class OnnxMiniLM(MiniLM):
         self.threads = threads
         self.quantize = quantize
         self.cache_dir = cache_dir
-        self._weights_path = model_dir / "model.safetensors"
         super().__init__(model_dir, batch_size)
 
     def _load(self, weights_path: Path) -> None:
         import onnxruntime as ort
 
-        fp32 = self._graph_file(weights_path, "fp32", self._write_fp32)
+        fp32 = self._graph_file(weights_path, "fp32", lambda out: self._write_fp32(weights_path, out))
         self.session = self._session(fp32)
         precision = "fp32"
         if self.quantize:
@@ -112,13 +111,12 @@ class OnnxMiniLM(MiniLM):
         log.info("wrote the %s ONNX graph of %s to %s", kind, weights_path.parent.name, path)
         return path
 
-    def _write_fp32(self, out: Path) -> None:
+    def _write_fp32(self, weights_path: Path, out: Path) -> None:
         import onnx
         from safetensors.numpy import load_file
 
-        weights = self._weights_path
-        onnx.save_model(build_graph(load_file(str(weights)), heads=self.heads, layers=self.layers, eps=self.eps),
-                        str(out))
+        onnx.save_model(build_graph(load_file(str(weights_path)), heads=self.heads, layers=self.layers,
+                                    eps=self.eps), str(out))
 
     def _vectors(self, session, texts: list[str]) -> np.ndarray:
         current, self.session = getattr(self, "session", None), session
@@ -146,6 +144,19 @@ def build_graph(w: dict[str, np.ndarray], *, heads: int, layers: int, eps: float
         nodes.append(helper.make_node(op, inputs, [output], name=output, domain=domain, **attrs))
         return output
 
+    def linear(inp: str, key: str, name: str) -> str:
+        """A PyTorch Linear (`key`.weight is [out, in]): inp @ weight.T + bias."""
+        const(name + "_w", np.ascontiguousarray(w[key + ".weight"].T))
+        const(name + "_b", w[key + ".bias"])
+        return node("Add", [node("MatMul", [inp, name + "_w"], name), name + "_b"], name + "b")
+
+    def add_norm(h: str, residual: str, key: str, name: str) -> str:
+        """LayerNorm(h + residual) with the weights under `key`."""
+        const(name + "_w", w[key + ".weight"])
+        const(name + "_b", w[key + ".bias"])
+        return node("LayerNormalization", [node("Add", [h, residual], name + "_in"), name + "_w", name + "_b"],
+                    name, axis=-1, epsilon=eps)
+
     # embeddings: word + position (the first T rows) + token type 0, then layer norm
     const("word", w["embeddings.word_embeddings.weight"])
     const("pos", w["embeddings.position_embeddings.weight"])
@@ -169,27 +180,11 @@ def build_graph(w: dict[str, np.ndarray], *, heads: int, layers: int, eps: float
         const(n + "qkv_b", qkv_b)
         attn = node("Attention", [x, n + "qkv_w", n + "qkv_b", "attention_mask"], n + "attn",
                     domain="com.microsoft", num_heads=heads)
-        const(n + "o_w", np.ascontiguousarray(w[p + "attention.output.dense.weight"].T))
-        const(n + "o_b", w[p + "attention.output.dense.bias"])
-        const(n + "ln1_w", w[p + "attention.output.LayerNorm.weight"])
-        const(n + "ln1_b", w[p + "attention.output.LayerNorm.bias"])
-        h = node("MatMul", [attn, n + "o_w"], n + "o")
-        h = node("Add", [h, n + "o_b"], n + "ob")
-        h = node("Add", [h, x], n + "res1")
-        x = node("LayerNormalization", [h, n + "ln1_w", n + "ln1_b"], n + "x1", axis=-1, epsilon=eps)
-        const(n + "i_w", np.ascontiguousarray(w[p + "intermediate.dense.weight"].T))
-        const(n + "i_b", w[p + "intermediate.dense.bias"])
-        const(n + "f_w", np.ascontiguousarray(w[p + "output.dense.weight"].T))
-        const(n + "f_b", w[p + "output.dense.bias"])
-        const(n + "ln2_w", w[p + "output.LayerNorm.weight"])
-        const(n + "ln2_b", w[p + "output.LayerNorm.bias"])
-        h = node("MatMul", [x, n + "i_w"], n + "i")
-        h = node("Add", [h, n + "i_b"], n + "ib")
-        h = node("Gelu", [h], n + "gelu")
-        h = node("MatMul", [h, n + "f_w"], n + "f")
-        h = node("Add", [h, n + "f_b"], n + "fb")
-        h = node("Add", [h, x], n + "res2")
-        x = node("LayerNormalization", [h, n + "ln2_w", n + "ln2_b"], n + "x2", axis=-1, epsilon=eps)
+        h = linear(attn, p + "attention.output.dense", n + "o")
+        x = add_norm(h, x, p + "attention.output.LayerNorm", n + "ln1")
+        h = node("Gelu", [linear(x, p + "intermediate.dense", n + "i")], n + "gelu")
+        h = linear(h, p + "output.dense", n + "f")
+        x = add_norm(h, x, p + "output.LayerNorm", n + "ln2")
 
     # mean over real tokens, then unit length
     const("last", np.array([-1], dtype=np.int64))

@@ -305,15 +305,12 @@ class VectorStoresService:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)
 
-    async def index(self, store_id: str, version: int | None = None) -> StoreIndex:
-        """This replica's index of the store, brought up to date with what the store holds now (its `version`, if
-        the caller has just read it)."""
+    async def index(self, store_id: str, version: int) -> StoreIndex:
+        """This replica's index of the store, brought up to date with what the store holds at `version` (read by
+        the caller with the store's row)."""
         lock = self._locks.setdefault(store_id, asyncio.Lock())
         async with lock:
             index = self.indexes.get(store_id)
-            if version is None:
-                version = await asyncio.to_thread(self.store.version, store_id)
-            version = -1 if version is None else version  # (a store just deleted: its texts are gone too)
             if index is not None and index.version >= version:  # (versions only grow; a caller may have
                 # read one before another caller brought the index past it)
                 self.indexes.move_to_end(store_id)
@@ -353,7 +350,7 @@ class VectorStoresService:
             index.building = False
             self._builds = {t for t in self._builds if not t.done()}
 
-    def _refresh(self, index: StoreIndex, version: int | None) -> StoreIndex:
+    def _refresh(self, index: StoreIndex, version: int) -> StoreIndex:
         """Load what is new into the index, under its lock (a search never sees it half loaded); a store whose
         files' chunks were replaced is loaded anew (into a fresh index, returned)."""
         with index.lock:

@@ -30,6 +30,21 @@ def expired(row: VectorStoreRow) -> bool:
     return row.expires_at is not None and aware(row.expires_at) <= now()
 
 
+def _checked(store_id: str, row, usable: bool):
+    """The row of a store the caller asked for: NotFound if there is none; an expired store refused if `usable`."""
+    if row is None:
+        raise NotFound(f"No vector store found with id '{store_id[:80]}'.", param="vector_store_id")
+    if usable and expired(row):
+        raise InvalidRequest(f"The vector store '{store_id[:80]}' has expired.", param="vector_store_id",
+                             code="vector_store_expired")
+    return row
+
+
+def _touch_due(row) -> bool:
+    """Its last activity is written at most once a minute."""
+    return now() - aware(row.last_active_at) >= timedelta(minutes=1)
+
+
 def counts_view(counts: dict[str, int]) -> dict:
     out = {status: counts.get(status, 0) for status in STATUSES}
     out["total"] = sum(out.values())
@@ -81,12 +96,7 @@ class VectorStoreDB:
     def store_row(self, s: Session, project_id: str, store_id: str, *, usable: bool = False) -> VectorStoreRow:
         row = s.scalar(select(VectorStoreRow).where(VectorStoreRow.id == store_id,
                                                     VectorStoreRow.project_id == project_id))
-        if row is None:
-            raise NotFound(f"No vector store found with id '{store_id[:80]}'.", param="vector_store_id")
-        if usable and expired(row):
-            raise InvalidRequest(f"The vector store '{store_id[:80]}' has expired.", param="vector_store_id",
-                                 code="vector_store_expired")
-        return row
+        return _checked(store_id, row, usable)
 
     def counts(self, s: Session, store_ids: list[str]) -> tuple[dict[str, dict], dict[str, int]]:
         counts: dict[str, dict] = {i: {} for i in store_ids}
@@ -119,10 +129,9 @@ class VectorStoreDB:
 
     def touch(self, s: Session, row: VectorStoreRow) -> None:
         """Active now: the expiry counts from here (written at most once a minute)."""
-        at = now()
-        last = aware(row.last_active_at)
-        if at - last < timedelta(minutes=1):
+        if not _touch_due(row):
             return
+        at = now()
         row.last_active_at = at
         if row.expires_after_days:
             row.expires_at = at + timedelta(days=row.expires_after_days)
@@ -304,10 +313,6 @@ class VectorStoreDB:
 
     # -- what a replica's index loads --------------------------------------------------------------------------------
 
-    def version(self, store_id: str) -> int | None:
-        with self.db.session() as s:
-            return s.scalar(select(VectorStoreRow.version).where(VectorStoreRow.id == store_id))
-
     def chunks_after(self, store_id: str, seq: int, limit: int = 5000) -> list[tuple]:
         with self.db.session() as s:
             return [tuple(r) for r in s.execute(
@@ -324,21 +329,12 @@ class VectorStoreDB:
     # Searches read with Core statements on a plain connection, not an ORM session: a third of the time.
 
     def searchable(self, project_id: str, store_ids: list[str]) -> list:
-        """The stores a search may read (id, version, embedding_deployment), in the given order; NotFound or
-        expired as `store_row` says. A store whose last activity is over a minute old is touched (written)."""
+        """The stores a search may read (id, version, embedding_deployment, ...), in the given order, checked as
+        `store_row` checks them; those not touched for a minute are touched (written)."""
         with self.db.engine.connect() as conn:
             found = {r.id: r for r in conn.execute(_SEARCHABLE, {"project": project_id, "ids": list(store_ids)})}
-        rows, stale = [], []
-        for store_id in store_ids:
-            row = found.get(store_id)
-            if row is None:
-                raise NotFound(f"No vector store found with id '{store_id[:80]}'.", param="vector_store_id")
-            if row.expires_at is not None and aware(row.expires_at) <= now():
-                raise InvalidRequest(f"The vector store '{store_id[:80]}' has expired.", param="vector_store_id",
-                                     code="vector_store_expired")
-            if now() - aware(row.last_active_at) >= timedelta(minutes=1):
-                stale.append(store_id)
-            rows.append(row)
+        rows = [_checked(store_id, found.get(store_id), usable=True) for store_id in store_ids]
+        stale = [row.id for row in rows if _touch_due(row)]
         if stale:
             with self.db.session() as s:
                 for store_id in stale:
