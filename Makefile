@@ -55,14 +55,29 @@ browser:
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
 	  || sudo apt-get install -y -q chromium) || echo "chromium could not be installed: the browser tests will fail"
 
-# Benchmarks against peers (LiteLLM Proxy, llama-cpp-python's server), each in its own virtual environment.
+# Benchmarks against peers (LiteLLM Proxy, llama-cpp-python's server), each in its own virtual environment, and
+# llama.cpp's own llama-server, built once (about 8 minutes on 2 cores) from the llama-cpp-python source
+# distribution's vendored llama.cpp (the same version as the wheel, the same flags) into the cache: never shipped.
 PEERS := .venv-peers
-peers: $(PEERS)/.installed
+LLAMA_SERVER_DIR := $(CACHE)/llama-server-$(LLAMA_CPP_VERSION)
+peers: $(PEERS)/.installed $(LLAMA_SERVER_DIR)/bin/llama-server
 $(PEERS)/.installed: $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q --upgrade pip
 	$(PEERS)/bin/python -m pip install -q --find-links $(WHEELS) 'litellm[proxy]' 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)'
 	@touch $@
+
+$(LLAMA_SERVER_DIR)/bin/llama-server:
+	@mkdir -p $(LLAMA_SERVER_DIR)/src
+	$(PYTHON) -m pip download -q --no-binary :all: --no-deps -d $(LLAMA_SERVER_DIR) llama-cpp-python==$(LLAMA_CPP_VERSION)
+	tar xzf $(LLAMA_SERVER_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_SERVER_DIR)/src --strip-components=1
+	cmake -S $(LLAMA_SERVER_DIR)/src/vendor/llama.cpp -B $(LLAMA_SERVER_DIR)/build -DCMAKE_BUILD_TYPE=Release \
+	  -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+	  -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)' >/dev/null
+	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server -j $$(nproc) >/dev/null
+	@mkdir -p $(LLAMA_SERVER_DIR)/bin
+	cp $(LLAMA_SERVER_DIR)/build/bin/llama-server $(LLAMA_SERVER_DIR)/bin/
+	rm -rf $(LLAMA_SERVER_DIR)/src $(LLAMA_SERVER_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 
 bench: install peers
 	@command -v wrk >/dev/null || (apt-get install -y -q wrk >/dev/null 2>&1 \

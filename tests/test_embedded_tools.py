@@ -97,7 +97,7 @@ def vocab_only():
 def test_grammars_parse_in_llama_cpp(vocab_only, body):
     import llama_cpp
 
-    text = llama_tools.grammar(_plan(**body))._grammar
+    text = llama_tools.grammar(_plan(**body))
     sampler = llama_cpp.llama_sampler_init_grammar(vocab_only._model.vocab, text.encode(), b"root")
     assert sampler, text
     llama_cpp.llama_sampler_free(sampler)
@@ -107,15 +107,15 @@ def test_grammars_parse_in_llama_cpp(vocab_only, body):
 
 
 def test_forced_grammar_has_no_text_branch_and_single_call_no_repeat():
-    text = llama_tools.grammar(_plan(tools=[WEATHER, ADD], tool_choice="required"))._grammar
+    text = llama_tools.grammar(_plan(tools=[WEATHER, ADD], tool_choice="required"))
     assert "root ::= tool-calls\n" in text and "free-text" not in text and ")*" not in text.split("tool-calls ::=")[1]
     named = llama_tools.grammar(_plan(tools=[WEATHER, ADD], tool_choice={"type": "function",
-                                                                          "function": {"name": "add"}}))._grammar
+                                                                          "function": {"name": "add"}}))
     assert '\\"add\\"' in named and "get_weather" not in named
     with_format = llama_tools.grammar(_plan(tools=[ADD], tool_choice="required", response_format={
-        "type": "json_schema", "json_schema": {"name": "s", "schema": WEATHER_SCHEMA}}))._grammar
+        "type": "json_schema", "json_schema": {"name": "s", "schema": WEATHER_SCHEMA}}))
     assert "text-" not in with_format  # a forced call wins over response_format
-    auto = llama_tools.grammar(_plan(tools=[ADD], response_format={"type": "json_object"}))._grammar
+    auto = llama_tools.grammar(_plan(tools=[ADD], response_format={"type": "json_object"}))
     assert "root ::= tool-calls | text-root" in auto
 
 
@@ -123,7 +123,7 @@ def test_grammar_keeps_the_declared_property_order():
     ordered = {"type": "function", "function": {"name": "ordered", "parameters": {
         "type": "object", "properties": {"zeta": {"type": "integer"}, "alpha": {"type": "integer"}},
         "required": ["zeta", "alpha"]}}}
-    text = llama_tools.grammar(_plan(tools=[ordered], tool_choice="required"))._grammar
+    text = llama_tools.grammar(_plan(tools=[ordered], tool_choice="required"))
     root = next(line for line in text.splitlines() if line.startswith("t0-root ::="))
     assert root.index("zeta") < root.index("alpha")
 

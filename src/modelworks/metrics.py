@@ -66,8 +66,9 @@ class Gauge:
     kind = "gauge"
 
     def __init__(self, name: str, help: str, labels: tuple[str, ...],
-                 read: Callable[[], Iterable[tuple[tuple, float]]]) -> None:
+                 read: Callable[[], Iterable[tuple[tuple, float]]], kind: str = "gauge") -> None:
         self.name, self.help, self.labels, self.read = name, help, labels, read
+        self.kind = kind  # "counter" for a running total kept elsewhere (read when scraped)
 
     def samples(self) -> Iterable[tuple[str, tuple, tuple, float]]:
         for labels, value in self.read():
@@ -153,6 +154,30 @@ class ServiceMetrics:
             return (((name,), float(n)) for name, n in seen.items())
         self.registry.add(Gauge("modelworks_queue_depth", "requests waiting for a slot of a local backend",
                                 ("backend",), waiting))
+
+        def engines() -> dict[str, dict]:
+            seen = {}
+            for m in members.all():
+                if m.name not in seen:
+                    stats = m.backend.engine_stats()
+                    if stats is not None:
+                        seen[m.name] = stats
+            return seen
+        self.registry.add(Gauge("modelworks_engine_sequences", "a local engine's sequences: generating or reading "
+                                "their prompt (active), free (idle), and requests waiting for one (waiting)",
+                                ("backend", "state"), lambda: (
+                                    ((name, state), float(value)) for name, e in engines().items()
+                                    for state, value in (("active", e["active"]), ("waiting", e["waiting"]),
+                                                         ("idle", e["sequences"] - e["active"])))))
+        self.registry.add(Gauge("modelworks_engine_tokens_per_second", "a local engine's completion tokens per "
+                                "second over the last ten seconds, all sequences together", ("backend",),
+                                lambda: (((name,), e["tokens_per_second"]) for name, e in engines().items())))
+        self.registry.add(Gauge("modelworks_engine_prompt_tokens_total", "prompt tokens a local engine evaluated "
+                                "(evaluated) and took from its prompt cache (cached)", ("backend", "source"),
+                                lambda: (((name, source), float(e[key])) for name, e in engines().items()
+                                         for source, key in (("evaluated", "prompt_tokens_evaluated"),
+                                                             ("cached", "prompt_tokens_cached"))),
+                                kind="counter"))
 
 
 def _waiting(backend) -> int:

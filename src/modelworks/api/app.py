@@ -383,7 +383,8 @@ def _readyz(backends: dict[str, Backend], gateway: Gateway):
     backend down still serves); the answer details each backend and each deployment."""
     async def readyz(request: Request) -> JSONResult:
         results = await asyncio.gather(*(b.health() for b in backends.values()))
-        detail = {name: {"ok": r.ok, "detail": r.detail} for name, r in zip(backends, results)}
+        detail = {name: {"ok": r.ok, "detail": r.detail, **({"engine": r.engine} if r.engine else {})}
+                  for name, r in zip(backends, results)}
         deployments = {}
         for name, route in gateway.routes.items():
             deployments[name] = any(detail.get(m.name, {}).get("ok") for m in route.pool.members)

@@ -32,14 +32,15 @@ class Capabilities:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from a prompt cache (part of prompt_tokens)
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.total_tokens}
+                "total_tokens": self.total_tokens, "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
 
 
 @dataclass(slots=True)
@@ -95,6 +96,7 @@ class Embeddings:
 class Health:
     ok: bool
     detail: str = ""
+    engine: dict[str, Any] | None = None  # a local engine's load (sequences active and waiting, tokens/s)
 
 
 class Backend(ABC):
@@ -114,6 +116,11 @@ class Backend(ABC):
 
     async def health(self) -> Health:
         return Health(ok=True)
+
+    def engine_stats(self) -> dict[str, Any] | None:
+        """A local engine's load (sequences, active, waiting, tokens_per_second, prompt tokens evaluated and
+        cached), read by /readyz and /metrics; None for backends without one."""
+        return None
 
     @abstractmethod
     async def generate(self, task: GenerationTask) -> Generation:

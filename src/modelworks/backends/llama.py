@@ -1,8 +1,9 @@
-"""The embedded model: any GGUF file on llama.cpp (llama-cpp-python), in-process.
+"""The embedded model: any GGUF file on llama.cpp (llama-cpp-python's bindings), in-process.
 
-`parallel` slots, each a llama.cpp context with its own worker thread, serve generations side by side; more
-requests wait in a bounded line (429 past it). A generation never disturbs another. When its client leaves,
-a generation stops within one token and frees its slot; a request still waiting simply leaves the line.
+One engine per model (llama_engine): one llama.cpp context holding `parallel` sequences, one thread, continuous
+batching and a prompt cache. A request takes one of `parallel` places (its choices run one after another in it);
+more requests wait in a bounded line (429 past it). When its client leaves, a generation stops at the engine's
+next step and frees its place; a request still waiting simply leaves the line.
 """
 
 from __future__ import annotations
@@ -11,11 +12,8 @@ import asyncio
 import functools
 import json
 import logging
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from modelworks.backends import llama_generation as lg
 from modelworks.backends import llama_tools
@@ -24,20 +22,13 @@ from modelworks.backends.base import (
     Backend, Capabilities, Delta, Generation, GenerationTask, Health, Usage,
 )
 from modelworks.backends.chat_templates import ChatTemplate, choose_template, template_messages
+from modelworks.backends.llama_engine import Engine, Job, ModelView
 from modelworks.backends.llama_prompt import Vocabulary, tokenize_chat
 from modelworks.errors import InvalidRequest, ModelworksError, Unsupported
 from modelworks.offload import offload
 from modelworks.settings import LlamaCppBackend
 
 log = logging.getLogger("modelworks.llama")
-
-_END = object()
-
-
-@dataclass(slots=True)
-class _Slot:
-    llama: Any
-    executor: ThreadPoolExecutor
 
 
 class LlamaBackend(Backend):
@@ -48,12 +39,13 @@ class LlamaBackend(Backend):
         super().__init__(name)
         self.spec = spec
         self.cache_dir = cache_dir
-        self.admission: Admission[_Slot] | None = None
+        self.admission: Admission[int] | None = None
         self.template: ChatTemplate | None = None
         self.vocab: Vocabulary | None = None
         self.n_ctx = spec.context_size
         self.model_path: Path | None = None
-        self._slots: list[_Slot] = []
+        self.engine: Engine | None = None
+        self.view: ModelView | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -62,34 +54,43 @@ class LlamaBackend(Backend):
 
         loop = asyncio.get_running_loop()
         self.model_path = await loop.run_in_executor(None, resolve_model_source, self.spec.model, self.cache_dir)
-        for i in range(self.spec.parallel):
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{self.name}-{i}")
-            llama = await loop.run_in_executor(executor, self._load)
-            self._slots.append(_Slot(llama, executor))
-        first = self._slots[0].llama
-        self.n_ctx = first.n_ctx()
-        bos = _token_text(first, first.token_bos())
-        eos = _token_text(first, first.token_eos())
-        self.template = choose_template(self.spec.chat_template, first.metadata, bos, eos)
-        self.vocab = await loop.run_in_executor(self._slots[0].executor, Vocabulary.read, first)
-        self.admission = Admission(self.name, self._slots, self.spec.max_queue)
-        log.info("loaded %s (%d slot(s), %d threads, context %d, chat template: %s)", self.model_path,
+        engine = Engine(self.name, self.model_path, sequences=self.spec.parallel, threads=self.spec.threads,
+                        context_size=self.spec.context_size, batch_size=self.spec.batch_size,
+                        top_k=self.spec.sampling_top_k, prompt_cache=self.spec.prompt_cache)
+        await loop.run_in_executor(None, engine.load)
+        view = engine.view
+        bos = _token_text(view, view.token_bos())
+        eos = _token_text(view, view.token_eos())
+        self.template = choose_template(self.spec.chat_template, view.metadata, bos, eos)
+        self.vocab = await loop.run_in_executor(None, Vocabulary.read, view)
+        self.view = view
+        engine.start()
+        self.engine = engine
+        self.admission = Admission(self.name, list(range(self.spec.parallel)), self.spec.max_queue)
+        log.info("loaded %s (%d sequences, %d threads, context %d each, chat template: %s)", self.model_path,
                  self.spec.parallel, self.spec.threads, self.n_ctx, self.template.origin)
 
-    def _load(self):
-        from llama_cpp import Llama
-
-        return Llama(model_path=str(self.model_path), n_ctx=self.spec.context_size, n_batch=self.spec.batch_size,
-                     n_threads=self.spec.threads, n_threads_batch=self.spec.threads, verbose=False)
-
     async def close(self) -> None:
-        for slot in self._slots:
-            slot.executor.shutdown(wait=False, cancel_futures=True)
+        if self.engine is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
 
     async def health(self) -> Health:
-        if self.admission is None:
+        if self.admission is None or self.engine is None:
             return Health(ok=False, detail="loading")
-        return Health(ok=True, detail=f"{self.admission.busy} busy, {self.admission.waiting} waiting")
+        stats = self.engine_stats()
+        return Health(ok=True, detail=f"{stats['active']} active, {stats['waiting']} waiting, "
+                                      f"{stats['tokens_per_second']} tokens/s", engine=stats)
+
+    def engine_stats(self) -> dict | None:
+        """The engine's load, for /readyz and /metrics: sequences generating or reading their prompt (`active`,
+        of `sequences`), requests waiting for one, completion tokens/s over the last ten seconds, and the prompt
+        tokens evaluated and reused from the cache since start."""
+        e = self.engine
+        if e is None or self.admission is None:
+            return None
+        return {"sequences": e.sequences, "active": e.active, "waiting": self.admission.waiting + e.waiting,
+                "tokens_per_second": round(e.tokens_per_s, 1), "completion_tokens": e.generated,
+                "prompt_tokens_evaluated": e.evaluated, "prompt_tokens_cached": e.reused}
 
     # -- generation ------------------------------------------------------------------------------------------
 
@@ -107,6 +108,8 @@ class LlamaBackend(Backend):
             if outcome is not None:
                 finish[index] = outcome.finish_reason
                 usage.completion_tokens += outcome.completion_tokens
+                if index == 0:
+                    usage.cached_tokens = outcome.cached_tokens
         choices = []
         for i in range(task.request.n):
             text = "".join(texts.get(i, []))
@@ -142,6 +145,8 @@ class LlamaBackend(Backend):
                         yield Delta([choice])
                 if outcome is not None:
                     usage.completion_tokens += outcome.completion_tokens
+                    if index == 0:
+                        usage.cached_tokens = outcome.cached_tokens
                     choices = shaper.end(outcome.finish_reason)
                     last = index == task.request.n - 1
                     for i, choice in enumerate(choices):
@@ -156,45 +161,36 @@ class LlamaBackend(Backend):
         return await offload(llama_tools.plan, task.request)
 
     async def _run(self, task: GenerationTask, plan: llama_tools.ToolPlan | None):
-        """Yield (choice index, step or None, outcome or None, prompt tokens) as the worker thread produces them."""
+        """Yield (choice index, step or None, outcome or None, prompt tokens) as the engine produces them."""
         # templating, tokenizing and building a grammar grow with the request: off the event loop
         prompt_tokens, params = await offload(self._prepare, task, plan)
-        async with self.admission.slot() as slot:
+        async with self.admission.slot():
             loop = asyncio.get_running_loop()
-            queue: asyncio.Queue = asyncio.Queue()
-            cancelled = threading.Event()
-            put = functools.partial(loop.call_soon_threadsafe, queue.put_nowait)
-
-            def work() -> None:
+            for index in range(task.request.n):
+                choice_params = params
+                if params.seed is not None and index:
+                    choice_params = lg.Params(**{**_fields(params), "seed": params.seed + index})
+                queue: asyncio.Queue = asyncio.Queue()
+                freed = loop.create_future()
+                job = Job(prompt_tokens, choice_params, functools.partial(_post, loop, queue.put_nowait),
+                          functools.partial(_post, loop, _settle, freed))
+                self.engine.submit(job)
+                finished = False
                 try:
-                    for index in range(task.request.n):
-                        choice_params = params
-                        if params.seed is not None and index:
-                            choice_params = lg.Params(**{**_fields(params), "seed": params.seed + index})
-                        outcome = lg.generate(slot.llama, prompt_tokens, choice_params,
-                                              lambda step, i=index: put((i, step, None)), cancelled)
-                        if outcome.finish_reason is None:
-                            return
-                        put((index, None, outcome))
-                except BaseException as exc:  # noqa: BLE001 - handed to the event loop
-                    put(exc)
+                    while not finished:
+                        item = await queue.get()
+                        if isinstance(item, BaseException):
+                            raise item
+                        if isinstance(item, lg.Outcome):
+                            finished = True
+                            yield index, None, item, len(prompt_tokens)
+                        else:
+                            yield index, item, None, len(prompt_tokens)
                 finally:
-                    put(_END)
-
-            future = loop.run_in_executor(slot.executor, work)
-            try:
-                while True:
-                    item = await queue.get()
-                    if item is _END:
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    index, step, outcome = item
-                    yield index, step, outcome, len(prompt_tokens)
-            finally:
-                cancelled.set()
-                # The slot is given back only once its thread has really stopped (within one token).
-                await asyncio.shield(future)
+                    if not finished:
+                        self.engine.cancel(job)
+                    # the place is given back only once the engine has freed the sequence (at its next step)
+                    await asyncio.shield(freed)
 
     async def count_prompt_tokens(self, task: GenerationTask) -> int | None:
         if self.template is None:
@@ -224,7 +220,7 @@ class LlamaBackend(Backend):
         event loop. Text from users never becomes a control token (see llama_prompt); a text too long for the
         context by a cheap bound is refused before it is tokenized."""
         if task.prompt_ids is None:
-            llama = self._slots[0].llama
+            llama = self.view
             if task.is_chat:
                 plan = llama_tools.plan(task.request)
                 messages = template_messages(task.request.messages, llama_tools.tools_prompt(plan) if plan else None)
@@ -263,9 +259,7 @@ class LlamaBackend(Backend):
     def _prepare(self, task: GenerationTask, plan: llama_tools.ToolPlan | None) -> tuple[list[int], lg.Params]:
         req = task.request
         tokens = self._prompt_tokens(task)
-        where = "messages" if task.is_chat else "prompt"
-        if req.logit_bias:
-            raise Unsupported("The embedded model does not support logit_bias.", param="logit_bias")
+        bias = self._logit_bias(req.logit_bias)
         room = self.check_room(task, len(tokens))
         limit = req.token_limit
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
@@ -279,9 +273,31 @@ class LlamaBackend(Backend):
             stop=stop,
             grammar=llama_tools.grammar(plan) if plan is not None else self._grammar(task),
             logprobs=self._logprobs_k(task),
+            logit_bias=bias,
             call_marker=llama_tools.CALL_OPEN[0] if plan is not None else None,
         )
+        if params.grammar is not None:
+            try:
+                self.engine.vocab.check_grammar(params.grammar)  # parsed once, here rather than in the engine
+            except ValueError:
+                raise InvalidRequest("The answer's format cannot be expressed as a grammar for this model.",
+                                     param="response_format" if plan is None else "tools") from None
         return tokens, params
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
+        """Token ids (as strings, OpenAI's shape) and biases between -100 and 100, applied by llama.cpp's own
+        logit-bias sampler; -100 bans the token."""
+        if not bias:
+            return None
+        vocab = self.view.n_vocab()
+        out: dict[int, float] = {}
+        for key, value in bias.items():
+            token = int(key) if key.strip().lstrip("-").isdigit() else None
+            if token is None or not 0 <= token < vocab:
+                raise InvalidRequest(f"Invalid key in 'logit_bias': {key!r}. Keys must be token ids of this model, "
+                                     f"between 0 and {vocab - 1}.", param="logit_bias", code="invalid_value")
+            out[token] = float(value)
+        return out
 
     def _completion_prompt(self, req, llama) -> list[int]:
         if req.echo or req.suffix is not None or (req.best_of or 1) > 1:
@@ -382,21 +398,33 @@ def _fields(params: lg.Params) -> dict:
     return {name: getattr(params, name) for name in params.__slots__}
 
 
-def _token_text(llama, token: int) -> str:
+def _token_text(view: ModelView, token: int) -> str:
     if token < 0:
         return ""
-    return llama.detokenize([token], special=True).decode("utf-8", errors="ignore")
+    return view.detokenize([token], special=True).decode("utf-8", errors="ignore")
 
 
-@functools.lru_cache(maxsize=1)
-def _json_grammar():
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+def _post(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
+    """Hand something from the engine thread to the request's event loop (gone at shutdown: dropped)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass
 
-    return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _json_grammar() -> str:
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    return JSON_GBNF
 
 
 @functools.lru_cache(maxsize=128)
-def _schema_grammar(schema_json: str):
-    from llama_cpp.llama_grammar import LlamaGrammar
+def _schema_grammar(schema_json: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    return json_schema_to_gbnf(schema_json)

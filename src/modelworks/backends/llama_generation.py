@@ -1,19 +1,14 @@
-"""One generation on a llama.cpp context, run in a worker thread.
+"""What one generation asks for and what it gives back, and its text as the tokens come.
 
-Drives `Llama.generate` token by token so that it can: stop within one token when cancelled, apply stop
-sequences exactly (holding back text that may be the start of one), detokenize multi-byte characters
-safely, and compute logprobs from the last token's logits only when asked (no `logits_all` buffer).
+`TextStream` turns a sequence's token pieces into released text: it applies stop sequences exactly (holding back
+text that may be the start of one), decodes multi-byte characters only once they are whole, and hands each
+token's logprob entry out with the text it belongs to. The engine (llama_engine) drives it, one token at a time.
 """
 
 from __future__ import annotations
 
-import ctypes
-import random
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -25,7 +20,7 @@ class Params:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     stop: list[str] = field(default_factory=list)
-    grammar: Any = None
+    grammar: str | None = None  # GBNF, root rule `root`
     logprobs: int | None = None  # None: no logprobs; k >= 0: the token's logprob plus the top k
     logit_bias: dict[int, float] | None = None
     call_marker: str | None = None  # a text that starts with this is a tool call: stop sequences do not apply
@@ -43,74 +38,60 @@ class Step:
 class Outcome:
     finish_reason: str | None  # None when cancelled
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose evaluation was reused from the cache
 
 
-def generate(llama, prompt_tokens: list[int], params: Params, emit: Callable[[Step], None],
-             cancelled: threading.Event) -> Outcome:
-    llama_cpp = _llama_cpp()
-    seed = params.seed if params.seed is not None else random.getrandbits(32)
-    llama.set_seed(seed & 0xFFFFFFFF)
-    if params.seed is not None or params.temperature == 0:
-        # Reusing a cached prompt prefix evaluates the prompt's last tokens in a different batch shape, which
-        # moves the logits slightly: evaluate afresh when the caller asks for reproducible output.
-        llama.reset()
-    processors = None
-    if params.logit_bias:
-        processors = _bias_processors(params.logit_bias)
-    vocab = llama._model.vocab if hasattr(llama._model, "vocab") else None
-    stops = [s for s in params.stop if s]
-    longest_stop = max((len(s) for s in stops), default=0)
-    text = ""
-    sent = 0
-    pending_bytes = b""
-    pending_logprobs: list[dict[str, Any]] = []
-    count = 0
-    finish: str | None = "length"
-    gen = llama.generate(prompt_tokens, top_k=0, top_p=params.top_p, min_p=0.0, typical_p=1.0,
-                         temp=params.temperature, repeat_penalty=1.0, frequency_penalty=params.frequency_penalty,
-                         presence_penalty=params.presence_penalty, logits_processor=processors,
-                         grammar=params.grammar)
-    try:
-        for token in gen:
-            if cancelled.is_set():
-                finish = None
-                break
-            if llama_cpp.llama_token_is_eog(vocab, token) if vocab is not None else token == llama.token_eos():
-                finish = "stop"
-                break
-            count += 1
-            piece = llama.detokenize([token])
-            if params.logprobs is not None:
-                pending_logprobs.append(_logprob_entry(llama, token, piece, params.logprobs))
-            pending_bytes += piece
-            decoded, pending_bytes = _decode_prefix(pending_bytes)
-            text += decoded
-            if stops and params.call_marker and text.startswith(params.call_marker):
-                stops, longest_stop = [], 0  # a tool call: its grammar ends it
-            hit = _find_stop(text, stops, sent, longest_stop)
-            if hit is not None:
-                _release(emit, text[sent:hit], pending_logprobs)
-                return Outcome("stop", count)
-            safe = len(text) - _held_back(text, stops)
-            if safe > sent or pending_logprobs:
-                _release(emit, text[sent:safe], pending_logprobs)
-                pending_logprobs = []
-                sent = max(sent, safe)
-            if count >= params.max_tokens:
-                finish = "length"
-                break
-    finally:
-        gen.close()
-    if finish is not None:
-        text += pending_bytes.decode("utf-8", errors="replace")
-        if len(text) > sent or pending_logprobs:
-            _release(emit, text[sent:], pending_logprobs)
-    return Outcome(finish, count)
+class TextStream:
+    """One choice's text. `push` takes a token's bytes (and its logprob entry) and returns the step to release, if
+    any, and whether a stop sequence ended the text; `finish` releases what was held back when it ends otherwise."""
 
+    __slots__ = ("stops", "longest", "call_marker", "text", "sent", "pending", "logprobs", "stopped")
 
-def _release(emit, text: str, logprobs: list[dict[str, Any]]) -> None:
-    emit(Step(text=text, tokens=list(logprobs)))
-    logprobs.clear()
+    def __init__(self, params: Params) -> None:
+        self.stops = [s for s in params.stop if s]
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.call_marker = params.call_marker
+        self.text = ""
+        self.sent = 0
+        self.pending = b""
+        self.logprobs: list[dict[str, Any]] = []
+        self.stopped = False
+
+    def push(self, piece: bytes, logprob: dict[str, Any] | None = None) -> tuple[Step | None, bool]:
+        if logprob is not None:
+            self.logprobs.append(logprob)
+        self.pending += piece
+        decoded, self.pending = _decode_prefix(self.pending)
+        self.text += decoded
+        if self.stops and self.call_marker and self.text.startswith(self.call_marker):
+            self.stops, self.longest = [], 0  # a tool call: its grammar ends it
+        hit = _find_stop(self.text, self.stops, self.sent, self.longest)
+        if hit is not None:
+            self.stopped = True
+            return self._release(self.text[self.sent:hit]), True
+        safe = len(self.text) - _held_back(self.text, self.stops)
+        if safe > self.sent or self.logprobs:
+            step = self._release(self.text[self.sent:safe])
+            self.sent = max(self.sent, safe)
+            return step, False
+        return None, False
+
+    def finish(self) -> Step | None:
+        """What is left when the generation ends without a stop sequence (end of text, or max_tokens)."""
+        if self.stopped:
+            return None
+        self.text += self.pending.decode("utf-8", errors="replace")
+        self.pending = b""
+        if len(self.text) > self.sent or self.logprobs:
+            step = self._release(self.text[self.sent:])
+            self.sent = len(self.text)
+            return step
+        return None
+
+    def _release(self, text: str) -> Step:
+        step = Step(text=text, tokens=self.logprobs)
+        self.logprobs = []
+        return step
 
 
 def _decode_prefix(data: bytes) -> tuple[str, bytes]:
@@ -140,42 +121,3 @@ def _held_back(text: str, stops: list[str]) -> int:
                 best = k
                 break
     return best
-
-
-def _logprob_entry(llama, token: int, piece: bytes, top: int) -> dict[str, Any]:
-    llama_cpp = _llama_cpp()
-    n_vocab = llama.n_vocab()
-    ptr = llama_cpp.llama_get_logits_ith(llama._ctx.ctx, -1)
-    logits = np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float64)
-    peak = logits.max()
-    logsum = peak + np.log(np.exp(logits - peak).sum())
-    entry = {"token": piece.decode("utf-8", errors="replace"), "logprob": float(logits[token] - logsum),
-             "bytes": list(piece), "top_logprobs": []}
-    if top:
-        best = np.argpartition(-logits, top)[:top]
-        best = best[np.argsort(-logits[best])]
-        for t in best:
-            p = llama.detokenize([int(t)])
-            entry["top_logprobs"].append({"token": p.decode("utf-8", errors="replace"),
-                                          "logprob": float(logits[t] - logsum), "bytes": list(p)})
-    return entry
-
-
-def _bias_processors(bias: dict[int, float]):
-    ids = np.array(list(bias.keys()), dtype=np.int64)
-    values = np.array(list(bias.values()), dtype=np.float32)
-
-    def apply(input_ids, scores):
-        scores[ids] += values
-        return scores
-
-    return [apply]
-
-
-def _llama_cpp():
-    import llama_cpp
-
-    return llama_cpp
-
-
-_ = ctypes  # ctypes is used through llama_cpp's pointers

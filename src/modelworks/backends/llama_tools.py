@@ -167,17 +167,15 @@ def response_text(text: str) -> str:
 
 # -- grammar -----------------------------------------------------------------------------------------------------
 
-def grammar(plan: ToolPlan):
-    """The llama.cpp grammar of the answer (cached by what shapes it)."""
+def grammar(plan: ToolPlan) -> str:
+    """The llama.cpp grammar (GBNF) of the answer (cached by what shapes it)."""
     calls = tuple((t.name, t.schema_json) for t in plan.callable)
     return _grammar(calls, plan.forced, plan.parallel, plan.text_schema)
 
 
 @functools.lru_cache(maxsize=64)
-def _grammar(calls: tuple[tuple[str, str], ...], forced: bool, parallel: bool, text_schema: str | None):
-    from llama_cpp.llama_grammar import LlamaGrammar
-
-    return LlamaGrammar.from_string(grammar_text(calls, forced, parallel, text_schema), verbose=False)
+def _grammar(calls: tuple[tuple[str, str], ...], forced: bool, parallel: bool, text_schema: str | None) -> str:
+    return grammar_text(calls, forced, parallel, text_schema)
 
 
 def grammar_text(calls: tuple[tuple[str, str], ...], forced: bool, parallel: bool, text_schema: str | None) -> str:

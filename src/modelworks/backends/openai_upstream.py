@@ -93,7 +93,7 @@ class OpenAIUpstream(Backend):
         data = await self._call(op, await self._payload(task, stream=False), task.trace_headers, task.deadline)
         usage = data.get("usage")
         return Generation(choices=data.get("choices") or [],
-                          usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)) if usage else None,
+                          usage=_usage(usage) if usage else None,
                           system_fingerprint=data.get("system_fingerprint"))
 
     async def stream(self, task: GenerationTask) -> AsyncIterator[Delta]:
@@ -133,8 +133,7 @@ class OpenAIUpstream(Backend):
                         raise UpstreamError("The upstream failed during the stream.", body={"error": event["error"]})
                     usage = event.get("usage")
                     yield Delta(choices=event.get("choices") or [],
-                                usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-                                if usage else None)
+                                usage=_usage(usage) if isinstance(usage, dict) else None)
         finally:
             resp.close()
 
@@ -207,3 +206,11 @@ def _retry_after(resp: Response) -> float:
             except ValueError:
                 continue
     return 1.0
+
+
+def _usage(usage: dict) -> Usage:
+    """An upstream's usage, its cached prompt tokens included (OpenAI's and Azure's prompt_tokens_details)."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(usage.get("prompt_tokens", 0) or 0, usage.get("completion_tokens", 0) or 0,
+                 cached if isinstance(cached, int) else 0)

@@ -133,6 +133,13 @@ def _check_stop(value: Stop) -> Stop:
     return value
 
 
+def _check_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    for key, bias in (value or {}).items():
+        if not -100 <= bias <= 100:
+            raise ValueError(f"the bias of token {key} must be between -100 and 100")
+    return value
+
+
 class _Sampling(_Body):
     """Fields shared by chat and text completions."""
 
@@ -151,6 +158,7 @@ class _Sampling(_Body):
     user: str | None = None
 
     _check_stop = field_validator("stop")(_check_stop)
+    _check_logit_bias = field_validator("logit_bias")(_check_logit_bias)
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> "_Sampling":

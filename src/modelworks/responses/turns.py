@@ -125,7 +125,8 @@ class Turns:
 def _add(state, usage: Usage | None) -> None:
     if usage is not None:
         state.usage = Usage(state.usage.prompt_tokens + usage.prompt_tokens,
-                            state.usage.completion_tokens + usage.completion_tokens)
+                            state.usage.completion_tokens + usage.completion_tokens,
+                            state.usage.cached_tokens + usage.cached_tokens)
 
 
 def _delivered(stream: CallStream) -> Usage:

