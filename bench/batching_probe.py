@@ -119,6 +119,52 @@ def sampling_costs(probe: Probe, rounds: int = 200) -> dict[str, float]:
     return out
 
 
+def grammar_and_bias_costs(probe: Probe, rounds: int = 200) -> dict[str, float]:
+    """Microseconds per token of what the engine's samplers (backends/llama_sampling.py) do beside the draw: a
+    JSON grammar applied to the whole vocabulary against a check of the drawn token alone (the engine's first try),
+    and a 10-token logit bias in llama.cpp's sampler against the same bias added to the logits in NumPy."""
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    from modelworks.backends.llama_generation import Params
+    from modelworks.backends.llama_sampling import Sampler, Vocab, logits
+
+    l = probe.l
+    l.llama_memory_clear(l.llama_get_memory(probe.ctx), True)
+    probe._decode([(t, p, 0, p == len(probe.prompt) - 1) for p, t in enumerate(probe.prompt)])
+    vocab = Vocab(probe.model, 40)
+    out = {}
+    sampler = Sampler(vocab, Params(max_tokens=8, temperature=0, grammar=JSON_GBNF))
+
+    def timed(fn) -> float:
+        started = time.perf_counter()
+        for _ in range(rounds):
+            fn()
+        return (time.perf_counter() - started) / rounds * 1e6
+
+    out["greedy draw alone"] = timed(lambda: l.llama_sampler_sample(sampler.chain, probe.ctx, -1))
+    out["JSON grammar on the whole vocabulary, then the draw"] = timed(lambda: sampler._draw_allowed(probe.ctx, -1))
+    out["JSON grammar checked on the drawn token only"] = timed(lambda: sampler._allowed(int(probe.prompt[1])))
+    sampler.free()
+    bias = {i * 7 + 11: 5.0 for i in range(10)}
+    biased = Sampler(vocab, Params(max_tokens=8, temperature=0, logit_bias=bias))
+    out["10-token logit bias in llama.cpp, then the draw"] = timed(
+        lambda: l.llama_sampler_sample(biased.chain, probe.ctx, -1))
+    biased.free()
+    plain = Sampler(vocab, Params(max_tokens=8, temperature=0))
+    ids = np.array(list(bias), dtype=np.int64)
+    values = np.array(list(bias.values()), dtype=np.float32)
+
+    def numpy_bias() -> None:  # the old way: a Python callback over a copy of the logits, then the draw
+        scores = logits(probe.ctx, -1, probe.n_vocab).copy()
+        scores[ids] += values
+        int(scores.argmax())
+
+    out["10-token logit bias as a NumPy callback (a copy of the logits), then the draw"] = timed(numpy_bias)
+    plain.free()
+    vocab.close()
+    return out
+
+
 def high_level(path: Path, threads: int, steps: int, rounds: int) -> tuple[float, float]:
     """One stream as the embedded backend drives it today (llama-cpp-python's `Llama.generate`, its sampling in
     Python): tokens/s greedy (temperature 0) and sampled (temperature 1, top_p 0.9), medians of `rounds`."""
@@ -162,7 +208,7 @@ def main() -> int:
     for n in counts:
         rate = statistics.median(rates[n])
         print(f"  {n} sequence(s): {rate:7.1f} tokens/s aggregate  {rate / one:5.2f}x one sequence")
-    for name, us in sampling_costs(probe).items():
+    for name, us in {**sampling_costs(probe), **grammar_and_bias_costs(probe)}.items():
         print(f"  sampling one token, {name}: {us:.0f} us")
     greedy, sampled = high_level(model_path(args.model), args.threads, args.steps, args.rounds)
     print(f"  for comparison, one stream through llama-cpp-python's Llama.generate: {greedy:.1f} tokens/s greedy, "

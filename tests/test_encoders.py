@@ -129,3 +129,23 @@ def test_the_written_graph_is_cached_and_reused(model_dir, tmp_path):
     again = _onnx(model_dir, tmp_path, quantize=False)
     assert sorted((tmp_path / "onnx").iterdir()) == written and written[0].stat().st_mtime_ns == stamp
     assert "(fp32; 1 thread)" in again.runtime
+
+
+def test_other_weights_run_on_the_same_runtime(model_dir, reference, tmp_path):
+    """A fine-tuned copy of the weights (the safety classifiers' way to this encoder) gets its own ONNX graph, cached
+    apart from the package's, and gives what the NumPy reference gives with the same weights."""
+    from safetensors.numpy import load_file, save_file
+
+    from modelworks.backends.minilm_model import MiniLM
+    from modelworks.backends.minilm_onnx import OnnxMiniLM
+
+    weights = load_file(str(model_dir / "model.safetensors"))
+    key = "encoder.layer.5.output.dense.weight"
+    weights[key] = (weights[key] * 0.5).astype(np.float32)
+    tuned = tmp_path / "tuned.safetensors"
+    save_file(weights, str(tuned))
+    onnx_vectors, _ = OnnxMiniLM(model_dir, threads=1, cache_dir=tmp_path, weights_path=tuned).encode(SENTENCES)
+    numpy_vectors, _ = MiniLM(model_dir, weights_path=tuned).encode(SENTENCES)
+    assert np.abs(onnx_vectors - numpy_vectors).max() < 1e-4
+    assert _cosines(onnx_vectors, reference[0]).min() < 0.999  # not the package's weights
+    assert len(list((tmp_path / "onnx").glob("minilm-*-fp32.onnx"))) == 1

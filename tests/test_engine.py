@@ -202,3 +202,19 @@ def test_grammar_holds_with_penalties_and_sampling(gemma):
         assert result["outcome"].finish_reason == "stop", result["text"]
         data = json.loads(result["text"])
         assert set(data) == {"name", "age"} and isinstance(data["age"], int)
+
+
+def test_closing_answers_what_still_runs_or_waits():
+    from modelworks.errors import Unavailable
+
+    runner = Runner("smollm2", sequences=1)
+    prompt = runner.tokens("Count from 1 to 1000:")
+    jobs = [runner.submit(prompt, max_tokens=1500, temperature=0.8) for _ in range(3)]  # one runs, two wait
+    while not jobs[0][1]["steps"]:
+        jobs[0][1]["done"].wait(0.05)
+    runner.close()
+    for _, result in jobs:
+        assert result["done"].is_set()
+        assert isinstance(result.get("error"), Unavailable)
+    with pytest.raises(Unavailable):
+        runner.engine.submit(Job(prompt, Params(max_tokens=1), lambda item: None, lambda: None))

@@ -259,6 +259,8 @@ class LlamaBackend(Backend):
     def _prepare(self, task: GenerationTask, plan: llama_tools.ToolPlan | None) -> tuple[list[int], lg.Params]:
         req = task.request
         tokens = self._prompt_tokens(task)
+        if not tokens:
+            raise InvalidRequest("The prompt is empty.", param="messages" if task.is_chat else "prompt")
         bias = self._logit_bias(req.logit_bias)
         room = self.check_room(task, len(tokens))
         limit = req.token_limit

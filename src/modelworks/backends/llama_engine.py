@@ -36,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from modelworks.backends.llama_generation import Outcome, Params, TextStream
+from modelworks.errors import Unavailable
 from modelworks.backends.llama_sampling import Sampler, Vocab, lib, logprob_entry
 
 log = logging.getLogger("modelworks.llama")
@@ -188,7 +189,7 @@ class Engine:
     def submit(self, job: Job) -> None:
         with self._cv:
             if self._stopping:
-                raise RuntimeError("the engine is closed")
+                raise Unavailable(f"The model '{self.name}' is shutting down; retry on another replica.")
             self._incoming.append(job)
             self._cv.notify()
 
@@ -220,7 +221,9 @@ class Engine:
                 while not self._stopping and not self._incoming and not self._queue and not self.active:
                     self._cv.wait()
                 if self._stopping:
-                    return
+                    self._queue.extend(self._incoming)
+                    self._incoming.clear()
+                    break
                 self._queue.extend(self._incoming)
                 self._incoming.clear()
             try:
@@ -228,6 +231,13 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - every running request hears of it; the engine goes on
                 log.exception("%s: a decode step failed", self.name)
                 self._fail(exc)
+        # closed: whatever still runs or waits hears so (a retryable 503), and its place is given back
+        stopped = Unavailable(f"The model '{self.name}' is shutting down; retry on another replica.")
+        self._fail(stopped)
+        while self._queue:
+            job = self._queue.popleft()
+            job.emit(stopped)
+            job.done()
 
     def _step(self) -> None:
         for seq in self._seqs:

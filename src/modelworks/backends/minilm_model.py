@@ -15,7 +15,10 @@ from tokenizers import Tokenizer
 
 
 class MiniLM:
-    def __init__(self, model_dir: Path, batch_size: int = 32) -> None:
+    """`weights_path`: other weights of the same shape (a fine-tuned copy, adapters merged: the safety classifiers'
+    way to the same encoder and runtime); the package's own by default."""
+
+    def __init__(self, model_dir: Path, batch_size: int = 32, *, weights_path: Path | None = None) -> None:
         self.batch_size = batch_size
         config = json.loads((model_dir / "config.json").read_text())
         st_config = json.loads((model_dir / "sentence_bert_config.json").read_text())
@@ -28,7 +31,7 @@ class MiniLM:
         self.tokenizer.enable_truncation(max_length=self.max_len)
         self.tokenizer.no_padding()
         self.tokenizer.encode_special_tokens = True  # "[SEP]" typed in an input is text, not the separator
-        self._load(model_dir / "model.safetensors")
+        self._load(weights_path or model_dir / "model.safetensors")
 
     def _load(self, weights_path: Path) -> None:
         """Read the weights for `_forward` (subclasses running another runtime load them their way)."""

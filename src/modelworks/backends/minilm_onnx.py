@@ -41,11 +41,11 @@ class OnnxMiniLM(MiniLM):
     """MiniLM whose forward pass runs on ONNX Runtime; tokenisation and batching are MiniLM's."""
 
     def __init__(self, model_dir: Path, batch_size: int = 32, *, threads: int = 1, quantize: bool = False,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, weights_path: Path | None = None) -> None:
         self.threads = threads
         self.quantize = quantize
         self.cache_dir = cache_dir
-        super().__init__(model_dir, batch_size)
+        super().__init__(model_dir, batch_size, weights_path=weights_path)
 
     def _load(self, weights_path: Path) -> None:
         import onnxruntime as ort
