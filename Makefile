@@ -77,7 +77,7 @@ $(LLAMA_SERVER_DIR)/bin/llama-server:
 	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server -j $$(nproc) >/dev/null
 	@mkdir -p $(LLAMA_SERVER_DIR)/bin
 	cp $(LLAMA_SERVER_DIR)/build/bin/llama-server $(LLAMA_SERVER_DIR)/bin/
-	rm -rf $(LLAMA_SERVER_DIR)/src $(LLAMA_SERVER_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+	rm -rf $(LLAMA_SERVER_DIR)/src $(LLAMA_SERVER_DIR)/build $(LLAMA_SERVER_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 
 bench: install peers
 	@command -v wrk >/dev/null || (apt-get install -y -q wrk >/dev/null 2>&1 \

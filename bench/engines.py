@@ -67,7 +67,7 @@ def prompt(i: int) -> str:
 
 # -- servers ------------------------------------------------------------------------------------------------------------
 
-def modelworks(tmp: Path, name: str, parallel: int) -> Process:
+def modelworks(tmp: Path, name: str, parallel: int, embeddings: bool = False) -> Process:
     port = free_port()
     spec = {"type": "llama_cpp", "threads": THREADS, "parallel": parallel, "max_queue": 64,
             "context_size": CONTEXT}
@@ -76,6 +76,9 @@ def modelworks(tmp: Path, name: str, parallel: int) -> Process:
     config = {"server": {"port": port, "data_dir": str(tmp / f"mw-{name}-{parallel}-data")},
               "backends": {name: spec}, "deployments": {name: {"backend": name}},
               "quota": {"default_tpm": None}}
+    if embeddings:  # the MiniLM encoder as configured by default (ONNX Runtime, 1 thread)
+        config["backends"]["minilm"] = {"type": "minilm"}
+        config["deployments"]["minilm"] = {"backend": "minilm"}
     path = tmp / f"mw-{name}-{parallel}.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = Process([sys.executable, "-m", "modelworks", "serve", "--config", str(path)], f"http://127.0.0.1:{port}",
@@ -175,11 +178,37 @@ async def concurrent(url: str, model: str, headers: dict, max_tokens: int, strea
             "ttft_last_s": ttfts[-1] if ttfts else None, "cut": sum(1 for r in results if not r["ok"])}
 
 
+async def decode_while_embedding(url: str, model: str, headers: dict, max_tokens: int) -> dict:
+    """One greedy stream's decode tokens/s while a client keeps the embeddings model busy (batches of 16
+    sentences, one request after another), and the sentences/s it got meanwhile."""
+    sentences = [f"Sentence number {i} about the lighthouse, its keepers and the ships they watched." for i in range(16)]
+    embedded = 0
+    stop = asyncio.Event()
+
+    async def embed(client: httpx.AsyncClient) -> None:
+        nonlocal embedded
+        while not stop.is_set():
+            r = await client.post(url.replace("/completions", "/embeddings"), headers=headers,
+                                  json={"model": "minilm", "input": sentences})
+            r.raise_for_status()
+            embedded += len(sentences)
+
+    async with httpx.AsyncClient(timeout=300) as client:
+        background = asyncio.create_task(embed(client))
+        await asyncio.sleep(0.5)
+        started, before = time.perf_counter(), embedded
+        result = await stream_once(client, url, body(model, 0, max_tokens, 0), headers)
+        rate = (embedded - before) / (time.perf_counter() - started)
+        stop.set()
+        await background
+    return {"decode_tps": result["decode_tps"], "sentences_per_s": rate}
+
+
 # -- the run --------------------------------------------------------------------------------------------------------
 
 def measure_model(name: str, tmp: Path, rounds: int, max_tokens: int, procs: list[Process]) -> dict:
     path = model_path(name)
-    mw4, mw8 = modelworks(tmp, name, 4), modelworks(tmp, name, 8)
+    mw4, mw8 = modelworks(tmp, name, 4, embeddings=True), modelworks(tmp, name, 8)
     procs += [mw4, mw8]
     binary = llama_server_binary()
     peer = llama_server(tmp, binary, path, 4) if binary else None
@@ -201,6 +230,8 @@ def measure_model(name: str, tmp: Path, rounds: int, max_tokens: int, procs: lis
         if peer is not None:
             add("server_4", asyncio.run(concurrent(f"{peer.url}/v1/completions", name, {}, max_tokens, 4)))
         add("mw_8", asyncio.run(concurrent(f"{mw8.url}/v1/completions", name, headers, max_tokens, 8)))
+        add("mw_single_with_embeddings",
+            asyncio.run(decode_while_embedding(f"{mw4.url}/v1/completions", name, headers, max_tokens)))
     del local
     for proc in (mw4, mw8, peer):
         if proc is not None:
@@ -218,6 +249,10 @@ def summarise(runs: dict[str, list]) -> dict:
             rs = runs[key]
             out[key] = {"aggregate_tps": med(r["aggregate_tps"] for r in rs), "cut": sum(r["cut"] for r in rs),
                         "ttft_lone_s": med(r["ttft_lone_s"] for r in rs), "ttft_last_s": med(r["ttft_last_s"] for r in rs)}
+    if "mw_single_with_embeddings" in runs:
+        rs = runs["mw_single_with_embeddings"]
+        out["single"]["mw_single_with_embeddings"] = med(r["decode_tps"] for r in rs)
+        out["embeddings_sentences_per_s_meanwhile"] = med(r["sentences_per_s"] for r in rs)
     s = out["single"]
     out["ratios"] = {
         "http_vs_in_process": s["mw_single"] / s["in_process_single"],
@@ -225,6 +260,8 @@ def summarise(runs: dict[str, list]) -> dict:
         "8_streams_vs_single": out["mw_8"]["aggregate_tps"] / s["mw_single"],
         "ttft_last_of_4_vs_lone": out["mw_4"]["ttft_last_s"] / out["mw_4"]["ttft_lone_s"],
     }
+    if "mw_single_with_embeddings" in s:
+        out["ratios"]["single_while_embedding_vs_alone"] = s["mw_single_with_embeddings"] / s["mw_single"]
     if "server_4" in out:
         out["ratios"]["4_streams_vs_llama_server"] = out["mw_4"]["aggregate_tps"] / out["server_4"]["aggregate_tps"]
     return out
@@ -260,6 +297,10 @@ def print_result(r: dict) -> None:
                 c = m[key]
                 print(f"    {label2:30} {c['aggregate_tps']:7.1f} tokens/s  TTFT lone {c['ttft_lone_s'] * 1000:5.0f} ms, "
                       f"last of the batch {c['ttft_last_s'] * 1000:5.0f} ms, cut {c['cut']}")
+        if "mw_single_with_embeddings" in s:
+            print(f"    one stream while MiniLM embeds (16-sentence batches back to back): "
+                  f"{s['mw_single_with_embeddings']:.1f} tokens/s ({q['single_while_embedding_vs_alone']:.2f} of alone;"
+                  f" {m['embeddings_sentences_per_s_meanwhile']:.0f} sentences/s meanwhile)")
         print(f"    ratios: 4 streams / one {q['4_streams_vs_single']:.2f}, 8 / one {q['8_streams_vs_single']:.2f}, "
               f"TTFT last of 4 / lone {q['ttft_last_of_4_vs_lone']:.2f}"
               + (f", 4 streams / llama-server {q['4_streams_vs_llama_server']:.2f}"

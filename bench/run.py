@@ -1,8 +1,8 @@
 """`make bench`: Modelworks against its peers, side by side, on this machine. Not part of the tests.
 
-1. Embedded single-stream tokens/s through the HTTP API vs in-process llama-cpp-python (same model, threads).
-2. 4 concurrent streams: aggregate tokens/s, time to first token, streams cut (Modelworks and
-   llama-cpp-python's own server).
+1-2. Embedded engines (`bench/engines.py`): SmolLM2 and Gemma 3, one stream through the HTTP API against
+   in-process llama-cpp-python and llama.cpp's llama-server, 4 and 8 concurrent streams (aggregate, time to first
+   token, cut), the same against llama-server with the same parallel sequences, and one stream while MiniLM embeds.
 3. Proxy overhead to a fake upstream at concurrency 1, 16, 64 (wrk, one worker each): the upstream called
    directly, through Modelworks and through LiteLLM Proxy.
 4. Content filtering: added latency of the default content-filter policy (classifiers, PII, profanity) on a
@@ -26,7 +26,6 @@ sections named; `--skip` leaves some out.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 
@@ -39,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +49,6 @@ import responses_chain  # noqa: E402
 from loadgen import run_wrk  # noqa: E402
 
 KEY = "sk-" + "5f1c0a7e9b3d4c2a8e6f0b1d3c5a7e9f"  # the same key for both gateways (LiteLLM wants sk-)
-PROMPT = "The history of the city of Rome begins"
 THREADS = min(2, os.cpu_count() or 1)
 
 
@@ -96,92 +93,6 @@ def baseline_checkout(tmp: Path, ref: str) -> Path:
     return path
 
 
-# -- 1 and 2: token streams -----------------------------------------------------------------------------------------
-
-async def stream_once(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -> dict:
-    started = time.perf_counter()
-    first = last = None
-    tokens = 0
-    finish = None
-    done = False
-    try:
-        async with client.stream("POST", url, json=body, headers=headers) as resp:
-            if resp.status_code != 200:
-                return {"ok": False, "status": resp.status_code}
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
-                    break
-                event = json.loads(data)
-                for choice in event.get("choices") or []:
-                    if choice.get("text"):
-                        now = time.perf_counter()
-                        first = first or now
-                        last = now
-                        tokens += 1
-                    finish = choice.get("finish_reason") or finish
-    except httpx.HTTPError as exc:
-        return {"ok": False, "error": type(exc).__name__, "tokens": tokens}
-    end = time.perf_counter()
-    return {"ok": done and finish is not None, "tokens": tokens, "ttft": (first or end) - started,
-            "decode_tps": (tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0,
-            "total_s": end - started, "finish": finish}
-
-
-def completion_body(max_tokens: int, seed: int = 1) -> dict:
-    return {"model": "gemma-3-270m", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "seed": seed}
-
-
-async def http_single(url: str, headers: dict, max_tokens: int, runs: int) -> dict:
-    async with httpx.AsyncClient(timeout=300) as client:
-        await stream_once(client, url, completion_body(8), headers)  # warm-up
-        results = [await stream_once(client, url, completion_body(max_tokens), headers) for _ in range(runs)]
-    best = max(results, key=lambda r: r.get("decode_tps", 0))
-    return {"decode_tps": best["decode_tps"], "tokens": best["tokens"], "ttft_s": best["ttft"]}
-
-
-async def http_concurrent(url: str, headers: dict, max_tokens: int, streams: int) -> dict:
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=streams * 2)) as client:
-        started = time.perf_counter()
-        results = await asyncio.gather(*(stream_once(client, url, {**completion_body(max_tokens, seed=i),
-                                                                   "temperature": 0.8}, headers)
-                                         for i in range(streams)))
-        elapsed = time.perf_counter() - started
-    tokens = sum(r.get("tokens", 0) for r in results)
-    ttfts = sorted(r["ttft"] for r in results if "ttft" in r)
-    return {"streams": streams, "aggregate_tps": tokens / elapsed, "tokens": tokens,
-            "ttft_first_s": ttfts[0] if ttfts else None, "ttft_last_s": ttfts[-1] if ttfts else None,
-            "ttft_median_s": ttfts[len(ttfts) // 2] if ttfts else None,
-            "cut": sum(1 for r in results if not r["ok"])}
-
-
-class InProcess:
-    """llama-cpp-python in this process, the same model and threads: the reference for the HTTP API."""
-
-    def __init__(self, model_path: str) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(model_path=model_path, n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS,
-                         verbose=False)
-        list(self.llm.create_completion(PROMPT, max_tokens=8, temperature=0, stream=True))
-
-    def run(self, max_tokens: int) -> dict:
-        self.llm.reset()
-        first = last = None
-        tokens = 0
-        for chunk in self.llm.create_completion(PROMPT, max_tokens=max_tokens, temperature=0, stream=True):
-            if chunk["choices"][0]["text"]:
-                now = time.perf_counter()
-                first = first or now
-                last = now
-                tokens += 1
-        return {"decode_tps": (tokens - 1) / (last - first), "tokens": tokens}
-
-
 # -- 3: proxy overhead ------------------------------------------------------------------------------------------------
 
 WRK_LUA = """
@@ -217,58 +128,9 @@ def litellm(tmp: Path, peers_python: str, upstream_url: str) -> Process | None:
                  f"http://127.0.0.1:{port}", "/health/liveliness", tmp, "litellm", env=env, timeout=240)
 
 
-def llama_server(tmp: Path, peers_python: str, model_path: str) -> Process | None:
-    port = free_port()
-    check = subprocess.run([peers_python, "-c", "import llama_cpp.server"], capture_output=True)
-    if check.returncode != 0:
-        return None
-    return start([peers_python, "-m", "llama_cpp.server", "--model", model_path, "--n_threads", str(THREADS),
-                  "--n_ctx", "2048", "--port", str(port), "--host", "127.0.0.1"],
-                 f"http://127.0.0.1:{port}", "/v1/models", tmp, "llama-server")
-
-
 # -- sections ------------------------------------------------------------------------------------------------------
 
 HEADERS = {"authorization": f"Bearer {KEY}"}
-
-
-def section_embedded(tmp: Path, upstream: Process, model_path: str, args, procs: list[Process]) -> dict:
-    """HTTP and in-process runs alternate, round by round (this VM's speed drifts), and medians are compared."""
-    mw = modelworks(tmp, upstream.url, parallel=1, threads=THREADS, name="mw-embedded")
-    procs.append(mw)
-    local = InProcess(model_path)
-    http_runs, local_runs = [], []
-    try:
-        for _ in range(args.runs):
-            http_runs.append(asyncio.run(http_single(f"{mw.url}/v1/completions", HEADERS, args.max_tokens, 1)))
-            local_runs.append(local.run(args.max_tokens))
-    finally:
-        del local
-        _stop(mw, procs)
-    http = {"decode_tps": _median([r["decode_tps"] for r in http_runs]), "tokens": http_runs[0]["tokens"],
-            "ttft_s": _median([r["ttft_s"] for r in http_runs]), "rounds": [r["decode_tps"] for r in http_runs]}
-    ref = {"decode_tps": _median([r["decode_tps"] for r in local_runs]), "tokens": local_runs[0]["tokens"],
-           "rounds": [r["decode_tps"] for r in local_runs]}
-    return {"modelworks_http": http, "llama_cpp_in_process": ref, "ratio": http["decode_tps"] / ref["decode_tps"]}
-
-
-def section_concurrent(tmp: Path, upstream: Process, model_path: str, args, procs: list[Process]) -> dict:
-    conc = {}
-    for parallel, threads in ((1, THREADS), (2, max(1, THREADS // 2))):
-        mw = modelworks(tmp, upstream.url, parallel=parallel, threads=threads, name=f"mw-{parallel}-slots")
-        procs.append(mw)
-        label = f"modelworks ({parallel} slot{'s' if parallel > 1 else ''} x {threads} thread{'s' if threads > 1 else ''})"
-        conc[label] = asyncio.run(http_concurrent(f"{mw.url}/v1/completions", HEADERS, args.max_tokens // 2, 4))
-        _stop(mw, procs)
-    peer = llama_server(tmp, args.peers_python, model_path)
-    if peer is not None:
-        procs.append(peer)
-        single = asyncio.run(http_single(f"{peer.url}/v1/completions", {}, args.max_tokens, args.runs))
-        conc["llama-cpp-python server"] = asyncio.run(
-            http_concurrent(f"{peer.url}/v1/completions", {}, args.max_tokens // 2, 4))
-        conc["llama-cpp-python server"]["single_stream_decode_tps"] = single["decode_tps"]
-        _stop(peer, procs)
-    return conc
 
 
 def section_proxy(tmp: Path, upstream: Process, args, procs: list[Process]) -> dict:
@@ -378,7 +240,7 @@ def _stop(proc: Process, procs: list[Process]) -> None:
     procs.remove(proc)
 
 
-SECTIONS = ("embedded", "concurrent", "proxy", "safety", "responses", "portal", "retrieval", "batch", "soak")
+SECTIONS = ("engines", "proxy", "safety", "responses", "portal", "retrieval", "batch", "soak")
 
 
 def main() -> int:
@@ -386,8 +248,8 @@ def main() -> int:
     parser.add_argument("--peers-python", default=str(ROOT / ".venv-peers/bin/python"))
     parser.add_argument("--seconds", type=int, default=4, help="wrk duration per target, point and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per point (median reported)")
-    parser.add_argument("--max-tokens", type=int, default=160)
-    parser.add_argument("--runs", type=int, default=5, help="alternating rounds of the embedded comparison")
+    parser.add_argument("--max-tokens", type=int, default=96, help="tokens a stream in the engines section")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved rounds of the engines section")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: " + ",".join(SECTIONS))
     parser.add_argument("--only", default="", help="comma list of the only sections to run, e.g. responses")
     parser.add_argument("--soak-minutes", type=float, default=10)
@@ -404,11 +266,6 @@ def main() -> int:
         print("wrk is not installed (apt-get install wrk); skipping the proxy, safety and responses sections",
               file=sys.stderr)
         skip.update({"proxy", "safety", "responses"})
-    model_path = ""
-    if not {"embedded", "concurrent"} <= skip:
-        from modelworks.model_files import assemble_gemma
-
-        model_path = str(assemble_gemma(Path("~/.cache/modelworks/models").expanduser()))
     results: dict = {"machine": {"cpus": os.cpu_count(), "threads": THREADS}}
     procs: list[Process] = []
     tmp = Path(tempfile.mkdtemp(prefix="mw-bench-"))
@@ -417,12 +274,11 @@ def main() -> int:
         upstream = start([sys.executable, "-m", "modelworks.testing.fake_upstream", "--port", str(port)],
                          f"http://127.0.0.1:{port}", "/v1/models", tmp, "upstream")
         procs.append(upstream)
-        if "embedded" not in skip:
-            results["embedded_single_stream"] = section_embedded(tmp, upstream, model_path, args, procs)
-            _print_single(results["embedded_single_stream"])
-        if "concurrent" not in skip:
-            results["concurrent_streams"] = section_concurrent(tmp, upstream, model_path, args, procs)
-            _print_concurrent(results["concurrent_streams"])
+        if "engines" not in skip:
+            import engines
+
+            results["engines"] = engines.run(tmp, rounds=args.runs, max_tokens=args.max_tokens)
+            engines.print_result(results["engines"])
         if "proxy" not in skip:
             results["proxy_overhead"] = section_proxy(tmp, upstream, args, procs)
             _print_proxy(results["proxy_overhead"])
@@ -464,26 +320,6 @@ def main() -> int:
     latest.write_text(json.dumps(results, indent=2))
     print(f"\nwritten to {out / 'latest.json'}")
     return 0
-
-
-def _print_single(r: dict) -> None:
-    print("\n== Embedded model, one stream (Gemma 3 270M Q4_K_M, %d threads, greedy) ==" % THREADS)
-    print(f"  Modelworks HTTP API (SSE)     {r['modelworks_http']['decode_tps']:7.1f} tokens/s  "
-          f"({r['modelworks_http']['tokens']} tokens, first token after {r['modelworks_http']['ttft_s'] * 1000:.0f} ms)")
-    print(f"  llama-cpp-python in-process   {r['llama_cpp_in_process']['decode_tps']:7.1f} tokens/s")
-    print(f"  ratio                         {r['ratio']:7.2f}  (target >= 0.9; medians of {len(r['modelworks_http']['rounds'])} "
-          f"alternating rounds: HTTP {'/'.join(f'{x:.0f}' for x in r['modelworks_http']['rounds'])}, in-process "
-          f"{'/'.join(f'{x:.0f}' for x in r['llama_cpp_in_process']['rounds'])})")
-
-
-def _print_concurrent(conc: dict) -> None:
-    print("\n== 4 concurrent streams ==")
-    print(f"  {'server':34} {'tokens/s':>9} {'TTFT first':>11} {'TTFT median':>12} {'TTFT last':>10} {'cut':>4}")
-    for name, r in conc.items():
-        print(f"  {name:34} {r['aggregate_tps']:9.1f} {r['ttft_first_s'] or 0:10.2f}s {r['ttft_median_s'] or 0:11.2f}s "
-              f"{r['ttft_last_s'] or 0:9.2f}s {r['cut']:4d}")
-        if "single_stream_decode_tps" in r:
-            print(f"  {'':34} (its single stream: {r['single_stream_decode_tps']:.1f} tokens/s)")
 
 
 def _print_proxy(proxy: dict) -> None:
