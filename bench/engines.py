@@ -61,8 +61,12 @@ def model_path(name: str) -> str:
     return str(resolve_model_source(settings.backends[name].model, settings.model_cache_path))
 
 
+ROUND = [0]  # prompts differ from round to round: no server finds a whole prompt in its cache
+
+
 def prompt(i: int) -> str:
-    return f"Here is a long story about {TOPICS[i % len(TOPICS)]}, told in many chapters.\n\nChapter 1.\n"
+    return (f"Here is a long story about {TOPICS[i % len(TOPICS)]} (tale {ROUND[0]}-{i}), told in many chapters."
+            f"\n\nChapter 1.\n")
 
 
 # -- servers ------------------------------------------------------------------------------------------------------------
@@ -154,8 +158,9 @@ async def stream_once(client: httpx.AsyncClient, url: str, body: dict, headers: 
 
 
 def body(model: str, i: int, max_tokens: int, temperature: float) -> dict:
+    # no seed: Modelworks evaluates a seeded request afresh (reproducible), which would forgo its prompt cache
     return {"model": model, "prompt": prompt(i), "max_tokens": max_tokens, "temperature": temperature,
-            "stream": True, "seed": i}
+            "stream": True}
 
 
 async def single(url: str, model: str, headers: dict, max_tokens: int) -> dict:
@@ -221,7 +226,8 @@ def measure_model(name: str, tmp: Path, rounds: int, max_tokens: int, procs: lis
     def add(key: str, value) -> None:
         runs.setdefault(key, []).append(value)
 
-    for _ in range(rounds):
+    for round_ in range(rounds):
+        ROUND[0] = round_
         add("mw_single", asyncio.run(single(f"{mw4.url}/v1/completions", name, headers, max_tokens))["decode_tps"])
         add("in_process_single", local.run(max_tokens)["decode_tps"])
         if peer is not None:

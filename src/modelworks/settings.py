@@ -88,6 +88,8 @@ class EmbeddedEmbeddingsBackend(_Placed):
                                                               "set before NumPy loads)")
     max_batch: int = Field(default=32, ge=1, description="texts encoded together (sorted by length)")
     max_queue: int = Field(default=64, ge=0)
+    nice: int = Field(default=10, ge=0, le=19, description="the encoder thread's scheduling niceness: it yields the "
+                                                          "cores to the LLM engine when both want them (0: equal)")
 
 
 class OpenAIUpstreamBackend(_Placed):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +31,8 @@ class MiniLMBackend(Backend):
     async def start(self) -> None:
         from modelworks.model_files import resolve_model_source
 
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{self.name}")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{self.name}",
+                                           initializer=_lower_priority, initargs=(self.spec.nice,))
         model_dir = resolve_model_source(self.spec.model, self.cache_dir)
         loop = asyncio.get_running_loop()
         self.model = await loop.run_in_executor(self.executor, load_model, self.spec, model_dir, self.cache_dir)
@@ -64,6 +67,17 @@ def load_model(spec: EmbeddedEmbeddingsBackend, model_dir: Path, cache_dir: Path
     from modelworks.backends.minilm_onnx import OnnxMiniLM
 
     return OnnxMiniLM(model_dir, spec.max_batch, threads=spec.threads, quantize=spec.quantize, cache_dir=cache_dir)
+
+
+def _lower_priority(nice: int) -> None:
+    """The encoder's thread yields the cores to the LLM engine's threads when both want them: llama.cpp's threads
+    meet at a barrier after every operation, so a core taken from one of them stalls them all (measured in
+    bench/engines.py: one LLM stream kept 0.29 of its speed beside back-to-back embeddings at equal priority)."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (AttributeError, OSError):  # not on this platform, or not allowed: equal priority
+            pass
 
 
 def _encode(model, texts: list[str]) -> tuple[list[list[float]], int]:
