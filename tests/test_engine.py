@@ -218,3 +218,21 @@ def test_closing_answers_what_still_runs_or_waits():
         assert isinstance(result.get("error"), Unavailable)
     with pytest.raises(Unavailable):
         runner.engine.submit(Job(prompt, Params(max_tokens=1), lambda item: None, lambda: None))
+
+
+def test_a_bias_that_leaves_the_grammar_nothing_ends_that_answer_only(gemma):
+    """logit_bias can ban every token a grammar allows (llama.cpp would abort the process on accepting a token its
+    grammar refuses): that answer ends with a 400 naming logit_bias, and the engine goes on."""
+    from modelworks.backends.llama_sampling import NothingAllowed
+
+    prompt = gemma.tokens("Say a:")
+    vocab = gemma.engine.vocab
+    spellings = {t: -100 for t in range(vocab.n) if vocab.piece(t) == b"a"}  # the token "a" and its byte token
+    assert spellings
+    _, result = gemma.submit(gemma.tokens("Count to ten:"), max_tokens=30)  # runs while the other is refused
+    _, banned = gemma.submit(prompt, max_tokens=4, grammar='root ::= "a"', logit_bias=spellings, seed=1)
+    assert banned["done"].wait(120) and result["done"].wait(120)
+    assert isinstance(banned.get("error"), NothingAllowed) and banned["error"].param == "logit_bias"
+    assert "error" not in result and result["outcome"].finish_reason in ("stop", "length")
+    again = gemma.run(prompt, max_tokens=4, grammar='root ::= "a"')
+    assert again["text"] == "a"

@@ -40,6 +40,7 @@ def test_toml_file(tmp_path):
     ("server: {port: 'eighty'}", "server.port"),
     ("server: {prot: 1}", "server.prot"),
     ("backends: {g: {type: llama_cpp, threads: 0}}\ndeployments: {}", "backends.g.threads"),
+    ("backends: {g: {type: llama_cpp, parallel: 16, batch_size: 8}}\ndeployments: {}", "backends.g"),
     ("backends: {g: {type: warp_drive}}\ndeployments: {}", "backends.g"),
     ("backends: {u: {type: openai}}\ndeployments: {}", "backends.u.base_url"),
     ("backends: {}\ndeployments: {m: {backend: nowhere}}", "deployments.m.backend"),

@@ -72,6 +72,9 @@ class LlamaCppBackend(_Placed):
     def _share_cores(self) -> "LlamaCppBackend":
         if self.threads is None:
             self.threads = max(1, os.cpu_count() or 1)
+        if self.batch_size < self.parallel:
+            raise ValueError(f"batch_size ({self.batch_size}) must be at least parallel ({self.parallel}): every "
+                             "generating sequence puts a token into each step's batch")
         return self
 
 

@@ -46,6 +46,7 @@ class LlamaBackend(Backend):
         self.model_path: Path | None = None
         self.engine: Engine | None = None
         self.view: ModelView | None = None
+        self.closed = False
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -58,6 +59,7 @@ class LlamaBackend(Backend):
                         context_size=self.spec.context_size, batch_size=self.spec.batch_size,
                         top_k=self.spec.sampling_top_k, prompt_cache=self.spec.prompt_cache)
         await loop.run_in_executor(None, engine.load)
+        self.engine = engine  # closed with the backend, even if what follows fails
         view = engine.view
         bos = _token_text(view, view.token_bos())
         eos = _token_text(view, view.token_eos())
@@ -65,16 +67,18 @@ class LlamaBackend(Backend):
         self.vocab = await loop.run_in_executor(None, Vocabulary.read, view)
         self.view = view
         engine.start()
-        self.engine = engine
         self.admission = Admission(self.name, list(range(self.spec.parallel)), self.spec.max_queue)
         log.info("loaded %s (%d sequences, %d threads, context %d each, chat template: %s)", self.model_path,
                  self.spec.parallel, self.spec.threads, self.n_ctx, self.template.origin)
 
     async def close(self) -> None:
         if self.engine is not None:
+            self.closed = True
             await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
 
     async def health(self) -> Health:
+        if self.closed:
+            return Health(ok=False, detail="closed")
         if self.admission is None or self.engine is None:
             return Health(ok=False, detail="loading")
         stats = self.engine_stats()
@@ -86,7 +90,7 @@ class LlamaBackend(Backend):
         of `sequences`), requests waiting for one, completion tokens/s over the last ten seconds, and the prompt
         tokens evaluated and reused from the cache since start."""
         e = self.engine
-        if e is None or self.admission is None:
+        if e is None or self.admission is None or self.closed:
             return None
         return {"sequences": e.sequences, "active": e.active, "waiting": self.admission.waiting + e.waiting,
                 "tokens_per_second": round(e.tokens_per_s, 1), "completion_tokens": e.generated,
@@ -294,10 +298,14 @@ class LlamaBackend(Backend):
         vocab = self.view.n_vocab()
         out: dict[int, float] = {}
         for key, value in bias.items():
-            token = int(key) if key.strip().lstrip("-").isdigit() else None
-            if token is None or not 0 <= token < vocab:
+            try:
+                token = int(key) if key.isascii() else None
+            except ValueError:
+                token = None
+            if token is None or not 0 <= token < vocab or token in out:
                 raise InvalidRequest(f"Invalid key in 'logit_bias': {key!r}. Keys must be token ids of this model, "
-                                     f"between 0 and {vocab - 1}.", param="logit_bias", code="invalid_value")
+                                     f"between 0 and {vocab - 1}, each once.", param="logit_bias",
+                                     code="invalid_value")
             out[token] = float(value)
         return out
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import itertools
 import logging
 import threading
@@ -35,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from modelworks.backends.llama_generation import Outcome, Params, TextStream
-from modelworks.errors import Unavailable
+from modelworks.errors import ModelworksError, Unavailable
 from modelworks.backends.llama_sampling import Sampler, Vocab, lib, logprob_entry
 
 log = logging.getLogger("modelworks.llama")
@@ -181,9 +182,8 @@ class Engine:
         if self.ctx:
             l.llama_free(self.ctx)
             self.ctx = None
-        if self.model is not None:
-            self.model.close()
-            self.model = None
+        # The model (its vocabulary) stays: requests still being prepared may tokenize with it until they hear
+        # the engine is closed; the process's end frees it.
 
     # -- requests (from the event loop) -----------------------------------------------------------------------
 
@@ -231,13 +231,15 @@ class Engine:
                 self._step()
             except Exception as exc:  # noqa: BLE001 - every running request hears of it; the engine goes on
                 log.exception("%s: a decode step failed", self.name)
-                self._fail(exc)
+                message = f"The model '{self.name}' failed a step: {exc}"
+                self._fail(lambda: RuntimeError(message))
         # closed: whatever still runs or waits hears so (a retryable 503), and its place is given back
-        stopped = Unavailable(f"The model '{self.name}' is shutting down; retry on another replica.")
+        stopped = functools.partial(Unavailable, f"The model '{self.name}' is shutting down; retry on another "
+                                                 "replica.")
         self._fail(stopped)
         while self._queue:
             job = self._queue.popleft()
-            job.emit(stopped)
+            job.emit(stopped())
             job.done()
 
     def _step(self) -> None:
@@ -251,7 +253,17 @@ class Engine:
             free = [s for s in self._seqs if s.job is None]
             if not free:
                 break
-            self._admit(self._queue.popleft(), free)
+            job = self._queue.popleft()
+            try:
+                self._admit(job, free)
+            except Exception as exc:  # noqa: BLE001 - never a job without an answer
+                log.exception("%s: a request could not join", self.name)
+                seq = next((s for s in self._seqs if s.job is job), None)
+                if seq is not None:
+                    self._drop(seq, exc)
+                else:
+                    job.emit(exc)
+                    job.done()
         groups = [(s, [s.next], True) for s in self._seqs if s.job is not None and s.next is not None]
         budget = self.batch_size - len(groups)
         for seq in sorted((s for s in self._seqs if s.job is not None and s.pending), key=lambda s: s.order):
@@ -271,7 +283,11 @@ class Engine:
             index += len(tokens)
             if wants:
                 seq.next = None
-                drawn += self._advance(seq, index - 1)
+                try:
+                    drawn += self._advance(seq, index - 1)
+                except Exception as exc:  # noqa: BLE001 - this sequence's own failure: the others go on
+                    if seq.job is not None:
+                        self._drop(seq, exc)
         if drawn:
             now = time.monotonic()
             self._rates.append((now, drawn))
@@ -341,14 +357,26 @@ class Engine:
         seq.pending = []
         seq.used = time.monotonic()
 
-    def _fail(self, exc: Exception) -> None:
-        """A step failed: its requests hear why, and the cache starts afresh."""
+    def _drop(self, seq: _Seq, exc: Exception) -> None:
+        """One sequence failed: its request hears why, and its cells are forgotten."""
+        if not isinstance(exc, ModelworksError):
+            log.exception("%s: a sequence failed", self.name, exc_info=exc)
+        lib().llama_memory_seq_rm(self.mem, seq.id, -1, -1)
+        seq.tokens = []
+        job = seq.job
+        job.emit(exc)
+        self._release(seq)
+        job.done()
+
+    def _fail(self, error: Callable[[], Exception]) -> None:
+        """A step failed (or the engine closes): each request hears why (an error of its own), and the cache
+        starts afresh."""
         lib().llama_memory_clear(self.mem, True)
         for seq in self._seqs:
             seq.tokens = []
             job = seq.job
             if job is not None:
-                job.emit(exc)
+                job.emit(error())
                 self._release(seq)
                 job.done()
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from modelworks.backends.llama_generation import Params
+from modelworks.errors import InvalidRequest
 
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
@@ -81,15 +82,20 @@ class Vocab:
         l = lib()
         with self._grammar_lock:
             template = self._grammars.get(gbnf)
+            if template is not None:
+                self._grammars.move_to_end(gbnf)
+                return l.llama_sampler_clone(template)
+        parsed = l.llama_sampler_init_grammar(self.ptr, gbnf.encode("utf-8"), b"root")  # outside the lock
+        if not parsed:
+            raise ValueError("llama.cpp could not parse the grammar")
+        with self._grammar_lock:
+            template = self._grammars.get(gbnf)
             if template is None:
-                template = l.llama_sampler_init_grammar(self.ptr, gbnf.encode("utf-8"), b"root")
-                if not template:
-                    raise ValueError("llama.cpp could not parse the grammar")
-                self._grammars[gbnf] = template
+                template = self._grammars[gbnf] = parsed
                 if len(self._grammars) > 64:
                     l.llama_sampler_free(self._grammars.popitem(last=False)[1])
             else:
-                self._grammars.move_to_end(gbnf)
+                l.llama_sampler_free(parsed)  # another thread parsed it meanwhile
             return l.llama_sampler_clone(template)
 
     def check_grammar(self, gbnf: str) -> None:
@@ -101,6 +107,11 @@ class Vocab:
             for template in self._grammars.values():
                 l.llama_sampler_free(template)
             self._grammars.clear()
+
+
+class NothingAllowed(InvalidRequest):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="logit_bias")
 
 
 class Sampler:
@@ -133,7 +144,8 @@ class Sampler:
             l.llama_sampler_chain_add(chain, l.llama_sampler_init_temp(params.temperature))
             if params.top_p < 1.0:
                 l.llama_sampler_chain_add(chain, l.llama_sampler_init_top_p(params.top_p, 1))
-            l.llama_sampler_chain_add(chain, l.llama_sampler_init_dist(self.seed & 0xFFFFFFFF))
+            # 32 bits for llama.cpp, never 0xFFFFFFFF (its "random seed")
+            l.llama_sampler_chain_add(chain, l.llama_sampler_init_dist(self.seed % 0xFFFFFFFF))
 
     def sample(self, ctx, index: int) -> int:
         """The next token from the logits at batch position `index`."""
@@ -169,7 +181,12 @@ class Sampler:
         array.size, array.selected, array.sorted = vocab.n, -1, False
         l.llama_sampler_apply(self.grammar, ctypes.byref(array))
         l.llama_sampler_apply(self.chain, ctypes.byref(array))
-        token = int(array.data[array.selected].id)
+        chosen = array.data[array.selected] if 0 <= array.selected < array.size else None
+        if chosen is None or not np.isfinite(chosen.logit):
+            # the grammar and the logit bias together leave nothing to draw (llama.cpp would abort on accepting a
+            # token the grammar refuses): this answer ends here, with a 400 the client can act on
+            raise NothingAllowed("logit_bias bans every token the answer's format allows at this point.")
+        token = int(chosen.id)
         l.llama_sampler_accept(self.chain, token)
         return token
 

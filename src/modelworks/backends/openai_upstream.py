@@ -93,7 +93,7 @@ class OpenAIUpstream(Backend):
         data = await self._call(op, await self._payload(task, stream=False), task.trace_headers, task.deadline)
         usage = data.get("usage")
         return Generation(choices=data.get("choices") or [],
-                          usage=_usage(usage) if usage else None,
+                          usage=_usage(usage) if isinstance(usage, dict) and usage else None,
                           system_fingerprint=data.get("system_fingerprint"))
 
     async def stream(self, task: GenerationTask) -> AsyncIterator[Delta]:
@@ -133,7 +133,7 @@ class OpenAIUpstream(Backend):
                         raise UpstreamError("The upstream failed during the stream.", body={"error": event["error"]})
                     usage = event.get("usage")
                     yield Delta(choices=event.get("choices") or [],
-                                usage=_usage(usage) if isinstance(usage, dict) else None)
+                                usage=_usage(usage) if isinstance(usage, dict) and usage else None)
         finally:
             resp.close()
 
