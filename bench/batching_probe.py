@@ -141,14 +141,18 @@ def grammar_and_bias_costs(probe: Probe, rounds: int = 200) -> dict[str, float]:
             fn()
         return (time.perf_counter() - started) / rounds * 1e6
 
-    out["greedy draw alone"] = timed(lambda: l.llama_sampler_sample(sampler.chain, probe.ctx, -1))
+    out["greedy draw alone (llama.cpp's greedy sampler)"] = timed(
+        lambda: l.llama_sampler_sample(sampler.chain, probe.ctx, -1))
+    out["greedy draw alone (the engine's: argmax in place)"] = timed(lambda: sampler._draw(probe.ctx, -1))
     out["JSON grammar on the whole vocabulary, then the draw"] = timed(lambda: sampler._draw_allowed(probe.ctx, -1))
     out["JSON grammar checked on the drawn token only"] = timed(lambda: sampler._allowed(int(probe.prompt[1])))
     sampler.free()
     bias = {i * 7 + 11: 5.0 for i in range(10)}
     biased = Sampler(vocab, Params(max_tokens=8, temperature=0, logit_bias=bias))
-    out["10-token logit bias in llama.cpp, then the draw"] = timed(
+    out["10-token logit bias in llama.cpp, then the greedy draw"] = timed(
         lambda: l.llama_sampler_sample(biased.chain, probe.ctx, -1))
+    out["10-token logit bias, greedy, the engine's way (NumPy, in place of llama.cpp's candidate array)"] = timed(
+        lambda: biased._draw(probe.ctx, -1))
     biased.free()
     plain = Sampler(vocab, Params(max_tokens=8, temperature=0))
     ids = np.array(list(bias), dtype=np.int64)

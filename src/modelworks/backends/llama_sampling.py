@@ -117,7 +117,7 @@ class NothingAllowed(InvalidRequest):
 class Sampler:
     """One sequence's sampler (used by the engine thread only)."""
 
-    __slots__ = ("vocab", "chain", "grammar", "penalised", "seed")
+    __slots__ = ("vocab", "chain", "grammar", "penalised", "seed", "argmax", "bias_ids", "bias_values")
 
     def __init__(self, vocab: Vocab, params: Params) -> None:
         l = lib()
@@ -133,6 +133,13 @@ class Sampler:
                 entries[i].bias = float("-inf") if bias <= -100 else bias
             l.llama_sampler_chain_add(chain, l.llama_sampler_init_logit_bias(vocab.n, len(params.logit_bias), entries))
         self.penalised = bool(params.presence_penalty or params.frequency_penalty)
+        # greedy: the first largest logit (with the bias added), read in NumPy. llama.cpp's samplers first copy the
+        # whole vocabulary into a candidate array: ~0.5 ms a token on Gemma's 262k, against ~0.05 ms (~0.07 ms with
+        # a bias) here (bench/batching_probe.py). Sampled draws keep the bias in their llama.cpp chain.
+        self.argmax = params.temperature <= 0 and not self.penalised
+        bias = params.logit_bias or {}
+        self.bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+        self.bias_values = np.array([float("-inf") if b <= -100 else b for b in bias.values()], dtype=np.float32)
         if self.penalised:
             l.llama_sampler_chain_add(chain, l.llama_sampler_init_penalties(
                 vocab.n, max(1, params.max_tokens), 1.0, params.frequency_penalty, params.presence_penalty))
@@ -151,16 +158,25 @@ class Sampler:
         """The next token from the logits at batch position `index`."""
         l = lib()
         if self.grammar is None:
-            return l.llama_sampler_sample(self.chain, ctx, index)
+            return self._draw(ctx, index)
         if self.penalised:
             # the penalties remember what they accept: draw only once, from what the grammar allows
             token = self._draw_allowed(ctx, index)
         else:
-            token = l.llama_sampler_sample(self.chain, ctx, index)
+            token = self._draw(ctx, index)
             if not self._allowed(token):
                 token = self._draw_allowed(ctx, index)
         l.llama_sampler_accept(self.grammar, token)
         return token
+
+    def _draw(self, ctx, index: int) -> int:
+        if self.argmax:
+            scores = logits(ctx, index, self.vocab.n)
+            if len(self.bias_ids):
+                scores = scores.copy()
+                scores[self.bias_ids] += self.bias_values
+            return int(np.argmax(scores))
+        return lib().llama_sampler_sample(self.chain, ctx, index)
 
     def _allowed(self, token: int) -> bool:
         one = self.vocab._one
