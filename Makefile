@@ -55,8 +55,8 @@ browser:
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
 	  || sudo apt-get install -y -q chromium) || echo "chromium could not be installed: the browser tests will fail"
 
-# Benchmarks against peers (LiteLLM Proxy in a virtual environment of its own, and
-# llama.cpp's own llama-server, built once (about 8 minutes on 2 cores) from the llama-cpp-python source
+# Benchmarks against peers: LiteLLM Proxy in a virtual environment of its own, and
+# llama.cpp's own llama-server, built once (about 12 minutes on 2 cores) from the llama-cpp-python source
 # distribution's vendored llama.cpp (the same version as the wheel, the same flags) into the cache: never shipped.
 PEERS := .venv-peers
 LLAMA_SERVER_DIR := $(CACHE)/llama-server-$(LLAMA_CPP_VERSION)
