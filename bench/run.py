@@ -58,8 +58,8 @@ def start(args, url, ready, tmp: Path, name: str, env=None, timeout=180.0) -> Pr
     return proc
 
 
-def modelworks(tmp: Path, upstream_url: str, parallel: int, threads: int, name: str,
-               embedded: bool = True, controls: bool = True, source: Path | None = None) -> Process:
+def modelworks(tmp: Path, upstream_url: str, name: str, controls: bool = True,
+               source: Path | None = None) -> Process:
     """`controls`: auth, Redis quota and metering on (the default); off: auth only, the bare serving path.
     `source`: run the code of another checkout (its `src`), for a baseline measured in the same rounds."""
     port = free_port()
@@ -75,10 +75,6 @@ def modelworks(tmp: Path, upstream_url: str, parallel: int, threads: int, name: 
     else:  # no quota either: a deployment without a TPM gets none
         config["metering"] = {"enabled": False}
         config["quota"] = {"default_tpm": None}
-    if embedded:
-        config["backends"]["gemma"] = {"type": "llama_cpp", "threads": threads, "parallel": parallel,
-                                       "max_queue": 64, "context_size": 2048}
-        config["deployments"]["gemma-3-270m"] = {"backend": "gemma"}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {"MODELWORKS_API_KEY": KEY, **({"PYTHONPATH": str(source / "src")} if source else {})}
@@ -138,13 +134,13 @@ def section_proxy(tmp: Path, upstream: Process, args, procs: list[Process]) -> d
     interleaved rounds (direct, Modelworks, LiteLLM, direct, ...), and the median round is reported. This VM's
     speed swings by 2-3x from one minute to the next, so only targets measured in the same rounds compare."""
     targets = {"upstream direct": upstream}
-    targets["modelworks bare"] = modelworks(tmp, upstream.url, 1, THREADS, "mw-bare", embedded=False,
+    targets["modelworks bare"] = modelworks(tmp, upstream.url, "mw-bare",
                                             controls=False)
-    targets["modelworks"] = modelworks(tmp, upstream.url, 1, THREADS, "mw-proxy", embedded=False)
+    targets["modelworks"] = modelworks(tmp, upstream.url, "mw-proxy")
     procs.extend([targets["modelworks bare"], targets["modelworks"]])
     if args.baseline:  # the same configuration on another commit's code, measured in the same rounds
         source = baseline_checkout(tmp, args.baseline)
-        targets["modelworks @base"] = modelworks(tmp, upstream.url, 1, THREADS, "mw-base", embedded=False,
+        targets["modelworks @base"] = modelworks(tmp, upstream.url, "mw-base",
                                                  source=source)
         procs.append(targets["modelworks @base"])
     lite = litellm(tmp, args.peers_python, upstream.url)
@@ -222,7 +218,7 @@ def _print_safety(r: dict) -> None:
 
 def section_responses(tmp: Path, upstream: Process, args, procs: list[Process]) -> dict:
     """The configuration of the proxy section's "modelworks" (auth, Redis quota, metering; SQLite store)."""
-    mw = modelworks(tmp, upstream.url, 1, THREADS, "mw-responses", embedded=False)
+    mw = modelworks(tmp, upstream.url, "mw-responses")
     procs.append(mw)
     try:
         return responses_chain.run(tmp, mw.url, upstream.url, KEY, args.seconds, args.rounds)
