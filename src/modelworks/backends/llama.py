@@ -45,7 +45,6 @@ class LlamaBackend(Backend):
         self.n_ctx = spec.context_size
         self.model_path: Path | None = None
         self.engine: Engine | None = None
-        self.view: ModelView | None = None
         self.closed = False
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -65,11 +64,15 @@ class LlamaBackend(Backend):
         eos = _token_text(view, view.token_eos())
         self.template = choose_template(self.spec.chat_template, view.metadata, bos, eos)
         self.vocab = await loop.run_in_executor(None, Vocabulary.read, view)
-        self.view = view
         engine.start()
         self.admission = Admission(self.name, list(range(self.spec.parallel)), self.spec.max_queue)
         log.info("loaded %s (%d sequences, %d threads, context %d each, chat template: %s)", self.model_path,
                  self.spec.parallel, self.spec.threads, self.n_ctx, self.template.origin)
+
+    @property
+    def view(self) -> ModelView:
+        """The loaded model, for tokenizing and templating (the engine's)."""
+        return self.engine.view
 
     async def close(self) -> None:
         if self.engine is not None:

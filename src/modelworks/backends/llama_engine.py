@@ -391,13 +391,13 @@ class Engine:
             job.done()
             return
         prompt = job.prompt
-        wants = job.params.seed is None  # a seeded request is evaluated afresh (see the module's docstring)
-        seq = max(free, key=lambda s: (self._reuse(s, prompt) if wants else 0, not s.tokens, -s.used))
-        reuse = self._reuse(seq, prompt) if wants else 0
-        donor = max((s for s in self._seqs if s is not seq and s.tokens), default=None,
-                    key=lambda s: self._reuse(s, prompt)) if wants else None
-        if donor is not None and self._reuse(donor, prompt) >= reuse + COPY_GAIN:
-            reuse = self._reuse(donor, prompt)
+        # what each sequence's cells can stand for, once; a seeded request is evaluated afresh (module docstring)
+        reach = {s.id: self._reuse(s, prompt) if job.params.seed is None else 0 for s in self._seqs}
+        seq = max(free, key=lambda s: (reach[s.id], not s.tokens, -s.used))
+        reuse = reach[seq.id]
+        donor = max((s for s in self._seqs if s is not seq), key=lambda s: reach[s.id], default=None)
+        if donor is not None and reach[donor.id] >= reuse + COPY_GAIN:
+            reuse = reach[donor.id]
             l.llama_memory_seq_rm(self.mem, seq.id, -1, -1)
             l.llama_memory_seq_cp(self.mem, donor.id, seq.id, -1, -1)  # another stream: a copy of all of it
             seq.tokens = donor.tokens[:reuse]
