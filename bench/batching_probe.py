@@ -5,8 +5,9 @@ same short prompt for every sequence, evaluated once per sequence before the tim
     .venv/bin/python bench/batching_probe.py [--threads 2] [--steps 64] [--model smollm2|gemma]
 
 Prints aggregate tokens/s for 1, 2, 4 and 8 sequences and their ratio to one sequence (median of 3 rounds,
-interleaved), and one stream through llama-cpp-python's high-level `Llama.generate` (how the embedded backend
-drives each slot today) for comparison.
+interleaved); the time to evaluate 1, 2, 4 and 8 distinct prompts in one call (the floor of the time to first token
+of the last of N simultaneous requests); the sampling costs; and one stream through llama-cpp-python's high-level
+`Llama.generate` (how the embedded backend drove each slot before the engine) for comparison.
 """
 
 from __future__ import annotations
@@ -90,6 +91,25 @@ class Probe:
             last = [self._argmax(s) for s in range(seqs)]
             pos += 1
         return seqs * steps / (time.perf_counter() - started)
+
+
+def prefill(probe: Probe, seqs: int, rounds: int = 5) -> float:
+    """Seconds to evaluate `seqs` distinct prompts of the probe's prompt's length in one `llama_decode` (how the
+    engine admits requests that arrive together), up to the first token's logits of each: the floor of the time to
+    first token of the last of `seqs` simultaneous requests. Median of `rounds`."""
+    l, n = probe.l, len(probe.prompt)
+    times = []
+    for r in range(rounds):
+        l.llama_memory_clear(l.llama_get_memory(probe.ctx), True)
+        # each sequence's prompt differs from its second token on (after BOS): nothing shared to reuse
+        entries = [((t + 101 * s + 7 * r) % probe.n_vocab if p == 1 else t, p, s, p == n - 1)
+                   for s in range(seqs) for p, t in enumerate(probe.prompt)]
+        started = time.perf_counter()
+        probe._decode(entries)
+        for s in range(seqs):
+            probe._argmax((s + 1) * n - 1)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def sampling_costs(probe: Probe, rounds: int = 200) -> dict[str, float]:
@@ -212,6 +232,11 @@ def main() -> int:
     for n in counts:
         rate = statistics.median(rates[n])
         print(f"  {n} sequence(s): {rate:7.1f} tokens/s aggregate  {rate / one:5.2f}x one sequence")
+    lone = prefill(probe, 1)
+    for n in counts:
+        took = prefill(probe, n)
+        print(f"  {n} prompt(s) of {len(probe.prompt)} tokens evaluated in one call: {took * 1000:6.1f} ms, "
+              f"{took / lone:5.2f}x one prompt")
     for name, us in {**sampling_costs(probe), **grammar_and_bias_costs(probe)}.items():
         print(f"  sampling one token, {name}: {us:.0f} us")
     greedy, sampled = high_level(model_path(args.model), args.threads, args.steps, args.rounds)

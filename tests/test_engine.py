@@ -97,9 +97,10 @@ def _first_token_gap(a: dict, b: dict) -> float:
 
 
 # Tolerance: llama.cpp's CPU kernels are not batch-invariant, so a prefix evaluated in another call's shape moves
-# a logprob by a rounding (measured here: under 0.05 on Gemma 3 270M). Reusing cells a sliding window no longer
-# holds moves them by whole units (test_reuse_needs_the_window below).
-TOLERANCE = 0.15
+# a logprob by a rounding (measured here on Gemma 3 270M: up to 0.24 with flash attention, whose tiles follow the
+# call's shape; under 0.05 without). Reusing cells a sliding window no longer holds moves them by whole units
+# (test_reuse_needs_the_window below).
+TOLERANCE = 0.35
 
 
 def test_reuse_far_behind_the_cached_end_matches_a_fresh_evaluation(gemma, gemma_fresh):
