@@ -87,8 +87,8 @@ class EmbeddedEmbeddingsBackend(_Placed):
     quantize: bool = Field(default=False, description="int8 weights for the matrix multiplications (onnx only), "
                                                       "used only if the vectors stay within cosine 0.99 of fp32 on "
                                                       "fixed sentences (checked when the graph is written)")
-    threads: int = Field(default=1, ge=1, le=256, description="threads for one batch (ONNX Runtime's, or BLAS's "
-                                                              "set before NumPy loads)")
+    threads: int = Field(default=2, ge=1, le=256, description="threads for one batch: ONNX Runtime's, which run at "
+                                                              "`nice` beside the LLM, or BLAS's set before NumPy loads")
     max_batch: int = Field(default=32, ge=1, description="texts encoded together (sorted by length)")
     max_queue: int = Field(default=64, ge=0)
     nice: int = Field(default=10, ge=0, le=19, description="the encoder thread's scheduling niceness: it yields the "
