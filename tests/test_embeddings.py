@@ -47,4 +47,4 @@ def test_the_runtime_is_onnx_and_readyz_says_so(server):
     import httpx
 
     detail = httpx.get(f"{server.url}/readyz", timeout=60).json()["backends"]["minilm"]["detail"]
-    assert detail.startswith("onnxruntime ") and "fp32" in detail and "1 thread)" in detail, detail
+    assert detail.startswith("onnxruntime ") and "fp32" in detail and "2 threads)" in detail, detail

@@ -87,12 +87,20 @@ class EmbeddedEmbeddingsBackend(_Placed):
     quantize: bool = Field(default=False, description="int8 weights for the matrix multiplications (onnx only), "
                                                       "used only if the vectors stay within cosine 0.99 of fp32 on "
                                                       "fixed sentences (checked when the graph is written)")
-    threads: int = Field(default=2, ge=1, le=256, description="threads for one batch: ONNX Runtime's, which run at "
-                                                              "`nice` beside the LLM, or BLAS's set before NumPy loads")
+    threads: int | None = Field(default=None, ge=1, le=256, description=(
+        "threads for one batch. onnx: ONNX Runtime's, default 2, which run at `nice` beside the LLM (on Linux; "
+        "elsewhere, or at nice 0, at equal priority); numpy: BLAS's, set for the whole process before NumPy loads "
+        "and not niced, default 1"))
     max_batch: int = Field(default=32, ge=1, description="texts encoded together (sorted by length)")
     max_queue: int = Field(default=64, ge=0)
     nice: int = Field(default=10, ge=0, le=19, description="the encoder thread's scheduling niceness: it yields the "
                                                           "cores to the LLM engine when both want them (0: equal)")
+
+    @model_validator(mode="after")
+    def _default_threads(self):
+        if self.threads is None:
+            self.threads = 2 if self.runtime == "onnx" else 1
+        return self
 
 
 class OpenAIUpstreamBackend(_Placed):
@@ -230,6 +238,9 @@ class Server(_Strict):
         "full, is disconnected (reset) and its request, generation included, is cancelled"))
     max_connections: int = Field(default=1000, ge=1, le=1_000_000, description=(
         "open connections at most; a connection past it is answered 503 and closed at once"))
+    drain_timeout_s: float = Field(default=25.0, ge=0, le=3600, description=(
+        "on SIGTERM: how long answers and streams in flight may run on while the server refuses new work (503, "
+        "retryable) and fails readiness; what still runs then is ended with an error event, then the server stops"))
 
 
 class DatabaseSettings(_Strict):

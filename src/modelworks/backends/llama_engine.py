@@ -14,8 +14,9 @@ start the answer. Sliding-window layers (Gemma 3) keep a full-size cache (`swa_f
 kept position is too recent for the window of the first new token (llama.cpp drops cells that left every window
 when it needs room) is not reused.
 
-Reproducibility. llama.cpp's CPU kernels are not batch-invariant: a token's logits move a little (up to ~0.05 in
-logprob on Gemma 3) with the shape of the call it was evaluated in, so an answer after reuse, or generated while
+Reproducibility. llama.cpp's CPU kernels are not batch-invariant: a token's logits move a little (a reused prefix
+moved a logprob by up to ~0.25 on Gemma 3 with flash attention, ~0.05 without) with the shape of the call it was
+evaluated in, so an answer after reuse, or generated while
 other sequences run, can part from a fresh evaluation's at a near tie (as with llama.cpp's own server and its
 `cache_prompt`). A request with a `seed` is therefore evaluated afresh, in a stream of its own whose layout no
 other sequence touches, and gives the same answer each time it runs alone.
@@ -142,7 +143,7 @@ class Engine:
         # Flash attention where llama.cpp supports it (its default, and llama-server's): measured side by side on
         # this CPU, 4 SmolLM2 streams ran at 98 tokens/s with it against 76 without. Its tiles follow the call's
         # shape, so a reused prefix moves a first token's logprob by up to ~0.25 (0.05 without; tests/test_engine.py).
-        params.flash_attn_type = -1
+        params.flash_attn_type = l.LLAMA_FLASH_ATTN_TYPE_AUTO
         params.no_perf = True
         self.n_swa = l.llama_model_n_swa(self.model.model)
         self.ctx = l.llama_init_from_model(self.model.model, params)
