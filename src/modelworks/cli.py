@@ -82,6 +82,7 @@ def _serve(settings, args) -> int:
     import uvicorn
 
     from modelworks.api.app import create_app
+    from modelworks.api.drain import draining_server
     from modelworks.api.server import uvicorn_options
 
     if args.host:
@@ -108,7 +109,7 @@ def _serve(settings, args) -> int:
                             access_log=settings.server.access_log, log_level=settings.server.log_level,
                             timeout_graceful_shutdown=5, **uvicorn_options(settings.server))
     app.started.append(_tune_gc)
-    server = uvicorn.Server(config)
+    server = draining_server(config, app.drain)
     server.run()
     return 0 if server.started else 1
 

@@ -7,6 +7,7 @@ import logging
 import time
 
 from modelworks.api.admin import AdminHandlers
+from modelworks.api.drain import Drain, draining
 from modelworks.api.errors import AZURE, AZURE_V1, OPENAI, envelope
 from modelworks.api.http import Endpoint, JSONResult, new_request_id, send_json
 from modelworks.api.content_safety import ContentSafetyHandlers
@@ -45,7 +46,7 @@ class ModelworksApp:
     """The ASGI application: lifespan (start and stop backends) and HTTP routing."""
 
     def __init__(self, router: Router, backends: dict[str, Backend], gateway: Gateway, control: ControlPlane,
-                 catalog: Catalog, health: HealthMonitor) -> None:
+                 catalog: Catalog, health: HealthMonitor, drain: Drain | None = None) -> None:
         self.router = router
         self.backends = backends
         self.gateway = gateway
@@ -57,19 +58,29 @@ class ModelworksApp:
         self.starters: list = []  # coroutine functions awaited at start-up, after the control plane
         self.started: list = []  # functions called once start-up is complete, before serving
         self._loop_tasks: list[asyncio.Task] = []
+        self.drain = drain or Drain(25.0)
+        self.always_served = {"/healthz", "/readyz"}  # answered while draining (readiness says so)
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
         if kind == "http":
+            path = scope["path"]
             try:
-                endpoint, params = self.router.match(scope["method"], scope["path"])
+                endpoint, params = self.router.match(scope["method"], path)
             except NotFound as exc:
-                path = scope["path"]
-                dialect = AZURE_V1 if path.startswith("/openai/v1/") else AZURE if path.startswith("/openai/") else OPENAI
-                status, body, headers = envelope(exc, dialect=dialect)
-                await send_json(send, status, body, headers, new_request_id(), azure=dialect != OPENAI)
+                await _refuse(send, path, exc)
                 return
-            await endpoint(scope, receive, send, params)
+            drain = self.drain
+            if drain.draining and path not in self.always_served:
+                await _refuse(send, path, draining())
+                return
+            task = asyncio.current_task()
+            drain.enter(task)
+            scope["modelworks.drain"] = drain
+            try:
+                await endpoint(scope, receive, send, params)
+            finally:
+                drain.leave(task)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -105,6 +116,13 @@ class ModelworksApp:
                 await self.control.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _refuse(send, path: str, exc: Exception) -> None:
+    """An error answered before any endpoint runs, in the dialect its path speaks."""
+    dialect = AZURE_V1 if path.startswith("/openai/v1/") else AZURE if path.startswith("/openai/") else OPENAI
+    status, body, headers = envelope(exc, dialect=dialect)
+    await send_json(send, status, body, headers, new_request_id(), azure=dialect != OPENAI)
 
 
 async def _supervised(loop) -> None:
@@ -177,7 +195,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
 
     router = Router()
     router.add("/healthz", Endpoint(_healthz), ("GET",))
-    router.add("/readyz", Endpoint(_readyz(backends, gateway)), ("GET",))
+    drain = Drain(settings.server.drain_timeout_s)
+    router.add("/readyz", Endpoint(_readyz(backends, gateway, drain)), ("GET",))
     if settings.metrics.enabled:
         router.add(settings.metrics.path, Endpoint(_metrics_endpoint(metrics)), ("GET",))
     for prefix, dialect in (("/v1", OPENAI), ("/openai/v1", AZURE_V1)):
@@ -203,7 +222,9 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     _files_routes(router, "/openai", AZURE, FilesHandlers(files, chain, control.audit_writer))
     _batch_routes(router, "/openai", AZURE, batch_handlers)
     _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
-    app = ModelworksApp(router, backends, gateway, control, catalog, health)
+    app = ModelworksApp(router, backends, gateway, control, catalog, health, drain)
+    if settings.metrics.enabled:
+        app.always_served.add(settings.metrics.path)
     if settings.portal.enabled:
         from modelworks.portal.routes import mount_portal
 
@@ -378,10 +399,13 @@ def _metrics_endpoint(metrics: ServiceMetrics):
     return metrics_text
 
 
-def _readyz(backends: dict[str, Backend], gateway: Gateway):
+def _readyz(backends: dict[str, Backend], gateway: Gateway, drain: Drain):
     """Ready when every deployment has at least one backend that answers its health check (a pool with one
-    backend down still serves); the answer details each backend and each deployment."""
+    backend down still serves); the answer details each backend and each deployment. Not ready from the moment
+    the server starts draining."""
     async def readyz(request: Request) -> JSONResult:
+        if drain.draining:
+            return JSONResult({"status": "draining", "in_flight": len(drain.tasks) - 1}, status=503)
         results = await asyncio.gather(*(b.health() for b in backends.values()))
         detail = {name: {"ok": r.ok, "detail": r.detail, **({"engine": r.engine} if r.engine else {})}
                   for name, r in zip(backends, results)}

@@ -9,6 +9,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import orjson
 
+from modelworks.api.drain import draining
 from modelworks.api.errors import OPENAI, envelope
 from modelworks.api.request import Request
 
@@ -110,19 +111,24 @@ class Endpoint:
             except asyncio.CancelledError:
                 if gone:
                     return
-                raise
+                if not _cut(scope, task):
+                    raise
+                task.uncancel()  # the drain's deadline: an answer the client can retry elsewhere
+                status, body, headers = envelope(draining(), dialect=self.dialect)
+                await self._send_json(send, status, body, headers, request_id)
+                return
             if isinstance(result, ByteStream):
                 await self._send_bytes(result, send, request_id)
             elif isinstance(result, EventStream):
                 if watcher is None:
                     start_watching()
-                await self._stream(result, send, request_id)
+                await self._stream(result, send, request_id, lambda: not gone and _cut(scope, task))
             else:
                 await self._send_json(send, result.status, result.body, result.headers, request_id)
         except OSError:  # ConnectionResetError included: the client left mid-request
             return
         except asyncio.CancelledError:
-            if gone:
+            if gone or _cut(scope, task):  # cut mid-answer by the drain: the connection ends
                 return
             raise
         except Exception as exc:  # noqa: BLE001 - the one place that renders every error
@@ -162,7 +168,7 @@ class Endpoint:
         finally:
             await result.chunks.aclose()
 
-    async def _stream(self, result: EventStream, send, request_id: str) -> None:
+    async def _stream(self, result: EventStream, send, request_id: str, cut: Callable[[], bool]) -> None:
         raw = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]
         if self.azure:
             raw.append((b"apim-request-id", request_id.encode()))
@@ -177,8 +183,16 @@ class Endpoint:
                 async for frame in frames:
                     if frame:
                         await send({"type": "http.response.body", "body": frame, "more_body": True})
-            except (OSError, asyncio.CancelledError):
+            except OSError:
                 raise
+            except asyncio.CancelledError:
+                if not cut():
+                    raise
+                asyncio.current_task().uncancel()  # the drain's deadline: an error event, then a clean end
+                await frames.aclose()  # the generation stops (and is metered) before the server does
+                _, body, _ = envelope(draining(), dialect=self.dialect)
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(body) + b"\n\n",
+                            "more_body": True})
             except Exception as exc:  # noqa: BLE001 - headers are out: the error travels as an SSE event
                 _, body, _ = envelope(exc, dialect=self.dialect)
                 await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(body) + b"\n\n",
@@ -186,3 +200,8 @@ class Endpoint:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await frames.aclose()
+
+
+def _cut(scope, task: asyncio.Task | None) -> bool:
+    drain = scope.get("modelworks.drain")
+    return drain is not None and drain.was_cut(task)

@@ -1,0 +1,160 @@
+"""Draining on SIGTERM (issue 15): readiness fails at once, new work is answered 503 with `retry-after`, what is in
+flight finishes within `drain_timeout_s`, and what is still running at the deadline ends cleanly (a stream with an
+SSE error event and its end, an answer with a retryable 503). The server then exits 0, its usage records kept."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import httpx
+import pytest
+
+from conftest import API_KEY
+from support.servers import start_modelworks
+from support.spec import sse_payloads
+from support.waiting import wait_until
+
+HEADERS = {"authorization": f"Bearer {API_KEY}"}
+TIMEOUT = 60
+
+
+def _config(upstream_url: str, drain_s: float, words: int) -> dict:
+    return {"server": {"drain_timeout_s": drain_s},
+            "backends": {"paced": {"type": "fake", "chunk_delay_s": 0.05, "reply": " ".join(["word"] * words)},
+                         "slow-upstream": {"type": "openai", "base_url": f"{upstream_url}/drain-slow/v1",
+                                           "model": "fake-model", "timeout_s": 120}},
+            "deployments": {"paced": {"backend": "paced"}, "slow-upstream": {"backend": "slow-upstream"}},
+            "quota": {"default_tpm": None}}
+
+
+class Stream(threading.Thread):
+    """A chat completion streamed in a thread: its raw body, whether it ended cleanly, and an event once the
+    first content has arrived."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.raw, self.clean, self.error = url, b"", False, None
+        self.started = threading.Event()
+
+    def run(self) -> None:
+        body = {"model": "paced", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+                "stream_options": {"include_usage": True}}
+        try:
+            with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=body, headers=HEADERS,
+                              timeout=TIMEOUT) as r:
+                assert r.status_code == 200
+                for chunk in r.iter_raw():
+                    self.raw += chunk
+                    if b"word" in self.raw:
+                        self.started.set()
+            self.clean = True  # the chunked body ended with its terminator, not a dropped connection
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+        finally:
+            self.started.set()
+
+
+class Call(threading.Thread):
+    """A non-streaming call in a thread."""
+
+    def __init__(self, url: str, model: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.model, self.response = url, model, None
+
+    def run(self) -> None:
+        self.response = httpx.post(f"{self.url}/v1/chat/completions", headers=HEADERS, timeout=TIMEOUT,
+                                   json={"model": self.model, "messages": [{"role": "user", "content": "hi"}]})
+
+
+def _events(raw: bytes) -> list:
+    return [json.loads(p) for p in sse_payloads(raw) if p != "[DONE]"]
+
+
+def _usage(url: str) -> dict:
+    rows = httpx.get(f"{url}/admin/v1/usage", params={"group_by": "deployment"}, headers=HEADERS,
+                     timeout=TIMEOUT).json()["data"]
+    return {row["deployment"]: row for row in rows}
+
+
+@pytest.fixture
+def slow_upstream(upstream):
+    httpx.post(f"{upstream.url}/_fake/faults/drain-slow", json={"mode": "slow_first_byte", "seconds": 30},
+               timeout=TIMEOUT)
+    yield
+    httpx.delete(f"{upstream.url}/_fake/faults/drain-slow", timeout=TIMEOUT)
+
+
+def test_in_flight_work_finishes_and_new_work_is_refused(tmp_path, upstream, specs):
+    proc = start_modelworks(tmp_path, _config(upstream.url, drain_s=30, words=60), API_KEY, name="drain")
+    stream = Stream(proc.url)
+    stream.start()
+    assert stream.started.wait(TIMEOUT) and stream.error is None
+    proc.proc.send_signal(signal.SIGTERM)
+
+    ready = wait_until(lambda: httpx.get(f"{proc.url}/readyz", timeout=TIMEOUT),
+                       lambda r: r.status_code == 503, what="readiness to fail")
+    assert ready.json()["status"] == "draining"
+    assert httpx.get(f"{proc.url}/healthz", timeout=TIMEOUT).status_code == 200  # alive: not to be restarted
+    refused = httpx.post(f"{proc.url}/v1/chat/completions", headers=HEADERS, timeout=TIMEOUT,
+                         json={"model": "paced", "messages": [{"role": "user", "content": "hi"}]})
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1" and refused.headers["connection"] == "close"
+    assert refused.json()["error"]["code"] == "service_unavailable"
+    specs.check("/v1/chat/completions", 503, refused.json())
+
+    stream.join(TIMEOUT)
+    assert stream.clean, stream.error
+    events = _events(stream.raw)
+    assert sse_payloads(stream.raw)[-1] == "[DONE]"
+    assert not [e for e in events if "error" in e]
+    text = "".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", []))
+    assert text.split() == ["word"] * 60
+    assert proc.proc.wait(TIMEOUT) == 0
+
+    again = start_modelworks(tmp_path, _config(upstream.url, drain_s=30, words=60), API_KEY, name="drain")
+    try:
+        usage = _usage(again.url)
+        assert usage["paced"]["requests"] == 1 and usage["paced"]["completion_tokens"] == 60  # the refused one: not
+    finally:
+        again.stop()
+
+
+def test_the_deadline_ends_streams_with_an_error_event_and_answers_with_503(tmp_path, upstream, slow_upstream,
+                                                                            specs):
+    proc = start_modelworks(tmp_path, _config(upstream.url, drain_s=1, words=2000), API_KEY, name="deadline")
+    stream = Stream(proc.url)
+    stream.start()
+    waiting = Call(proc.url, "slow-upstream")  # its upstream answers after 30 s
+    waiting.start()
+    assert stream.started.wait(TIMEOUT) and stream.error is None
+    wait_until(lambda: httpx.get(f"{upstream.url}/_fake/requests", timeout=TIMEOUT).json(),
+               lambda log: any(r["instance"] == "drain-slow" for r in log["requests"]),
+               what="the slow call to reach its upstream")
+    proc.proc.send_signal(signal.SIGTERM)
+
+    stream.join(TIMEOUT)
+    assert stream.clean, stream.error  # an error event, then the body's clean end: not a dropped connection
+    events = _events(stream.raw)
+    errors = [e for e in events if "error" in e]
+    assert len(errors) == 1 and events[-1] is errors[0]
+    assert errors[0]["error"]["code"] == "service_unavailable"
+    specs.check_sse("/v1/chat/completions", stream.raw)
+    words = "".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", [])).split()
+    assert 0 < len(words) < 2000
+
+    waiting.join(TIMEOUT)
+    assert waiting.response.status_code == 503
+    assert waiting.response.headers["retry-after"] == "1"
+    assert waiting.response.json()["error"]["code"] == "service_unavailable"
+    specs.check("/v1/chat/completions", 503, waiting.response.json())
+    assert proc.proc.wait(TIMEOUT) == 0
+
+    again = start_modelworks(tmp_path, _config(upstream.url, drain_s=1, words=2000), API_KEY, name="deadline")
+    try:
+        usage = _usage(again.url)
+        assert usage["paced"]["requests"] == 1  # the cut stream is metered, with what it generated
+        assert 0 < usage["paced"]["completion_tokens"] < 2000
+    finally:
+        again.stop()
