@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -125,37 +126,81 @@ class InProcess:
 
 # -- clients ------------------------------------------------------------------------------------------------------------
 
-async def stream_once(client: httpx.AsyncClient, url: str, body: dict, headers: dict) -> dict:
-    """One streamed completion: tokens are counted as the text chunks that arrive (one per token on every server
-    here), the time to first token from the request's start."""
+async def stream_once(client, url: str, body: dict, headers: dict, timeout: float = 600) -> dict:
+    """One streamed completion, read by a minimal HTTP/1.1 client (`_sse_events`: asyncio streams, chunked
+    decoding, one `json.loads` an event) rather than httpx: on 2 cores the client shares the machine with the
+    server, and httpx's work per event took about 7% from one SmolLM2 stream (from every server alike). Tokens are
+    counted as the text chunks that arrive (one per token on every server here), the time to first token from the
+    request's start. `client` is unused (kept for the callers' shape)."""
     started = time.perf_counter()
+    seen = {"tokens": 0}
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_stream(url, body, headers, started, seen)
+    except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
+        return {"ok": False, "error": type(exc).__name__, "tokens": seen["tokens"]}
+
+
+async def _read_stream(url: str, body: dict, headers: dict, started: float, seen: dict) -> dict:
     first = last = None
-    tokens = 0
     finish = None
     done = False
-    try:
-        async with client.stream("POST", url, json=body, headers=headers) as resp:
-            if resp.status_code != 200:
-                return {"ok": False, "status": resp.status_code, "tokens": 0}
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
-                    break
-                for choice in json.loads(data).get("choices") or []:
-                    if choice.get("text"):
-                        now = time.perf_counter()
-                        first = first or now
-                        last = now
-                        tokens += 1
-                    finish = choice.get("finish_reason") or finish
-    except httpx.HTTPError as exc:
-        return {"ok": False, "error": type(exc).__name__, "tokens": tokens}
+    async for status, data in _sse_events(url, body, headers):
+        if status != 200:
+            return {"ok": False, "status": status, "tokens": 0}
+        if data == b"[DONE]":
+            done = True
+            break
+        for choice in json.loads(data).get("choices") or []:
+            if choice.get("text"):
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                seen["tokens"] += 1
+            finish = choice.get("finish_reason") or finish
+    tokens = seen["tokens"]
     end = time.perf_counter()
     return {"ok": done and finish is not None, "tokens": tokens, "ttft": (first or end) - started,
             "decode_tps": (tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0}
+
+
+async def _sse_events(url: str, body: dict, headers: dict):
+    """POST `body` and yield (status, payload of each SSE `data:` line) as the events arrive; a status other than
+    200 is yielded once, with no payload. One connection a request, closed at the end."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        payload = json.dumps(body).encode()
+        head = [f"POST {parts.path} HTTP/1.1", f"host: {parts.netloc}", "content-type: application/json",
+                f"content-length: {len(payload)}", "connection: close",
+                *(f"{k}: {v}" for k, v in headers.items())]
+        writer.write("\r\n".join(head).encode() + b"\r\n\r\n" + payload)
+        status = int((await reader.readuntil(b"\r\n")).split()[1])
+        response_headers = (await reader.readuntil(b"\r\n\r\n")).lower()
+        if status != 200:
+            yield status, b""
+            return
+        chunked = b"transfer-encoding: chunked" in response_headers
+        pending = b""
+        while True:
+            if chunked:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    return
+                piece = await reader.readexactly(size + 2)
+                pending += piece[:-2]
+            else:
+                piece = await reader.read(65536)
+                if not piece:
+                    return
+                pending += piece
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                for line in event.split(b"\n"):
+                    if line.startswith(b"data:"):
+                        yield status, line[5:].strip()
+    finally:
+        writer.close()
 
 
 def body(model: str, i: int, max_tokens: int, temperature: float) -> dict:
@@ -165,19 +210,17 @@ def body(model: str, i: int, max_tokens: int, temperature: float) -> dict:
 
 
 async def single(url: str, model: str, headers: dict, max_tokens: int) -> dict:
-    async with httpx.AsyncClient(timeout=300) as client:
-        await stream_once(client, url, body(model, 0, 4, 0), headers)  # warm: the prompt is cached where it can be
-        return await stream_once(client, url, body(model, 0, max_tokens, 0), headers)
+    await stream_once(None, url, body(model, 0, 4, 0), headers)  # warm: the prompt is cached where it can be
+    return await stream_once(None, url, body(model, 0, max_tokens, 0), headers)
 
 
 async def concurrent(url: str, model: str, headers: dict, max_tokens: int, streams: int) -> dict:
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=streams * 2)) as client:
-        # a lone request's time to first token, with a prompt of the same length no server has seen
-        lone = await stream_once(client, url, body(model, streams + 1, 1, 0.8), headers)
-        started = time.perf_counter()
-        results = await asyncio.gather(*(stream_once(client, url, body(model, i, max_tokens, 0.8), headers)
-                                         for i in range(streams)))
-        elapsed = time.perf_counter() - started
+    # a lone request's time to first token, with a prompt of the same length no server has seen
+    lone = await stream_once(None, url, body(model, streams + 1, 1, 0.8), headers)
+    started = time.perf_counter()
+    results = await asyncio.gather(*(stream_once(None, url, body(model, i, max_tokens, 0.8), headers)
+                                     for i in range(streams)))
+    elapsed = time.perf_counter() - started
     tokens = sum(r.get("tokens", 0) for r in results)
     ttfts = sorted(r["ttft"] for r in results if "ttft" in r)
     return {"aggregate_tps": tokens / elapsed, "tokens": tokens, "ttft_lone_s": lone.get("ttft"),
@@ -261,16 +304,28 @@ def summarise(runs: dict[str, list]) -> dict:
         out["single"]["mw_single_with_embeddings"] = med(r["decode_tps"] for r in rs)
         out["embeddings_sentences_per_s_meanwhile"] = med(r["sentences_per_s"] for r in rs)
     s = out["single"]
+
+    def paired(a: list[float], b: list[float]) -> float:
+        """The median of the rounds' own ratios: each pair measured a moment apart, so this VM's drift from one
+        minute to the next cancels out of it (a ratio of medians mixes rounds)."""
+        return med(x / y for x, y in zip(a, b))
+
     out["ratios"] = {
-        "http_vs_in_process": s["mw_single"] / s["in_process_single"],
+        "http_vs_in_process": paired(runs["mw_single"], runs["in_process_single"]),
         "4_streams_vs_single": out["mw_4"]["aggregate_tps"] / s["mw_single"],
         "8_streams_vs_single": out["mw_8"]["aggregate_tps"] / s["mw_single"],
-        "ttft_last_of_4_vs_lone": out["mw_4"]["ttft_last_s"] / out["mw_4"]["ttft_lone_s"],
+        "ttft_last_of_4_vs_lone": med(r["ttft_last_s"] / r["ttft_lone_s"] for r in runs["mw_4"]),
     }
+    if "server_single" in runs:
+        out["ratios"]["llama_server_vs_in_process"] = paired(runs["server_single"], runs["in_process_single"])
+    if "server_4" in runs:
+        out["ratios"]["llama_server_ttft_last_of_4_vs_lone"] = med(r["ttft_last_s"] / r["ttft_lone_s"]
+                                                                  for r in runs["server_4"])
     if "mw_single_with_embeddings" in s:
         out["ratios"]["single_while_embedding_vs_alone"] = s["mw_single_with_embeddings"] / s["mw_single"]
     if "server_4" in out:
-        out["ratios"]["4_streams_vs_llama_server"] = out["mw_4"]["aggregate_tps"] / out["server_4"]["aggregate_tps"]
+        out["ratios"]["4_streams_vs_llama_server"] = paired([r["aggregate_tps"] for r in runs["mw_4"]],
+                                                            [r["aggregate_tps"] for r in runs["server_4"]])
     return out
 
 
@@ -297,7 +352,10 @@ def print_result(r: dict) -> None:
         print(f"  {label}")
         print(f"    one stream, tokens/s: Modelworks HTTP {s['mw_single']:.1f}, llama-cpp-python in process "
               f"{s['in_process_single']:.1f}" + (f", llama-server {s['server_single']:.1f}" if "server_single" in s
-                                                 else "") + f"  (HTTP / in process {q['http_vs_in_process']:.2f})")
+                                                 else ""))
+        print(f"    paired ratios (medians of the rounds' own): HTTP / in process {q['http_vs_in_process']:.2f}"
+              + (f", llama-server / in process {q['llama_server_vs_in_process']:.2f}"
+                 if "llama_server_vs_in_process" in q else ""))
         for key, label2 in (("mw_4", "Modelworks, 4 streams"), ("mw_8", "Modelworks, 8 streams"),
                             ("server_4", "llama-server -np 4, 4 streams")):
             if key in m:
@@ -310,6 +368,8 @@ def print_result(r: dict) -> None:
                   f" {m['embeddings_sentences_per_s_meanwhile']:.0f} sentences/s meanwhile)")
         print(f"    ratios: 4 streams / one {q['4_streams_vs_single']:.2f}, 8 / one {q['8_streams_vs_single']:.2f}, "
               f"TTFT last of 4 / lone {q['ttft_last_of_4_vs_lone']:.2f}"
+              + (f" (llama-server {q['llama_server_ttft_last_of_4_vs_lone']:.2f})"
+                 if "llama_server_ttft_last_of_4_vs_lone" in q else "")
               + (f", 4 streams / llama-server {q['4_streams_vs_llama_server']:.2f}"
                  if "4_streams_vs_llama_server" in q else ""))
 
