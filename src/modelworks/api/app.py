@@ -231,11 +231,11 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
         mount_portal(router, app, settings, control, gateway, members, catalog, h)
     app.closers.append(limiter.close)
     purge_every = settings.responses.purge_interval_s
-    app.loops.append(lambda: agents.service.maintain(purge_every))
+    app.loops.append(lambda: agents.service.maintain(purge_every, control.leases))
     app.loops.append(lambda: files.maintain(settings.files.purge_interval_s))
     app.loops.append(ingestor.run)
     app.loops.append(batch_worker.run)
-    app.loops.append(lambda: vectors.maintain(settings.vector_stores.purge_interval_s))
+    app.loops.append(lambda: vectors.maintain(settings.vector_stores.purge_interval_s, control.leases))
     journal = agents.service.journal
     app.starters.append(lambda: _start_journal(journal))
     app.closers.insert(0, journal.close)  # before the store goes

@@ -23,7 +23,8 @@ log = logging.getLogger("modelworks.safety")
 
 
 class ContentLog:
-    def __init__(self, db: Database, flush_s: float = 1.0, purge_s: float = 3600.0) -> None:
+    def __init__(self, db: Database, flush_s: float = 1.0, purge_s: float = 3600.0, leases=None) -> None:
+        self.leases = leases  # with leases, one replica at a time purges
         self.db = db
         self.flush_s = flush_s
         self.purge_s = purge_s
@@ -79,7 +80,8 @@ class ContentLog:
         since_purge = self.purge_s  # purge at start
         while True:
             try:
-                if since_purge >= self.purge_s:
+                if since_purge >= self.purge_s and (self.leases is None or await asyncio.to_thread(
+                        self.leases.take, "content_log.purge", timedelta(seconds=2 * self.purge_s + 30))):
                     purged = await asyncio.to_thread(self.purge)
                     if purged:
                         log.info("purged %d expired content log entries", purged)

@@ -10,6 +10,7 @@ from modelworks.control.audit_writer import AuditWriter
 from modelworks.control.blocklists import BlocklistService
 from modelworks.control.bootstrap import bootstrap
 from modelworks.control.content_log import ContentLog
+from modelworks.control.leases import Leases
 from modelworks.control.deployments import DeploymentService
 from modelworks.control.keys import KeyService
 from modelworks.control.projects import ProjectService
@@ -32,7 +33,8 @@ class ControlPlane:
         self.deployments = DeploymentService(self.db, settings.backend_places, set(settings.content_filter_policies),
                                              settings.default_tpm)
         self.blocklists = BlocklistService(self.db)
-        self.content_log = ContentLog(self.db)
+        self.leases = Leases(self.db)  # periodic work that one replica at a time does
+        self.content_log = ContentLog(self.db, leases=self.leases)
         self.usage = UsageService(self.db)
         self.daily = DailyUsage(self.db)  # the same, summed by day (the portal's usage screens)
         self.wal = UsageWAL(settings.data_path / "usage-wal", self.usage.insert_json, settings.metering.flush_seconds)
@@ -68,6 +70,7 @@ class ControlPlane:
         await self.wal.close()
         await self.content_log.close()
         await asyncio.to_thread(self.keys.touch, self.auth.take_used())
+        await asyncio.to_thread(self.leases.release_all)
         await asyncio.to_thread(self.db.dispose)
 
     def budget(self, project_id: str) -> dict:

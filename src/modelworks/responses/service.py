@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, AsyncIterator
 
 import orjson
@@ -36,6 +37,8 @@ from modelworks.responses.protocol import CreateResponse, FunctionTool, McpTool,
 from modelworks.responses.store import ResponseStore
 
 log = logging.getLogger("modelworks.responses")
+
+MAINTAIN_LEASE = timedelta(seconds=95)  # renewed every 30 s by its holder; another replica takes over 95 s after it stops
 
 class ResponsesService:
     def __init__(self, calls: ModelCalls, store: ResponseStore, journal: ResponseJournal, node: str, mcp=None,
@@ -249,12 +252,17 @@ class ResponsesService:
                                  "'stream'.", param="stream", code="invalid_value")
         return self.background.follow(project, response_id, after)
 
-    async def maintain(self, purge_every: float) -> None:
-        """Forever: end the responses whose runner stopped (every 30 s) and purge expired state."""
+    async def maintain(self, purge_every: float, leases=None) -> None:
+        """Forever: end the responses whose runner stopped (every 30 s) and purge expired state; with `leases`,
+        only on the replica that holds the lease `responses.maintain` (one at a time)."""
         last_purge = 0.0
         loop = asyncio.get_running_loop()
         while True:
             try:
+                if leases is not None and not await asyncio.to_thread(leases.take, "responses.maintain",
+                                                                      MAINTAIN_LEASE):
+                    await asyncio.sleep(30)
+                    continue
                 ended = await asyncio.to_thread(self.store.fail_stale, STALE_AFTER)
                 if ended:
                     log.warning("%d response(s) whose server stopped were ended as failed", len(ended))

@@ -423,3 +423,14 @@ class BatchLineRow(Base):
     result: Mapped[str | None] = mapped_column(Text, nullable=True)  # the output line, JSON
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LeaseRow(Base):
+    """A named lease on periodic work that one replica at a time does (purges, ending stale runs): held by
+    `owner` until `until`, renewed by its holder each round, taken over by another replica once it runs out."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))

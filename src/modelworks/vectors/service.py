@@ -328,9 +328,15 @@ class VectorStoresService:
                 self._locks.pop(gone, None)
             return index
 
-    async def maintain(self, every_s: float) -> None:
+    async def maintain(self, every_s: float, leases=None) -> None:
+        """Forever, every `every_s`: delete expired vector stores (with `leases`, only on the replica that holds the
+        lease `vector_stores.purge`)."""
         while True:
             try:
+                if leases is not None and not await asyncio.to_thread(
+                        leases.take, "vector_stores.purge", timedelta(seconds=2 * every_s + 30)):
+                    await asyncio.sleep(every_s)
+                    continue
                 removed = await asyncio.to_thread(self.store.purge_expired)
                 if removed:
                     log.info("deleted %d expired vector stores", removed)
