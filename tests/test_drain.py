@@ -72,6 +72,19 @@ def _events(raw: bytes) -> list:
     return [json.loads(p) for p in sse_payloads(raw) if p != "[DONE]"]
 
 
+def _background(url: str) -> str:
+    r = httpx.post(f"{url}/v1/responses", headers=HEADERS, timeout=TIMEOUT,
+                   json={"model": "paced", "input": "Count.", "background": True})
+    assert r.status_code == 200 and r.json()["status"] == "queued", r.text
+    return r.json()["id"]
+
+
+def _response(url: str, response_id: str) -> dict:
+    r = httpx.get(f"{url}/v1/responses/{response_id}", headers=HEADERS, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 def _usage(url: str) -> dict:
     rows = httpx.get(f"{url}/admin/v1/usage", params={"group_by": "deployment"}, headers=HEADERS,
                      timeout=TIMEOUT).json()["data"]
@@ -90,6 +103,7 @@ def test_in_flight_work_finishes_and_new_work_is_refused(tmp_path, upstream, spe
     proc = start_modelworks(tmp_path, _config(upstream.url, drain_s=30, words=60), API_KEY, name="drain")
     stream = Stream(proc.url)
     stream.start()
+    background = _background(proc.url)  # runs without a client: the drain waits for it too
     assert stream.started.wait(TIMEOUT) and stream.error is None
     proc.proc.send_signal(signal.SIGTERM)
 
@@ -116,7 +130,10 @@ def test_in_flight_work_finishes_and_new_work_is_refused(tmp_path, upstream, spe
     again = start_modelworks(tmp_path, _config(upstream.url, drain_s=30, words=60), API_KEY, name="drain")
     try:
         usage = _usage(again.url)
-        assert usage["paced"]["requests"] == 1 and usage["paced"]["completion_tokens"] == 60  # the refused one: not
+        assert usage["paced"]["requests"] == 2 and usage["paced"]["completion_tokens"] == 120  # the refused one: not
+        finished = _response(again.url, background)
+        assert finished["status"] == "completed"
+        specs.check(f"/v1/responses/{background}", 200, finished, method="GET")
     finally:
         again.stop()
 
@@ -128,6 +145,7 @@ def test_the_deadline_ends_streams_with_an_error_event_and_answers_with_503(tmp_
     stream.start()
     waiting = Call(proc.url, "slow-upstream")  # its upstream answers after 30 s
     waiting.start()
+    background = _background(proc.url)
     assert stream.started.wait(TIMEOUT) and stream.error is None
     wait_until(lambda: httpx.get(f"{upstream.url}/_fake/requests", timeout=TIMEOUT).json(),
                lambda log: any(r["instance"] == "drain-slow" for r in log["requests"]),
@@ -154,7 +172,49 @@ def test_the_deadline_ends_streams_with_an_error_event_and_answers_with_503(tmp_
     again = start_modelworks(tmp_path, _config(upstream.url, drain_s=1, words=2000), API_KEY, name="deadline")
     try:
         usage = _usage(again.url)
-        assert usage["paced"]["requests"] == 1  # the cut stream is metered, with what it generated
-        assert 0 < usage["paced"]["completion_tokens"] < 2000
+        assert usage["paced"]["requests"] == 2  # the cut stream and background run are metered, with what they made
+        assert 0 < usage["paced"]["completion_tokens"] < 4000
+        failed = _response(again.url, background)  # ended by the deadline: failed, with a reason, and stored
+        assert failed["status"] == "failed" and "send the request again" in failed["error"]["message"]
+    finally:
+        again.stop()
+
+
+def test_batch_lines_held_at_the_stop_go_back_at_once(tmp_path, upstream, slow_upstream):
+    """A stopping replica takes no new batch line, and gives back the lines it runs when they are cut, instead of
+    holding them until their lease (here 10 minutes) runs out: the next replica finishes the batch."""
+    import sqlite3
+
+    config = {**_config(upstream.url, drain_s=1, words=5), "batches": {"concurrency": 2, "lease_s": 600}}
+    line = {"method": "POST", "url": "/v1/chat/completions",  # its upstream answers after 30 s for now
+            "body": {"model": "slow-upstream", "messages": [{"role": "user", "content": "hi"}]}}
+    data = "".join(json.dumps({"custom_id": f"req-{i}", **line}) + "\n" for i in range(4)).encode()
+    proc = start_modelworks(tmp_path, config, API_KEY, name="batch")
+    made = httpx.post(f"{proc.url}/v1/files", headers=HEADERS, timeout=TIMEOUT, data={"purpose": "batch"},
+                      files={"file": ("in.jsonl", data)}).json()
+    batch = httpx.post(f"{proc.url}/v1/batches", headers=HEADERS, timeout=TIMEOUT,
+                       json={"input_file_id": made["id"], "endpoint": "/v1/chat/completions",
+                             "completion_window": "24h"}).json()
+    db = tmp_path / "batch-data" / "modelworks.db"
+
+    def statuses() -> list[tuple]:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT status, lease_owner FROM batch_lines ORDER BY line").fetchall()
+
+    wait_until(statuses, lambda rows: sum(1 for s, _ in rows if s == "running") == 2, what="two lines running")
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(TIMEOUT) == 0
+    assert statuses() == [("pending", None)] * 4  # given back, not held until their lease runs out
+
+    httpx.delete(f"{upstream.url}/_fake/faults/drain-slow", timeout=TIMEOUT)  # the upstream answers at once now
+    again = start_modelworks(tmp_path, config, API_KEY, name="batch")
+    try:
+        done = wait_until(lambda: httpx.get(f"{again.url}/v1/batches/{batch['id']}", headers=HEADERS,
+                                            timeout=TIMEOUT).json(),
+                          lambda b: b["status"] in ("completed", "failed", "cancelled", "expired"),
+                          what="the batch to finish on the next replica")
+        assert done["status"] == "completed" and done["request_counts"] == {"total": 4, "completed": 4, "failed": 0}
+        out = httpx.get(f"{again.url}/v1/files/{done['output_file_id']}/content", headers=HEADERS, timeout=TIMEOUT)
+        assert sorted(json.loads(x)["custom_id"] for x in out.text.splitlines()) == [f"req-{i}" for i in range(4)]
     finally:
         again.stop()

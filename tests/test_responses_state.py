@@ -132,6 +132,8 @@ def test_a_run_whose_server_died_ends_failed(tmp_path, upstream, recorder):
 
     with sqlite3.connect(tmp_path / "shared.db") as db:
         db.execute("UPDATE responses SET updated_at = '2020-01-01 00:00:00.000000' WHERE id = ?", (queued.id,))
+        # and the dead replica's lease on this work run out (instead of waiting for it: 95 s)
+        db.execute("UPDATE leases SET until = '2020-01-01 00:00:00.000000'")
     survivor = start_modelworks(tmp_path, config, API_KEY, name="survivor")
     try:
         sdk = _sdk(survivor.url, recorder)

@@ -108,6 +108,8 @@ class ModelworksApp:
             elif message["type"] == "lifespan.shutdown":
                 for task in self._loop_tasks:
                     task.cancel()
+                if self._loop_tasks:  # they give back what they held (batch lines) before the store closes
+                    await asyncio.wait(self._loop_tasks, timeout=10)
                 await self.health.close()
                 await self.catalog.close()
                 for close in self.closers:
@@ -223,6 +225,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     _batch_routes(router, "/openai", AZURE, batch_handlers)
     _admin_routes(router, AdminHandlers(control, catalog, settings.server.max_body_bytes))
     app = ModelworksApp(router, backends, gateway, control, catalog, health, drain)
+    agents.service.drain = drain
+    batch_worker.drain = drain
     if settings.metrics.enabled:
         app.always_served.add(settings.metrics.path)
     if settings.portal.enabled:

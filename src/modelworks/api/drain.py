@@ -46,6 +46,12 @@ class Drain:
         if not self.tasks and self._idle is not None:
             self._idle.set()
 
+    def track(self, task: asyncio.Task) -> None:
+        """Work that is not a request (a background response, a batch line) but that the drain waits for too, and
+        cuts at its deadline like a request (its own cancel handling ends or gives it back)."""
+        self.enter(task)
+        task.add_done_callback(self.leave)
+
     def was_cut(self, task: asyncio.Task | None) -> bool:
         """Whether this request's task was cancelled by the drain's deadline (not by its client leaving)."""
         return self.cutting and task is not None and task in self.tasks

@@ -49,6 +49,7 @@ class BatchWorker:
         self.lease = timedelta(seconds=lease_s)
         self.owner = uuid.uuid4().hex[:16]
         self.running: dict[tuple[str, int], asyncio.Task] = {}
+        self.drain = None  # modelworks.api.drain.Drain: while it drains, no line is taken and running ones finish
         self.processed = 0
         self.stopped = 0  # lines stopped for interactive calls
         self._local_locks: dict[str, asyncio.Lock] = {}
@@ -60,13 +61,15 @@ class BatchWorker:
                 await self._finish_ready()
                 free = self.concurrency - len(self.running)
                 taken = []
-                if free > 0:
+                if free > 0 and not (self.drain is not None and self.drain.draining):
                     try:
                         taken = await asyncio.to_thread(self.store.claim, self.owner, self.lease, free)
                     except Exception:  # noqa: BLE001 - the store is away: later
                         log.warning("could not take batch lines", exc_info=True)
                 for batch, line in taken:
                     task = asyncio.create_task(self._line(batch, line))
+                    if self.drain is not None:
+                        self.drain.track(task)
                     self.running[(line.batch_id, line.line)] = task
                     task.add_done_callback(lambda _t, k=(line.batch_id, line.line): self.running.pop(k, None))
                 if taken and len(self.running) < self.concurrency:
@@ -78,8 +81,11 @@ class BatchWorker:
                     pass
         finally:
             renewer.cancel()
-            for task in list(self.running.values()):
+            lines = list(self.running.values())
+            for task in lines:
                 task.cancel()
+            if lines:  # each gives its line back (see `_line`) for another replica to take at once
+                await asyncio.wait(lines, timeout=5)
 
     async def _renew_forever(self) -> None:
         while True:
@@ -94,7 +100,11 @@ class BatchWorker:
     async def _line(self, batch: BatchRow, line: BatchLineRow) -> None:
         try:
             outcome = await self._attempt(batch, line)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the server is stopping: the line goes back now, not when its lease runs out
+            try:
+                await asyncio.shield(asyncio.to_thread(self.store.release, line.batch_id, line.line, self.owner))
+            except Exception:  # noqa: BLE001 - then its lease runs out
+                log.warning("could not give back batch %s line %d", line.batch_id, line.line, exc_info=True)
             raise
         except Exception:  # noqa: BLE001 - this line's failure, kept in its output line
             log.warning("batch %s line %d failed", batch.id, line.line, exc_info=True)

@@ -41,6 +41,8 @@ class Background:
         await self.service.save(run)
         changed = asyncio.Event()
         task = asyncio.create_task(self._run(run, changed), name=f"response-{state.id}")
+        if self.service.drain is not None:
+            self.service.drain.track(task)  # a stopping server lets it finish within its drain, or fails it
         self.runs[state.id] = (run, task, changed)
         if run.state.req.stream:
             return self.follow(run.project, state.id, -1)

@@ -46,6 +46,7 @@ class ResponsesService:
         self.calls = calls
         self.store = store
         self.node = node  # this process, as the owner of the background runs it started
+        self.drain = None  # modelworks.api.drain.Drain: background runs are waited for when the server stops
         self.background = Background(self)
         self.writer = ResponseWriter(store)
         self.journal = journal
