@@ -100,7 +100,8 @@ def slow_upstream(upstream):
 
 
 def test_in_flight_work_finishes_and_new_work_is_refused(tmp_path, upstream, specs):
-    proc = start_modelworks(tmp_path, _config(upstream.url, drain_s=30, words=60), API_KEY, name="drain")
+    # a stream of 10 s: the checks below fit within it on a busy machine
+    proc = start_modelworks(tmp_path, _config(upstream.url, drain_s=60, words=200), API_KEY, name="drain")
     stream = Stream(proc.url)
     stream.start()
     background = _background(proc.url)  # runs without a client: the drain waits for it too
@@ -110,7 +111,9 @@ def test_in_flight_work_finishes_and_new_work_is_refused(tmp_path, upstream, spe
     ready = wait_until(lambda: httpx.get(f"{proc.url}/readyz", timeout=TIMEOUT),
                        lambda r: r.status_code == 503, what="readiness to fail")
     assert ready.json()["status"] == "draining"
-    assert httpx.get(f"{proc.url}/healthz", timeout=TIMEOUT).status_code == 200  # alive: not to be restarted
+    alive = httpx.get(f"{proc.url}/healthz", timeout=TIMEOUT)
+    assert alive.status_code == 200  # alive: not to be restarted
+    assert alive.headers["connection"] == "close"  # answers started while draining end their connection
     refused = httpx.post(f"{proc.url}/v1/chat/completions", headers=HEADERS, timeout=TIMEOUT,
                          json={"model": "paced", "messages": [{"role": "user", "content": "hi"}]})
     assert refused.status_code == 503
@@ -124,13 +127,13 @@ def test_in_flight_work_finishes_and_new_work_is_refused(tmp_path, upstream, spe
     assert sse_payloads(stream.raw)[-1] == "[DONE]"
     assert not [e for e in events if "error" in e]
     text = "".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", []))
-    assert text.split() == ["word"] * 60
+    assert text.split() == ["word"] * 200
     assert proc.proc.wait(TIMEOUT) == 0
 
-    again = start_modelworks(tmp_path, _config(upstream.url, drain_s=30, words=60), API_KEY, name="drain")
+    again = start_modelworks(tmp_path, _config(upstream.url, drain_s=60, words=200), API_KEY, name="drain")
     try:
         usage = _usage(again.url)
-        assert usage["paced"]["requests"] == 2 and usage["paced"]["completion_tokens"] == 120  # the refused one: not
+        assert usage["paced"]["requests"] == 2 and usage["paced"]["completion_tokens"] == 400  # the refused one: not
         finished = _response(again.url, background)
         assert finished["status"] == "completed"
         specs.check(f"/v1/responses/{background}", 200, finished, method="GET")

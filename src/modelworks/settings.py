@@ -238,9 +238,10 @@ class Server(_Strict):
         "full, is disconnected (reset) and its request, generation included, is cancelled"))
     max_connections: int = Field(default=1000, ge=1, le=1_000_000, description=(
         "open connections at most; a connection past it is answered 503 and closed at once"))
-    drain_timeout_s: float = Field(default=25.0, ge=0, le=3600, description=(
+    drain_timeout_s: float = Field(default=20.0, ge=0, le=3600, description=(
         "on SIGTERM: how long answers and streams in flight may run on while the server refuses new work (503, "
-        "retryable) and fails readiness; what still runs then is ended with an error event, then the server stops"))
+        "retryable) and fails readiness; what still runs then is ended with an error event, then the server stops "
+        "(within about 10 s more: give Kubernetes' terminationGracePeriodSeconds at least this plus 15)"))
 
 
 class DatabaseSettings(_Strict):

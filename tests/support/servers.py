@@ -72,7 +72,9 @@ def start_fake_upstream(tmp: Path) -> Process:
 
 def start_modelworks(tmp: Path, config: dict, api_key: str, name: str = "modelworks") -> Process:
     port = free_port()
-    config = {**config, "server": {**config.get("server", {}), "port": port, "data_dir": str(tmp / f"{name}-data")}}
+    # a short drain unless the test sets one: `stop` (SIGTERM) would otherwise wait for work in flight for 20 s
+    server = {"drain_timeout_s": 2, **config.get("server", {}), "port": port, "data_dir": str(tmp / f"{name}-data")}
+    config = {**config, "server": server}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = Process([sys.executable, "-m", "modelworks", "serve", "--config", str(path)],

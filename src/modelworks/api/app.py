@@ -58,7 +58,7 @@ class ModelworksApp:
         self.starters: list = []  # coroutine functions awaited at start-up, after the control plane
         self.started: list = []  # functions called once start-up is complete, before serving
         self._loop_tasks: list[asyncio.Task] = []
-        self.drain = drain or Drain(25.0)
+        self.drain = drain or Drain(20.0)
         self.always_served = {"/healthz", "/readyz"}  # answered while draining (readiness says so)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -77,8 +77,25 @@ class ModelworksApp:
             task = asyncio.current_task()
             drain.enter(task)
             scope["modelworks.drain"] = drain
+            started = False
+
+            async def sending(message) -> None:
+                nonlocal started
+                if message["type"] == "http.response.start":
+                    started = True
+                    if drain.draining:  # the client's next request opens a connection the balancer sends elsewhere
+                        message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+                await send(message)
+
             try:
-                await endpoint(scope, receive, send, params)
+                try:
+                    await endpoint(scope, receive, sending, params)
+                except asyncio.CancelledError:
+                    if not drain.was_cut(task):
+                        raise
+                    task.uncancel()
+                if not started and drain.was_cut(task):  # cut by the drain before any answer (any endpoint kind)
+                    await _refuse(send, path, draining())
             finally:
                 drain.leave(task)
         elif kind == "lifespan":
@@ -227,6 +244,7 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     app = ModelworksApp(router, backends, gateway, control, catalog, health, drain)
     agents.service.drain = drain
     batch_worker.drain = drain
+    ingestor.drain = drain
     if settings.metrics.enabled:
         app.always_served.add(settings.metrics.path)
     if settings.portal.enabled:

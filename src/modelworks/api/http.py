@@ -177,9 +177,9 @@ class Endpoint:
         frames = result.frames
         try:
             await send({"type": "http.response.start", "status": 200, "headers": raw})
-            if result.first:
-                await send({"type": "http.response.body", "body": result.first, "more_body": True})
             try:
+                if result.first:
+                    await send({"type": "http.response.body", "body": result.first, "more_body": True})
                 async for frame in frames:
                     if frame:
                         await send({"type": "http.response.body", "body": frame, "more_body": True})

@@ -151,6 +151,10 @@ class BatchWorker:
         stop = asyncio.create_task(arrival.wait())
         try:
             done, _ = await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the line is being stopped (the server stops): its model call with it
+            work.cancel()
+            await asyncio.wait({work}, timeout=5)
+            raise
         finally:
             stop.cancel()
         if work in done:

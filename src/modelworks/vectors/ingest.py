@@ -42,11 +42,14 @@ class Ingestor:
         self.lease = timedelta(seconds=lease_s)
         self.owner = uuid.uuid4().hex[:16]
         self.processed = 0
+        self.drain = None  # modelworks.api.drain.Drain: a stopping replica takes no new file
 
     async def run(self, idle_s: float = 2.0) -> None:
         while True:
             try:
-                rows = await asyncio.to_thread(self.store.claim, self.owner, self.lease, CLAIM)
+                rows = []
+                if self.drain is None or not self.drain.draining:
+                    rows = await asyncio.to_thread(self.store.claim, self.owner, self.lease, CLAIM)
             except Exception:  # noqa: BLE001 - the store is away: try again later
                 log.warning("could not look for files to ingest", exc_info=True)
                 rows = []
