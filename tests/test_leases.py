@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import pytest
 
+from conftest import API_KEY
+
 from modelworks.control.leases import Leases
 from modelworks.store.db import Database
 
@@ -58,3 +60,33 @@ def test_replicas_asking_at_once_get_one_holder(db):
         for t in threads:
             t.join(60)
         assert sorted(results) == [False] * 7 + [True]
+
+
+def test_two_replicas_do_the_periodic_work_on_one(tmp_path):
+    """Two real replicas on one PostgreSQL: ending stale responses and the purges run on the one holding their
+    lease; when it stops, it gives the lease up and the other takes it at its next round."""
+    from support.databases import fresh_postgres
+    from support.servers import start_modelworks
+    from support.waiting import wait_until
+
+    url, drop = fresh_postgres()
+    config = {"database": {"url": url}, "backends": {"fake": {"type": "fake"}},
+              "deployments": {"fake": {"backend": "fake"}}}
+    replicas = {}
+    try:
+        for name in ("a", "b"):
+            replicas[name] = start_modelworks(tmp_path, config, API_KEY, name=f"replica-{name}")
+
+        def holders() -> list[str]:
+            return [name for name, proc in replicas.items()
+                    if "holds the lease responses.maintain" in proc.log_path.read_text(errors="replace")]
+
+        first = wait_until(holders, what="one replica to take the responses lease")
+        assert len(first) == 1
+        other = "b" if first == ["a"] else "a"
+        replicas[first[0]].stop()  # SIGTERM: it drains, then gives its leases up
+        wait_until(lambda: other in holders(), timeout=90, what="the other replica to take the lease over")
+    finally:
+        for proc in replicas.values():
+            proc.stop()
+        drop()
