@@ -36,7 +36,6 @@ class Drain:
         self.cutting = False
         self.tasks: set[asyncio.Task] = set()
         self._idle: asyncio.Event | None = None
-        self.finished = False
 
     def enter(self, task: asyncio.Task) -> None:
         self.tasks.add(task)
@@ -78,7 +77,6 @@ class Drain:
                 await asyncio.wait_for(self._idle.wait(), SETTLE_S)
             except asyncio.TimeoutError:
                 log.warning("%d request(s) did not end after the drain's deadline", len(self.tasks))
-        self.finished = True
         log.info("drained in %.1f s", time.monotonic() - started)
 
 
