@@ -11,7 +11,7 @@ WHEELS := $(CACHE)/wheels/native-no-amx
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test bench install models peers clean browser image image-test
+.PHONY: run test bench install models peers clean browser services image image-test
 
 install: $(VENV)/.installed
 
@@ -46,7 +46,7 @@ models: install
 run: models
 	$(BIN)/modelworks serve $(if $(CONFIG),--config $(CONFIG))
 
-test: install browser
+test: install browser services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The portal's browser tests drive Debian's chromium through Playwright (nothing is downloaded at run time).
@@ -54,6 +54,14 @@ browser:
 	@command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
 	  || sudo apt-get install -y -q chromium) || echo "chromium could not be installed: the browser tests will fail"
+
+# Shared services as production runs them, for the tests that start their own: PgBouncer (transaction mode in front
+# of PostgreSQL) and Redis Sentinel (a failover of the limiter's Redis).
+services:
+	@(command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer) && command -v redis-sentinel >/dev/null || \
+	  (apt-get install -y -q pgbouncer redis-sentinel >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q pgbouncer redis-sentinel >/dev/null 2>&1) \
+	  || sudo apt-get install -y -q pgbouncer redis-sentinel) || echo "pgbouncer and redis-sentinel could not be installed: their tests will fail"
 
 # Benchmarks against peers: LiteLLM Proxy in a virtual environment of its own, and
 # llama.cpp's own llama-server, built once (about 12 minutes on 2 cores) from the llama-cpp-python source

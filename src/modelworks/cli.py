@@ -156,9 +156,9 @@ def _blas_threads(settings) -> None:
 
 
 def _db(settings) -> int:
-    from modelworks.store.db import Database, database_url
+    from modelworks.store.db import Database
 
-    db = Database(database_url(settings.database.url, settings.data_path))
+    db = Database.from_settings(settings)
     db.upgrade()
     print(f"database is at the newest migration ({db.url.split('@')[-1]})")
     return 0

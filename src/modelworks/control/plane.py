@@ -19,7 +19,7 @@ from modelworks.metering.usage import UsageService
 from modelworks.metering.wal import UsageWAL
 from modelworks.policies.auth import ApiKeyAuth
 from modelworks.settings import Settings
-from modelworks.store.db import Database, database_url
+from modelworks.store.db import Database
 
 log = logging.getLogger("modelworks.control")
 
@@ -27,7 +27,7 @@ log = logging.getLogger("modelworks.control")
 class ControlPlane:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(database_url(settings.database.url, settings.data_path))
+        self.db = Database.from_settings(settings)
         self.keys = KeyService(self.db)
         self.projects = ProjectService(self.db)
         self.deployments = DeploymentService(self.db, settings.backend_places, set(settings.content_filter_policies),

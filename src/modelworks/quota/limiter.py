@@ -91,5 +91,6 @@ def build_limiter(settings) -> Limiter:
     if settings.limiter == "redis":
         from modelworks.quota.redis_limiter import RedisLimiter
 
-        return RedisLimiter(settings.redis_url)
+        return RedisLimiter(settings.redis_url, wait_replicas=settings.redis_wait_replicas,
+                            wait_timeout_ms=settings.redis_wait_timeout_ms)
     return InProcessLimiter()

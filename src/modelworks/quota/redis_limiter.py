@@ -157,8 +157,12 @@ class RedisLimiter:
 
     LEASE_SHARE = 20  # a lease is at most 1/20 of the limit
 
-    def __init__(self, url: str, prefix: str = "mw:rl:", adjust_interval: float = 0.2, leases: bool = True) -> None:
+    def __init__(self, url: str, prefix: str = "mw:rl:", adjust_interval: float = 0.2, leases: bool = True,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 100) -> None:
         self.redis = RespClient(url)
+        self.wait_replicas = wait_replicas  # admit only once this many Redis replicas hold the charges
+        self.wait_timeout_ms = wait_timeout_ms
+        self._lagging_since = 0.0  # when a WAIT last fell short (logged once a minute)
         self.prefix = prefix
         self.adjust_interval = adjust_interval
         self.leases = leases
@@ -236,6 +240,13 @@ class RedisLimiter:
         sent = loop.time()
         try:
             result = await self.redis.eval_script(_ACQUIRE, self._acquire_sha, keys, args)
+            if self.wait_replicas:
+                acked = await self.redis.call("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                if acked < self.wait_replicas and loop.time() - self._lagging_since > 60:
+                    self._lagging_since = loop.time()
+                    log.warning("only %d of %d Redis replicas confirmed the quota charges within %d ms: admitted "
+                                "anyway (a failover now could lose them)", acked, self.wait_replicas,
+                                self.wait_timeout_ms)
         except (ConnectionError, Exception) as exc:  # noqa: BLE001 - every waiter gets the same answer
             self._asking.clear()
             error = Unavailable(f"Quotas cannot be checked right now ({exc}); retry shortly.")

@@ -2,7 +2,12 @@
 
 Requests from every coroutine share the connection; replies come back in order and resolve their futures.
 A lost connection fails the requests in flight and is opened again by the next call. It speaks just what the
-limiter needs (EVALSHA with a fallback to EVAL, AUTH, SELECT, PING).
+limiter needs (EVALSHA with a fallback to EVAL, AUTH, SELECT, PING, WAIT).
+
+Redis Sentinel: with a `redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]` URL (`rediss+`
+for TLS to the primary), each new connection asks the sentinels, in turn, for the service's primary and checks
+that the server it reaches is one (ROLE). A failover shows as a lost connection (the primary died) or a READONLY
+answer (it was demoted): the connection is dropped and the next call asks the sentinels again.
 """
 
 from __future__ import annotations
@@ -106,22 +111,45 @@ def _parse(buf: bytearray, pos: int):
 class RespClient:
     def __init__(self, url: str, connect_timeout: float = 3.0) -> None:
         parts = urlsplit(url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 6379
+        self.sentinels: list[tuple[str, int]] = []
+        self.service = ""
+        if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
+            hosts = parts.netloc.rpartition("@")[2]
+            self.sentinels = [_host_port(h, 26379) for h in hosts.split(",") if h]
+            path = [p for p in parts.path.split("/") if p]
+            if not self.sentinels or not path:
+                raise ValueError("a Sentinel URL names sentinels and a service: "
+                                 "redis+sentinel://host:26379[,host:26379]/service[/db]")
+            self.service = unquote(path[0])
+            self.db = int(path[1]) if len(path) > 1 else 0
+            self.host, self.port = self.sentinels[0]
+        else:
+            self.host = parts.hostname or "127.0.0.1"
+            self.port = parts.port or 6379
+            self.db = int(parts.path.lstrip("/") or 0)
         self.password = unquote(parts.password) if parts.password else None
         self.username = unquote(parts.username) if parts.username else None
-        self.db = int(parts.path.lstrip("/") or 0)
-        self.ssl = parts.scheme == "rediss"
+        self.ssl = parts.scheme.startswith("rediss")
         self.connect_timeout = connect_timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
 
     async def call(self, *args):
         protocol = await self._connection()
+        return await self._send(protocol, args)
+
+    async def _send(self, protocol: _Protocol, args):
         future = asyncio.get_running_loop().create_future()
         protocol.waiting.append(future)
         protocol.transport.write(_command(*args))
-        return await future
+        try:
+            return await future
+        except RedisError as exc:
+            if str(exc).startswith("READONLY"):  # a replica now (demoted by a failover): find the primary again
+                protocol.transport.close()
+                protocol.lost = True
+                raise ConnectionError(f"Redis at {self.host}:{self.port} is no longer the primary") from None
+            raise
 
     async def eval_script(self, script: str, sha: str, keys: list[str], args: list):
         try:
@@ -139,23 +167,68 @@ class RespClient:
         async with self._connecting:
             if self._protocol is not None and not self._protocol.lost:
                 return self._protocol
-            loop = asyncio.get_running_loop()
+            if self.sentinels:
+                self.host, self.port = await self._ask_sentinels()
+            protocol = await self._open(self.host, self.port, self.ssl)
             try:
-                _, protocol = await asyncio.wait_for(
-                    loop.create_connection(_Protocol, self.host, self.port, ssl=self.ssl or None),
-                    self.connect_timeout)
-            except (OSError, asyncio.TimeoutError) as exc:
-                raise ConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from None
+                if self.password:
+                    await self._send(protocol, ("AUTH", self.username, self.password) if self.username
+                                     else ("AUTH", self.password))
+                if self.db:
+                    await self._send(protocol, ("SELECT", self.db))
+                if self.sentinels:
+                    role = await self._send(protocol, ("ROLE",))
+                    if not role or role[0] != b"master":
+                        raise ConnectionError(f"Redis at {self.host}:{self.port}, named by the sentinels, is not "
+                                              "a primary (a failover is under way)")
+            except BaseException:
+                protocol.transport.close()
+                raise
             self._protocol = protocol
-            if self.password:
-                await self.call(*(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)))
-            if self.db:
-                await self.call("SELECT", self.db)
             return protocol
+
+    async def _open(self, host: str, port: int, ssl: bool) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(_Protocol, host, port, ssl=ssl or None), self.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConnectionError(f"cannot connect to Redis at {host}:{port}: {exc}") from None
+        return protocol
+
+    async def _ask_sentinels(self) -> tuple[str, int]:
+        """The primary's address from the first sentinel that knows it; that sentinel is asked first next time."""
+        faults = []
+        for i, (host, port) in enumerate(self.sentinels):
+            try:
+                protocol = await self._open(host, port, False)
+                try:
+                    found = await asyncio.wait_for(
+                        self._send(protocol, ("SENTINEL", "get-master-addr-by-name", self.service)),
+                        self.connect_timeout)
+                finally:
+                    protocol.transport.close()
+            except (ConnectionError, RedisError, asyncio.TimeoutError) as exc:
+                faults.append(f"{host}:{port}: {exc or 'no answer'}")
+                continue
+            if not found:
+                faults.append(f"{host}:{port}: no primary known for {self.service!r}")
+                continue
+            self.sentinels.insert(0, self.sentinels.pop(i))
+            return found[0].decode(), int(found[1])
+        raise ConnectionError("no sentinel named the Redis primary (" + "; ".join(faults) + ")")
 
     async def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    if text.startswith("["):  # [v6 address]:port
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest.lstrip(":") or default_port)
+    host, _, port = text.rpartition(":")
+    return (host, int(port)) if host else (text, default_port)
 
 
 def sha1(script: str) -> str:

@@ -21,7 +21,7 @@ def database_url(configured: str | None, data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'modelworks.db'}"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 5, max_overflow: int = 5, transaction_pooler: bool = False) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -33,14 +33,26 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
         return engine
-    return create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+    # Behind a pooler in transaction mode (PgBouncer), consecutive transactions of one client connection may run on
+    # different server connections, where a statement prepared on another does not exist: psycopg then prepares
+    # nothing (its default prepares a query on its fifth run).
+    connect_args = {"prepare_threshold": None} if transaction_pooler and url.startswith("postgresql") else {}
+    return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
+                         connect_args=connect_args)
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, **engine_options) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, **engine_options)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings) -> "Database":
+        """The control-plane store of `settings` (its `database` and, for SQLite, `server.data_dir`)."""
+        db = settings.database
+        return cls(database_url(db.url, settings.data_path), pool_size=db.pool_size, max_overflow=db.max_overflow,
+                   transaction_pooler=db.transaction_pooler)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,0 +1,103 @@
+"""PostgreSQL through Debian's PgBouncer in transaction mode (issue 15): why `database.transaction_pooler` exists,
+and a gateway that migrates, meters, audits and stores responses through the pooler with it on."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import text
+
+from conftest import API_KEY
+
+from modelworks.store.db import make_engine
+from support.databases import fresh_postgres
+from support.pgbouncer import PgBouncer
+from support.servers import start_modelworks
+
+
+@pytest.fixture
+def bouncer_and_database():
+    url, drop = fresh_postgres()
+    bouncer = PgBouncer(pool_size=2)
+    yield bouncer, url
+    bouncer.stop()
+    drop()
+
+
+def _hammer(engine, clients: int = 8, rounds: int = 25) -> list[str]:
+    """Each client runs the same query in transaction after transaction (psycopg prepares a query on its fifth
+    run by default); returns the errors."""
+    errors: list[str] = []
+    start = threading.Barrier(clients)
+
+    def client(i: int) -> None:
+        start.wait()
+        for _ in range(rounds):
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text("SELECT count(*) FROM pg_class WHERE relname = :name"), {"name": f"t{i}"})
+            except Exception as exc:  # noqa: BLE001 - counted
+                errors.append(str(exc).splitlines()[0])
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return errors
+
+
+def test_prepared_statements_are_off_behind_a_transaction_pooler(bouncer_and_database):
+    bouncer, url = bouncer_and_database
+    through = bouncer.url(url)
+    # psycopg's default: a statement prepared on one server connection is missing on the next one PgBouncer gives
+    naive = make_engine(through, pool_size=8, max_overflow=0)
+    try:
+        errors = _hammer(naive)
+    finally:
+        naive.dispose()
+    assert errors and all("prepared statement" in e for e in errors), errors[:3]
+
+    pooled = make_engine(through, pool_size=8, max_overflow=0, transaction_pooler=True)
+    try:
+        assert _hammer(pooled) == []
+    finally:
+        pooled.dispose()
+
+
+def test_a_gateway_works_through_pgbouncer(tmp_path, bouncer_and_database):
+    """Migrations on an empty database, keys, metering, the audit trail and stored responses, with concurrent
+    traffic, all through PgBouncer's two server connections."""
+    bouncer, url = bouncer_and_database
+    config = {"database": {"url": bouncer.url(url), "transaction_pooler": True},
+              "metering": {"flush_seconds": 0.2},
+              "backends": {"fake": {"type": "fake"}}, "deployments": {"fake": {"backend": "fake"}}}
+    server = start_modelworks(tmp_path, config, API_KEY)
+    try:
+        sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0,
+                            http_client=httpx.Client(timeout=60))
+        admin = httpx.Client(base_url=server.url, headers={"api-key": API_KEY}, timeout=60)
+
+        def work(i: int) -> None:
+            sdk.chat.completions.create(model="fake", messages=[{"role": "user", "content": f"hi {i}"}])
+            made = sdk.responses.create(model="fake", input=f"hello {i}")
+            assert sdk.responses.retrieve(made.id).id == made.id
+            assert admin.post("/admin/v1/keys", json={"name": f"k{i}"}).status_code in (200, 201)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(work, range(40)))
+        server.stop()  # the drain flushes usage and audit
+        direct = make_engine(url)
+        try:
+            with direct.connect() as conn:
+                usage = conn.execute(text("SELECT count(*) FROM usage_records WHERE status = 200")).scalar()
+                keys = conn.execute(text("SELECT count(*) FROM audit_log WHERE action = 'key.create'")).scalar()
+                stored = conn.execute(text("SELECT count(*) FROM responses")).scalar()
+        finally:
+            direct.dispose()
+        assert (usage, keys, stored) == (80, 40, 40)
+        log = server.log_path.read_text(errors="replace")
+        assert "prepared statement" not in log and "Traceback" not in log, log[-3000:]
+    finally:
+        server.stop()
