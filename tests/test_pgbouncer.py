@@ -4,6 +4,7 @@ and a gateway that migrates, meters, audits and stores responses through the poo
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,6 +18,7 @@ from modelworks.store.db import make_engine
 from support.databases import fresh_postgres
 from support.pgbouncer import PgBouncer
 from support.servers import start_modelworks
+from support.waiting import wait_until
 
 
 @pytest.fixture
@@ -99,5 +101,58 @@ def test_a_gateway_works_through_pgbouncer(tmp_path, bouncer_and_database):
         assert (usage, keys, stored) == (80, 40, 40)
         log = server.log_path.read_text(errors="replace")
         assert "prepared statement" not in log and "Traceback" not in log, log[-3000:]
+    finally:
+        server.stop()
+
+
+def test_the_store_out_of_reach_is_a_retryable_503_and_loses_no_usage(tmp_path, bouncer_and_database):
+    """PgBouncer (so the store) gone: a key checked in the last seconds still works from the cache, its requests
+    are metered and its responses stored through the local write-ahead logs; what needs the store is answered 503
+    with retry-after, never 500; once the store is back, everything is served and what was written meanwhile
+    reaches it."""
+    bouncer, url = bouncer_and_database
+    config = {"database": {"url": bouncer.url(url), "transaction_pooler": True}, "metering": {"flush_seconds": 0.2},
+              "backends": {"fake": {"type": "fake"}}, "deployments": {"fake": {"backend": "fake"}}}
+    server = start_modelworks(tmp_path, config, API_KEY)
+    chat = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+    admin = {"api-key": API_KEY}
+    answered = 0
+    try:
+        http = httpx.Client(base_url=server.url, timeout=60)
+        other = {"api-key": http.post("/admin/v1/keys", json={"name": "other"}, headers=admin).json()["key"]}
+        assert http.post("/v1/chat/completions", json=chat, headers=admin).status_code == 200
+        answered += 1
+        bouncer.proc.kill()
+        bouncer.proc.wait()
+        assert http.post("/v1/chat/completions", json=chat, headers=admin).status_code == 200  # the key cache
+        answered += 1
+        made = http.post("/v1/responses", json={"model": "fake", "input": "hi"}, headers=admin)
+        assert made.status_code == 200  # stored through the write-ahead log, which waits for the store
+        answered += 1
+        answers = [http.post("/v1/chat/completions", json=chat, headers=other),  # a key not seen yet
+                   http.post("/admin/v1/keys", json={"name": "meanwhile"}, headers=admin)]
+        for r in answers:
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert r.json()["error"]["code"] == "service_unavailable"
+        assert http.get("/readyz").status_code == 200  # the backends still serve (and cached keys with them)
+        back = PgBouncer(pool_size=2, port=bouncer.port)
+        try:
+            deadline = time.monotonic() + 30
+            while http.post("/v1/chat/completions", json=chat, headers=other).status_code != 200:
+                assert time.monotonic() < deadline, "the store came back, the server did not"
+                time.sleep(0.2)
+            answered += 1
+            wait_until(lambda: http.get(f"/v1/responses/{made.json()['id']}", headers=admin).status_code,
+                       lambda status: status == 200, what="the response made meanwhile to reach the store")
+            server.stop()  # flushes the write-ahead log
+        finally:
+            back.stop()
+        direct = make_engine(url)
+        try:
+            with direct.connect() as conn:
+                served = conn.execute(text("SELECT count(*) FROM usage_records WHERE status = 200")).scalar()
+        finally:
+            direct.dispose()
+        assert served == answered
     finally:
         server.stop()

@@ -18,14 +18,14 @@ from support.servers import free_port
 
 
 class PgBouncer:
-    def __init__(self, pool_size: int = 2) -> None:
+    def __init__(self, pool_size: int = 2, port: int | None = None) -> None:
         binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
         if binary is None:
             message = "pgbouncer is not installed (make test installs it with apt-get)"
             if require_services():
                 pytest.fail(message)
             pytest.skip(message)
-        self.port = free_port()
+        self.port = port or free_port()
         pg = urlsplit(PG_ADMIN_DSN)
         # PgBouncer refuses to run as root: as root it switches to postgres, which must read its files
         self.dir = Path(tempfile.mkdtemp(prefix="pgbouncer-"))

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from modelworks.errors import ModelworksError, UpstreamError
+from sqlalchemy import exc as store_errors
+
+from modelworks.errors import ModelworksError, Unavailable, UpstreamError
 
 log = logging.getLogger("modelworks.errors")
+
+# The control-plane store unreachable (PostgreSQL or PgBouncer down, a connection dropped, the pool exhausted,
+# SQLite locked past its timeout): a 503 the client retries, not a 500. Logged once in 10 s, not per request.
+_STORE_DOWN = (store_errors.OperationalError, store_errors.InterfaceError, store_errors.TimeoutError,
+               store_errors.DisconnectionError)
+_store_logged = [0.0]
 
 
 OPENAI = "openai"        # /v1: the OpenAI envelope and codes
@@ -29,6 +38,14 @@ def envelope(exc: BaseException, *, dialect: str = OPENAI) -> tuple[int, dict[st
         if dialect == AZURE:  # Azure's schema types `param` and `code` as strings: leave out what is unknown
             error = {k: v for k, v in error.items() if v is not None}
         return exc.status, {"error": error}, exc.headers
+    if isinstance(exc, _STORE_DOWN):
+        now = time.monotonic()
+        if now - _store_logged[0] > 10:
+            _store_logged[0] = now
+            log.error("the control-plane store cannot be reached (answering 503 meanwhile): %s",
+                      str(exc).splitlines()[0])
+        return envelope(Unavailable("The service cannot reach its store right now; retry shortly.",
+                                    headers={"retry-after": "1"}), dialect=dialect)
     log.error("unhandled error", exc_info=exc)
     body = {"error": {"message": "The server had an error while processing your request. Sorry about that!",
                       "type": "server_error", "param": None, "code": "internal_error"}}

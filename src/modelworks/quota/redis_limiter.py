@@ -163,6 +163,7 @@ class RedisLimiter:
         self.wait_replicas = wait_replicas  # admit only once this many Redis replicas hold the charges
         self.wait_timeout_ms = wait_timeout_ms
         self._lagging_since = 0.0  # when a WAIT last fell short (logged once a minute)
+        self._unreachable_logged = -1e9
         self.prefix = prefix
         self.adjust_interval = adjust_interval
         self.leases = leases
@@ -249,7 +250,11 @@ class RedisLimiter:
                                 self.wait_timeout_ms)
         except (ConnectionError, Exception) as exc:  # noqa: BLE001 - every waiter gets the same answer
             self._asking.clear()
-            error = Unavailable(f"Quotas cannot be checked right now ({exc}); retry shortly.")
+            now = loop.time()
+            if now - self._unreachable_logged > 10:  # once in 10 s, not per batch
+                self._unreachable_logged = now
+                log.warning("quotas cannot be checked (answering 503 meanwhile): %s", exc)
+            error = Unavailable("Quotas cannot be checked right now; retry shortly.", headers={"retry-after": "1"})
             for _, _, future in batch:
                 if not future.done():
                     future.set_exception(error)
