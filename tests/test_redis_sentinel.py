@@ -184,3 +184,35 @@ async def test_the_limiter_follows_a_sentinel_failover(redis_group, wait_replica
         assert admitted[0] <= LIMIT
     else:  # what the primary had charged and not yet sent to its replica is lost: within the README's bound
         assert admitted[0] <= LIMIT + len(replicas) * LIMIT // RedisLimiter.LEASE_SHARE
+
+
+def test_redis_out_of_reach_is_a_retryable_503(tmp_path):
+    """No Redis at all: a limited request is refused with a retryable 503 that names no internal address (the
+    limiter fails closed: limits are never skipped), and the server recovers by itself when Redis appears."""
+    import httpx
+
+    from conftest import API_KEY
+    from support.servers import start_modelworks
+
+    port = free_port()
+    config = {"quota": {"limiter": "redis", "redis_url": f"redis://127.0.0.1:{port}/0"},
+              "backends": {"fake": {"type": "fake"}}, "deployments": {"fake": {"backend": "fake", "rpm": 600}}}
+    server = start_modelworks(tmp_path, config, API_KEY)
+    redis = None
+    try:
+        chat = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, headers={"api-key": API_KEY}, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json()["error"]["code"] == "service_unavailable" and str(port) not in r.text
+        redis = subprocess.Popen([_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no"], stdout=subprocess.DEVNULL, cwd=tmp_path)
+        deadline = time.monotonic() + 30
+        while httpx.post(f"{server.url}/v1/chat/completions", json=chat, headers={"api-key": API_KEY},
+                         timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "Redis came up, the server did not use it"
+            time.sleep(0.2)
+    finally:
+        server.stop()
+        if redis is not None:
+            redis.kill()
+            redis.wait()
