@@ -159,7 +159,8 @@ class RedisLimiter:
 
     def __init__(self, url: str, prefix: str = "mw:rl:", adjust_interval: float = 0.2, leases: bool = True,
                  wait_replicas: int = 0, wait_timeout_ms: int = 100) -> None:
-        self.redis = RespClient(url)
+        # WAIT may block for its timeout: replies are awaited a while longer than that
+        self.redis = RespClient(url, reply_timeout=max(5.0, wait_timeout_ms / 1000 + 2))
         self.wait_replicas = wait_replicas  # admit only once this many Redis replicas hold the charges
         self.wait_timeout_ms = wait_timeout_ms
         self._lagging_since = 0.0  # when a WAIT last fell short (logged once a minute)
@@ -241,25 +242,12 @@ class RedisLimiter:
         sent = loop.time()
         try:
             result = await self.redis.eval_script(_ACQUIRE, self._acquire_sha, keys, args)
-            if self.wait_replicas:
-                acked = await self.redis.call("WAIT", self.wait_replicas, self.wait_timeout_ms)
-                if acked < self.wait_replicas and loop.time() - self._lagging_since > 60:
-                    self._lagging_since = loop.time()
-                    log.warning("only %d of %d Redis replicas confirmed the quota charges within %d ms: admitted "
-                                "anyway (a failover now could lose them)", acked, self.wait_replicas,
-                                self.wait_timeout_ms)
-        except (ConnectionError, Exception) as exc:  # noqa: BLE001 - every waiter gets the same answer
-            self._asking.clear()
-            now = loop.time()
-            if now - self._unreachable_logged > 10:  # once in 10 s, not per batch
-                self._unreachable_logged = now
-                log.warning("quotas cannot be checked (answering 503 meanwhile): %s", exc)
-            error = Unavailable("Quotas cannot be checked right now; retry shortly.", headers={"retry-after": "1"})
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+        except Exception as exc:  # noqa: BLE001 - every waiter gets the same answer
+            self._unavailable(batch, exc)
             return
         values = result.split()
+        if self.wait_replicas and not await self._replicated(batch, values):
+            return
         now = int(values[0])
         deadline = sent + (1_000_000 - int(values[1])) / 1e6  # Redis read its clock after `sent`
         pos = 2
@@ -282,6 +270,45 @@ class RedisLimiter:
                 pos += 3
             if not future.done():
                 future.set_result(decision)
+
+    async def _replicated(self, batch: list, values: list) -> bool:
+        """WAIT for the replicas to hold this batch's charges. When they fall short within the timeout, the batch
+        is admitted anyway (a warning, once a minute). When WAIT itself fails (the primary died or was demoted in
+        between), the charges are taken back, so that the clients' retries are not charged twice, and every
+        request of the batch gets 503."""
+        loop = asyncio.get_running_loop()
+        try:
+            acked = await self.redis.call("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        except Exception as exc:  # noqa: BLE001
+            now, pos = int(values[0]), 2
+            for checks, _, _ in batch:
+                if values[pos] != b"1":
+                    pos += 3
+                    continue
+                for i, c in enumerate(checks):
+                    leased = int(values[pos + 2 + 2 * i])
+                    slot = (c.key, c.window, now)
+                    self._corrections[slot] = self._corrections.get(slot, 0) - c.amount - leased
+                pos += 1 + 2 * len(checks)
+            self._flush_later()
+            self._unavailable(batch, exc)
+            return False
+        if acked < self.wait_replicas and loop.time() - self._lagging_since > 60:
+            self._lagging_since = loop.time()
+            log.warning("only %d of %d Redis replicas confirmed the quota charges within %d ms: admitted anyway "
+                        "(a failover now could lose them)", acked, self.wait_replicas, self.wait_timeout_ms)
+        return True
+
+    def _unavailable(self, batch: list, exc: BaseException) -> None:
+        self._asking.clear()
+        now = asyncio.get_running_loop().time()
+        if now - self._unreachable_logged > 10:  # once in 10 s, not per batch
+            self._unreachable_logged = now
+            log.warning("quotas cannot be checked (answering 503 meanwhile): %s", exc)
+        error = Unavailable("Quotas cannot be checked right now; retry shortly.", headers={"retry-after": "1"})
+        for _, _, future in batch:
+            if not future.done():
+                future.set_exception(error)
 
     def _hold(self, key: str, lease: _Lease, loop) -> None:
         old = self._held.get(key)

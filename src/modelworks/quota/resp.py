@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class RedisError(Exception):
@@ -109,47 +109,70 @@ def _parse(buf: bytearray, pos: int):
 
 
 class RespClient:
-    def __init__(self, url: str, connect_timeout: float = 3.0) -> None:
-        parts = urlsplit(url)
+    def __init__(self, url: str, connect_timeout: float = 3.0, reply_timeout: float = 5.0) -> None:
+        scheme, _, rest = url.partition("://")
         self.sentinels: list[tuple[str, int]] = []
         self.service = ""
-        if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
-            hosts = parts.netloc.rpartition("@")[2]
+        self.sentinel_auth: tuple = ()
+        if scheme in ("redis+sentinel", "rediss+sentinel"):
+            # parsed by hand: urlsplit refuses several hosts when one is an IPv6 address in brackets
+            location, _, query = rest.partition("?")
+            netloc, _, path = location.partition("/")
+            userinfo, _, hosts = netloc.rpartition("@")
             self.sentinels = [_host_port(h, 26379) for h in hosts.split(",") if h]
-            path = [p for p in parts.path.split("/") if p]
-            if not self.sentinels or not path:
+            segments = [p for p in path.split("/") if p]
+            if not self.sentinels or not segments:
                 raise ValueError("a Sentinel URL names sentinels and a service: "
                                  "redis+sentinel://host:26379[,host:26379]/service[/db]")
-            self.service = unquote(path[0])
-            self.db = int(path[1]) if len(path) > 1 else 0
+            self.service = unquote(segments[0])
+            self.db = int(segments[1]) if len(segments) > 1 else 0
             self.host, self.port = self.sentinels[0]
+            user, _, password = userinfo.partition(":")
+            self.username, self.password = unquote(user) or None, unquote(password) or None
+            options = parse_qs(query)
+            if "sentinel_password" in options:  # sentinels with a password of their own (requirepass)
+                self.sentinel_auth = tuple(filter(None, (options.get("sentinel_username", [None])[0],
+                                                         options["sentinel_password"][0])))
         else:
+            parts = urlsplit(url)
             self.host = parts.hostname or "127.0.0.1"
             self.port = parts.port or 6379
             self.db = int(parts.path.lstrip("/") or 0)
-        self.password = unquote(parts.password) if parts.password else None
-        self.username = unquote(parts.username) if parts.username else None
-        self.ssl = parts.scheme.startswith("rediss")
+            self.password = unquote(parts.password) if parts.password else None
+            self.username = unquote(parts.username) if parts.username else None
+        self.ssl = scheme.startswith("rediss")
         self.connect_timeout = connect_timeout
+        self.reply_timeout = reply_timeout  # a server that stops answering without closing (a lost node)
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
+        self._failed: tuple[float, str] | None = None  # (when, why) the last connection attempt failed
 
     async def call(self, *args):
         protocol = await self._connection()
         return await self._send(protocol, args)
 
     async def _send(self, protocol: _Protocol, args):
+        if protocol.lost:
+            raise ConnectionError("the connection to Redis was lost")
         future = asyncio.get_running_loop().create_future()
         protocol.waiting.append(future)
         protocol.transport.write(_command(*args))
         try:
-            return await future
+            return await asyncio.wait_for(future, self.reply_timeout)
+        except asyncio.TimeoutError:  # replies come in order: the connection is of no more use
+            self._drop(protocol)
+            raise ConnectionError(f"Redis did not answer within {self.reply_timeout:g} s") from None
         except RedisError as exc:
-            if str(exc).startswith("READONLY"):  # a replica now (demoted by a failover): find the primary again
-                protocol.transport.close()
-                protocol.lost = True
+            message = str(exc)
+            if "READONLY" in message or "cannot be used with replica" in message:
+                self._drop(protocol)  # a replica now (demoted by a failover): find the primary again
                 raise ConnectionError(f"Redis at {self.host}:{self.port} is no longer the primary") from None
             raise
+
+    @staticmethod
+    def _drop(protocol: _Protocol) -> None:
+        protocol.lost = True
+        protocol.transport.close()
 
     async def eval_script(self, script: str, sha: str, keys: list[str], args: list):
         try:
@@ -167,25 +190,39 @@ class RespClient:
         async with self._connecting:
             if self._protocol is not None and not self._protocol.lost:
                 return self._protocol
-            if self.sentinels:
-                self.host, self.port = await self._ask_sentinels()
-            protocol = await self._open(self.host, self.port, self.ssl)
+            loop = asyncio.get_running_loop()
+            if self._failed is not None and loop.time() - self._failed[0] < 1.0:
+                raise ConnectionError(self._failed[1])  # callers queued behind a failed attempt fail with it
             try:
-                if self.password:
-                    await self._send(protocol, ("AUTH", self.username, self.password) if self.username
-                                     else ("AUTH", self.password))
-                if self.db:
-                    await self._send(protocol, ("SELECT", self.db))
-                if self.sentinels:
-                    role = await self._send(protocol, ("ROLE",))
-                    if not role or role[0] != b"master":
-                        raise ConnectionError(f"Redis at {self.host}:{self.port}, named by the sentinels, is not "
-                                              "a primary (a failover is under way)")
-            except BaseException:
-                protocol.transport.close()
+                protocol = await self._connect()
+            except ConnectionError as exc:
+                self._failed = (loop.time(), str(exc))
                 raise
+            self._failed = None
             self._protocol = protocol
             return protocol
+
+    async def _connect(self) -> _Protocol:
+        if self.sentinels:
+            self.host, self.port = await self._ask_sentinels()
+        protocol = await self._open(self.host, self.port, self.ssl)
+        try:
+            if self.password:
+                await self._send(protocol, ("AUTH", self.username, self.password) if self.username
+                                 else ("AUTH", self.password))
+            if self.db:
+                await self._send(protocol, ("SELECT", self.db))
+            if self.sentinels:
+                role = await self._send(protocol, ("ROLE",))
+                if not role or role[0] != b"master":
+                    raise ConnectionError(f"Redis at {self.host}:{self.port}, named by the sentinels, is not "
+                                          "a primary (a failover is under way)")
+        except BaseException as exc:
+            protocol.transport.close()
+            if isinstance(exc, RedisError):
+                raise ConnectionError(f"Redis at {self.host}:{self.port} refused the connection: {exc}") from None
+            raise
+        return protocol
 
     async def _open(self, host: str, port: int, ssl: bool) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -193,7 +230,7 @@ class RespClient:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(_Protocol, host, port, ssl=ssl or None), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise ConnectionError(f"cannot connect to Redis at {host}:{port}: {exc}") from None
+            raise ConnectionError(f"cannot connect to Redis at {host}:{port}: {exc or type(exc).__name__}") from None
         return protocol
 
     async def _ask_sentinels(self) -> tuple[str, int]:
@@ -203,13 +240,13 @@ class RespClient:
             try:
                 protocol = await self._open(host, port, False)
                 try:
-                    found = await asyncio.wait_for(
-                        self._send(protocol, ("SENTINEL", "get-master-addr-by-name", self.service)),
-                        self.connect_timeout)
+                    if self.sentinel_auth:
+                        await self._send(protocol, ("AUTH", *self.sentinel_auth))
+                    found = await self._send(protocol, ("SENTINEL", "get-master-addr-by-name", self.service))
                 finally:
                     protocol.transport.close()
-            except (ConnectionError, RedisError, asyncio.TimeoutError) as exc:
-                faults.append(f"{host}:{port}: {exc or 'no answer'}")
+            except (ConnectionError, RedisError) as exc:
+                faults.append(f"{host}:{port}: {exc}")
                 continue
             if not found:
                 faults.append(f"{host}:{port}: no primary known for {self.service!r}")
