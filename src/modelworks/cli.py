@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     db = sub.add_parser("db", help="the control-plane database")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply the migrations")
     db.add_argument("--config", default=os.environ.get("MODELWORKS_CONFIG"))
+    db.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                    help="wait up to this long for the database to accept connections (a migration job or service "
+                         "started beside it)")
     safety = sub.add_parser("safety", help="the built-in safety classifiers").add_subparsers(dest="action",
                                                                                              required=True)
     train = safety.add_parser("train", help="train them from the labelled datasets (rewrites the model file)")
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch-models":
             return _fetch(settings)
         if args.command == "db":
-            return _db(settings)
+            return _db(settings, args.wait)
         print("configuration is valid")
         return 0
     except ConfigError as exc:
@@ -155,11 +158,18 @@ def _blas_threads(settings) -> None:
         os.environ.setdefault(var, str(max(threads, default=1)))
 
 
-def _db(settings) -> int:
+def _db(settings, wait_s: float = 0) -> int:
+    from sqlalchemy.exc import OperationalError
+
     from modelworks.store.db import Database
 
+    logging.basicConfig(level="INFO", format="%(message)s")
     db = Database.from_settings(settings)
-    db.upgrade()
+    try:
+        db.upgrade(wait_s)
+    except OperationalError as exc:
+        print(f"modelworks: the database cannot be reached: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
     print(f"database is at the newest migration ({db.url.split('@')[-1]})")
     return 0
 

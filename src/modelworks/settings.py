@@ -249,6 +249,9 @@ class DatabaseSettings(_Strict):
     pool_size: int = Field(default=5, ge=1, le=100, description="PostgreSQL: connections kept open by one replica")
     max_overflow: int = Field(default=5, ge=0, le=100, description="PostgreSQL: more, opened under load and closed "
                                                                    "when returned")
+    connect_wait_s: float = Field(default=30.0, ge=0, le=3600, description=(
+        "at start, how long to wait for a database that does not accept connections yet (started beside the "
+        "server) before giving up"))
     transaction_pooler: bool = Field(default=False, description=(
         "PostgreSQL through a pooler in transaction mode (PgBouncer's pool_mode=transaction): server-side prepared "
         "statements off. Migrations (modelworks db upgrade) should connect straight to PostgreSQL"))
@@ -264,9 +267,11 @@ class QuotaSettings(_Strict):
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description=(
         "redis:// or rediss://; behind Redis Sentinel: redis+sentinel://[:password@]host:26379[,host:26379]/service[/db]"))
     redis_wait_replicas: int = Field(default=0, ge=0, le=16, description=(
-        "admit a request only once this many Redis replicas hold its charge (WAIT): a failover then loses no "
-        "charge, at the cost of a round trip to a replica per admission batch; 0: Redis replicates as it goes, "
-        "and a failover may lose the charges of its last moment (see the README)"))
+        "admit a request once this many Redis replicas hold its charge (WAIT): a failover then loses no charge, "
+        "at the cost of a round trip to a replica per admission batch. Replicas that do not confirm within "
+        "redis_wait_timeout_ms (down, lagging, or none yet after a failover) do not stop admission: the request "
+        "is admitted anyway and a warning logged. 0: Redis replicates as it goes, and a failover may lose the "
+        "charges of its last moment (see the README)"))
     redis_wait_timeout_ms: int = Field(default=100, ge=1, le=10_000, description=(
         "how long an admission waits for those replicas before it is admitted anyway (and a warning logged)"))
     default_max_tokens: int = Field(default=256, ge=1, description="charged at arrival when a request sets none")

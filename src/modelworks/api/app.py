@@ -127,14 +127,29 @@ class ModelworksApp:
                     task.cancel()
                 if self._loop_tasks:  # they give back what they held (batch lines) before the store closes
                     await asyncio.wait(self._loop_tasks, timeout=10)
-                await self.health.close()
-                await self.catalog.close()
+                # each step bounded: a store or Redis that went away first (compose stops everything at once)
+                # must not keep the process past its grace period; what is left stays in the write-ahead logs
+                deadline = asyncio.get_running_loop().time() + SHUTDOWN_S
+                await _bounded("the health checks", self.health.close(), deadline)
+                await _bounded("the catalog", self.catalog.close(), deadline)
                 for close in self.closers:
-                    await close()
-                await asyncio.gather(*(b.close() for b in unique), return_exceptions=True)
-                await self.control.close()
+                    await _bounded(getattr(close, "__qualname__", "a closer"), close(), deadline)
+                await _bounded("the backends", asyncio.gather(*(b.close() for b in unique), return_exceptions=True),
+                               deadline)
+                await _bounded("the control plane (store)", self.control.close(), deadline)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+SHUTDOWN_S = 10.0  # for everything after the drain and the loops: flushes, connections, the store
+
+
+async def _bounded(what: str, step, deadline: float) -> None:
+    try:
+        await asyncio.wait_for(step, max(0.1, deadline - asyncio.get_running_loop().time()))
+    except Exception:  # noqa: BLE001 - shutting down: say what did not finish, and go on
+        log.warning("shutting down: %s did not finish (what it held stays in the write-ahead logs)", what,
+                    exc_info=True)
 
 
 async def _refuse(send, path: str, exc: Exception) -> None:
@@ -422,9 +437,11 @@ def _metrics_endpoint(metrics: ServiceMetrics):
 
 
 def _readyz(backends: dict[str, Backend], gateway: Gateway, drain: Drain):
-    """Ready when every deployment has at least one backend that answers its health check (a pool with one
-    backend down still serves); the answer details each backend and each deployment. Not ready from the moment
-    the server starts draining."""
+    """Whether this replica can serve: not while it drains, nor while a backend of its own (an embedded model)
+    fails its health check. Remote backends (upstreams every replica shares) are reported but do not gate it: a
+    balancer or Kubernetes that took every replica out when a shared upstream fails would turn one deployment's
+    outage into all of them (each still answers 503 for the deployment meanwhile). The answer details each backend
+    and each deployment; "degraded" (still 200) names a deployment that has no healthy backend."""
     async def readyz(request: Request) -> JSONResult:
         if drain.draining:
             return JSONResult({"status": "draining", "in_flight": len(drain.tasks) - 1}, status=503)
@@ -434,8 +451,9 @@ def _readyz(backends: dict[str, Backend], gateway: Gateway, drain: Drain):
         deployments = {}
         for name, route in gateway.routes.items():
             deployments[name] = any(detail.get(m.name, {}).get("ok") for m in route.pool.members)
-        ready = all(deployments.values()) if deployments else all(r.ok for r in results)
-        return JSONResult({"status": "ready" if ready else "not_ready", "backends": detail,
-                           "deployments": deployments}, status=200 if ready else 503)
+        own = all(r.ok for b, r in zip(backends.values(), results) if not b.remote)
+        status = "not_ready" if not own else "ready" if all(deployments.values()) else "degraded"
+        return JSONResult({"status": status, "backends": detail, "deployments": deployments},
+                          status=200 if own else 503)
     return readyz
 

@@ -104,6 +104,7 @@ class Backend(ABC):
 
     capabilities: Capabilities = Capabilities()
     honours_deadline = False  # True: `generate` and `embed` raise UpstreamTimeout by the task's deadline
+    remote = False  # True: a service every replica shares (its health does not gate a replica's readiness)
 
     def __init__(self, name: str) -> None:
         self.name = name

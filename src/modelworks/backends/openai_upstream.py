@@ -33,6 +33,7 @@ _TEXT_FIELDS = ("prompt", "max_tokens", "temperature", "top_p", "n", "stop", "se
 
 class OpenAIUpstream(Backend):
     honours_deadline = True
+    remote = True
 
     def __init__(self, name: str, spec: OpenAIUpstreamBackend, api_key: str | None) -> None:
         super().__init__(name)
