@@ -33,16 +33,19 @@ class Stream(threading.Thread):
     """A chat completion streamed in a thread: its raw body, whether it ended cleanly, and an event once the
     first content has arrived."""
 
-    def __init__(self, url: str) -> None:
+    CHAT = ("/v1/chat/completions", {"model": "paced", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+                                      "stream_options": {"include_usage": True}})
+    RESPONSES = ("/v1/responses", {"model": "paced", "stream": True, "input": "hi"})
+
+    def __init__(self, url: str, kind: tuple = CHAT) -> None:
         super().__init__(daemon=True)
         self.url, self.raw, self.clean, self.error = url, b"", False, None
+        self.path, self.body = kind
         self.started = threading.Event()
 
     def run(self) -> None:
-        body = {"model": "paced", "stream": True, "messages": [{"role": "user", "content": "hi"}],
-                "stream_options": {"include_usage": True}}
         try:
-            with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=body, headers=HEADERS,
+            with httpx.stream("POST", f"{self.url}{self.path}", json=self.body, headers=HEADERS,
                               timeout=TIMEOUT) as r:
                 assert r.status_code == 200
                 for chunk in r.iter_raw():
@@ -146,10 +149,13 @@ def test_the_deadline_ends_streams_with_an_error_event_and_answers_with_503(tmp_
     proc = start_modelworks(tmp_path, _config(upstream.url, drain_s=1, words=2000), API_KEY, name="deadline")
     stream = Stream(proc.url)
     stream.start()
+    responses = Stream(proc.url, Stream.RESPONSES)
+    responses.start()
     waiting = Call(proc.url, "slow-upstream")  # its upstream answers after 30 s
     waiting.start()
     background = _background(proc.url)
     assert stream.started.wait(TIMEOUT) and stream.error is None
+    assert responses.started.wait(TIMEOUT) and responses.error is None
     wait_until(lambda: httpx.get(f"{upstream.url}/_fake/requests", timeout=TIMEOUT).json(),
                lambda log: any(r["instance"] == "drain-slow" for r in log["requests"]),
                what="the slow call to reach its upstream")
@@ -165,6 +171,15 @@ def test_the_deadline_ends_streams_with_an_error_event_and_answers_with_503(tmp_
     words = "".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", [])).split()
     assert 0 < len(words) < 2000
 
+    # a Responses stream ends as a failed response does (response.failed, stored), not with a chat error event
+    responses.join(TIMEOUT)
+    assert responses.clean, responses.error
+    events = _events(responses.raw)
+    assert events[-1]["type"] == "response.failed" and not any("error" in e and "type" not in e for e in events)
+    failed_stream = events[-1]["response"]
+    assert "send the request again" in failed_stream["error"]["message"]
+    specs.check_sse("/v1/responses", responses.raw)
+
     waiting.join(TIMEOUT)
     assert waiting.response.status_code == 503
     assert waiting.response.headers["retry-after"] == "1"
@@ -175,8 +190,9 @@ def test_the_deadline_ends_streams_with_an_error_event_and_answers_with_503(tmp_
     again = start_modelworks(tmp_path, _config(upstream.url, drain_s=1, words=2000), API_KEY, name="deadline")
     try:
         usage = _usage(again.url)
-        assert usage["paced"]["requests"] == 2  # the cut stream and background run are metered, with what they made
-        assert 0 < usage["paced"]["completion_tokens"] < 4000
+        assert usage["paced"]["requests"] == 3  # the cut streams and background run are metered, with what they made
+        assert 0 < usage["paced"]["completion_tokens"] < 6000
+        assert _response(again.url, failed_stream["id"])["status"] == "failed"  # stored as it was streamed
         failed = _response(again.url, background)  # ended by the deadline: failed, with a reason, and stored
         assert failed["status"] == "failed" and "send the request again" in failed["error"]["message"]
     finally:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import math
 
 
+DRAIN_CUT = "modelworks: drained"  # the cancel message of work cut at a stopping server's drain deadline
+
+
 class ModelworksError(Exception):
     """Base of every error the API may answer with."""
 

@@ -13,11 +13,11 @@ import asyncio
 import logging
 import time
 
-from modelworks.errors import Unavailable
+from modelworks.errors import DRAIN_CUT, Unavailable
 
 log = logging.getLogger("modelworks.drain")
 
-CUT = "modelworks: drained"  # the cancel message of work cut at the drain's deadline
+CUT = DRAIN_CUT  # the cancel message of work cut at the drain's deadline
 SETTLE_S = 5.0  # how long cut work gets to write its last event and end
 
 

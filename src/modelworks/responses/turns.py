@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from modelworks.backends.base import Usage, as_delta
 from modelworks.calls import CallStream, ModelCalls, status_of
-from modelworks.errors import ModelworksError
+from modelworks.errors import DRAIN_CUT, ModelworksError
 from modelworks.responses.output import OutputBuilder
 
 if TYPE_CHECKING:
@@ -89,21 +89,28 @@ class Turns:
                 call = self._next_call(run)
                 await self.calls.admit(call, run.route, follow)
                 stream = await self.calls.stream(call)
-        except (GeneratorExit, asyncio.CancelledError):  # the client left, or a background run was cancelled
+        except (GeneratorExit, asyncio.CancelledError) as exc:  # the client left, a background run was
+            # cancelled, or the server's drain ran out of time
+            cut = isinstance(exc, asyncio.CancelledError) and exc.args == (DRAIN_CUT,)
             builder.close("incomplete")
             if not counted:
                 _add(state, _delivered(stream))
             await asyncio.shield(stream.finish(499))  # this model call completes now (once), not at collection
             if run.cancelled:
                 state.finish("cancelled")
-            elif state.req.background:
+            elif state.req.background or cut:
                 state.finish("failed", error={"code": "server_error", "message": "The server stopped before the "
                                               "response finished; send the request again."})
             else:
                 state.finish("failed", error={"code": "server_error",
                                               "message": "The client disconnected before the response finished."})
             await asyncio.shield(self.service.save(run))
-            raise
+            if not cut or state.req.background:
+                raise
+            # a stream cut by the drain ends as any failed response does: with response.failed, then a clean end
+            asyncio.current_task().uncancel()
+            yield events
+            return
         except Exception as exc:  # noqa: BLE001 - a fault mid-stream ends in response.failed, never a cut
             log.warning("response %s failed mid-stream: %s", state.id, exc)
             builder.close("incomplete")
