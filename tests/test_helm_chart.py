@@ -136,6 +136,10 @@ def test_the_deployment_drains_before_kubernetes_kills_it():
         selector = docs[kind]["spec"]["selector"]
         selector = selector.get("matchLabels", selector)
         assert selector.items() <= labels.items(), kind
+    job_labels = docs["Job"]["spec"]["template"]["metadata"]["labels"]
+    assert not spec["selector"]["matchLabels"].items() <= job_labels.items()  # no gateway selector takes it in
+    config = yaml.safe_load(docs["ConfigMap"]["data"]["modelworks.yaml"])
+    assert (config["server"]["data_dir"], config["server"]["model_cache_dir"]) == ("/data", "/data/models")
     monitor = docs["ServiceMonitor"]
     assert monitor["spec"]["endpoints"][0]["port"] == "http" and monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= docs["Service"]["metadata"]["labels"].items()
@@ -155,7 +159,7 @@ def test_secrets_come_from_the_users_own():
     job = docs["Job"]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     (migrate,) = job["spec"]["template"]["spec"]["containers"]
-    assert migrate["args"] == ["db", "upgrade"]
+    assert migrate["args"][:2] == ["db", "upgrade"]
     job_env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", e.get("value")) for e in migrate["env"]}
     assert job_env["MODELWORKS__DATABASE__URL"] == {"name": "mw-database", "key": "direct-url"}
     assert job_env["MODELWORKS_CONFIG"] == ""  # the Job runs before the ConfigMap exists
@@ -170,6 +174,7 @@ def test_one_replica_without_redis_limits_in_process():
 
 
 @pytest.mark.parametrize("values, message", [
+    ({**SECRETS, "podDisruptionBudget": {"enabled": True, "minAvailable": None}}, "set minAvailable or maxUnavailable"),
     ({"apiKey": {"existingSecret": "k"}, "redis": {"existingSecret": "r"}}, "database.existingSecret is required"),
     ({"database": {"existingSecret": "d"}, "redis": {"existingSecret": "r"}}, "apiKey.existingSecret is required"),
     ({"apiKey": {"existingSecret": "k"}, "database": {"existingSecret": "d"}}, "redis.existingSecret is required"),

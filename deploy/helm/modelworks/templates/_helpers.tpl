@@ -11,14 +11,18 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The gateways' Pods. The migration Job's Pods carry component: migration, so that no selector of the
+gateways (Service, PodDisruptionBudget, NetworkPolicy) takes them in. */}}
 {{- define "modelworks.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "modelworks.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
 {{- end -}}
 
 {{- define "modelworks.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-{{ include "modelworks.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "modelworks.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
