@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from urllib.parse import urlsplit
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -156,3 +157,36 @@ def test_the_store_out_of_reach_is_a_retryable_503_and_loses_no_usage(tmp_path, 
         assert served == answered
     finally:
         server.stop()
+
+
+def test_a_gateway_started_before_its_database_waits_for_it(tmp_path):
+    """Compose and Kubernetes start the gateways beside the database: a gateway whose database does not accept
+    connections yet waits for it (database.connect_wait_s) instead of exiting."""
+    from support.servers import free_port
+
+    url, drop = fresh_postgres()
+    port = free_port()
+    bouncer = None
+    parts = urlsplit(url)
+    through = parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}").geturl()
+    config = {"database": {"url": through, "connect_wait_s": 60,
+                           "transaction_pooler": True},
+              "backends": {"fake": {"type": "fake"}}, "deployments": {"fake": {"backend": "fake"}}}
+    starting = ThreadPoolExecutor(1).submit(start_modelworks, tmp_path, config, API_KEY)
+    try:
+        log = tmp_path / "modelworks.log"
+        wait_until(lambda: log.exists() and log.read_text(errors="replace"),
+                   lambda text: text and "waiting for the database" in text,
+                   what="the gateway to wait for its database")
+        bouncer = PgBouncer(pool_size=2, port=port)
+        server = starting.result(timeout=120)
+        try:
+            r = httpx.post(f"{server.url}/v1/chat/completions", headers={"api-key": API_KEY},
+                           json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
+            assert r.status_code == 200
+        finally:
+            server.stop()
+    finally:
+        if bouncer is not None:
+            bouncer.stop()
+        drop()

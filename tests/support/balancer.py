@@ -19,6 +19,7 @@ class Balancer:
         self.upstreams: dict[str, int] = {}   # name -> port
         self.ready: dict[str, bool] = {}
         self.connections: dict[str, int] = {}  # name -> connections sent there
+        self.refused = 0  # connections a ready replica refused (a Service would pass that on to the client)
         self._turn = itertools.count()
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
@@ -84,6 +85,7 @@ class Balancer:
                 self.connections[name] = self.connections.get(name, 0) + 1
                 break
             except (OSError, asyncio.TimeoutError, KeyError):
+                self.refused += 1
                 continue
         if upstream is None:
             client_writer.close()
@@ -93,9 +95,14 @@ class Balancer:
 
     @staticmethod
     async def _pipe(reader, writer) -> None:
+        """Copy one direction. Where the end arrives with the last bytes, both are passed on in one step: a
+        balancer in the kernel (a Service's NAT) passes a FIN on at once, and a client that saw the last bytes of
+        an answer before the FIN behind them would send its next request into a closed connection."""
         try:
             while data := await reader.read(65536):
                 writer.write(data)
+                if reader.at_eof():
+                    break
                 await writer.drain()
         except (OSError, asyncio.CancelledError):
             pass

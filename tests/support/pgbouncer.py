@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,12 @@ import pytest
 
 from support.databases import PG_ADMIN_DSN, require_services
 from support.servers import free_port
+
+
+def _version(binary: str) -> tuple[int, ...]:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"PgBouncer (\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 class PgBouncer:
@@ -41,7 +48,9 @@ class PgBouncer:
             f"auth_type = trust\nauth_file = {users}\n"
             "pool_mode = transaction\n"
             f"default_pool_size = {pool_size}\nmax_client_conn = 500\n"
-            "server_reset_query =\n")
+            "server_reset_query =\n"
+            # from 1.21 PgBouncer can track prepared statements itself: off, to test the gateway's own setting
+            + ("max_prepared_statements = 0\n" if _version(binary) >= (1, 21) else ""))
         for path in (users, ini):
             path.chmod(0o644)
         args = [binary] + (["-u", "postgres"] if os.geteuid() == 0 else []) + [str(ini)]
