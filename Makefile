@@ -11,7 +11,7 @@ WHEELS := $(CACHE)/wheels/native-no-amx
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test bench install models peers clean browser services image image-test
+.PHONY: run test bench install models peers clean browser services image image-test compose-test
 
 install: $(VENV)/.installed
 
@@ -57,11 +57,14 @@ browser:
 
 # Shared services as production runs them, for the tests that start their own: PgBouncer (transaction mode in front
 # of PostgreSQL) and Redis Sentinel (a failover of the limiter's Redis).
+# And podman with mmdebstrap, for the tests that build the image and run the compose file.
+SERVICE_PACKAGES := pgbouncer redis-sentinel podman runc mmdebstrap uidmap netavark aardvark-dns
 services:
-	@(command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer) && command -v redis-sentinel >/dev/null || \
-	  (apt-get install -y -q pgbouncer redis-sentinel >/dev/null 2>&1 \
-	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q pgbouncer redis-sentinel >/dev/null 2>&1) \
-	  || sudo apt-get install -y -q pgbouncer redis-sentinel) || echo "pgbouncer and redis-sentinel could not be installed: their tests will fail"
+	@(command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer) && command -v redis-sentinel >/dev/null \
+	  && command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null || \
+	  (apt-get install -y -q $(SERVICE_PACKAGES) >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(SERVICE_PACKAGES) >/dev/null 2>&1) \
+	  || sudo apt-get install -y -q $(SERVICE_PACKAGES)) || echo "$(SERVICE_PACKAGES) could not all be installed: their tests will fail"
 
 # Benchmarks against peers: LiteLLM Proxy in a virtual environment of its own, and
 # llama.cpp's own llama-server, built once (about 12 minutes on 2 cores) from the llama-cpp-python source
@@ -95,13 +98,16 @@ bench: install peers
 
 # The container image (deploy/image): built with Debian's podman from a Debian root file system made with
 # mmdebstrap (no registry is reachable), and smoke-tested: started as an arbitrary UID, ready, a chat, SIGTERM, exit 0.
-image: install
-	@command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null \
-	  || (apt-get update -q >/dev/null && apt-get install -y -q podman runc mmdebstrap uidmap >/dev/null)
+image: install services
 	deploy/image/build.sh $(BIN)/python $(WHEELS)
 
 image-test: image
 	$(BIN)/python deploy/image/image_test.py
+
+# deploy/compose.yaml run by podman-compose, with stand-ins for the official postgres and redis images built from
+# Debian's packages (no registry here)
+compose-test: image
+	$(BIN)/python deploy/compose/compose_test.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) .pytest_cache build src/*.egg-info
