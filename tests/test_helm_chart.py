@@ -120,7 +120,7 @@ def test_the_deployment_drains_before_kubernetes_kills_it():
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["/bin/sleep", "10"]
-    assert pod["terminationGracePeriodSeconds"] == 10 + 45 + 15
+    assert pod["terminationGracePeriodSeconds"] == 10 + 45 + 30
     config = yaml.safe_load(docs["ConfigMap"]["data"]["modelworks.yaml"])
     assert config["server"]["drain_timeout_s"] == 45
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"

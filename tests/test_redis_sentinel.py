@@ -216,3 +216,39 @@ def test_redis_out_of_reach_is_a_retryable_503(tmp_path):
         if redis is not None:
             redis.kill()
             redis.wait()
+
+
+async def test_a_missing_replica_does_not_stop_admission():
+    """redis_wait_replicas: 1 against a Redis without a replica: WAIT falls short, the requests are admitted
+    anyway (the limit still charged), and later ones do not wait for WAIT again for a while."""
+    from support.databases import require_redis
+
+    limiter = RedisLimiter(require_redis(), prefix=f"mw:nowait:{time.time_ns()}:", wait_replicas=1,
+                           wait_timeout_ms=50)
+    try:
+        decisions = [await limiter.acquire([Check("dep:x:req", 60, 100, 1)]) for _ in range(20)]
+        assert all(d.admitted for d in decisions)
+        assert limiter._unconfirmed_until > 0  # it noticed, and stopped waiting
+        refused = await limiter.acquire([Check("dep:x:req", 60, 100, 90)])
+        assert not refused.admitted  # 20 charged (and leases), so 90 more do not fit
+    finally:
+        await limiter.close()
+
+
+@pytest.mark.parametrize("url, sentinels, service, db, password, sentinel_auth", [
+    ("redis+sentinel://h1:26379,[::1]:26380/mw/2", [("h1", 26379), ("::1", 26380)], "mw", 2, None, ()),
+    ("redis+sentinel://:p%40ss@a,b:1/svc?sentinel_password=sp", [("a", 26379), ("b", 1)], "svc", 0, "p@ss", ("sp",)),
+    ("rediss+sentinel://user:pw@x/m?sentinel_username=su&sentinel_password=sp", [("x", 26379)], "m", 0, "pw",
+     ("su", "sp")),
+])
+def test_sentinel_urls(url, sentinels, service, db, password, sentinel_auth):
+    client = RespClient(url)
+    assert (client.sentinels, client.service, client.db, client.password, client.sentinel_auth) == (
+        sentinels, service, db, password, sentinel_auth)
+    assert client.ssl == url.startswith("rediss")
+
+
+@pytest.mark.parametrize("url", ["redis+sentinel://h1:26379", "redis+sentinel:///mw", "redis+sentinel://::1/mw"])
+def test_bad_sentinel_urls_are_refused(url):
+    with pytest.raises(ValueError):
+        RespClient(url)

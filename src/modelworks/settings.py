@@ -241,7 +241,8 @@ class Server(_Strict):
     drain_timeout_s: float = Field(default=20.0, ge=0, le=3600, description=(
         "on SIGTERM: how long answers and streams in flight may run on while the server refuses new work (503, "
         "retryable) and fails readiness; what still runs then is ended with an error event, then the server stops "
-        "(within about 10 s more: give Kubernetes' terminationGracePeriodSeconds at least this plus 15)"))
+        "(within a second more when the store and Redis answer, 30 s at most when they do not: give Kubernetes' "
+        "terminationGracePeriodSeconds at least this plus 30)"))
 
 
 class DatabaseSettings(_Strict):
@@ -275,6 +276,13 @@ class QuotaSettings(_Strict):
     redis_wait_timeout_ms: int = Field(default=100, ge=1, le=10_000, description=(
         "how long an admission waits for those replicas before it is admitted anyway (and a warning logged)"))
     default_max_tokens: int = Field(default=256, ge=1, description="charged at arrival when a request sets none")
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> "QuotaSettings":
+        from modelworks.quota.resp import RespClient
+
+        RespClient(self.redis_url)  # a ValueError names what is wrong with it
+        return self
     default_tpm: int | None = Field(
         default=1_000_000, ge=1,
         description="the TPM of a deployment that sets none, as every Azure deployment has one (RPM derived: 6 per "

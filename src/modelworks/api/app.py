@@ -126,7 +126,7 @@ class ModelworksApp:
                 for task in self._loop_tasks:
                     task.cancel()
                 if self._loop_tasks:  # they give back what they held (batch lines) before the store closes
-                    await asyncio.wait(self._loop_tasks, timeout=10)
+                    await asyncio.wait(self._loop_tasks, timeout=5)
                 # each step bounded: a store or Redis that went away first (compose stops everything at once)
                 # must not keep the process past its grace period; what is left stays in the write-ahead logs
                 deadline = asyncio.get_running_loop().time() + SHUTDOWN_S
@@ -136,12 +136,18 @@ class ModelworksApp:
                     await _bounded(getattr(close, "__qualname__", "a closer"), close(), deadline)
                 await _bounded("the backends", asyncio.gather(*(b.close() for b in unique), return_exceptions=True),
                                deadline)
-                await _bounded("the control plane (store)", self.control.close(), deadline)
+                # the store's own budget: a dead Redis above must not leave it none for the last flushes
+                await _bounded("the control plane (store)", self.control.close(),
+                               asyncio.get_running_loop().time() + STORE_SHUTDOWN_S)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
 
-SHUTDOWN_S = 10.0  # for everything after the drain and the loops: flushes, connections, the store
+# After the drain (and up to 5 s for cut work to end, 5 s for uvicorn's connections, 5 s for the loops): 5 s for
+# the limiter, the backends and the other closers, then 10 s for the store. At most 30 s past the drain in all,
+# when every service is unreachable; well under a second when they answer.
+SHUTDOWN_S = 5.0
+STORE_SHUTDOWN_S = 10.0
 
 
 async def _bounded(what: str, step, deadline: float) -> None:

@@ -12,11 +12,27 @@ from modelworks.errors import ModelworksError, Unavailable, UpstreamError
 
 log = logging.getLogger("modelworks.errors")
 
-# The control-plane store unreachable (PostgreSQL or PgBouncer down, a connection dropped, the pool exhausted,
-# SQLite locked past its timeout): a 503 the client retries, not a 500. Logged once in 10 s, not per request.
-_STORE_DOWN = (store_errors.OperationalError, store_errors.InterfaceError, store_errors.TimeoutError,
-               store_errors.DisconnectionError)
 _store_logged = [0.0]
+
+
+def _store_unreachable(exc: BaseException) -> bool:
+    """The control-plane store out of reach (PostgreSQL or PgBouncer down, a connection dropped, the pool
+    exhausted, SQLite locked past its timeout): a 503 the client retries, not a 500. Anything else the store
+    raises (a missing table, a syntax error, a constraint) stays a 500 with its traceback in the log."""
+    if isinstance(exc, (store_errors.TimeoutError, store_errors.DisconnectionError)):
+        return True
+    if not isinstance(exc, (store_errors.OperationalError, store_errors.InterfaceError)):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if type(orig).__module__.startswith("sqlite3"):
+        text = str(orig).lower()
+        return "locked" in text or "busy" in text
+    state = getattr(orig, "sqlstate", None)
+    if state is None:  # psycopg: a connection that failed or broke has no SQLSTATE
+        return True
+    return state[:2] in ("08", "53") or state.startswith("57P")  # connection, resources, shutting down
 
 
 OPENAI = "openai"        # /v1: the OpenAI envelope and codes
@@ -38,7 +54,7 @@ def envelope(exc: BaseException, *, dialect: str = OPENAI) -> tuple[int, dict[st
         if dialect == AZURE:  # Azure's schema types `param` and `code` as strings: leave out what is unknown
             error = {k: v for k, v in error.items() if v is not None}
         return exc.status, {"error": error}, exc.headers
-    if isinstance(exc, _STORE_DOWN):
+    if _store_unreachable(exc):
         now = time.monotonic()
         if now - _store_logged[0] > 10:
             _store_logged[0] = now

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import orjson
 from sqlalchemy import func, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, NotSupportedError, OperationalError, ProgrammingError
 
 from modelworks.errors import InvalidRequest
 from modelworks.metering import daily
@@ -95,6 +95,8 @@ class UsageService:
                         conn.exec_driver_sql(self._json_sql, (text,))
                     return
                 except DBAPIError as exc:
+                    if not _lacks_json(exc):  # a dropped connection, a deadlock: the flush is retried as a whole
+                        raise
                     log.warning("inserting usage as one JSON document failed (%s); inserting row by row", exc.orig)
                     self._json_sql = None
             rows = [_row(r, sqlite) for r in orjson.loads(document)]
@@ -202,3 +204,10 @@ def to_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def _lacks_json(exc: DBAPIError) -> bool:
+    """The database cannot run the one-document insert (no JSON functions), as opposed to a transient fault."""
+    if isinstance(exc, (ProgrammingError, NotSupportedError)):
+        return True
+    return isinstance(exc, OperationalError) and "function" in str(exc.orig).lower()

@@ -156,6 +156,7 @@ class RedisLimiter:
     off the request path (a correction arrives that much later, no more)."""
 
     LEASE_SHARE = 20  # a lease is at most 1/20 of the limit
+    UNCONFIRMED_S = 10  # after replicas fell short of confirming, admissions go on without WAIT this long
 
     def __init__(self, url: str, prefix: str = "mw:rl:", adjust_interval: float = 0.2, leases: bool = True,
                  wait_replicas: int = 0, wait_timeout_ms: int = 100) -> None:
@@ -165,6 +166,7 @@ class RedisLimiter:
         self.wait_timeout_ms = wait_timeout_ms
         self._lagging_since = 0.0  # when a WAIT last fell short (logged once a minute)
         self._unreachable_logged = -1e9
+        self._unconfirmed_until = 0.0  # until then, admissions do not wait for replicas (they fell short)
         self.prefix = prefix
         self.adjust_interval = adjust_interval
         self.leases = leases
@@ -241,13 +243,17 @@ class RedisLimiter:
         loop = asyncio.get_running_loop()
         sent = loop.time()
         try:
-            result = await self.redis.eval_script(_ACQUIRE, self._acquire_sha, keys, args)
+            if self.wait_replicas and sent >= self._unconfirmed_until:
+                result, acked = await self.redis.eval_confirmed(_ACQUIRE, self._acquire_sha, keys, args,
+                                                                self.wait_replicas, self.wait_timeout_ms)
+                if acked < self.wait_replicas:
+                    self._short_of_replicas(acked)
+            else:
+                result = await self.redis.eval_script(_ACQUIRE, self._acquire_sha, keys, args)
         except Exception as exc:  # noqa: BLE001 - every waiter gets the same answer
             self._unavailable(batch, exc)
             return
         values = result.split()
-        if self.wait_replicas and not await self._replicated(batch, values):
-            return
         now = int(values[0])
         deadline = sent + (1_000_000 - int(values[1])) / 1e6  # Redis read its clock after `sent`
         pos = 2
@@ -271,33 +277,17 @@ class RedisLimiter:
             if not future.done():
                 future.set_result(decision)
 
-    async def _replicated(self, batch: list, values: list) -> bool:
-        """WAIT for the replicas to hold this batch's charges. When they fall short within the timeout, the batch
-        is admitted anyway (a warning, once a minute). When WAIT itself fails (the primary died or was demoted in
-        between), the charges are taken back, so that the clients' retries are not charged twice, and every
-        request of the batch gets 503."""
+    def _short_of_replicas(self, acked: int) -> None:
+        """Fewer replicas confirmed than asked (one down or lagging, or none yet after a failover): the batch was
+        admitted anyway, and the next ones are not held up for WAIT for a while. A WAIT blocks the one connection
+        for its timeout, so one per batch would throttle admissions to a batch per timeout."""
         loop = asyncio.get_running_loop()
-        try:
-            acked = await self.redis.call("WAIT", self.wait_replicas, self.wait_timeout_ms)
-        except Exception as exc:  # noqa: BLE001
-            now, pos = int(values[0]), 2
-            for checks, _, _ in batch:
-                if values[pos] != b"1":
-                    pos += 3
-                    continue
-                for i, c in enumerate(checks):
-                    leased = int(values[pos + 2 + 2 * i])
-                    slot = (c.key, c.window, now)
-                    self._corrections[slot] = self._corrections.get(slot, 0) - c.amount - leased
-                pos += 1 + 2 * len(checks)
-            self._flush_later()
-            self._unavailable(batch, exc)
-            return False
-        if acked < self.wait_replicas and loop.time() - self._lagging_since > 60:
+        self._unconfirmed_until = loop.time() + self.UNCONFIRMED_S
+        if loop.time() - self._lagging_since > 60:
             self._lagging_since = loop.time()
-            log.warning("only %d of %d Redis replicas confirmed the quota charges within %d ms: admitted anyway "
-                        "(a failover now could lose them)", acked, self.wait_replicas, self.wait_timeout_ms)
-        return True
+            log.warning("only %d of %d Redis replicas confirmed the quota charges within %d ms: admitted anyway, "
+                        "and for the next %d s without waiting (a failover meanwhile could lose charges)", acked,
+                        self.wait_replicas, self.wait_timeout_ms, self.UNCONFIRMED_S)
 
     def _unavailable(self, batch: list, exc: BaseException) -> None:
         self._asking.clear()

@@ -152,11 +152,18 @@ class RespClient:
         return await self._send(protocol, args)
 
     async def _send(self, protocol: _Protocol, args):
+        return await self._reply(protocol, self._write(protocol, args))
+
+    @staticmethod
+    def _write(protocol: _Protocol, args) -> asyncio.Future:
         if protocol.lost:
             raise ConnectionError("the connection to Redis was lost")
         future = asyncio.get_running_loop().create_future()
         protocol.waiting.append(future)
         protocol.transport.write(_command(*args))
+        return future
+
+    async def _reply(self, protocol: _Protocol, future: asyncio.Future):
         try:
             return await asyncio.wait_for(future, self.reply_timeout)
         except asyncio.TimeoutError:  # replies come in order: the connection is of no more use
@@ -169,10 +176,29 @@ class RespClient:
                 raise ConnectionError(f"Redis at {self.host}:{self.port} is no longer the primary") from None
             raise
 
+    async def eval_confirmed(self, script: str, sha: str, keys: list[str], args: list, replicas: int,
+                             timeout_ms: int) -> tuple:
+        """The script, then WAIT, written back to back on one connection: WAIT counts the replicas that hold
+        everything written before it on that connection, the script's writes included. Returns (result, acked).
+        A connection lost in between fails both: the script may have run on a primary now gone."""
+        protocol = await self._connection()
+        ran = self._write(protocol, ("EVALSHA", sha, len(keys), *keys, *args))
+        confirmed = self._write(protocol, ("WAIT", replicas, timeout_ms))
+        try:
+            result = await self._reply(protocol, ran)
+        except RedisError as exc:
+            if "NOSCRIPT" not in str(exc):
+                raise
+            await self._reply(protocol, confirmed)
+            ran = self._write(protocol, ("EVAL", script, len(keys), *keys, *args))
+            confirmed = self._write(protocol, ("WAIT", replicas, timeout_ms))
+            result = await self._reply(protocol, ran)
+        return result, await self._reply(protocol, confirmed)
+
     @staticmethod
     def _drop(protocol: _Protocol) -> None:
         protocol.lost = True
-        protocol.transport.close()
+        protocol.transport.abort()  # not close(): that would wait to send what a silent peer does not take
 
     async def eval_script(self, script: str, sha: str, keys: list[str], args: list):
         try:
@@ -264,6 +290,8 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
     if text.startswith("["):  # [v6 address]:port
         host, _, rest = text[1:].partition("]")
         return host, int(rest.lstrip(":") or default_port)
+    if text.count(":") > 1:
+        raise ValueError(f"an IPv6 address in a Redis URL goes in brackets: [{text}]")
     host, _, port = text.rpartition(":")
     return (host, int(port)) if host else (text, default_port)
 

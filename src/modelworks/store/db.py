@@ -45,10 +45,12 @@ def make_engine(url: str, pool_size: int = 5, max_overflow: int = 5, transaction
     # nothing (its default prepares a query on its fifth run).
     # A database host that vanished (a stopped container, a lost node) answers nothing: connecting gives up after
     # 10 s and a statement after 30 s without an acknowledgement, instead of the kernel's minutes.
-    connect_args: dict = {"connect_timeout": 10, "tcp_user_timeout": 30_000, "keepalives": 1,
-                          "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
-    if transaction_pooler:
-        connect_args["prepare_threshold"] = None
+    connect_args: dict = {}
+    if url.startswith(("postgresql+psycopg:", "postgresql:")):  # libpq's options, through psycopg 3
+        connect_args = {"connect_timeout": 10, "tcp_user_timeout": 30_000, "keepalives": 1,
+                        "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+        if transaction_pooler:
+            connect_args["prepare_threshold"] = None
     return create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
                          connect_args=connect_args)
 
@@ -77,9 +79,10 @@ class Database:
         waiting up to `wait_s` (default: `connect_wait_s`) for a database that does not accept connections yet."""
         deadline = time.monotonic() + (self.connect_wait_s if wait_s is None else wait_s)
         told = False
-        while True:
+        while True:  # only connecting is retried: a migration that fails is reported as it failed
             try:
-                return self._upgrade()
+                with self.engine.connect():
+                    break
             except OperationalError as exc:
                 if time.monotonic() >= deadline:
                     raise
@@ -87,6 +90,7 @@ class Database:
                     log.warning("waiting for the database (%s)", str(exc).splitlines()[0])
                     told = True
                 time.sleep(1)
+        self._upgrade()
 
     def _upgrade(self) -> None:
         from alembic import command

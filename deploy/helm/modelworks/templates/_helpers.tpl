@@ -43,10 +43,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* The grace period Kubernetes gives a stopping Pod: preStop, then the drain, then 15 s to end cut streams with
+{{/* The grace period Kubernetes gives a stopping Pod: preStop, then the drain, then 30 s to end cut streams with
 an error event, flush usage and audit, and exit. */}}
 {{- define "modelworks.gracePeriod" -}}
-{{- add (int .Values.drain.preStopSeconds) (int (ceil .Values.drain.timeoutSeconds)) 15 -}}
+{{- add (int .Values.drain.preStopSeconds) (int (ceil .Values.drain.timeoutSeconds)) 30 -}}
 {{- end -}}
 
 {{/* The container security context shared by the gateways and the migration Job: any UID works (group 0 owns
