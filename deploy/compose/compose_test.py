@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,9 @@ from pathlib import Path
 
 import httpx
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "image"))
+from image_test import free_port  # noqa: E402 - the image's smoke test, beside this one
 
 HERE = Path(__file__).resolve().parent
 COMPOSE = HERE.parent / "compose.yaml"
@@ -57,12 +59,6 @@ def build_standins(env: dict, folder: Path) -> None:
         tag = f"localhost/modelworks-standin-{kind}:bookworm"
         run("podman", "build", "--quiet", "--tag", tag, "--file", str(HERE / "stand-ins" / f"Containerfile.{kind}"),
             str(HERE / "stand-ins"), env=env)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, deadline: float) -> None:

@@ -17,7 +17,6 @@ from modelworks.errors import DRAIN_CUT, Unavailable
 
 log = logging.getLogger("modelworks.drain")
 
-CUT = DRAIN_CUT  # the cancel message of work cut at the drain's deadline
 SETTLE_S = 5.0  # how long cut work gets to write its last event and end
 
 
@@ -72,7 +71,7 @@ class Drain:
             left = list(self.tasks)
             log.warning("drain deadline: ending %d request(s) still running", len(left))
             for task in left:
-                task.cancel(CUT)
+                task.cancel(DRAIN_CUT)  # the message tells cut work from a client that left
             try:
                 await asyncio.wait_for(self._idle.wait(), SETTLE_S)
             except asyncio.TimeoutError:
