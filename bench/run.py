@@ -6,7 +6,9 @@
 3. Proxy overhead to a fake upstream at concurrency 1, 16, 64 (wrk, one worker each): the upstream called
    directly, through Modelworks and through LiteLLM Proxy.
 4. Content filtering: added latency of the default content-filter policy (classifiers, PII, profanity) on a
-   500-token prompt, p50 and p99 at one connection, against the same deployment unfiltered.
+   500-token prompt, p50 and p99 at one connection, against the same deployment unfiltered; then the classifiers
+   alone on varied 500-token prompts, everyday and hostile (`bench/safety_cost.py`): the cascade against the
+   n-gram stage alone and MiniLM on every prompt, and with one core busy beside it.
 5. Responses vs chat completions (`bench/responses_chain.py`): requests/s at 1 and 16 connections of
    `POST /v1/responses` continuing stored 10-turn `previous_response_id` chains, against chat completions
    carrying the same history (wrk with Lua scripts; target: Responses >= 0.8 of chat).
@@ -281,6 +283,10 @@ def main() -> int:
         if "safety" not in skip:
             results["content_filtering"] = section_safety(tmp, upstream, args, procs)
             _print_safety(results["content_filtering"])
+            import safety_cost
+
+            results["classifier_cost"] = safety_cost.run(tmp)
+            safety_cost.print_result(results["classifier_cost"])
         if "responses" not in skip:
             results["responses_vs_chat"] = section_responses(tmp, upstream, args, procs)
             responses_chain.print_result(results["responses_vs_chat"])

@@ -30,12 +30,23 @@ def main(argv: list[str] | None = None) -> int:
                          "started beside it)")
     safety = sub.add_parser("safety", help="the built-in safety classifiers").add_subparsers(dest="action",
                                                                                              required=True)
-    train = safety.add_parser("train", help="train them from the labelled datasets (rewrites the model file)")
+    train = safety.add_parser("train", help="train them from the labelled datasets (rewrites the model files; "
+                                             "needs PyTorch: pip install 'modelworks[train]')")
     train.add_argument("--data", default="../shared/datasets", help="folder of the labelled JSON Lines files")
-    train.add_argument("--out", help="model file to write (default: the one the server loads)")
-    evaluate = safety.add_parser("eval", help="precision, recall, F1 and AUPRC on a labelled JSON Lines file")
-    evaluate.add_argument("file")
-    evaluate.add_argument("--all-rows", action="store_true", help="not only the held-out fifth")
+    train.add_argument("--out", help="folder to write the model files to (default: the one the server loads)")
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--exclude", default="", help="comma-separated sources to leave out (a cross-source run: "
+                                                      "then score the left-out source with eval --model)")
+    train.add_argument("--limit", type=int, default=0, help="train on this many rows only (a smoke test)")
+    train.add_argument("--calibrate-only", action="store_true", help="keep the trained stages in --out and fit "
+                                                                     "their calibration again")
+    evaluate = safety.add_parser("eval", help="the shipped classifiers on rows training never saw, against the "
+                                              "targets (flagged AUPRC, jailbreaks, harmful requests, hate)")
+    evaluate.add_argument("--data", default="../shared/datasets", help="folder of the labelled JSON Lines files")
+    evaluate.add_argument("--model", help="folder of model files to score (default: the shipped ones)")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.add_argument("--sample", type=int, default=0, help="only the first N rows of each source (quick)")
     from modelworks import cli_admin
 
     cli_admin.add_commands(sub)
@@ -63,21 +74,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _safety(args) -> int:
+    import json
     from pathlib import Path
 
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"modelworks: no such folder: {data}", file=sys.stderr)
+        return 2
     if args.action == "train":
         from modelworks.safety.train import train
 
         kwargs = {"out": Path(args.out)} if args.out else {}
-        train(Path(args.data), **kwargs)
+        exclude = tuple(filter(None, args.exclude.split(",")))
+        train(data, epochs=args.epochs, seed=args.seed, exclude=exclude, limit=args.limit,
+              calibrate_only=args.calibrate_only, **kwargs)
         return 0
+    from modelworks.safety.classifier import TextSafetyModel
     from modelworks.safety.evaluate import evaluate, format_report
 
-    path = Path(args.file)
-    if not path.exists():
-        print(f"modelworks: no such file: {path}", file=sys.stderr)
-        return 2
-    print(format_report(evaluate(path, holdout_only=not args.all_rows)))
+    model = TextSafetyModel(Path(args.model)) if args.model else TextSafetyModel()
+    report = evaluate(data, model, log=None if args.json else print, sample=args.sample)
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0
 
 

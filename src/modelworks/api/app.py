@@ -188,10 +188,16 @@ def _tracing(settings: Settings):
     return Tracing(t.otlp_endpoint, t.service_name, t.sample_ratio, t.headers, t.export_delay_ms)
 
 
-def _safety_model():
-    from modelworks.safety.classifier import default_model  # NumPy: loaded on first use, not at import
+def _safety_loader(settings: Settings):
+    """The built-in classifiers, loaded on first use (not at import); the MiniLM stage writes its merged weights
+    and ONNX graph to the model cache once."""
+    cache = settings.model_cache_path
 
-    return default_model()
+    def load():
+        from modelworks.safety.classifier import default_model
+
+        return default_model(cache)
+    return load
 
 
 def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None) -> ModelworksApp:
@@ -212,9 +218,12 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     health = HealthMonitor(members, r.health_interval_s)
     limiter = build_limiter(settings.quota)
     blocklists = ProjectBlocklists(control.blocklists)
+    safety_model = _safety_loader(settings)
+    safety_policy = SafetyPolicy(settings.content_filter_policies, blocklists, control.content_log, gateway,
+                                 model_loader=safety_model)
     policies = [control.auth, *([TracingPolicy(tracing)] if tracing is not None else []), BudgetPolicy(control.usage),
                 QuotaPolicy(limiter, settings.quota.default_max_tokens, resolve=gateway.routes_get),
-                SafetyPolicy(settings.content_filter_policies, blocklists, control.content_log, gateway)]
+                safety_policy]
     interactive = Interactive()  # counts interactive calls, so that batch lines wait for quiet
     policies.append(interactive)
     if settings.metering.enabled:
@@ -230,8 +239,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     batches, batch_worker = _batches(settings, control, files, gateway, h, agents.service, interactive)
     batch_handlers = BatchHandlers(batches, chain, control.audit_writer, settings.server.max_body_bytes)
     vector_handlers = VectorStoreHandlers(vectors, chain, control.audit_writer, settings.server.max_body_bytes)
-    moderation = ModerationHandlers(chain, _safety_model, settings.server.max_body_bytes)
-    safety = ContentSafetyHandlers(chain, _safety_model, blocklists, settings.server.max_body_bytes)
+    moderation = ModerationHandlers(chain, safety_model, settings.server.max_body_bytes)
+    safety = ContentSafetyHandlers(chain, safety_model, blocklists, settings.server.max_body_bytes)
 
     router = Router()
     router.add("/healthz", Endpoint(_healthz), ("GET",))
@@ -281,6 +290,8 @@ def create_app(settings: Settings, *, backends: dict[str, Backend] | None = None
     app.loops.append(lambda: vectors.maintain(settings.vector_stores.purge_interval_s, control.leases))
     journal = agents.service.journal
     app.starters.append(lambda: _start_journal(journal))
+    if any(d.content_filter for d in settings.deployments.values()):
+        app.starters.append(safety_policy.warm)  # the classifiers' first use would otherwise wait seconds
     app.closers.insert(0, journal.close)  # before the store goes
     if tracing is not None:
         app.closers.append(lambda: asyncio.to_thread(tracing.close))

@@ -1,10 +1,12 @@
 """OpenAI's moderation API, `POST /v1/moderations`, on the built-in classifiers.
 
 Categories: `hate`, `harassment` (the hate classifier: its training data folds harassment into hate),
-`self-harm`, `sexual`, `violence` come from their classifiers, flagged from a score of 0.5 (severity medium).
-The finer categories (`hate/threatening`, `sexual/minors`, `violence/graphic`, the self-harm kinds) carry their
-parent's score but are never flagged on their own: no classifier tells them apart yet. `illicit` and
-`illicit/violent` are not assessed (null, score 0). An array input gets one result per string (or per text
+`self-harm`, `sexual`, `violence` come from their classifiers, flagged from a score of 0.5 (severity medium);
+`illicit` (asking for help with something harmful or illegal) from the harmful-request classifier, flagged from
+its threshold. The finer categories (`hate/threatening`, `sexual/minors`, `violence/graphic`, the self-harm kinds,
+`illicit/violent`) carry their parent's score but are never flagged on their own: no classifier tells them apart
+yet. `flagged` is true when any category is, or when the `flagged` classifier (harmful in any way, trained on
+OpenAI's own moderation labels) reaches its threshold. An array input gets one result per string (or per text
 part; image parts are refused with a 400 naming them).
 """
 
@@ -24,11 +26,12 @@ from modelworks.protocol.requests import ModerationRequest
 if TYPE_CHECKING:
     from modelworks.safety.classifier import TextSafetyModel
 
-MODEL_NAME = "modelworks-text-safety-v1"
+MODEL_NAME = "modelworks-text-safety-v2"
 _PARENT = {"hate": "hate", "hate/threatening": "hate", "harassment": "hate", "harassment/threatening": "hate",
            "self-harm": "self_harm", "self-harm/intent": "self_harm", "self-harm/instructions": "self_harm",
-           "sexual": "sexual", "sexual/minors": "sexual", "violence": "violence", "violence/graphic": "violence"}
-_FLAGGABLE = {"hate", "harassment", "self-harm", "sexual", "violence"}
+           "sexual": "sexual", "sexual/minors": "sexual", "violence": "violence", "violence/graphic": "violence",
+           "illicit": "harmful_request", "illicit/violent": "harmful_request"}
+_FLAGGABLE = {"hate", "harassment", "self-harm", "sexual", "violence", "illicit"}
 
 
 class ModerationHandlers:
@@ -69,8 +72,7 @@ def _result(model: TextSafetyModel, text: str) -> dict:
     values = model.score(text).values if text else {h: 0.0 for h in model.heads}
     scores = {name: round(float(values[parent]), 6) for name, parent in _PARENT.items()}
     categories = {name: name in _FLAGGABLE and scores[name] >= model.thresholds[_PARENT[name]] for name in _PARENT}
-    categories.update({"illicit": None, "illicit/violent": None})
-    scores.update({"illicit": 0.0, "illicit/violent": 0.0})
-    return {"flagged": any(bool(v) for v in categories.values()), "categories": categories,
+    flagged = any(categories.values()) or values["flagged"] >= model.thresholds["flagged"]
+    return {"flagged": flagged, "categories": categories,
             "category_scores": scores,
             "category_applied_input_types": {name: ["text"] for name in scores}}

@@ -41,8 +41,10 @@ class OnnxMiniLM(MiniLM):
     """MiniLM whose forward pass runs on ONNX Runtime; tokenisation and batching are MiniLM's."""
 
     def __init__(self, model_dir: Path, batch_size: int = 32, *, threads: int = 1, quantize: bool = False,
-                 cache_dir: Path | None = None, weights_path: Path | None = None) -> None:
+                 cache_dir: Path | None = None, weights_path: Path | None = None,
+                 min_cosine: float = MIN_COSINE) -> None:
         self.threads = threads
+        self.min_cosine = min_cosine
         self.quantize = quantize
         self.cache_dir = cache_dir
         super().__init__(model_dir, batch_size, weights_path=weights_path)
@@ -70,10 +72,10 @@ class OnnxMiniLM(MiniLM):
             return "fp32; int8 failed to build"
         reference = self._vectors(self.session, CHECK)
         cosine = float((reference * self._vectors(quantized, CHECK)).sum(axis=1).min())
-        if cosine < MIN_COSINE:
+        if cosine < self.min_cosine:
             log.warning("int8 MiniLM refused: its lowest cosine to fp32 on the check sentences is %.4f < %s; "
-                        "running fp32", cosine, MIN_COSINE)
-            return f"fp32; int8 refused, its lowest cosine to fp32 {cosine:.4f} < {MIN_COSINE}"
+                        "running fp32", cosine, self.min_cosine)
+            return f"fp32; int8 refused, its lowest cosine to fp32 {cosine:.4f} < {self.min_cosine}"
         self.session = quantized
         return f"int8, lowest cosine to fp32 {cosine:.4f}"
 

@@ -20,7 +20,7 @@ import orjson
 
 from modelworks.backends.base import Delta, Generation
 from modelworks.errors import ContentFiltered, ModelworksError, Unavailable
-from modelworks.offload import run_sized
+from modelworks.offload import offload, run_sized
 from modelworks.policies.chain import Call
 from modelworks.safety.blocklist import Blocklist, profanity
 from modelworks.safety.judge import JudgeError, LlmJudge
@@ -74,8 +74,9 @@ class SafetyPolicy:
     stage = "admit"
 
     def __init__(self, policies: dict[str, ContentFilterPolicy], blocklists: ProjectBlocklists | None = None,
-                 content_log=None, gateway=None) -> None:
+                 content_log=None, gateway=None, model_loader=None) -> None:
         self.policies = policies
+        self.model_loader = model_loader or _default_loader
         self.gateway = gateway  # for the policies that ask an LLM judge (a deployment)
         self.blocklists = blocklists
         self.content_log = content_log  # control.content_log.ContentLog: text of the deployments that opt in
@@ -83,6 +84,11 @@ class SafetyPolicy:
         self.model = None  # the classifiers: loaded when the first policy that classifies is used
         self._screens: dict[str, Screen] = {}
         self.errors = 0  # checks that failed (their requests were served, annotated, unless fail-closed)
+
+    async def warm(self) -> None:
+        """Load the classifiers now, off the event loop, if any policy uses them."""
+        if self.model is None and any(_classifies(p) for p in self.policies.values()):
+            self.model = await offload(lambda: self.model_loader().load())
 
     async def screen_for(self, call: Call) -> Screen | None:
         route = call.route
@@ -97,9 +103,7 @@ class SafetyPolicy:
                             route.deployment, name)
                 policy = self.policies["default"]
             if self.model is None and _classifies(policy):
-                from modelworks.safety.classifier import default_model  # NumPy: only when needed
-
-                self.model = default_model()
+                self.model = await offload(lambda: self.model_loader().load())  # seconds the first time
             screen = self._screens[name] = Screen(policy, profanity=self.profanity, model=self.model,
                                                   judged=policy.judge is not None)
         if screen.policy.blocklists and self.blocklists is not None and call.principal is not None:
@@ -116,7 +120,8 @@ class SafetyPolicy:
             return
         call.facts["screen"] = screen
         # screening grows with the prompt (milliseconds per few thousand characters): off the event loop
-        parts, roles, outcome = await run_sized(len(call.task.body), INLINE_BELOW, _screen_prompt, screen, call.task)
+        inline = INLINE_BELOW if screen.model is None else 0  # a classifier call can take milliseconds at any size
+        parts, roles, outcome = await run_sized(len(call.task.body), inline, _screen_prompt, screen, call.task)
         if screen.judged:
             await self._judge(screen, outcome, "prompt", _asked(parts, roles))
         self._record(call, outcome, screen)
@@ -142,7 +147,8 @@ class SafetyPolicy:
         for choice in result.choices:
             message = choice.get("message")
             text = (message.get("content") or "") if message is not None else (choice.get("text") or "")
-            outcome = await run_sized(len(text), INLINE_BELOW, screen.completion, text, index=choice.get("index", 0))
+            inline = INLINE_BELOW if screen.model is None else 0
+            outcome = await run_sized(len(text), inline, screen.completion, text, index=choice.get("index", 0))
             if screen.judged and text:
                 if asked is None:
                     asked = _asked(*_prompt_parts(call.task))
@@ -213,9 +219,15 @@ class SafetyPolicy:
                                            key=_SEVERITY_OF_OUTCOME.index)
 
 
+def _default_loader():
+    from modelworks.safety.classifier import default_model  # NumPy and ONNX Runtime: only when needed
+
+    return default_model()
+
+
 def _classifies(policy: ContentFilterPolicy) -> bool:
     sides = (policy.prompt, policy.completion)
-    return (policy.jailbreak != "off" or policy.indirect_attack != "off"
+    return (policy.jailbreak != "off" or policy.indirect_attack != "off" or policy.harmful_request != "off"
             or any(side.harm(c).min_severity is not None for side in sides for c in HARM_CATEGORIES))
 
 

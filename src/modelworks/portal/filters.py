@@ -109,6 +109,7 @@ def _policy_view(name: str, policy, deployments: list[str]) -> dict:
         sides[side] = {**{h: {"threshold": d.harm(h).threshold, "action": d.harm(h).action} for h in HARMS},
                        "pii": d.pii.action, "profanity": d.profanity, "blocklists": d.blocklists}
     return {"name": name, "sides": sides, "jailbreak": policy.jailbreak, "indirect_attack": policy.indirect_attack,
+            "harmful_request": policy.harmful_request,
             "blocklists": policy.blocklists, "judge": policy.judge.deployment if policy.judge else None,
             "stream_mode": policy.stream_mode, "fail_closed": policy.fail_closed, "deployments": deployments,
             "harms": HARMS}

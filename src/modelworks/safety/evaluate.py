@@ -1,20 +1,32 @@
-"""`modelworks safety eval FILE.jsonl`: how well the classifiers do on labelled rows.
+"""`modelworks safety eval`: the shipped cascade measured as users meet it, on rows training never saw.
 
-For every head a row has a label for: precision, recall and F1 at the head's operating threshold, the area under
-the precision-recall curve (average precision, as sklearn computes it), and the share of benign rows (harmless
-in every label they carry) that the policy would flag. XSTest rows (`unsafe` 0/1) are scored as the default
-policy sees them: flagged when any harm category reaches medium or the prompt is a jailbreak. By default only the
-held-out fifth of the rows is used (`labels.is_holdout`), so the figures are for text training never saw.
+Rows: the held-out fold of every training source, and all of the evaluation-only files (XSTest, everyday
+instructions from alpaca_benign). Each row is scored by the same `TextSafetyModel.score` the server calls.
+Reported against the targets of issue 16:
+- flagged AUPRC on OpenAI's moderation set, and each harm category's;
+- jailbreak recall at the shipped threshold, and the share of everyday instructions the default policy flags;
+- harmful requests caught (XSTest's unsafe prompts, the held-out harmful questions) against XSTest's safe
+  look-alikes flagged, by the default policy;
+- hate AUPRC on Davidson and on ToxiGen;
+- calibration (expected calibration error of each head on the held-out rows) and the share of rows the cascade
+  sent to MiniLM (what the cost depends on).
+`--model DIR` scores another trained model (a cross-source run: `safety train --exclude toxigen --out DIR`).
 """
 
 from __future__ import annotations
 
+import collections
+import time
 from pathlib import Path
 
 import numpy as np
 
-from modelworks.safety import labels
-from modelworks.safety.classifier import HARM_HEADS, TextSafetyModel, default_model
+from modelworks.safety import corpus
+from modelworks.safety.classifier import HARM_HEADS, TextSafetyModel
+
+NEAR_DUPLICATE = 0.5
+TARGETS = {"flagged_auprc": 0.84, "jailbreak_recall": 0.90, "everyday_flagged": 0.02, "harmful_caught": 0.70,
+           "lookalikes_flagged": 0.10, "hate_auprc_davidson": 0.85, "hate_auprc_toxigen": 0.85}
 
 
 def average_precision(y: np.ndarray, scores: np.ndarray) -> float:
@@ -25,55 +37,151 @@ def average_precision(y: np.ndarray, scores: np.ndarray) -> float:
     ends = np.r_[distinct, len(y) - 1]
     tp = np.cumsum(y)[ends]
     fp = (1 + ends) - tp
-    if tp[-1] == 0:
+    if len(tp) == 0 or tp[-1] == 0:
         return float("nan")
     precision = tp / (tp + fp)
     recall = tp / tp[-1]
     return float(np.sum(np.diff(np.r_[0, recall]) * precision))
 
 
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    edges = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = edges == b
+        if inside.any():
+            total += inside.sum() / len(p) * abs(float(y[inside].mean()) - float(p[inside].mean()))
+    return total
+
+
 def policy_flags(values: dict[str, float], thresholds: dict[str, float]) -> bool:
-    harm = any(values[h] >= thresholds[h] for h in HARM_HEADS)
-    return harm or values.get("jailbreak", 0.0) >= thresholds.get("jailbreak", 1.0)
+    """The default policy: any harm category at medium or above, a jailbreak, or a harmful request."""
+    return (any(values[h] >= 0.5 for h in HARM_HEADS) or values["jailbreak"] >= thresholds["jailbreak"]
+            or values["harmful_request"] >= thresholds["harmful_request"])
 
 
-def evaluate(path: Path, model: TextSafetyModel | None = None, holdout_only: bool = True) -> dict:
-    model = model or default_model()
-    rows = [r for r in labels.read(path) if not holdout_only or labels.is_holdout(r["text"])]
-    scored = [(labels.targets(r), model.score(r["text"]).values, labels.is_benign(r)) for r in rows]
-    report: dict = {"file": str(path), "rows": len(rows), "holdout_only": holdout_only, "heads": {}}
-    for head in (*model.heads, "unsafe"):
-        pairs = [(t[head], (policy_flags(v, model.thresholds) if head == "unsafe" else v[head]))
-                 for t, v, _ in scored if t.get(head) is not None]
-        if not pairs:
-            continue
-        y = np.array([p[0] for p in pairs], dtype=np.float64)
-        s = np.array([float(p[1]) for p in pairs])
-        flagged = s >= (0.5 if head == "unsafe" else model.thresholds[head])
-        tp = int(np.sum(flagged & (y == 1)))
-        fp = int(np.sum(flagged & (y == 0)))
-        fn = int(np.sum(~flagged & (y == 1)))
-        precision = tp / (tp + fp) if tp + fp else float("nan")
-        recall = tp / (tp + fn) if tp + fn else float("nan")
-        f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
-        negatives = int(np.sum(y == 0))
-        report["heads"][head] = {
-            "rows": len(y), "positive": int(y.sum()), "precision": precision, "recall": recall, "f1": f1,
-            "auprc": average_precision(y, s) if head != "unsafe" else float("nan"),
-            "false_positive_rate": fp / negatives if negatives else float("nan")}
-    benign = [v for _, v, b in scored if b]
-    report["benign_rows"] = len(benign)
-    report["benign_flagged"] = (sum(policy_flags(v, model.thresholds) for v in benign) / len(benign)
-                                if benign else float("nan"))
+def evaluate(data_dir: Path, model: TextSafetyModel | None = None, log=None, sample: int = 0) -> dict:
+    """`sample`: score only the first this many rows of each source (a quick look; the figures are the full run's)."""
+    model = model or TextSafetyModel()
+    rows = [r for r in corpus.load(data_dir, synthetic_rows=0)
+            if r.holdout or r.source in {f.removesuffix(".jsonl") for f in corpus.EVAL_ONLY}]
+    if sample:
+        taken: collections.Counter = collections.Counter()
+        kept = []
+        for r in rows:
+            if taken[r.source] < sample:
+                kept.append(r)
+                taken[r.source] += 1
+        rows = kept
+    started = time.monotonic()
+    scored = []
+    for i, r in enumerate(rows):
+        scored.append(model.score(r.text))
+        if log and (i + 1) % 2000 == 0:
+            log(f"  scored {i + 1:,} of {len(rows):,} rows ({time.monotonic() - started:.0f} s)")
+    seconds = time.monotonic() - started
+    values = [s.values for s in scored]
+    flags = np.array([policy_flags(v, model.thresholds) for v in values])
+
+    def pick(source: str, head: str | None = None, label: int | None = None) -> np.ndarray:
+        return np.array([i for i, r in enumerate(rows) if r.source == source and (head is None or head in r.targets)
+                         and (label is None or r.targets.get(head) == label)], dtype=np.int64)
+
+    def auprc(source: str, head: str) -> dict:
+        idx = pick(source, head)
+        y = np.array([rows[i].targets[head] for i in idx], dtype=np.float64)
+        s = np.array([values[i][head] for i in idx])
+        return {"rows": int(len(y)), "positive": int(y.sum()), "auprc": average_precision(y, s)}
+
+    report: dict = {"rows": len(rows), "sample": sample, "seconds": round(seconds, 1), "heads": {}, "thresholds": model.thresholds}
+    report["flagged"] = auprc("openai_moderation", "flagged")
+    for head in HARM_HEADS:
+        report["heads"][head] = auprc("openai_moderation", head)
+    report["hate_davidson"] = auprc("davidson_hate_offensive", "hate")
+    report["hate_toxigen"] = auprc("toxigen", "hate")
+    jail = pick("jailbreak_prompts")
+    everyday = pick("alpaca_benign")
+    caught = np.array([values[i]["jailbreak"] >= model.thresholds["jailbreak"] for i in jail])
+    novel = _novel([rows[i].text for i in jail], data_dir)
+    report["jailbreak"] = {
+        "rows": int(len(jail)), "recall": float(caught.mean()) if len(jail) else float("nan"),
+        "novel_rows": int(novel.sum()), "novel_recall": float(caught[novel].mean()) if novel.any() else float("nan"),
+        "everyday_rows": int(len(everyday)),
+        "everyday_flagged_jailbreak": float(np.mean([values[i]["jailbreak"] >= model.thresholds["jailbreak"]
+                                                     for i in everyday])),
+        "everyday_flagged_policy": float(flags[everyday].mean())}
+    unsafe, safe = pick("xstest", "harmful_request", 1), pick("xstest", "harmful_request", 0)
+    questions = pick("harmful_questions", "harmful_request", 1)  # not the advice categories (corpus.ADVICE)
+    report["harmful"] = {"xstest_unsafe": int(len(unsafe)), "xstest_unsafe_caught": float(flags[unsafe].mean()),
+                         "xstest_safe": int(len(safe)), "xstest_safe_flagged": float(flags[safe].mean()),
+                         "questions": int(len(questions)), "questions_caught": float(flags[questions].mean())}
+    benign = np.array([i for i, r in enumerate(rows) if r.benign and r.source not in ("alpaca_benign", "xstest")],
+                      dtype=np.int64)
+    report["benign_flagged"] = {"rows": int(len(benign)), "share": float(flags[benign].mean())}
+    report["calibration_error"] = {}
+    for head in model.heads:
+        idx = [i for i, r in enumerate(rows) if head in r.targets]
+        y = np.array([rows[i].targets[head] for i in idx], dtype=np.float64)
+        report["calibration_error"][head] = expected_calibration_error(y, np.array([values[i][head] for i in idx]))
+    escalated: dict[str, list[bool]] = {}
+    for r, s in zip(rows, scored):
+        escalated.setdefault(r.source, []).append("minilm" in s.stage.values())
+    report["escalated"] = {k: float(np.mean(v)) for k, v in escalated.items()}
+    report["checks"] = {
+        "flagged_auprc": report["flagged"]["auprc"] >= TARGETS["flagged_auprc"],
+        "jailbreak": (report["jailbreak"]["recall"] >= TARGETS["jailbreak_recall"]
+                      and report["jailbreak"]["everyday_flagged_policy"] <= TARGETS["everyday_flagged"]),
+        "harmful": (report["harmful"]["xstest_unsafe_caught"] >= TARGETS["harmful_caught"]
+                    and report["harmful"]["questions_caught"] >= TARGETS["harmful_caught"]
+                    and report["harmful"]["xstest_safe_flagged"] <= TARGETS["lookalikes_flagged"]),
+        "hate": (report["hate_davidson"]["auprc"] >= TARGETS["hate_auprc_davidson"]
+                 and report["hate_toxigen"]["auprc"] >= TARGETS["hate_auprc_toxigen"])}
     return report
 
 
-def format_report(report: dict) -> str:
-    lines = [f"{report['file']}: {report['rows']} rows" + (" (the held-out fifth)" if report["holdout_only"] else ""),
-             f"{'head':<12}{'rows':>6}{'pos':>6}{'precision':>11}{'recall':>8}{'F1':>7}{'AUPRC':>8}{'FPR':>7}"]
-    for head, m in report["heads"].items():
-        lines.append(f"{head:<12}{m['rows']:>6}{m['positive']:>6}{m['precision']:>11.3f}{m['recall']:>8.3f}"
-                     f"{m['f1']:>7.3f}{m['auprc']:>8.3f}{m['false_positive_rate']:>7.3f}")
-    lines.append(f"benign rows flagged by the default policy: {report['benign_flagged']:.3f} "
-                 f"of {report['benign_rows']}")
+def _shingles(text: str) -> set[int]:
+    words = text.lower().split()
+    return {hash(" ".join(words[i:i + 3])) for i in range(max(1, len(words) - 2))}
+
+
+def _novel(texts: list[str], data_dir: Path, most: float = NEAR_DUPLICATE) -> np.ndarray:
+    """Which held-out jailbreaks have no near-duplicate among the ones trained on (word 3-gram Jaccard < `most`).
+    The file is one collection, full of edited copies of a few famous prompts (DAN and its kin); there is no second
+    collection to score across, so recall on the novel ones is the nearest honest stand-in."""
+    trained = [_shingles(r.text) for r in corpus.load(data_dir, files=("jailbreak_prompts.jsonl",), synthetic_rows=0)
+               if not r.holdout]
+    out = []
+    for text in texts:
+        mine = _shingles(text)
+        out.append(all(len(mine & t) / max(1, len(mine | t)) < most for t in trained))
+    return np.array(out, dtype=bool)
+
+
+def format_report(r: dict) -> str:
+    ok = {True: "meets", False: "SHORT"}
+    c = r["checks"]
+    lines = [f"{r['rows']:,} rows never trained on, scored in {r['seconds']:.0f} s"
+             + (f" (a sample: the first {r['sample']} of each source)" if r["sample"] else ""),
+             f"flagged AUPRC, OpenAI moderation: {r['flagged']['auprc']:.3f} ({r['flagged']['positive']} of "
+             f"{r['flagged']['rows']} positive; target >= {TARGETS['flagged_auprc']}) {ok[c['flagged_auprc']]}",
+             "  per category: " + ", ".join(f"{h} {m['auprc']:.3f} ({m['positive']}/{m['rows']})"
+                                            for h, m in r["heads"].items()),
+             f"jailbreak recall {r['jailbreak']['recall']:.3f} of {r['jailbreak']['rows']} (on the "
+             f"{r['jailbreak']['novel_rows']} with no near-duplicate in training: {r['jailbreak']['novel_recall']:.3f})"
+             f"; everyday instructions "
+             f"flagged as jailbreaks {r['jailbreak']['everyday_flagged_jailbreak']:.3f}, by the default policy "
+             f"{r['jailbreak']['everyday_flagged_policy']:.3f} of {r['jailbreak']['everyday_rows']:,} "
+             f"(targets >= {TARGETS['jailbreak_recall']}, <= {TARGETS['everyday_flagged']}) {ok[c['jailbreak']]}",
+             f"harmful requests caught: XSTest unsafe {r['harmful']['xstest_unsafe_caught']:.3f} of "
+             f"{r['harmful']['xstest_unsafe']}, harmful questions {r['harmful']['questions_caught']:.3f} of "
+             f"{r['harmful']['questions']}; XSTest safe look-alikes flagged {r['harmful']['xstest_safe_flagged']:.3f}"
+             f" of {r['harmful']['xstest_safe']} (targets >= {TARGETS['harmful_caught']}, <= "
+             f"{TARGETS['lookalikes_flagged']}) {ok[c['harmful']]}",
+             f"hate AUPRC: Davidson {r['hate_davidson']['auprc']:.3f} ({r['hate_davidson']['positive']}/"
+             f"{r['hate_davidson']['rows']}), ToxiGen {r['hate_toxigen']['auprc']:.3f} ({r['hate_toxigen']['positive']}"
+             f"/{r['hate_toxigen']['rows']}) (target >= 0.85 each) {ok[c['hate']]}",
+             f"benign rows of the labelled sets flagged by the default policy: {r['benign_flagged']['share']:.3f} of "
+             f"{r['benign_flagged']['rows']:,}",
+             "calibration error (ECE, 10 bins): " + ", ".join(f"{h} {v:.3f}" for h, v in r["calibration_error"].items()),
+             "sent to MiniLM: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["escalated"].items()))]
     return "\n".join(lines)

@@ -15,11 +15,15 @@ from pathlib import Path
 
 HARM_LABELS = {"hate": ("H", "H2", "HR"), "sexual": ("S", "S3"), "violence": ("V", "V2"), "self_harm": ("SH",)}
 MODERATION_KEYS = ("S", "H", "V", "HR", "SH", "S3", "H2", "V2")
-FILES = ("openai_moderation.jsonl", "jailbreak_prompts.jsonl", "harmful_questions.jsonl", "xstest.jsonl")
+
+
+def fold(text: str) -> int:
+    """0-4, fixed by the text: fold 0 is the held-out fifth."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 5
 
 
 def is_holdout(text: str) -> bool:
-    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 5 == 0
+    return fold(text) == 0
 
 
 def read(path: Path) -> list[dict]:
@@ -47,9 +51,3 @@ def targets(row: dict) -> dict[str, int | None]:
     if "unsafe" in labels:
         out["unsafe"] = int(labels["unsafe"])
     return out
-
-
-def is_benign(row: dict) -> bool:
-    """A row labelled harmless in every way it is labelled."""
-    found = targets(row)
-    return bool(found) and all(v in (0, None) for v in found.values())

@@ -2,7 +2,7 @@
 
 A deployment names its policy (`content_filter: strict`); policies are defined under `content_filters` in the
 config. `default` is Azure's default unless redefined: harm categories filtered from medium severity on both
-sides, prompt attacks blocked, PII annotated. Actions: `block` refuses a prompt (400 `content_filter`) or ends a
+sides, prompt attacks blocked, harmful requests and PII annotated. Actions: `block` refuses a prompt (400 `content_filter`) or ends a
 completion (`finish_reason: content_filter`); `redact` replaces PII with its kind (`[EMAIL]`) before the model
 or the client sees it; `annotate` only reports.
 """
@@ -68,6 +68,11 @@ class ContentFilterPolicy(_Strict):
     jailbreak: Literal["block", "annotate", "off"] = Field(default="block", description="user prompt attacks")
     indirect_attack: Literal["block", "annotate", "off"] = Field(
         default="annotate", description="instructions hidden in tool results and documents")
+    harmful_request: Literal["block", "annotate", "off"] = Field(
+        default="annotate", description="a user asking for help with something harmful (\"how do I make a pipe "
+                                        "bomb\"), which need not be harmful text of any category; annotated as "
+                                        "`harmful_request`. Annotated by default: its classifier still flags too many "
+                                        "safe look-alikes to block on its own (see the card)")
     blocklists: list[str] = Field(default_factory=list, description="names of the project's blocklists to apply")
     judge: JudgeSettings | None = Field(default=None, description="harm categories from an LLM judge instead of the "
                                                                   "built-in classifiers (prompts and whole answers; "

@@ -26,12 +26,13 @@ FILTER_ERROR = {"code": "content_filter_error", "message": "The contents are not
 class Decision:
     direction: str             # prompt or completion
     index: int                 # which prompt part (message) or choice
-    detector: str              # pii, blocklist, profanity, harm, jailbreak, indirect_attack
+    detector: str              # pii, blocklist, profanity, harm, jailbreak, indirect_attack, harmful_request
     category: str              # e.g. email, a blocklist's name, hate
     score: float               # 1.0 for exact matches; a classifier's probability otherwise
     threshold: float | None    # the score (or severity) from which it filters; None for exact matches
     action: str                # block, redact or annotate
     span: tuple[int, int] | None = None
+    stage: str | None = None   # a classifier's: which stage of the cascade scored it (ngram or minilm)
 
     def as_dict(self) -> dict:
         out = {"direction": self.direction, "index": self.index, "detector": self.detector,
@@ -39,6 +40,8 @@ class Decision:
                "action": self.action}
         if self.span is not None:
             out["span"] = list(self.span)
+        if self.stage is not None:
+            out["stage"] = self.stage
         return out
 
 
@@ -99,17 +102,19 @@ class Screen:
     def _classify(self, direction: str, rules: Direction, parts: list[str], out: Outcome, first: int,
                   roles: list[str] | None) -> None:
         categories = [] if self.judged else [c for c in HARM_CATEGORIES if rules.harm(c).min_severity is not None]
-        attacks = []
+        checks = []  # (detector, action, head, which roles)
         if direction == "prompt":
             if self.policy.jailbreak != "off":
-                attacks.append(("jailbreak", self.policy.jailbreak, lambda role: role != "tool"))
+                checks.append(("jailbreak", self.policy.jailbreak, "jailbreak", lambda role: role != "tool"))
             if self.policy.indirect_attack != "off":
-                attacks.append(("indirect_attack", self.policy.indirect_attack, lambda role: role == "tool"))
-        if not categories and not attacks:
+                checks.append(("indirect_attack", self.policy.indirect_attack, "jailbreak", lambda role: role == "tool"))
+            if self.policy.harmful_request != "off" and "harmful_request" in self.model.heads:
+                checks.append(("harmful_request", self.policy.harmful_request, "harmful_request",
+                               lambda role: role not in ("tool", "system", "developer", "assistant")))
+        if not categories and not checks:
             return
-        worst = {c: (0, 0.0, None) for c in categories}       # severity, score, part
-        attack = {name: (0.0, None) for name, _, _ in attacks}  # score, part
-        threshold = self.model.thresholds.get("jailbreak", 0.5)
+        worst = {c: (0, 0.0, None, None, None) for c in categories}           # severity, score, part, span, stage
+        found = {name: (0.0, None, None, None) for name, _, _, _ in checks}   # score, part, span, stage
         for i, text in enumerate(parts):
             if not text:
                 continue
@@ -117,29 +122,31 @@ class Screen:
             for c in categories:
                 severity = scores.severity(c)
                 if severity > worst[c][0] or worst[c][2] is None:
-                    worst[c] = (severity, scores.values[c], i)
+                    worst[c] = (severity, scores.values[c], i, scores.window.get(c), scores.stage.get(c))
             role = roles[i] if roles else "user"
-            for name, _, applies in attacks:
-                if applies(role) and scores.values["jailbreak"] > attack[name][0]:
-                    attack[name] = (scores.values["jailbreak"], i)
+            for name, _, head, applies in checks:
+                if applies(role) and scores.values[head] > found[name][0]:
+                    found[name] = (scores.values[head], i, scores.window.get(head), scores.stage.get(head))
         for c in categories:
             rule = rules.harm(c)
-            severity, score, part = worst[c]
+            severity, score, part, span, stage = worst[c]
             hit = severity >= rule.min_severity
             filtered = hit and rule.action == "block"
             out.blocked |= filtered
             out.results[c] = {"filtered": filtered, "severity": severity_level(severity)}
             if hit:
                 out.decisions.append(Decision(direction, first + (part or 0), "harm", c, score,
-                                              rule.min_severity / 8, rule.action))
-        for name, action, _ in attacks:
-            score, part = attack[name]
+                                              rule.min_severity / 8, rule.action, span, stage))
+        for name, action, head, _ in checks:
+            score, part, span, stage = found[name]
+            threshold = self.model.thresholds.get(head, 0.5)
             detected = score >= threshold
             filtered = detected and action == "block"
             out.blocked |= filtered
             out.results[name] = {"filtered": filtered, "detected": detected}
             if detected:
-                out.decisions.append(Decision(direction, first + (part or 0), name, name, score, threshold, action))
+                out.decisions.append(Decision(direction, first + (part or 0), name, name, score, threshold, action,
+                                              span, stage))
 
     def apply_judgement(self, direction: str, severities: dict[str, int], codes: list[str], out: Outcome,
                         index: int = 0) -> None:

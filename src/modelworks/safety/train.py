@@ -1,121 +1,82 @@
-"""`modelworks safety train`: train the built-in safety classifiers from `../shared/datasets` (rerunnable).
+"""`modelworks safety train`: rebuild the built-in classifiers from `../shared/datasets` (rerunnable, seeded).
 
-Features: `features.py` (hashed word and character n-grams, TF-IDF). Heads, each an L2-regularised logistic
-regression with class-balanced weights, trained on the rows outside the held-out fifth (`labels.is_holdout`):
-- hate, sexual, violence, self_harm and flagged: openai_moderation rows whose label for it is known;
-- jailbreak: jailbreak_prompts (positive) against every other file's rows (negative), harmful questions
-  included: asking for something harmful is not an attack on the model's instructions.
-Each head's operating threshold is 0.5 for the harm heads (severity medium) and, for jailbreak, the lowest score
-that flags at most 2% of the benign training rows (the target allows 5% on unseen ones).
-Writes `models/text-safety-v1.npz` (float16 weights, about 1 MB) and prints the held-out figures, which the
-card (`models/CARD.md`) records.
+1. Rows and splits: `corpus.py` (folds 2-4 train, fold 1 calibrates, fold 0 is held out for the figures).
+2. The n-gram heads (`ngram.py`) on the training folds, each source weighted so that the two large tweet and
+   statement sets count as `finetune.CAP` rows each (as the MiniLM stage samples them).
+3. The MiniLM adapter and heads (`finetune.py`, PyTorch on the CPU: about 25 minutes on 2 cores).
+4. The cascade's calibration, gates and thresholds (`calibrate.py`) on the calibration fold, scored by the
+   shipped runtime itself (ONNX, int8 where this CPU keeps it close to fp32), so what is calibrated is what serves.
+Writes the three model files (`classifier.py`) into `out` (the package's models folder by default).
 """
 
 from __future__ import annotations
 
+import collections
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from modelworks.safety import features, labels
-from modelworks.safety.classifier import MODEL_PATH
+from modelworks.safety import calibrate, corpus, finetune, ngram
+from modelworks.safety.classifier import ADAPTER, CALIBRATION, MODEL_DIR, NGRAM
 
-HEADS = ("hate", "sexual", "violence", "self_harm", "flagged", "jailbreak")
-L2 = 1e-4  # per-sample L2 strength, every head
-
-
-class Matrix:
-    """Rows of sparse features as flat arrays (row, column, value): what the gradient needs, nothing more."""
-
-    def __init__(self, vectors: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        self.n = len(vectors)
-        self.rows = np.concatenate([np.full(len(i), r, dtype=np.int64) for r, (i, _) in enumerate(vectors)])
-        self.cols = np.concatenate([i for i, _ in vectors])
-        self.vals = np.concatenate([v for _, v in vectors]).astype(np.float64)
-
-    def dot(self, w: np.ndarray) -> np.ndarray:
-        return np.bincount(self.rows, weights=self.vals * w[self.cols], minlength=self.n)
-
-    def t_dot(self, g: np.ndarray, size: int) -> np.ndarray:
-        return np.bincount(self.cols, weights=self.vals * g[self.rows], minlength=size)
+HEADS = corpus.HEADS
 
 
-def fit_idf(texts: list[str]) -> np.ndarray:
-    df = np.zeros(features.DIMENSIONS)
-    for text in texts:
-        for b in features.counts(text):
-            df[b] += 1
-    return (np.log((1 + len(texts)) / (1 + df)) + 1).astype(np.float32)  # sklearn's smooth idf
+def train(data_dir: Path, out: Path = MODEL_DIR, *, epochs: int = 3, seed: int = 0, exclude: tuple[str, ...] = (),
+          limit: int = 0, cache_dir: Path | None = None, calibrate_only: bool = False, log=print) -> dict:
+    """`calibrate_only`: keep both stages' files in `out` and fit the calibration again (minutes, not the 13 of
+    fine-tuning)."""
+    from modelworks.safety.encoder import minilm_dir
 
-
-def fit_head(x: Matrix, y: np.ndarray, l2: float, steps: int = 600) -> tuple[np.ndarray, float]:
-    """Logistic regression, class-balanced, by Adam on the full batch."""
-    size = features.DIMENSIONS
-    pos = max(1, int(y.sum()))
-    neg = max(1, len(y) - pos)
-    weight = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg))
-    w, b = np.zeros(size), 0.0
-    m, v, mb, vb = np.zeros(size), np.zeros(size), 0.0, 0.0
-    lr, beta1, beta2, eps = 0.05, 0.9, 0.999, 1e-8
-    for step in range(1, steps + 1):
-        p = 1 / (1 + np.exp(-(x.dot(w) + b)))
-        g = weight * (p - y) / len(y)
-        gw = x.t_dot(g, size) + l2 * w
-        gb = g.sum()
-        m = beta1 * m + (1 - beta1) * gw
-        v = beta2 * v + (1 - beta2) * gw * gw
-        mb = beta1 * mb + (1 - beta1) * gb
-        vb = beta2 * vb + (1 - beta2) * gb * gb
-        w -= lr * (m / (1 - beta1 ** step)) / (np.sqrt(v / (1 - beta2 ** step)) + eps)
-        b -= lr * (mb / (1 - beta1 ** step)) / (math.sqrt(vb / (1 - beta2 ** step)) + eps)
-    return w, b
-
-
-def train(data_dir: Path, out: Path = MODEL_PATH, log=print) -> dict:
     started = time.monotonic()
-    rows = []
-    for name in labels.FILES:
-        for row in labels.read(data_dir / name):
-            row["file"] = name
-            rows.append(row)
-    training = [r for r in rows if not labels.is_holdout(r["text"])]
-    log(f"{len(rows)} rows, {len(training)} for training, {len(rows) - len(training)} held out")
-    idf = fit_idf([r["text"] for r in training])
-    vectors = [features.vector(r["text"], idf) for r in training]
-    weights, biases, thresholds, counts = [], [], {}, {}
-    for head in HEADS:
-        picked, ys = [], []
-        for i, row in enumerate(training):
-            target = labels.targets(row)
-            if head == "jailbreak":
-                value = target.get("jailbreak", 0)
-            else:
-                value = target.get(head)
-            if value is not None:
-                picked.append(i)
-                ys.append(value)
-        y = np.array(ys, dtype=np.float64)
-        x = Matrix([vectors[i] for i in picked])
-        w, b = fit_head(x, y, L2)
-        weights.append(w)
-        biases.append(b)
-        counts[head] = {"rows": len(ys), "positive": int(y.sum())}
-        if head == "jailbreak":
-            scores = 1 / (1 + np.exp(-(x.dot(w) + b)))
-            benign = np.sort(scores[y == 0])
-            thresholds[head] = float(max(0.5, benign[int(math.ceil(0.98 * len(benign))) - 1] + 1e-6))
-        else:
-            thresholds[head] = 0.5
-        log(f"  {head}: {counts[head]['rows']} rows ({counts[head]['positive']} positive), threshold "
-            f"{thresholds[head]:.3f}")
-    meta = {"version": 1, "heads": list(HEADS), "thresholds": thresholds, "features": {
-        "bits": features.BITS, "window_chars": features.WINDOW_CHARS}, "training_rows": counts,
-        "split": "sha256(text) first 8 hex digits mod 5 == 0 held out"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, idf=idf.astype(np.float16), weights=np.array(weights, dtype=np.float16),
-                        bias=np.array(biases, dtype=np.float32), meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
-    log(f"written {out} ({out.stat().st_size / 1e6:.2f} MB) in {time.monotonic() - started:.0f} s")
-    return meta
+    out.mkdir(parents=True, exist_ok=True)
+    rows = corpus.load(data_dir)
+    fit = corpus.usable(rows, (2, 3, 4), exclude)
+    cal = corpus.usable(rows, (1,), exclude)
+    if limit:
+        fit, cal = fit[:limit], cal[:limit]
+    log(f"{len(rows):,} rows: {len(fit):,} to train on, {len(cal):,} to calibrate on"
+        + (f" (left out: {', '.join(exclude)})" if exclude else ""))
+    if calibrate_only:
+        meta = json.loads((out / CALIBRATION).read_text())["finetune"]
+    else:
+        sizes = collections.Counter(r.source for r in fit)
+        ngram.train(fit, HEADS, lambda r: min(1.0, finetune.CAP / sizes[r.source]), out / NGRAM, log=log)
+        log(f"n-gram heads written ({time.monotonic() - started:.0f} s)")
+        meta = finetune.finetune(fit, HEADS, minilm_dir(), out / ADAPTER, epochs=epochs, seed=seed, limit=limit,
+                                 log=log)
+        log(f"MiniLM adapter written ({time.monotonic() - started:.0f} s)")
+    zn, ze = score_both(out, [r.text for r in cal], cache_dir)
+    # the ensemble and the probabilities are fitted on real rows only: this project's templated rows are easy
+    # for both stages (the n-gram heads most), and would teach the ensemble to trust what only fits templates;
+    # they do count among the benign rows a threshold must leave alone (the only instruction-like ones)
+    real = np.array([r.source != corpus.SYNTHETIC for r in cal])
+    targets = [r.targets if keep else {} for r, keep in zip(cal, real)]
+    benign = np.array([i for i, r in enumerate(cal) if r.benign], dtype=np.int64)
+    lookalikes = np.array([i for i, r in enumerate(cal) if r.benign and r.source == "xstest"], dtype=np.int64)
+    fitted = calibrate.fit(HEADS, zn, ze, targets, benign, lookalikes)
+    fitted.update({"version": 2, "seed": seed, "epochs": epochs, "excluded": list(exclude),
+                   "split": "sha256(text) first 8 hex digits mod 5: 0 held out, 1 calibration, 2-4 training",
+                   "training_rows": dict(collections.Counter(r.source for r in fit)),
+                   "calibration_rows": dict(collections.Counter(r.source for r in cal)),
+                   "finetune": meta, "seconds": round(time.monotonic() - started)})
+    (out / CALIBRATION).write_text(json.dumps(fitted, indent=1) + "\n")
+    for head, f in fitted["heads"].items():
+        log(f"  {head}: ensemble {np.round(f['ensemble'], 3).tolist()}, gate {f['gate']:.2f}, "
+            f"threshold {f['threshold']:.3f} ({f['positive']} of {f['rows']} calibration rows positive)")
+    log(f"written {out} in {time.monotonic() - started:.0f} s")
+    return fitted
+
+
+def score_both(model_dir: Path, texts: list[str], cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's n-gram and MiniLM logits (rows x heads), as the cascade computes them."""
+    from modelworks.safety.classifier import DEFAULT_CACHE
+    from modelworks.safety.encoder import EncoderModel
+
+    grams = ngram.NgramModel(model_dir / NGRAM)
+    encoder = EncoderModel(model_dir / ADAPTER, (cache_dir or DEFAULT_CACHE).expanduser(), threads=2)
+    zn = np.array([grams.logits(t)[0] for t in texts])
+    ze = np.array([encoder.logits(t)[0] for t in texts])
+    return zn, ze

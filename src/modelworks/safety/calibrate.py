@@ -1,0 +1,80 @@
+"""Fitting the cascade on the calibration fold (fold 1: rows neither stage was trained on).
+
+Per head, from each calibration row's n-gram logit `zn` and MiniLM logit `ze`:
+- the ensemble: p = sigmoid(a * ze + b * zn + c), a small logistic regression (L2-regularised towards a = 1,
+  b = 0, c = 0, so a head with few positives stays close to the MiniLM head alone), fitted by Newton's method;
+  with fewer than `MIN_POSITIVES` positives b stays 0. p is then a calibrated probability (Platt scaling) and
+  the harm categories' severity is floor(8 p): "medium" (4) means more likely harmful than not, on this mix;
+- the n-gram-only calibration: p = sigmoid(a' * zn + c'), the score a text gets when it is not escalated;
+- the gate: the n-gram logit above which a text goes to MiniLM, the `GATE_QUANTILE` quantile of the positives'
+  n-gram logits (so that share of positives is decided by the n-gram stage alone, as negatives; at 1% a third
+  more of everyday instructions went to MiniLM, two thirds in all, which costs the p50 target);
+- the threshold: 0.5 for the harm heads and flagged; for jailbreak and harmful_request, the lowest probability
+  that flags at most `BENIGN_FPR` of the benign rows (instruction-like text included), and never below 0.5; for
+  harmful_request also at most `LOOKALIKE_FPR` of the look-alikes (XSTest's safe prompts in the calibration
+  fold: "how do I kill someone in a video game"), the line this head finds hardest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MIN_POSITIVES = 30
+GATE_QUANTILE = 0.02
+BENIGN_FPR = {"jailbreak": 0.01, "harmful_request": 0.03}
+LOOKALIKE_FPR = 0.10
+PRIOR = 1.0  # L2 strength pulling the ensemble towards the MiniLM head alone
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, prior_mean: np.ndarray, prior: float = PRIOR,
+                 iterations: int = 50) -> np.ndarray:
+    """Weights (with the intercept last) maximising the log-likelihood minus prior/2 * |w - prior_mean|^2."""
+    x1 = np.hstack([x, np.ones((len(x), 1))])
+    w = prior_mean.astype(np.float64).copy()
+    for _ in range(iterations):
+        p = sigmoid(x1 @ w)
+        grad = x1.T @ (p - y) + prior * (w - prior_mean)
+        hess = (x1 * (p * (1 - p))[:, None]).T @ x1 + prior * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+def sigmoid(z):
+    return 0.5 * (1 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))  # no overflow for large |z|
+
+
+def _cut(scores: np.ndarray, share: float) -> float:
+    """The lowest score that flags at most `share` of these."""
+    ordered = np.sort(scores)
+    return float(ordered[int(np.ceil((1 - share) * len(ordered))) - 1] + 1e-6)
+
+
+def fit(heads: tuple[str, ...], zn: np.ndarray, ze: np.ndarray, targets: list[dict], benign: np.ndarray,
+        lookalikes: np.ndarray = np.zeros(0, dtype=np.int64)) -> dict:
+    """`zn`, `ze`: rows x heads logits; `targets`: each row's labels; `benign`: rows labelled harmless in every way;
+    `lookalikes`: benign rows that read like harmful requests."""
+    out = {"heads": {}}
+    for h, head in enumerate(heads):
+        idx = np.array([i for i, t in enumerate(targets) if head in t], dtype=np.int64)
+        y = np.array([targets[i][head] for i in idx], dtype=np.float64)
+        positives = int(y.sum())
+        both = positives >= MIN_POSITIVES and len(y) - positives >= MIN_POSITIVES
+        if both:
+            w = fit_logistic(np.c_[ze[idx, h], zn[idx, h]], y, np.array([1.0, 0.0, 0.0]))
+            a, b, c = w
+        else:
+            a, c = fit_logistic(ze[idx, h][:, None], y, np.array([1.0, 0.0]))
+            b = 0.0
+        an, cn = fit_logistic(zn[idx, h][:, None], y, np.array([1.0, 0.0]))
+        gate = float(np.quantile(zn[idx[y == 1], h], GATE_QUANTILE)) if positives else 0.0
+        threshold = 0.5
+        if head in BENIGN_FPR and len(benign):
+            threshold = max(0.5, _cut(sigmoid(a * ze[benign, h] + b * zn[benign, h] + c), BENIGN_FPR[head]))
+        if head == "harmful_request" and len(lookalikes):
+            threshold = max(threshold, _cut(sigmoid(a * ze[lookalikes, h] + b * zn[lookalikes, h] + c), LOOKALIKE_FPR))
+        out["heads"][head] = {"ensemble": [float(a), float(b), float(c)], "ngram": [float(an), float(cn)],
+                              "gate": gate, "threshold": threshold, "rows": int(len(y)), "positive": positives}
+    return out
