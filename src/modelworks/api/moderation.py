@@ -70,9 +70,10 @@ def _texts(value) -> list[str]:
 
 def _result(model: TextSafetyModel, text: str) -> dict:
     values = model.score(text).values if text else {h: 0.0 for h in model.heads}
-    scores = {name: round(float(values[parent]), 6) for name, parent in _PARENT.items()}
-    categories = {name: name in _FLAGGABLE and scores[name] >= model.thresholds[_PARENT[name]] for name in _PARENT}
-    flagged = any(categories.values()) or values["flagged"] >= model.thresholds["flagged"]
+    scores = {name: round(float(values.get(parent, 0.0)), 6) for name, parent in _PARENT.items()}
+    categories = {name: name in _FLAGGABLE and _PARENT[name] in model.thresholds
+                  and scores[name] >= model.thresholds[_PARENT[name]] for name in _PARENT}
+    flagged = any(categories.values()) or values.get("flagged", 0.0) >= model.thresholds.get("flagged", 1.0)
     return {"flagged": flagged, "categories": categories,
             "category_scores": scores,
             "category_applied_input_types": {name: ["text"] for name in scores}}

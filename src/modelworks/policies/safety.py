@@ -29,6 +29,7 @@ from modelworks.safety.screen import Outcome, Screen, redact_parts
 from modelworks.safety.stream import StreamScreen
 
 log = logging.getLogger("modelworks.safety")
+RETRY_LOAD_S = 60.0  # after classifiers failed to load, requests fail their checks this long before a new try
 
 
 INLINE_BELOW = 256  # characters (or body bytes) screened on the event loop; more go to the CPU pool
@@ -82,13 +83,18 @@ class SafetyPolicy:
         self.content_log = content_log  # control.content_log.ContentLog: text of the deployments that opt in
         self.profanity = profanity()
         self.model = None  # the classifiers: loaded when the first policy that classifies is used
+        self._retry_load_at = 0.0
         self._screens: dict[str, Screen] = {}
         self.errors = 0  # checks that failed (their requests were served, annotated, unless fail-closed)
 
     async def warm(self) -> None:
-        """Load the classifiers now, off the event loop, if any policy uses them."""
+        """Load the classifiers now, off the event loop, if any policy uses them. A failure does not stop the
+        server: the first request that needs them tries again (and fails as its policy says, below)."""
         if self.model is None and any(_classifies(p) for p in self.policies.values()):
-            self.model = await offload(lambda: self.model_loader().load())
+            try:
+                self.model = await offload(lambda: self.model_loader().load())
+            except Exception:  # noqa: BLE001 - logged; the deployments without filters serve regardless
+                log.exception("the content-safety classifiers could not be loaded")
 
     async def screen_for(self, call: Call) -> Screen | None:
         route = call.route
@@ -103,7 +109,15 @@ class SafetyPolicy:
                             route.deployment, name)
                 policy = self.policies["default"]
             if self.model is None and _classifies(policy):
-                self.model = await offload(lambda: self.model_loader().load())  # seconds the first time
+                if time.monotonic() < self._retry_load_at:
+                    return _unloaded(policy, self.profanity)
+                try:
+                    self.model = await offload(lambda: self.model_loader().load())  # seconds the first time
+                except Exception:  # noqa: BLE001 - as a failed check: annotated, or refused when fail-closed
+                    log.exception("the content-safety classifiers could not be loaded; trying again in %s s",
+                                  RETRY_LOAD_S)
+                    self._retry_load_at = time.monotonic() + RETRY_LOAD_S
+                    return _unloaded(policy, self.profanity)
             screen = self._screens[name] = Screen(policy, profanity=self.profanity, model=self.model,
                                                   judged=policy.judge is not None)
         if screen.policy.blocklists and self.blocklists is not None and call.principal is not None:
@@ -217,6 +231,20 @@ class SafetyPolicy:
         decisions.extend(d.as_dict() for d in outcome.decisions)
         call.facts["filter_outcome"] = max(call.facts.get("filter_outcome") or "passed", outcome.outcome,
                                            key=_SEVERITY_OF_OUTCOME.index)
+
+
+class _Unloaded:
+    """Stands in for classifiers that failed to load: every check fails, so `fail_closed` decides."""
+
+    heads = ("hate", "sexual", "violence", "self_harm", "flagged", "jailbreak", "harmful_request")
+    thresholds = {h: 0.5 for h in heads}
+
+    def score(self, text: str):
+        raise RuntimeError("the content-safety classifiers are not loaded")
+
+
+def _unloaded(policy: ContentFilterPolicy, profanity) -> Screen:
+    return Screen(policy, profanity=profanity, model=_Unloaded(), judged=policy.judge is not None)
 
 
 def _default_loader():

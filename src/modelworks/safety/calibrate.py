@@ -7,7 +7,7 @@ Per head, from each calibration row's n-gram logit `zn` and MiniLM logit `ze`:
   the harm categories' severity is floor(8 p): "medium" (4) means more likely harmful than not, on this mix;
 - the n-gram-only calibration: p = sigmoid(a' * zn + c'), the score a text gets when it is not escalated;
 - the gate: the n-gram logit above which a text goes to MiniLM, the `GATE_QUANTILE` quantile of the positives'
-  n-gram logits (so that share of positives is decided by the n-gram stage alone, as negatives; at 1% a third
+  n-gram logits (`FEW_QUANTILE` for a head with few positives, and never below the logit of a featureless text) (so that share of positives is decided by the n-gram stage alone, as negatives; at 1% a third
   more of everyday instructions went to MiniLM, two thirds in all, which costs the p50 target);
 - the threshold: 0.5 for the harm heads and flagged; for jailbreak and harmful_request, the lowest probability
   that flags at most `BENIGN_FPR` of the benign rows (instruction-like text included), and never below 0.5; for
@@ -23,6 +23,8 @@ MIN_POSITIVES = 30
 GATE_QUANTILE = 0.02
 BENIGN_FPR = {"jailbreak": 0.01, "harmful_request": 0.03}
 LOOKALIKE_FPR = 0.10
+FEW_QUANTILE = 0.10   # a head with fewer than MIN_POSITIVES positives: its lowest one would set the gate alone
+FLOOR_MARGIN = 0.25
 PRIOR = 1.0  # L2 strength pulling the ensemble towards the MiniLM head alone
 
 
@@ -49,13 +51,14 @@ def sigmoid(z):
 def _cut(scores: np.ndarray, share: float) -> float:
     """The lowest score that flags at most `share` of these."""
     ordered = np.sort(scores)
-    return float(ordered[int(np.ceil((1 - share) * len(ordered))) - 1] + 1e-6)
+    return float(min(1.0, ordered[int(np.ceil((1 - share) * len(ordered))) - 1] + 1e-6))
 
 
 def fit(heads: tuple[str, ...], zn: np.ndarray, ze: np.ndarray, targets: list[dict], benign: np.ndarray,
-        lookalikes: np.ndarray = np.zeros(0, dtype=np.int64)) -> dict:
+        lookalikes: np.ndarray = np.zeros(0, dtype=np.int64), floor: np.ndarray | None = None) -> dict:
     """`zn`, `ze`: rows x heads logits; `targets`: each row's labels; `benign`: rows labelled harmless in every way;
-    `lookalikes`: benign rows that read like harmful requests."""
+    `lookalikes`: benign rows that read like harmful requests; `floor`: each head's n-gram logit of a text without
+    features (its bias): no gate goes below it, or empty text and emoji would escalate."""
     out = {"heads": {}}
     for h, head in enumerate(heads):
         idx = np.array([i for i, t in enumerate(targets) if head in t], dtype=np.int64)
@@ -69,7 +72,10 @@ def fit(heads: tuple[str, ...], zn: np.ndarray, ze: np.ndarray, targets: list[di
             a, c = fit_logistic(ze[idx, h][:, None], y, np.array([1.0, 0.0]))
             b = 0.0
         an, cn = fit_logistic(zn[idx, h][:, None], y, np.array([1.0, 0.0]))
-        gate = float(np.quantile(zn[idx[y == 1], h], GATE_QUANTILE)) if positives else 0.0
+        quantile = GATE_QUANTILE if positives >= MIN_POSITIVES else FEW_QUANTILE
+        gate = float(np.quantile(zn[idx[y == 1], h], quantile)) if positives else 0.0
+        if floor is not None:
+            gate = max(gate, float(floor[h]) + FLOOR_MARGIN)
         threshold = 0.5
         if head in BENIGN_FPR and len(benign):
             threshold = max(0.5, _cut(sigmoid(a * ze[benign, h] + b * zn[benign, h] + c), BENIGN_FPR[head]))

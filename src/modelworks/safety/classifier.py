@@ -8,7 +8,7 @@ API's overall signal), `jailbreak` (a user prompt attack; also used for indirect
    (`features.windows`, about 2,000 characters).
 2. A window whose n-gram logit reaches a head's gate goes to the fine-tuned MiniLM (`encoder.py`, ONNX Runtime):
    its probability is then the calibrated ensemble of both logits. A window below every gate keeps the n-gram
-   stage's calibrated probability. The gates are set so that 99% of the calibration fold's positives are
+   stage's calibrated probability. The gates are set so that 98% of the calibration fold's positives are
    escalated (`calibrate.py`); everyday text mostly is not, which is what keeps the cost down.
 Each head's score is its highest window's; the window's character span and the stage that scored it explain the
 decision. Severity (Azure's 0-7) is floor(8 x probability), the probability calibrated on held-out rows.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,13 +64,19 @@ class TextSafetyModel:
         self._ens = np.array([fitted[h]["ensemble"] for h in self.heads])   # heads x (a, b, c)
         self._ng = np.array([fitted[h]["ngram"] for h in self.heads])       # heads x (a, c)
         self._encoder = None
+        self._loading = threading.Lock()  # scoring runs in the CPU pool: one load, whoever asks first
 
     @property
     def encoder(self):
         if self._encoder is None:
-            from modelworks.safety.encoder import EncoderModel
+            with self._loading:
+                if self._encoder is None:
+                    from modelworks.safety.encoder import EncoderModel
 
-            self._encoder = EncoderModel(self.model_dir / ADAPTER, self.cache_dir, self.threads)
+                    encoder = EncoderModel(self.model_dir / ADAPTER, self.cache_dir, self.threads)
+                    if encoder.heads != self.heads:
+                        raise ValueError(f"the MiniLM heads {encoder.heads} are not the n-gram heads {self.heads}")
+                    self._encoder = encoder
         return self._encoder
 
     def load(self) -> "TextSafetyModel":

@@ -1,6 +1,6 @@
 """The MiniLM stage: the packaged all-MiniLM-L6-v2 with this project's fine-tuned adapter, on ONNX Runtime.
 
-The committed file (`models/text-safety-minilm.npz`, about 2 MB) holds only what fine-tuning changed: a low-rank
+The committed file (`models/text-safety-minilm.npz`, 1.2 MB) holds only what fine-tuning changed: a low-rank
 update (LoRA, B @ A times `scale`) of every layer's four matrices (Q/K/V together, attention output, the two
 feed-forward ones), every layer's biases and layer norms, and the heads. At start the update is merged into the
 package's weights and the result written once, as safetensors, to the model cache; `minilm_onnx` then writes

@@ -159,7 +159,7 @@ def finetune(rows, heads: tuple[str, ...], model_dir: Path, out: Path, *, epochs
     body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head")]
     opt = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": model.head.parameters(), "lr": 1e-3}],
                             weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / (total - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     log(f"  MiniLM + LoRA (rank {RANK}): {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
         f"trainable parameters, {len(rows):,} rows, {epochs} epochs of {total // max(1, epochs)} batches")
     step = 0
