@@ -57,11 +57,13 @@ browser:
 
 # Shared services as production runs them, for the tests that start their own: PgBouncer (transaction mode in front
 # of PostgreSQL) and Redis Sentinel (a failover of the limiter's Redis).
-# And podman with mmdebstrap, for the tests that build the image and run the compose file.
-SERVICE_PACKAGES := pgbouncer redis-sentinel podman runc mmdebstrap uidmap netavark aardvark-dns
+# And podman with mmdebstrap, for the tests that build the image and run the compose file (its network, netavark,
+# needs iptables, which not every machine of this kind has).
+SERVICE_PACKAGES := pgbouncer redis-sentinel podman runc mmdebstrap uidmap netavark aardvark-dns iptables
 services:
 	@(command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer) && command -v redis-sentinel >/dev/null \
-	  && command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null || \
+	  && command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null \
+	  && (command -v iptables >/dev/null || test -x /usr/sbin/iptables) || \
 	  (apt-get install -y -q $(SERVICE_PACKAGES) >/dev/null 2>&1 \
 	  || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(SERVICE_PACKAGES) >/dev/null 2>&1) \
 	  || sudo apt-get install -y -q $(SERVICE_PACKAGES)) || echo "$(SERVICE_PACKAGES) could not all be installed: their tests will fail"
