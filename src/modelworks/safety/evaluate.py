@@ -10,7 +10,8 @@ Reported against the targets of issue 16:
 - hate AUPRC on Davidson and on ToxiGen;
 - calibration (expected calibration error of each head on the held-out rows) and the share of rows the cascade
   sent to MiniLM (what the cost depends on).
-`--model DIR` scores another trained model (a cross-source run: `safety train --exclude toxigen --out DIR`).
+`--model DIR` scores another trained model (a cross-source run: `safety train --exclude toxigen --out DIR`); every
+row of a source that model left out is scored, not only its held-out fold.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def policy_flags(values: dict[str, float], thresholds: dict[str, float]) -> bool
 def evaluate(data_dir: Path, model: TextSafetyModel | None = None, log=None, sample: int = 0) -> dict:
     """`sample`: score only the first this many rows of each source (a quick look; the figures are the full run's)."""
     model = model or TextSafetyModel()
-    rows = [r for r in corpus.load(data_dir, synthetic_rows=0)
-            if r.holdout or r.source in {f.removesuffix(".jsonl") for f in corpus.EVAL_ONLY}]
+    unseen = {f.removesuffix(".jsonl") for f in corpus.EVAL_ONLY} | set(model.calibration.get("excluded", []))
+    rows = [r for r in corpus.load(data_dir, synthetic_rows=0) if r.holdout or r.source in unseen]
     if sample:
         taken: collections.Counter = collections.Counter()
         kept = []
