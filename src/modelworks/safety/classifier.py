@@ -90,7 +90,7 @@ class TextSafetyModel:
         found = []
         offset = 0
         for piece in pieces:
-            zn, _ = self.ngram.logits(piece)
+            zn = self.ngram.logits(piece)
             found.append((offset, piece, zn))
             offset += len(piece)
         margin = [float((zn - self._gate).max()) for _, _, zn in found]

@@ -27,19 +27,14 @@ class NgramModel:
         self.weights = data["weights"].astype(np.float32)  # heads x dimensions
         self.bias = data["bias"].astype(np.float32)
 
-    def logits(self, text: str) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """The highest logit per head over the text's windows, and each head's window (character span)."""
+    def logits(self, text: str) -> np.ndarray:
+        """The highest logit per head over the text's windows (the cascade passes one window at a time)."""
         best = np.full(len(self.heads), -np.inf, dtype=np.float32)
-        where = [(0, len(text))] * len(self.heads)
-        offset = 0
         for piece in features.windows(text):
             index, values = features.vector(piece, self.idf)
-            z = self.weights[:, index] @ values + self.bias if len(index) else self.bias.copy()
-            for h in np.nonzero(z > best)[0]:
-                best[h] = z[h]
-                where[h] = (offset, offset + len(piece))
-            offset += len(piece)
-        return best, where
+            z = self.weights[:, index] @ values + self.bias if len(index) else self.bias
+            np.maximum(best, z, out=best)
+        return best
 
 
 class Matrix:

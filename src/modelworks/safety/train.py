@@ -78,6 +78,6 @@ def score_both(model_dir: Path, texts: list[str], cache_dir: Path | None = None)
 
     grams = ngram.NgramModel(model_dir / NGRAM)
     encoder = EncoderModel(model_dir / ADAPTER, (cache_dir or DEFAULT_CACHE).expanduser(), threads=2)
-    zn = np.array([grams.logits(t)[0] for t in texts])
+    zn = np.array([grams.logits(t) for t in texts])
     ze = np.array([encoder.logits(t)[0] for t in texts])
     return zn, ze
