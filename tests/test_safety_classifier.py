@@ -63,6 +63,58 @@ def test_long_texts_are_scored_in_windows_and_the_worst_window_counts(model):
     assert long_text[start:end].endswith("should die.")
 
 
+def test_only_the_suspicious_windows_of_a_long_text_go_to_minilm(model):
+    bad = "You are worthless garbage and everyone like you should die. " * 3
+    long_text = "The weather report says sunny skies for the weekend. " * 200 + bad
+    model.forget()
+    scores = model.score(long_text)
+    assert scores.stage["flagged"] == "minilm"
+    assert 1 <= scores.minilm_windows <= 3  # of 18 windows: the last ones, not the weather
+
+
+def test_each_heads_worst_window_is_read_even_past_the_cap(model, monkeypatch):
+    """Fault injection into the stages (their logits chosen here): 40 windows pass the flagged gate; the one
+    jailbreak window is last, past the 32 most suspicious. MiniLM still reads it first, with flagged's worst."""
+    heads = list(model.heads)
+    f, j = heads.index("flagged"), heads.index("jailbreak")
+
+    def ngram(piece):
+        z = np.full(len(heads), -20.0)
+        z[f] = model._gate[f] + 1.0
+        if "zebra" in piece:
+            z[j] = model._gate[j] + 0.5
+        return z
+
+    def minilm(ids):
+        z = np.full((len(ids), len(heads)), -10.0)
+        for row, window in enumerate(ids):
+            if "zebra" in model.tokenizer.decode(window):
+                z[row, j] = 10.0
+        return z
+
+    text = "an ordinary line of text about the weather today " * 400 + "zebra"
+    model.forget()
+    monkeypatch.setattr(model.ngram, "logits", ngram)
+    monkeypatch.setattr(model, "_minilm", minilm)
+    try:
+        scores = model.score(text)
+    finally:
+        model.forget()
+    assert scores.stage["jailbreak"] == "minilm" and scores.values["jailbreak"] > 0.9
+    assert text[slice(*scores.window["jailbreak"])].endswith("zebra")
+    assert scores.minilm_windows == 3  # flagged's worst and the jailbreak's, then one more, which it clears
+    assert scores.values["flagged"] < model.thresholds["flagged"] / 2  # never read, so capped
+
+
+def test_scores_are_kept_per_text_so_a_resent_history_costs_nothing(model):
+    text = "Summarise the attached meeting notes for the team."
+    first = model.score(text)
+    assert model.score(text) is first
+    model.forget()
+    again = model.score(text)
+    assert again is not first and again.values == first.values
+
+
 def test_the_cascade_sends_only_suspicious_text_to_minilm(model):
     plain = model.score("Please find the invoice attached.")
     assert set(plain.stage.values()) == {"ngram"}

@@ -41,7 +41,7 @@ class ContentSafetyHandlers:
                                     req.text)
         analysis = []
         if not (matches and req.halt_on_blocklist_hit):
-            scores = await offload(lambda: self.model_loader().score(req.text))
+            scores = await offload(lambda: self.model_loader().score(req.text, every_window=True))
             for category in req.categories or list(CATEGORIES):
                 severity = scores.severity(CATEGORIES[category])
                 if req.output_type == "FourSeverityLevels":
@@ -83,7 +83,7 @@ def _shield(model_loader, req: ShieldPromptRequest) -> dict:
     threshold = model.thresholds.get("jailbreak", 0.5)
     out: dict = {}
     if req.user_prompt is not None:
-        out["userPromptAnalysis"] = {"attackDetected": model.score(req.user_prompt).values["jailbreak"] >= threshold}
-    out["documentsAnalysis"] = [{"attackDetected": model.score(d).values["jailbreak"] >= threshold}
+        out["userPromptAnalysis"] = {"attackDetected": model.score(req.user_prompt, every_window=True).values["jailbreak"] >= threshold}
+    out["documentsAnalysis"] = [{"attackDetected": model.score(d, every_window=True).values["jailbreak"] >= threshold}
                                 for d in req.documents or []]
     return out

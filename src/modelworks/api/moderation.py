@@ -69,7 +69,7 @@ def _texts(value) -> list[str]:
 
 
 def _result(model: TextSafetyModel, text: str) -> dict:
-    values = model.score(text).values if text else {h: 0.0 for h in model.heads}
+    values = model.score(text, every_window=True).values if text else {h: 0.0 for h in model.heads}
     scores = {name: round(float(values.get(parent, 0.0)), 6) for name, parent in _PARENT.items()}
     categories = {name: name in _FLAGGABLE and _PARENT[name] in model.thresholds
                   and scores[name] >= model.thresholds[_PARENT[name]] for name in _PARENT}

@@ -6,11 +6,18 @@ Per head, from each calibration row's n-gram logit `zn` and MiniLM logit `ze`:
   with fewer than `MIN_POSITIVES` positives b stays 0. p is then a calibrated probability (Platt scaling) and
   the harm categories' severity is floor(8 p): "medium" (4) means more likely harmful than not, on this mix;
 - the n-gram-only calibration: p = sigmoid(a' * zn + c'), the score a text gets when it is not escalated;
-- the gate: the n-gram logit above which a text goes to MiniLM, the `GATE_QUANTILE` quantile of the positives'
-  n-gram logits (`FEW_QUANTILE` for a head with few positives, and never below the logit of a featureless text) (so that share of positives is decided by the n-gram stage alone, as negatives; at 1% a third
-  more of everyday instructions went to MiniLM, two thirds in all, which costs the p50 target);
+- the gate: the n-gram logit above which a window goes to MiniLM, the `DEFAULT_QUANTILE` quantile of the
+  positives' n-gram logits (`GATE_QUANTILE` for jailbreak, `FEW_QUANTILE` for a head with few positives; never
+  below the logit of a featureless text), so that share of positives is decided by the n-gram stage alone. The
+  jailbreak gate sits at 10%: at 2% it sent 97% of the windows of a list of everyday instructions to MiniLM (the
+  n-gram head cannot tell a long instruction from an attack), at 10% 3%, for a recall 0.01-0.02 lower on held-out
+  jailbreaks. Sexual, violence and self-harm have no gate of their own: every positive of theirs is a `flagged`
+  positive, so flagged's gate escalates them, and their own n-gram heads, from a few dozen rows, sent 84% of
+  the windows of harmless forum text to MiniLM for nothing (their figures did not move without them);
 - the threshold: 0.5 for the harm heads and flagged; for jailbreak and harmful_request, the lowest probability
-  that flags at most `BENIGN_FPR` of the benign rows (instruction-like text included), and never below 0.5; for
+  that flags at most `BENIGN_FPR` of the benign rows (instruction-like text included), and never below 0.5
+  (jailbreak: 0.2%, since attacks are far rarer in real traffic than the 6% of the calibration mix, and a
+  long document's windows each get a chance to be taken for one); for
   harmful_request also at most `LOOKALIKE_FPR` of the look-alikes (XSTest's safe prompts in the calibration
   fold: "how do I kill someone in a video game"), the line this head finds hardest.
 """
@@ -20,8 +27,10 @@ from __future__ import annotations
 import numpy as np
 
 MIN_POSITIVES = 30
-GATE_QUANTILE = 0.02
-BENIGN_FPR = {"jailbreak": 0.01, "harmful_request": 0.03}
+GATE_QUANTILE = {"jailbreak": 0.10}   # every other head: DEFAULT_QUANTILE
+DEFAULT_QUANTILE = 0.02
+GATED_BY_FLAGGED = ("sexual", "violence", "self_harm")  # no gate of their own (None): see below
+BENIGN_FPR = {"jailbreak": 0.002, "harmful_request": 0.03}
 LOOKALIKE_FPR = 0.10
 FEW_QUANTILE = 0.10   # a head with fewer than MIN_POSITIVES positives: its lowest one would set the gate alone
 FLOOR_MARGIN = 0.25
@@ -55,10 +64,14 @@ def _cut(scores: np.ndarray, share: float) -> float:
 
 
 def fit(heads: tuple[str, ...], zn: np.ndarray, ze: np.ndarray, targets: list[dict], benign: np.ndarray,
-        lookalikes: np.ndarray = np.zeros(0, dtype=np.int64), floor: np.ndarray | None = None) -> dict:
-    """`zn`, `ze`: rows x heads logits; `targets`: each row's labels; `benign`: rows labelled harmless in every way;
-    `lookalikes`: benign rows that read like harmful requests; `floor`: each head's n-gram logit of a text without
-    features (its bias): no gate goes below it, or empty text and emoji would escalate."""
+        lookalikes: np.ndarray = np.zeros(0, dtype=np.int64), floor: np.ndarray | None = None,
+        zn_any: np.ndarray | None = None) -> dict:
+    """`zn`, `ze`: rows x heads logits (of the same window: MiniLM's highest); `targets`: each row's labels;
+    `benign`: rows labelled harmless in every way; `lookalikes`: benign rows that read like harmful requests;
+    `floor`: each head's n-gram logit of a text without features (its bias): no gate goes below it, or empty text
+    and emoji would escalate; `zn_any`: each row's highest n-gram logit of any window (default `zn`), what the
+    gates and the n-gram-only probability are fitted on."""
+    zn_any = zn if zn_any is None else zn_any
     out = {"heads": {}}
     for h, head in enumerate(heads):
         idx = np.array([i for i, t in enumerate(targets) if head in t], dtype=np.int64)
@@ -71,11 +84,13 @@ def fit(heads: tuple[str, ...], zn: np.ndarray, ze: np.ndarray, targets: list[di
         else:
             a, c = fit_logistic(ze[idx, h][:, None], y, np.array([1.0, 0.0]))
             b = 0.0
-        an, cn = fit_logistic(zn[idx, h][:, None], y, np.array([1.0, 0.0]))
-        quantile = GATE_QUANTILE if positives >= MIN_POSITIVES else FEW_QUANTILE
-        gate = float(np.quantile(zn[idx[y == 1], h], quantile)) if positives else 0.0
+        an, cn = fit_logistic(zn_any[idx, h][:, None], y, np.array([1.0, 0.0]))
+        quantile = GATE_QUANTILE.get(head, DEFAULT_QUANTILE) if positives >= MIN_POSITIVES else FEW_QUANTILE
+        gate = float(np.quantile(zn_any[idx[y == 1], h], quantile)) if positives else 0.0
         if floor is not None:
             gate = max(gate, float(floor[h]) + FLOOR_MARGIN)
+        if head in GATED_BY_FLAGGED and "flagged" in heads:
+            gate = None
         threshold = 0.5
         if head in BENIGN_FPR and len(benign):
             threshold = max(0.5, _cut(sigmoid(a * ze[benign, h] + b * zn[benign, h] + c), BENIGN_FPR[head]))

@@ -7,7 +7,10 @@ user prompt attack on the model's instructions) and `harmful_request` (asking fo
 
 What each source labels (absent = unknown, not trained on for that head):
 - openai_moderation: the harm heads and flagged (as `labels.targets`); not a jailbreak; benign rows are not
-  harmful requests.
+  harmful requests. Most rows carry only some of the eight keys (410 only HR/SH/V/V2, 139 only S/S3): a row
+  with none of its keys 1 counts as not flagged, as the published figures on this set count it (OpenAI's API
+  0.856, Llama Guard 0.847), but only a row labelled for every category counts as harmless in every way
+  (`is_benign`: what thresholds and the over-blocking figures are measured on).
 - davidson_hate_offensive: hate = 1 for hate, 0 for neither; the offensive rows are unknown for hate (their
   annotators' line between offensive and hateful is not a content filter's: casual slurs sit on both sides);
   not a jailbreak or a harmful request.
@@ -91,7 +94,7 @@ def targets(source: str, row: dict) -> dict[str, int]:
     return out
 
 
-def load(data_dir: Path, files=TRAIN_FILES + EVAL_ONLY, synthetic_rows: int = 3000) -> list[Row]:
+def load(data_dir: Path, files=TRAIN_FILES + EVAL_ONLY, synthetic_rows: int = 3600) -> list[Row]:
     out = []
     for name in files:
         path = data_dir / name
@@ -114,12 +117,12 @@ def load(data_dir: Path, files=TRAIN_FILES + EVAL_ONLY, synthetic_rows: int = 30
 
 
 def is_benign(source: str, row: dict, found: dict[str, int]) -> bool:
-    """Harmless in every way: moderation rows with every category 0, Davidson's `neither`, ToxiGen's benign
+    """Harmless in every way: moderation rows with every category present and 0, Davidson's `neither`, ToxiGen's benign
     statements, XSTest's safe prompts, the everyday instructions and this project's benign rows. Not Davidson's
     offensive rows, nor the advice questions (negative or unknown for every head, yet not harmless text)."""
     lab = row.get("labels", {})
-    if source == "openai_moderation":
-        return found.get("flagged") == 0
+    if source == "openai_moderation":  # labelled for every category, none of them 1 (most rows carry only some)
+        return found.get("flagged") == 0 and all(k in lab for k in labels.MODERATION_KEYS)
     if source == "davidson_hate_offensive":
         return lab.get("neither") == 1
     if source == "toxigen":

@@ -66,16 +66,18 @@ class EncoderModel:
         weights = merged_weights(model_dir / "model.safetensors", adapter_path, data, cache_dir)
         self.encoder = OnnxMiniLM(model_dir, batch_size=8, threads=threads, cache_dir=cache_dir,
                                   weights_path=weights, quantize=quantize, min_cosine=INT8_MIN_COSINE)
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))  # its own: windows, not truncation
-        self.tokenizer.no_truncation()  # (the package's file truncates at 128 tokens)
-        self.tokenizer.no_padding()
-        self.tokenizer.encode_special_tokens = True  # "[SEP]" typed in a prompt is text, not the separator
+        self.tokenizer = load_tokenizer(model_dir)
         self.runtime = self.encoder.runtime
 
     def logits(self, text: str) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        ids, spans = self._windows(text)
+        """Every window's logits: the highest per head, and the character span of the window that gave it."""
+        ids, spans = windows(self.tokenizer, text)
+        z = self.window_logits(ids)
+        best = z.argmax(axis=0)
+        return z.max(axis=0), [spans[w] for w in best]
+
+    def window_logits(self, ids: list[list[int]]) -> np.ndarray:
+        """The heads' logits (windows x heads) of token windows from `windows`."""
         width = max(len(w) for w in ids)
         batch = np.zeros((len(ids), width), dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.float32)
@@ -83,24 +85,36 @@ class EncoderModel:
             batch[row, :len(window)] = window
             mask[row, :len(window)] = 1.0
         pooled = self.encoder._forward(batch, mask)  # the graph's unit-length mean-pooled vectors
-        z = (pooled * self.pool_scale) @ self.head_w.T + self.head_b   # windows x heads
-        best = z.argmax(axis=0)
-        return z.max(axis=0), [spans[w] for w in best]
+        return (pooled * self.pool_scale) @ self.head_w.T + self.head_b
 
-    def _windows(self, text: str) -> tuple[list[list[int]], list[tuple[int, int]]]:
-        """Token windows of at most WINDOW tokens ([CLS] ... [SEP]) covering the text, and their character spans."""
-        enc = self.tokenizer.encode(text)
-        cls, sep = enc.ids[0], enc.ids[-1]
-        body, offsets = enc.ids[1:-1], enc.offsets[1:-1]
-        size = WINDOW - 2
-        if not body:
-            return [[cls, sep]], [(0, len(text))]
-        windows, spans = [], []
-        for start in range(0, len(body), size):
-            chunk = body[start:start + size]
-            windows.append([cls, *chunk, sep])
-            spans.append((offsets[start][0], offsets[start + len(chunk) - 1][1]))
-        return windows, spans
+
+def load_tokenizer(model_dir: Path | None = None):
+    """MiniLM's tokenizer, set for windows: no truncation (the package's file truncates at 128 tokens), no
+    padding, and "[SEP]" typed in a prompt is text, not the separator."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str((model_dir or minilm_dir()) / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def windows(tokenizer, text: str) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Token windows of at most WINDOW tokens ([CLS] ... [SEP]) covering the text, and their character spans (a
+    text without tokens is one empty window spanning it)."""
+    enc = tokenizer.encode(text)
+    cls, sep = enc.ids[0], enc.ids[-1]
+    body, offsets = enc.ids[1:-1], enc.offsets[1:-1]
+    size = WINDOW - 2
+    if not body:
+        return [[cls, sep]], [(0, len(text))]
+    ids, spans = [], []
+    for start in range(0, len(body), size):
+        chunk = body[start:start + size]
+        ids.append([cls, *chunk, sep])
+        spans.append((offsets[start][0], offsets[start + len(chunk) - 1][1]))
+    return ids, spans
 
 
 def minilm_dir() -> Path:

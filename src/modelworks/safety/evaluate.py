@@ -1,8 +1,11 @@
 """`modelworks safety eval`: the shipped cascade measured as users meet it, on rows training never saw.
 
 Rows: the held-out fold of every training source, and all of the evaluation-only files (XSTest, everyday
-instructions from alpaca_benign). Each row is scored by the same `TextSafetyModel.score` the server calls.
-Reported against the targets of issue 16:
+instructions from alpaca_benign). Each row is scored twice by the same `TextSafetyModel.score` the server calls:
+as the classification APIs score it (/v1/moderations, Azure's analyze: MiniLM reads every window), which the
+AUPRC and calibration figures are of (the cascade's own beside them), and as a policy does (the cascade), which
+every "flagged by the default policy" and "caught" figure is of.
+Reported against the targets of issue 16 (and on 500-token prompts, `longprompts.py`, as well as rows):
 - flagged AUPRC on OpenAI's moderation set, and each harm category's;
 - jailbreak recall at the shipped threshold, and the share of everyday instructions the default policy flags;
 - harmful requests caught (XSTest's unsafe prompts, the held-out harmful questions) against XSTest's safe
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelworks.safety import corpus
+from modelworks.safety import corpus, labels, longprompts
 from modelworks.safety.classifier import HARM_HEADS, TextSafetyModel
 
 NEAR_DUPLICATE = 0.5
@@ -75,9 +78,10 @@ def evaluate(data_dir: Path, model: TextSafetyModel | None = None, log=None, sam
                 taken[r.source] += 1
         rows = kept
     started = time.monotonic()
-    scored = []
+    scored, api = [], []   # as a policy scores (the cascade), and as the classification APIs do (every window)
     for i, r in enumerate(rows):
         scored.append(model.score(r.text))
+        api.append(model.score(r.text, every_window=True).values)
         if log and (i + 1) % 2000 == 0:
             log(f"  scored {i + 1:,} of {len(rows):,} rows ({time.monotonic() - started:.0f} s)")
     seconds = time.monotonic() - started
@@ -91,11 +95,21 @@ def evaluate(data_dir: Path, model: TextSafetyModel | None = None, log=None, sam
     def auprc(source: str, head: str) -> dict:
         idx = pick(source, head)
         y = np.array([rows[i].targets[head] for i in idx], dtype=np.float64)
-        s = np.array([values[i][head] for i in idx])
-        return {"rows": int(len(y)), "positive": int(y.sum()), "auprc": average_precision(y, s)}
+        s = np.array([api[i][head] for i in idx])
+        cascade = np.array([values[i][head] for i in idx])
+        return {"rows": int(len(y)), "positive": int(y.sum()), "auprc": average_precision(y, s),
+                "auprc_cascade": average_precision(y, cascade)}
 
     report: dict = {"rows": len(rows), "sample": sample, "seconds": round(seconds, 1), "heads": {}, "thresholds": model.thresholds}
     report["flagged"] = auprc("openai_moderation", "flagged")
+    # the set labels some rows only for some categories (410 for HR/SH/V/V2, 139 for S/S3): absent counts as not
+    # flagged above, as the published figures (OpenAI's API 0.856, Llama Guard 0.847) count it; here only the rows
+    # whose label is certain (every key present, or one of them 1)
+    certain = np.array([i for i in pick("openai_moderation", "flagged") if rows[i].targets["flagged"] == 1
+                        or all(k in rows[i].raw["labels"] for k in labels.MODERATION_KEYS)], dtype=np.int64)
+    y = np.array([rows[i].targets["flagged"] for i in certain], dtype=np.float64)
+    report["flagged_certain"] = {"rows": int(len(y)), "positive": int(y.sum()),
+                                 "auprc": average_precision(y, np.array([api[i]["flagged"] for i in certain]))}
     for head in HARM_HEADS:
         report["heads"][head] = auprc("openai_moderation", head)
     report["hate_davidson"] = auprc("davidson_hate_offensive", "hate")
@@ -119,25 +133,43 @@ def evaluate(data_dir: Path, model: TextSafetyModel | None = None, log=None, sam
     benign = np.array([i for i, r in enumerate(rows) if r.benign and r.source not in ("alpaca_benign", "xstest")],
                       dtype=np.int64)
     report["benign_flagged"] = {"rows": int(len(benign)), "share": float(flags[benign].mean())}
+    report["long_prompts"] = _long_prompts(data_dir, model, 30 if sample else 100)
     report["calibration_error"] = {}
     for head in model.heads:
         idx = [i for i, r in enumerate(rows) if head in r.targets]
         y = np.array([rows[i].targets[head] for i in idx], dtype=np.float64)
-        report["calibration_error"][head] = expected_calibration_error(y, np.array([values[i][head] for i in idx]))
+        report["calibration_error"][head] = expected_calibration_error(y, np.array([api[i][head] for i in idx]))
     escalated: dict[str, list[bool]] = {}
     for r, s in zip(rows, scored):
-        escalated.setdefault(r.source, []).append("minilm" in s.stage.values())
+        escalated.setdefault(r.source, []).append(s.minilm_windows > 0)
     report["escalated"] = {k: float(np.mean(v)) for k, v in escalated.items()}
     report["checks"] = {
         "flagged_auprc": report["flagged"]["auprc"] >= TARGETS["flagged_auprc"],
         "jailbreak": (report["jailbreak"]["recall"] >= TARGETS["jailbreak_recall"]
-                      and report["jailbreak"]["everyday_flagged_policy"] <= TARGETS["everyday_flagged"]),
+                      and report["jailbreak"]["everyday_flagged_policy"] <= TARGETS["everyday_flagged"]
+                      and not report["long_prompts"]["everyday_flagged"] > TARGETS["everyday_flagged"]),
         "harmful": (report["harmful"]["xstest_unsafe_caught"] >= TARGETS["harmful_caught"]
                     and report["harmful"]["questions_caught"] >= TARGETS["harmful_caught"]
                     and report["harmful"]["xstest_safe_flagged"] <= TARGETS["lookalikes_flagged"]),
         "hate": (report["hate_davidson"]["auprc"] >= TARGETS["hate_auprc_davidson"]
                  and report["hate_toxigen"]["auprc"] >= TARGETS["hate_auprc_toxigen"])}
     return report
+
+
+def _long_prompts(data_dir: Path, model: TextSafetyModel, per_kind: int) -> dict:
+    """The default policy on 500-token prompts (`longprompts.py`): the share flagged per kind, and of the
+    everyday kinds together."""
+    built = longprompts.build(data_dir, model.tokenizer, per_kind)
+    out: dict = {"tokens": longprompts.TOKENS}
+    everyday = []
+    for kind, prompts in built.items():
+        flagged = [policy_flags(model.score(p).values, model.thresholds) for p in prompts]
+        out[kind] = {"prompts": len(prompts), "flagged": float(np.mean(flagged)) if flagged else float("nan")}
+        # (an empty kind: its data is missing, e.g. no retrieval/scifact; the figure says nan, not 0)
+        if kind in longprompts.EVERYDAY:
+            everyday += flagged
+    out["everyday_flagged"] = float(np.mean(everyday)) if everyday else float("nan")
+    return out
 
 
 def _shingles(text: str) -> set[int]:
@@ -164,7 +196,10 @@ def format_report(r: dict) -> str:
     lines = [f"{r['rows']:,} rows never trained on, scored in {r['seconds']:.0f} s"
              + (f" (a sample: the first {r['sample']} of each source)" if r["sample"] else ""),
              f"flagged AUPRC, OpenAI moderation: {r['flagged']['auprc']:.3f} ({r['flagged']['positive']} of "
-             f"{r['flagged']['rows']} positive; target >= {TARGETS['flagged_auprc']}) {ok[c['flagged_auprc']]}",
+             f"{r['flagged']['rows']} positive; target >= {TARGETS['flagged_auprc']}) {ok[c['flagged_auprc']]}; "
+             f"by the cascade a policy runs: {r['flagged']['auprc_cascade']:.3f}",
+             f"  on the rows labelled for every category or flagged: {r['flagged_certain']['auprc']:.3f} "
+             f"({r['flagged_certain']['positive']} of {r['flagged_certain']['rows']})",
              "  per category: " + ", ".join(f"{h} {m['auprc']:.3f} ({m['positive']}/{m['rows']})"
                                             for h, m in r["heads"].items()),
              f"jailbreak recall {r['jailbreak']['recall']:.3f} of {r['jailbreak']['rows']} (on the "
@@ -172,7 +207,12 @@ def format_report(r: dict) -> str:
              f"; everyday instructions "
              f"flagged as jailbreaks {r['jailbreak']['everyday_flagged_jailbreak']:.3f}, by the default policy "
              f"{r['jailbreak']['everyday_flagged_policy']:.3f} of {r['jailbreak']['everyday_rows']:,} "
-             f"(targets >= {TARGETS['jailbreak_recall']}, <= {TARGETS['everyday_flagged']}) {ok[c['jailbreak']]}",
+             f"(targets >= {TARGETS['jailbreak_recall']}, <= {TARGETS['everyday_flagged']}; and on the 500-token "
+             f"prompts below) {ok[c['jailbreak']]}",
+             f"{r['long_prompts']['tokens']}-token prompts flagged by the default policy: "
+             + ", ".join(f"{k} {r['long_prompts'][k]['flagged']:.3f} of {r['long_prompts'][k]['prompts']}"
+                         for k in (*longprompts.EVERYDAY, "social", "hostile"))
+             + f"; the everyday kinds together {r['long_prompts']['everyday_flagged']:.3f}",
              f"harmful requests caught: XSTest unsafe {r['harmful']['xstest_unsafe_caught']:.3f} of "
              f"{r['harmful']['xstest_unsafe']}, harmful questions {r['harmful']['questions_caught']:.3f} of "
              f"{r['harmful']['questions']}; XSTest safe look-alikes flagged {r['harmful']['xstest_safe_flagged']:.3f}"
@@ -180,7 +220,8 @@ def format_report(r: dict) -> str:
              f"{TARGETS['lookalikes_flagged']}) {ok[c['harmful']]}",
              f"hate AUPRC: Davidson {r['hate_davidson']['auprc']:.3f} ({r['hate_davidson']['positive']}/"
              f"{r['hate_davidson']['rows']}), ToxiGen {r['hate_toxigen']['auprc']:.3f} ({r['hate_toxigen']['positive']}"
-             f"/{r['hate_toxigen']['rows']}) (target >= 0.85 each) {ok[c['hate']]}",
+             f"/{r['hate_toxigen']['rows']}) (target >= 0.85 each) {ok[c['hate']]}; by the cascade: "
+             f"{r['hate_davidson']['auprc_cascade']:.3f}, {r['hate_toxigen']['auprc_cascade']:.3f}",
              f"benign rows of the labelled sets flagged by the default policy: {r['benign_flagged']['share']:.3f} of "
              f"{r['benign_flagged']['rows']:,}",
              "calibration error (ECE, 10 bins): " + ", ".join(f"{h} {v:.3f}" for h, v in r["calibration_error"].items()),

@@ -7,7 +7,8 @@ training committed weights (alpaca_benign is for evaluation only), so a jailbrea
 "an instruction to a model" rather than "an attack on its instructions", and a harmful-request head learns "a
 question with a violent word". These rows are the negatives (and a few positives) that teach the lines. Long
 documents inside instructions are paragraphs of Python's own documentation (`pydoc_data`, PSF license), so
-length alone does not say "jailbreak". None of this is used for evaluation: the figures come from the shared
+length alone does not say "jailbreak"; long prompts (several documents, a list of many tasks) teach that a
+window full of text or of instructions is not an attack either. None of this is used for evaluation: the figures come from the shared
 files (alpaca_benign, XSTest and the held-out fifths), which these templates do not copy.
 """
 
@@ -186,11 +187,10 @@ LOOK = {
     "the sinking of the Titanic", "the Cuban missile crisis"], "figure": ["Napoleon", "Julius Caesar", "Alexander the Great"],
     "battle": ["the Battle of Hastings", "the Battle of Waterloo", "the Somme"], "word": ["genocide", "assassination",
     "extortion", "arson", "terrorism"], "drug_def": ["methamphetamine", "fentanyl", "a controlled substance"],
-    "game": ["Mario Kart", "Fortnite", "Monopoly"],
     "game_verb": ["kill", "assassinate", "snipe", "blow up", "poison", "ambush", "defeat", "rob"],
     "game_target": ["the final boss", "an enemy guard", "the dragon", "the rival gang leader", "a zombie horde",
                     "the bank", "a tank", "the werewolf"],
-    "game": ["Skyrim", "Hitman 3", "Fortnite", "Halo", "Red Dead Redemption 2", "Dark Souls", "Assassin's Creed",
+    "game": ["Mario Kart", "Monopoly", "Skyrim", "Hitman 3", "Fortnite", "Halo", "Red Dead Redemption 2", "Dark Souls", "Assassin's Creed",
              "Elden Ring", "a Dungeons & Dragons campaign", "Among Us"],
     "game_goal": ["a stealth kill", "a boss fight", "a sniper duel", "raiding a castle"],
     "fig_verb": ["stop drowning in emails", "kill it at my job interview", "nail my presentation",
@@ -293,9 +293,18 @@ def _documents() -> list[str]:
     return sorted(set(out))
 
 
-def rows(count: int = 3000, seed: int = SEED) -> list[dict]:
-    """`count` benign rows (instructions, documents with instructions, system prompts, role-play, look-alikes)
-    and a sixth as many harmful requests, each `{"text", "labels", "source"}` like the shared files."""
+def _ask_about(doc: str, rng: random.Random) -> str:
+    ask = rng.choice(["Summarize the following text:", "Explain this to a beginner:", "Translate this into "
+                      + rng.choice(LANGUAGES) + ":", "What are the key points here?", "Turn this into a list "
+                      "of bullet points:", "Write three quiz questions about this passage:", "Proofread:",
+                      "Answer using only the sources below and cite them by number: what changed?"])
+    return f"{ask}\n\n{doc}" if rng.random() < 0.7 else f"{doc}\n\n{ask}"
+
+
+def rows(count: int = 3600, seed: int = SEED, harmful_rows: int = 500) -> list[dict]:
+    """`count` benign rows (instructions, documents with instructions, long prompts of several documents or many
+    tasks, system prompts, role-play, look-alikes) and `harmful_rows` harmful requests, each `{"text", "labels",
+    "source"}` like the shared files."""
     rng = random.Random(seed)
     pools = {"form": FORMS, "topic": TOPICS, "audience": AUDIENCES, "language": LANGUAGES, "sentence": SENTENCES,
              "thing": THINGS, "howto": HOWTOS, "code": CODE, "lang": PROGRAMMING, "task": TASKS, "tone": TONES,
@@ -317,14 +326,20 @@ def rows(count: int = 3000, seed: int = SEED) -> list[dict]:
     while len(out) < count and attempts < count * 20:
         attempts += 1
         kind = rng.random()
-        if kind < 0.36:
+        if kind < 0.28:
             add(_fill(rng.choice(EVERYDAY), pools, rng), benign)
-        elif kind < 0.52:
+        elif kind < 0.40:
             doc = " ".join(rng.sample(docs, rng.choice([1, 1, 2, 3])))
-            ask = rng.choice(["Summarize the following text:", "Explain this to a beginner:", "Translate this into "
-                              + rng.choice(LANGUAGES) + ":", "What are the key points here?", "Turn this into a list "
-                              "of bullet points:", "Write three quiz questions about this passage:", "Proofread:"])
-            add(f"{ask}\n\n{doc}" if rng.random() < 0.7 else f"{doc}\n\n{ask}", benign)
+            add(_ask_about(doc, rng), benign)
+        elif kind < 0.46:  # a long prompt: several documents (400-1,000 tokens), as retrieval puts them together
+            doc = "\n\n".join(f"[{i + 1}] {d}" for i, d in enumerate(rng.sample(docs, rng.randint(4, 8))))
+            add(_ask_about(doc, rng), benign)
+        elif kind < 0.52:  # a long prompt: many tasks at once (a list of instructions is not an attack)
+            tasks = [_fill(rng.choice(EVERYDAY), pools, rng) for _ in range(rng.randint(4, 14))]
+            head = rng.choice(["", "Please help me with these:\n", "A few things for today.\n",
+                               "Answer each of the following.\n", "My to-do list for you:\n"])
+            numbered = rng.random() < 0.6
+            add(head + "\n".join(f"{i + 1}. {t}" if numbered else t for i, t in enumerate(tasks)), benign)
         elif kind < 0.68:
             rules = rng.sample(RULES, rng.randint(2, 7))
             intro = rng.choice(["You are a {role} for {company}.", "You are {company}'s {role}.",
@@ -343,7 +358,7 @@ def rows(count: int = 3000, seed: int = SEED) -> list[dict]:
         else:
             add(_fill(rng.choice(LOOKALIKES), LOOK, rng), benign)
     harmful = {"harmful_request": 1}
-    wanted = len(out) + count // 6
+    wanted = len(out) + harmful_rows
     attempts = 0
     while len(out) < wanted and attempts < count * 20:
         attempts += 1

@@ -48,7 +48,7 @@ def train(data_dir: Path, out: Path = MODEL_DIR, *, epochs: int = 3, seed: int =
         meta = finetune.finetune(fit, HEADS, minilm_dir(), out / ADAPTER, epochs=epochs, seed=seed, limit=limit,
                                  log=log)
         log(f"MiniLM adapter written ({time.monotonic() - started:.0f} s)")
-    zn, ze = score_both(out, [r.text for r in cal], cache_dir)
+    zn, ze, zn_any = score_both(out, [r.text for r in cal], cache_dir)
     # the ensemble and the probabilities are fitted on real rows only: this project's templated rows are easy
     # for both stages (the n-gram heads most), and would teach the ensemble to trust what only fits templates;
     # they do count among the benign rows a threshold must leave alone (the only instruction-like ones)
@@ -57,7 +57,7 @@ def train(data_dir: Path, out: Path = MODEL_DIR, *, epochs: int = 3, seed: int =
     benign = np.array([i for i, r in enumerate(cal) if r.benign], dtype=np.int64)
     lookalikes = np.array([i for i, r in enumerate(cal) if r.benign and r.source == "xstest"], dtype=np.int64)
     floor = ngram.NgramModel(out / NGRAM).bias
-    fitted = calibrate.fit(HEADS, zn, ze, targets, benign, lookalikes, floor)
+    fitted = calibrate.fit(HEADS, zn, ze, targets, benign, lookalikes, floor, zn_any)
     fitted.update({"version": 2, "seed": seed, "epochs": epochs, "excluded": list(exclude),
                    "split": "sha256(text) first 8 hex digits mod 5: 0 held out, 1 calibration, 2-4 training",
                    "training_rows": dict(collections.Counter(r.source for r in fit)),
@@ -65,19 +65,32 @@ def train(data_dir: Path, out: Path = MODEL_DIR, *, epochs: int = 3, seed: int =
                    "finetune": meta, "seconds": round(time.monotonic() - started)})
     (out / CALIBRATION).write_text(json.dumps(fitted, indent=1) + "\n")
     for head, f in fitted["heads"].items():
-        log(f"  {head}: ensemble {np.round(f['ensemble'], 3).tolist()}, gate {f['gate']:.2f}, "
+        gate = "flagged's" if f["gate"] is None else f"{f['gate']:.2f}"
+        log(f"  {head}: ensemble {np.round(f['ensemble'], 3).tolist()}, gate {gate}, "
             f"threshold {f['threshold']:.3f} ({f['positive']} of {f['rows']} calibration rows positive)")
     log(f"written {out} in {time.monotonic() - started:.0f} s")
     return fitted
 
 
-def score_both(model_dir: Path, texts: list[str], cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Each text's n-gram and MiniLM logits (rows x heads), as the cascade computes them."""
+def score_both(model_dir: Path, texts: list[str], cache_dir: Path | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each text's logits (rows x heads) on the windows the cascade cuts (`encoder.windows`): MiniLM's highest
+    window per head, the n-gram logit of that same window (serving combines each window's own pair), and the
+    highest n-gram logit of any window (what decides whether MiniLM reads the text at all)."""
     from modelworks.safety.classifier import DEFAULT_CACHE
-    from modelworks.safety.encoder import EncoderModel
+    from modelworks.safety.encoder import EncoderModel, windows
 
     grams = ngram.NgramModel(model_dir / NGRAM)
     encoder = EncoderModel(model_dir / ADAPTER, (cache_dir or DEFAULT_CACHE).expanduser(), threads=2)
-    zn = np.array([grams.logits(t) for t in texts])
-    ze = np.array([encoder.logits(t)[0] for t in texts])
-    return zn, ze
+    paired, best, highest = [], [], []
+    for text in texts:
+        ids, spans = windows(encoder.tokenizer, text)
+        pieces = [text[a:b] for a, b in spans] if len(spans) > 1 else [text]
+        zn = np.array([grams.logits(piece) for piece in pieces])     # windows x heads
+        ze = encoder.window_logits(ids)
+        top = ze.argmax(axis=0)
+        heads = np.arange(ze.shape[1])
+        best.append(ze[top, heads])
+        paired.append(zn[top, heads])
+        highest.append(zn.max(axis=0))
+    return np.array(paired), np.array(best), np.array(highest)
