@@ -69,7 +69,7 @@ def test_only_the_suspicious_windows_of_a_long_text_go_to_minilm(model):
     model.forget()
     scores = model.score(long_text)
     assert scores.stage["flagged"] == "minilm"
-    assert 1 <= scores.minilm_windows <= 3  # of 18 windows: the last ones, not the weather
+    assert 1 <= scores.minilm_windows <= 3  # of 17 windows: the last ones, not the weather
 
 
 def test_each_heads_worst_window_is_read_even_past_the_cap(model, monkeypatch):
@@ -92,7 +92,7 @@ def test_each_heads_worst_window_is_read_even_past_the_cap(model, monkeypatch):
                 z[row, j] = 10.0
         return z
 
-    text = "an ordinary line of text about the weather today " * 400 + "zebra"
+    text = "an ordinary line of text about the weather today " * 600 + "zebra"  # 43 windows
     model.forget()
     monkeypatch.setattr(model.ngram, "logits", ngram)
     monkeypatch.setattr(model, "_minilm", minilm)
@@ -104,6 +104,12 @@ def test_each_heads_worst_window_is_read_even_past_the_cap(model, monkeypatch):
     assert text[slice(*scores.window["jailbreak"])].endswith("zebra")
     assert scores.minilm_windows == 3  # flagged's worst and the jailbreak's, then one more, which it clears
     assert scores.values["flagged"] < model.thresholds["flagged"] / 2  # never read, so capped
+    model.forget()
+    try:
+        every = model.score(text, every_window=True)  # the classification APIs: 32 windows, the jailbreak's first
+    finally:
+        model.forget()
+    assert every.minilm_windows == 32 and every.values["jailbreak"] > 0.9
 
 
 def test_scores_are_kept_per_text_so_a_resent_history_costs_nothing(model):
@@ -124,8 +130,8 @@ def test_the_cascade_sends_only_suspicious_text_to_minilm(model):
 
 def test_everyday_sentences_are_not_flagged_by_the_default_policy(model):
     """None is blocked, none gets a harm category or a prompt attack. The harmful_request head (annotate-only by
-    default) still takes one of them for a harmful request ("How do I report a phishing email at work?"): at most
-    1% may be so annotated, and each is listed if more are."""
+    default) still takes two of them for harmful requests ("How do I report a phishing email at work?", "How do I
+    reset my password?"): at most 1% may be so annotated, and each is listed if more are."""
     assert len(EVERYDAY) >= 200
     flagged, annotated = {}, {}
     for text in EVERYDAY:

@@ -45,7 +45,7 @@ class ModerationHandlers:
         await self.chain.authenticate(call)
         req = await parse_request(ModerationRequest, await request.body(self.max_body))
         texts = _texts(req.input)
-        results = await offload(_results, self.model_loader, texts)  # milliseconds per text: off the event loop
+        results = await offload(_results, self.model_loader, texts)  # ~16 ms a 126-token window (up to 32 a text): off the event loop
         return JSONResult({"id": new_id("modr-"), "model": req.model or MODEL_NAME, "results": results})
 
 

@@ -115,9 +115,10 @@ class TextSafetyModel:
         return self._tokenizer
 
     def score(self, text: str, every_window: bool = False) -> Scores:
-        """`every_window`: MiniLM reads every window (up to `MAX_ESCALATED`), not only what the cascade picks: for
-        the classification APIs (moderations, Azure's analyze and shieldPrompt), whose caller asked for scores and
-        gets the best ones; a policy on a request's path takes the cascade (the cost target)."""
+        """`every_window`: MiniLM reads every window (up to `MAX_ESCALATED`, each head's most suspicious first), not
+        only what the cascade picks: for the classification APIs (moderations, Azure's analyze and shieldPrompt),
+        whose caller asked for scores and gets the best ones; a policy on a request's path takes the cascade (the
+        cost target)."""
         key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16,
                               person=b"every" if every_window else b"cascade").digest()
         with self._cache_lock:
@@ -141,7 +142,7 @@ class TextSafetyModel:
     def _minilm(self, ids: list[list[int]]) -> np.ndarray:
         """MiniLM's logits of these windows, those read before taken from `_windows`: a streamed completion is
         screened whole at every check, and only its last window is new."""
-        keys = [np.asarray(w, dtype=np.int32).tobytes() for w in ids]
+        keys = [hashlib.blake2b(np.asarray(w, dtype=np.int32).tobytes(), digest_size=16).digest() for w in ids]
         with self._cache_lock:
             found = [self._windows.get(k) for k in keys]
             for k, z in zip(keys, found):
@@ -176,8 +177,11 @@ class TextSafetyModel:
         stage = np.zeros(p.shape, dtype=bool)                                 # True: MiniLM scored it
         read = 0
         batches = [first] + [rest[k:k + READ_AHEAD] for k in range(0, len(rest), READ_AHEAD)] if first else []
-        if every_window:
-            batches = [[int(i) for i in np.argsort(-margin, kind="stable")[:MAX_ESCALATED]]]
+        if every_window:  # each head's own most suspicious window whatever its gate says, then by margin
+            own = sorted({int(above[:, h].argmax()) for h in range(above.shape[1]) if np.isfinite(self._gate[h])},
+                         key=lambda i: -margin[i])
+            batches = [own + [int(i) for i in np.argsort(-margin, kind="stable")
+                              if i not in own][:max(0, MAX_ESCALATED - len(own))]]
         for batch in batches:
             ze = self._minilm([ids[i] for i in batch])
             p[batch] = sigmoid(self._ens[:, 0] * ze + self._ens[:, 1] * zn[batch] + self._ens[:, 2])
@@ -186,7 +190,7 @@ class TextSafetyModel:
             if (p[batch] < self._clear).all():
                 break  # MiniLM finds nothing in the most suspicious windows: the rest count as clear too
         p[~stage] = np.minimum(p[~stage], np.broadcast_to(self._cap, p.shape)[~stage])
-        best = p.argmax(axis=0)
+        best = np.where(p == p.max(axis=0), zn, -np.inf).argmax(axis=0)  # ties (the cap): the n-gram's worst
         heads = range(len(self.heads))
         return Scores({h: float(p[best[i], i]) for i, h in zip(heads, self.heads)},
                       {h: spans[best[i]] for i, h in zip(heads, self.heads)},

@@ -108,8 +108,8 @@ def evaluate(data_dir: Path, model: TextSafetyModel | None = None, log=None, sam
     certain = np.array([i for i in pick("openai_moderation", "flagged") if rows[i].targets["flagged"] == 1
                         or all(k in rows[i].raw["labels"] for k in labels.MODERATION_KEYS)], dtype=np.int64)
     y = np.array([rows[i].targets["flagged"] for i in certain], dtype=np.float64)
-    report["flagged_certain"] = {"rows": int(len(y)), "positive": int(y.sum()),
-                                 "auprc": average_precision(y, np.array([api[i]["flagged"] for i in certain]))}
+    report["flagged_certain"] = {"rows": int(len(y)), "positive": int(y.sum()), "auprc": average_precision(
+        y, np.array([api[i]["flagged"] for i in certain])) if y.sum() and len(y) > y.sum() else float("nan")}
     for head in HARM_HEADS:
         report["heads"][head] = auprc("openai_moderation", head)
     report["hate_davidson"] = auprc("davidson_hate_offensive", "hate")
