@@ -5,9 +5,8 @@ matrices, and its biases and layer norms trained outright (what `encoder.merge` 
 its unit-length mean-pooled vector times `POOL_SCALE`. Loss: per head, binary cross-entropy over the rows
 labelled for it, positives weighted by sqrt(negatives / positives). Each epoch sees every row of the small
 sources and a fresh sample of `CAP` rows from each of the two large tweet/statement sets (Davidson, ToxiGen), in
-batches of texts of similar length (up to `BATCH_TOKENS` tokens), truncated to MiniLM's serving window
-(`encoder.WINDOW`, 128 tokens: what is trained is what is scored). AdamW, linear warm-up over 6% of the steps then
-linear decay. One seed fixes the sampling, the initialisation and the order; PyTorch
+batches of texts of similar length (up to `BATCH_TOKENS` tokens), truncated to MiniLM's serving window (`encoder.WINDOW`, 128 tokens: what is trained is what is scored). AdamW, linear warm-up
+over 6% of the steps then linear decay. One seed fixes the sampling, the initialisation and the order; PyTorch
 runs single-process with deterministic kernels, so a rerun on the same machine gives the same weights (across
 machines, floating-point sums may differ in the last bits; the card states the tolerance).
 

@@ -8,9 +8,8 @@ training committed weights (alpaca_benign is for evaluation only), so a jailbrea
 question with a violent word". These rows are the negatives (and a few positives) that teach the lines. Long
 documents inside instructions are paragraphs of Python's own documentation (`pydoc_data`, PSF license), so
 length alone does not say "jailbreak"; long prompts (several documents, a list of many tasks) teach that a
-window full of text or of instructions is not an attack either, and short personal messages ("miss you, babe")
-that affection is not hate. None of this is used for evaluation: the figures come from the shared files
-(alpaca_benign, XSTest and the held-out fifths), which these templates do not copy.
+window full of text or of instructions is not an attack either. None of this is used for evaluation: the figures come from the shared
+files (alpaca_benign, XSTest and the held-out fifths), which these templates do not copy.
 """
 
 from __future__ import annotations
