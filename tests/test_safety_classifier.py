@@ -139,9 +139,6 @@ def test_everyday_sentences_are_not_flagged_by_the_default_policy(model):
         found = [d.as_dict() for d in outcome.decisions if d.detector in ("harm", "jailbreak", "harmful_request")]
         if outcome.blocked or any(d["detector"] != "harmful_request" for d in found):
             flagged[text] = found
-        moderated = model.score(text, every_window=True).values  # what /v1/moderations answers
-        if any(moderated[h] >= 0.5 for h in (*HARM_HEADS, "flagged")):
-            flagged[text] = {"moderations": moderated}
         elif found:
             annotated[text] = found
     assert not flagged, json.dumps(flagged, indent=1)

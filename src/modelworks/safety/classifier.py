@@ -115,11 +115,10 @@ class TextSafetyModel:
         return self._tokenizer
 
     def score(self, text: str, every_window: bool = False) -> Scores:
-        """`every_window`: MiniLM reads every candidate window (every window past a gate, up to `MAX_ESCALATED`, each
-        head's most suspicious first) without stopping at the first it clears: for the classification APIs
-        (moderations, Azure's analyze and shieldPrompt), whose caller asked for scores and gets the best ones; a
-        policy on a request's path takes the cascade (the cost target). Windows below every gate stay unread
-        either way: the gate is also what keeps "I love you" from MiniLM's hate head (0.59 when read)."""
+        """`every_window`: MiniLM reads every window (up to `MAX_ESCALATED`, each head's most suspicious first), not
+        only what the cascade picks: for the classification APIs (moderations, Azure's analyze and shieldPrompt),
+        whose caller asked for scores and gets the best ones; a policy on a request's path takes the cascade (the
+        cost target)."""
         key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16,
                               person=b"every" if every_window else b"cascade").digest()
         with self._cache_lock:
@@ -178,14 +177,17 @@ class TextSafetyModel:
         stage = np.zeros(p.shape, dtype=bool)                                 # True: MiniLM scored it
         read = 0
         batches = [first] + [rest[k:k + READ_AHEAD] for k in range(0, len(rest), READ_AHEAD)] if first else []
-        if every_window:  # every candidate, each head's worst first, without stopping early
-            batches = [first + rest] if first else []
+        if every_window:  # each head's own most suspicious window whatever its gate says, then by margin
+            own = sorted({int(above[:, h].argmax()) for h in range(above.shape[1]) if np.isfinite(self._gate[h])},
+                         key=lambda i: -margin[i])
+            batches = [own + [int(i) for i in np.argsort(-margin, kind="stable")
+                              if i not in own][:max(0, MAX_ESCALATED - len(own))]]
         for batch in batches:
             ze = self._minilm([ids[i] for i in batch])
             p[batch] = sigmoid(self._ens[:, 0] * ze + self._ens[:, 1] * zn[batch] + self._ens[:, 2])
             stage[batch] = True
             read += len(batch)
-            if not every_window and (p[batch] < self._clear).all():
+            if (p[batch] < self._clear).all():
                 break  # MiniLM finds nothing in the most suspicious windows: the rest count as clear too
         p[~stage] = np.minimum(p[~stage], np.broadcast_to(self._cap, p.shape)[~stage])
         best = np.where(p == p.max(axis=0), zn, -np.inf).argmax(axis=0)  # ties (the cap): the n-gram's worst

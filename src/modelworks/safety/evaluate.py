@@ -2,8 +2,7 @@
 
 Rows: the held-out fold of every training source, and all of the evaluation-only files (XSTest, everyday
 instructions from alpaca_benign). Each row is scored twice by the same `TextSafetyModel.score` the server calls:
-as the classification APIs score it (/v1/moderations, Azure's analyze: MiniLM reads every window past a gate,
-without the cascade's early stop), which the
+as the classification APIs score it (/v1/moderations, Azure's analyze: MiniLM reads every window), which the
 AUPRC and calibration figures are of (the cascade's own beside them), and as a policy does (the cascade), which
 every "flagged by the default policy" and "caught" figure is of.
 Reported against the targets of issue 16 (and on 500-token prompts, `longprompts.py`, as well as rows):
@@ -79,7 +78,7 @@ def evaluate(data_dir: Path, model: TextSafetyModel | None = None, log=None, sam
                 taken[r.source] += 1
         rows = kept
     started = time.monotonic()
-    scored, api = [], []   # as a policy scores (the cascade), and as the classification APIs do (every candidate)
+    scored, api = [], []   # as a policy scores (the cascade), and as the classification APIs do (every window)
     for i, r in enumerate(rows):
         scored.append(model.score(r.text))
         api.append(model.score(r.text, every_window=True).values)

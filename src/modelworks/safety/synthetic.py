@@ -43,16 +43,6 @@ SENTENCES = [
     "The invoice is attached to this email.", "Could you send me the slides after the talk?",
     "The children played in the garden until it got dark.", "We are looking forward to working with you.",
 ]
-CASUAL = [  # short personal messages: what a hate head trained on tweets takes for hate ("I love you": 0.59)
-    "I love you", "love you", "love you so much", "I miss you", "miss you so much", "I miss you already",
-    "can't wait to see you", "you mean the world to me", "thinking of you", "sending you a big hug",
-    "you're the best", "you are amazing", "so proud of you", "happy birthday my love", "good night sweetheart",
-    "good morning beautiful", "thank you so much, you saved my day", "congrats, you deserve it", "see you soon",
-    "drive safe and text me when you get home", "hugs and kisses", "you make me so happy", "I adore you",
-    "love you to the moon and back", "my heart is yours", "you're my favourite person", "take care of yourself",
-    "get well soon", "have a lovely day", "sleep well", "I'm so lucky to have you", "you crack me up",
-]
-AFFECTION_NAMES = ["", "", "babe", "mom", "dad", "honey", "sweetie", "buddy", "Sam", "grandma", "my love", "guys"]
 THINGS = ["a team-building event", "a birthday party", "a rainy weekend", "a science fair project", "a podcast",
           "a vegetarian dinner", "a garden in a small balcony", "a mobile app", "a school fundraiser",
           "a company newsletter", "a road trip through Portugal", "a board game night", "learning Spanish"]
@@ -311,10 +301,9 @@ def _ask_about(doc: str, rng: random.Random) -> str:
     return f"{ask}\n\n{doc}" if rng.random() < 0.7 else f"{doc}\n\n{ask}"
 
 
-def rows(count: int = 3600, seed: int = SEED, harmful_rows: int = 500, casual_rows: int = 400) -> list[dict]:
+def rows(count: int = 3600, seed: int = SEED, harmful_rows: int = 500) -> list[dict]:
     """`count` benign rows (instructions, documents with instructions, long prompts of several documents or many
-    tasks, system prompts, role-play, look-alikes), `casual_rows` short personal messages ("miss you, babe") and
-    `harmful_rows` harmful requests, each `{"text", "labels",
+    tasks, system prompts, role-play, look-alikes) and `harmful_rows` harmful requests, each `{"text", "labels",
     "source"}` like the shared files."""
     rng = random.Random(seed)
     pools = {"form": FORMS, "topic": TOPICS, "audience": AUDIENCES, "language": LANGUAGES, "sentence": SENTENCES,
@@ -368,15 +357,6 @@ def rows(count: int = 3600, seed: int = SEED, harmful_rows: int = 500, casual_ro
             add(game, benign)
         else:
             add(_fill(rng.choice(LOOKALIKES), LOOK, rng), benign)
-    casual = random.Random(seed + 1)  # their own generator: the rows above stay as they were
-    for _ in range(casual_rows * 20):
-        if sum(1 for r in out if r["labels"] is benign) >= count + casual_rows:
-            break
-        text = casual.choice(CASUAL)
-        name = casual.choice(AFFECTION_NAMES)
-        text = f"{text}, {name}" if name else text
-        text += casual.choice(["", "", ".", "!", "!!", " :)", " ❤️", " xx"])
-        add(text.lower() if casual.random() < 0.3 else text[0].upper() + text[1:], benign)
     harmful = {"harmful_request": 1}
     wanted = len(out) + harmful_rows
     attempts = 0
