@@ -163,8 +163,7 @@ class TextSafetyModel:
         from modelworks.safety.encoder import windows
 
         ids, spans = windows(self.tokenizer, text)
-        zn = np.array([self.ngram.logits(text[a:b]) for a, b in spans]) if len(spans) > 1 \
-            else self.ngram.logits(text)[None, :]
+        zn = self.ngram.window_logits(text, spans)
         above = zn - self._gate                                               # windows x heads
         margin = above.max(axis=1)
         order = [int(i) for i in np.argsort(-margin, kind="stable") if margin[i] >= 0]

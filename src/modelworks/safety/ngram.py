@@ -37,6 +37,14 @@ class NgramModel:
         return best
 
 
+    def window_logits(self, text: str, spans: list[tuple[int, int]]) -> np.ndarray:
+        """Each window's logits (windows x heads), the windows being MiniLM's (`encoder.windows`); a text of one
+        window is scored whole. Serving and calibration both score through here, so they cut alike."""
+        if len(spans) == 1:
+            return self.logits(text)[None, :]
+        return np.array([self.logits(text[a:b]) for a, b in spans])
+
+
 class Matrix:
     """Rows of sparse features as flat arrays (row, column, value): what the gradient needs, nothing more."""
 

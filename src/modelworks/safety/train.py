@@ -85,8 +85,7 @@ def score_both(model_dir: Path, texts: list[str], cache_dir: Path | None = None
     paired, best, highest = [], [], []
     for text in texts:
         ids, spans = windows(encoder.tokenizer, text)
-        pieces = [text[a:b] for a, b in spans] if len(spans) > 1 else [text]
-        zn = np.array([grams.logits(piece) for piece in pieces])     # windows x heads
+        zn = grams.window_logits(text, spans)                        # windows x heads
         ze = encoder.window_logits(ids)
         top = ze.argmax(axis=0)
         heads = np.arange(ze.shape[1])
