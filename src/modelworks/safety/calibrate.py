@@ -9,9 +9,11 @@ Per head, from each calibration row's n-gram logit `zn` and MiniLM logit `ze`:
 - the gate: the n-gram logit above which a window goes to MiniLM, the `DEFAULT_QUANTILE` quantile of the
   positives' n-gram logits (`GATE_QUANTILE` for jailbreak, `FEW_QUANTILE` for a head with few positives; never
   below the logit of a featureless text), so that share of positives is decided by the n-gram stage alone. The
-  jailbreak gate sits at 10%: at 2% it sent 97% of the windows of a list of everyday instructions to MiniLM (the
-  n-gram head cannot tell a long instruction from an attack), at 10% 3%, for a recall 0.01-0.02 lower on held-out
-  jailbreaks. Sexual, violence and self-harm have no gate of their own: every positive of theirs is a `flagged`
+  jailbreak gate sits at 12%: at 2% it sent 97% of the windows of a list of everyday instructions to MiniLM (the
+  n-gram head cannot tell a long instruction from an attack). The others at 5%: with threats, insults and
+  look-alikes in training (n-gram heads with wider positives), 2% (jailbreak 10%) sent 42% of 500-token
+  instruction lists to MiniLM, 5% (12%) sends 5%, for held-out jailbreak recall 0.946 -> 0.927 and harmful
+  requests caught 0.84 -> 0.79 (XSTest) and 1.00 -> 0.94 (harmful questions) through the cascade. Sexual, violence and self-harm have no gate of their own: every positive of theirs is a `flagged`
   positive, so flagged's gate escalates them, and their own n-gram heads, from a few dozen rows, sent 84% of
   the windows of harmless forum text to MiniLM for nothing (their figures did not move without them);
 - the threshold: 0.5 for the harm heads and flagged; for jailbreak and harmful_request, the lowest probability
@@ -27,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 MIN_POSITIVES = 30
-GATE_QUANTILE = {"jailbreak": 0.10}   # every other head: DEFAULT_QUANTILE
-DEFAULT_QUANTILE = 0.02
+GATE_QUANTILE = {"jailbreak": 0.12}   # every other head: DEFAULT_QUANTILE
+DEFAULT_QUANTILE = 0.05
 GATED_BY_FLAGGED = ("sexual", "violence", "self_harm")  # no gate of their own (None): see below
 BENIGN_FPR = {"jailbreak": 0.002, "harmful_request": 0.03}
 LOOKALIKE_FPR = 0.10

@@ -23,7 +23,8 @@ What each source labels (absent = unknown, not trained on for that head):
   for advice rather than harm (financial advice, health consultation, legal opinion, political lobbying,
   economic harm such as "which payday lending apps are reliable"): unknown for harmful_request.
 - synthetic (`synthetic.py`, this project's own): benign rows are 0 for every head; its harmful requests are
-  harmful_request = 1 and not jailbreaks.
+  harmful_request = 1 and not jailbreaks; its threats to a person are violence and flagged, its insults flagged
+  (neither hate: no group is named), and neither sexual, self-harm, a jailbreak or a request.
 - xstest: harmful_request = unsafe (its safe prompts are the only real look-alikes there are: "how do I kill a
   Python process"); not a jailbreak. A run with `--exclude xstest` scores it across sources.
 - alpaca_benign: evaluation only (everyday instructions under a non-commercial license: the over-blocking test).
@@ -86,6 +87,10 @@ def targets(source: str, row: dict) -> dict[str, int]:
             out["harmful_request"] = 1
     elif source == "xstest":
         out = {"harmful_request": int(lab["unsafe"]), "jailbreak": 0}
+    elif source == SYNTHETIC and lab.get("threat"):
+        out = {"flagged": 1, "violence": 1, "sexual": 0, "self_harm": 0, "jailbreak": 0, "harmful_request": 0}
+    elif source == SYNTHETIC and lab.get("insult"):
+        out = {"flagged": 1, "sexual": 0, "self_harm": 0, "jailbreak": 0, "harmful_request": 0}
     elif source in ("alpaca_benign", SYNTHETIC):
         if lab.get("harmful_request"):
             out = {"harmful_request": 1, "jailbreak": 0}
@@ -129,7 +134,7 @@ def is_benign(source: str, row: dict, found: dict[str, int]) -> bool:
         return lab.get("hate") == 0
     if source == "xstest":
         return lab.get("unsafe") == 0
-    return source in ("alpaca_benign", SYNTHETIC) and not lab.get("harmful_request")
+    return source in ("alpaca_benign", SYNTHETIC) and lab.get("benign") == 1
 
 
 def statements(rows: list[dict]) -> list[dict]:
