@@ -5,8 +5,8 @@ gives character 2- to 5-grams (sklearn's `char_wb`). Each n-gram is hashed (CRC-
 words and characters in separate halves of the vector; counts become 1 + log(count), are weighted by the
 inverse document frequency learnt in training, and the vector is scaled to unit length. Character n-grams
 catch spelling games (`k1ll`, `h8`) that whole words miss. Words are hashed one by one in Python, character
-n-grams all at once in NumPy when the text is long enough for that to pay (`_chars_numpy`, about three times
-faster on a 500-token window than one at a time; the two count alike, the tests check it).
+n-grams all at once in NumPy when the text is long enough for that to pay (`_chars_numpy`: the n-gram stage of a
+500-token prompt, four windows, 2.1 ms against 3.5 ms one at a time here; the two count alike, the tests check it).
 """
 
 from __future__ import annotations
