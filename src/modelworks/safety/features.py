@@ -93,8 +93,8 @@ def _chars_numpy(lowered: str) -> tuple[np.ndarray, np.ndarray]:
     data = np.frombuffer(joined + bytes(4), dtype=np.uint8)
     size = len(joined)
     sizes = np.fromiter((len(p) for p in padded), dtype=np.int64, count=len(padded))
-    token = np.repeat(np.arange(len(padded)), sizes)
-    room = np.repeat(np.cumsum(sizes), sizes) - np.arange(size)       # bytes left in its padded word, itself included
+    token = np.repeat(np.arange(len(padded), dtype=np.int64), sizes)
+    room = np.repeat(np.cumsum(sizes), sizes) - np.arange(size, dtype=np.int64)       # bytes left in its padded word, itself included
     c = _TABLE[(np.uint32(0xFFFFFFFF) ^ data[:size]) & 0xFF] ^ np.uint32(0x00FFFFFF)  # one byte
     buckets, keys = [], []
     for n in (2, 3, 4, 5):
