@@ -3,7 +3,7 @@
 1. Rows and splits: `corpus.py` (folds 2-4 train, fold 1 calibrates, fold 0 is held out for the figures).
 2. The n-gram heads (`ngram.py`) on the training folds, each source weighted so that the two large tweet and
    statement sets count as `finetune.CAP` rows each (as the MiniLM stage samples them).
-3. The MiniLM adapter and heads (`finetune.py`, PyTorch on the CPU: about 12 minutes on 2 cores).
+3. The MiniLM adapter and heads (`finetune.py`, PyTorch on the CPU: 5-8 minutes on 2 cores, by CPU).
 4. The cascade's calibration, gates and thresholds (`calibrate.py`) on the calibration fold, scored by the
    shipped runtime itself (ONNX, int8 where this CPU keeps it close to fp32), so what is calibrated is what serves.
 Writes the three model files (`classifier.py`) into `out` (the package's models folder by default).
