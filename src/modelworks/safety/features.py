@@ -110,24 +110,26 @@ def _chars_numpy(lowered: str) -> tuple[np.ndarray, np.ndarray]:
     return unique[order], count[order]
 
 
-def counts(text: str) -> dict[int, int]:
-    """Each n-gram bucket's count, in first-occurrence order (words, then characters: what IDF is fitted on)."""
+def _counted(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each n-gram bucket and its count, in first-occurrence order (words, then characters: what IDF is fitted on)."""
     lowered = text.lower()
-    out = _words(lowered)
-    index, count = _chars(lowered)
-    out.update(zip(index.tolist(), count.tolist()))
-    return out
+    words = _words(lowered)
+    chars, char_counts = _chars(lowered)
+    return (np.concatenate([np.fromiter(words.keys(), dtype=np.int64, count=len(words)), chars]),
+            np.concatenate([np.fromiter(words.values(), dtype=np.int64, count=len(words)), char_counts]))
+
+
+def counts(text: str) -> dict[int, int]:
+    """Each n-gram bucket's count, in first-occurrence order."""
+    index, count = _counted(text)
+    return dict(zip(index.tolist(), count.tolist()))
 
 
 def vector(text: str, idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(bucket indices, unit-length TF-IDF values) of one text."""
-    lowered = text.lower()
-    words = _words(lowered)
-    chars, char_counts = _chars(lowered)
-    if not words and not len(chars):
+    index, count = _counted(text)
+    if not len(index):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    index = np.concatenate([np.fromiter(words.keys(), dtype=np.int64, count=len(words)), chars])
-    count = np.concatenate([np.fromiter(words.values(), dtype=np.int64, count=len(words)), char_counts])
     values = _LOG[np.minimum(count, len(_LOG)) - 1]                  # a new array (fancy indexing copies)
     for i in np.flatnonzero(count > len(_LOG)):                    # a bucket hit more than 4,096 times
         values[i] = np.float32(1.0 + math.log(int(count[i])))

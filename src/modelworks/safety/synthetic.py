@@ -517,20 +517,26 @@ def _personal(add, rng: random.Random, count: int) -> None:
     def styled(text: str) -> str:
         return text.lower() if rng.random() < 0.3 else text[0].upper() + text[1:]
 
-    kind, hostile = set(), set()
-    for _ in range(count * 20):
-        if len(kind) >= count:
-            break
+    def kind() -> str:
         name = rng.choice(AFFECTION_NAMES)
         text = rng.choice(CASUAL if rng.random() < 0.65 else FIGURATIVE) + (f", {name}" if name else "")
-        kind.add(styled(text + rng.choice(["", "", ".", "!", "!!", " :)", " \u2764\ufe0f", " xx"])))
-    for text in sorted(kind):
-        add(text, {"benign": 1})
-    for _ in range(count * 20):
-        if len(hostile) >= count:
-            break
+        return styled(text + rng.choice(["", "", ".", "!", "!!", " :)", " \u2764\ufe0f", " xx"]))
+
+    def hostile() -> tuple[str, bool]:
         threat = rng.random() < 0.6
-        text = _fill(rng.choice(THREATS if threat else INSULTS), PERSON, rng)
-        hostile.add((styled(text), threat))
-    for text, threat in sorted(hostile):
+        return styled(_fill(rng.choice(THREATS if threat else INSULTS), PERSON, rng)), threat
+
+    for text in _distinct(kind, count):
+        add(text, {"benign": 1})
+    for text, threat in _distinct(hostile, count):
         add(text, {"threat": 1} if threat else {"insult": 1})
+
+
+def _distinct(draw, count: int) -> list:
+    """Up to `count` distinct draws, sorted (at most 20 tries a row)."""
+    found: set = set()
+    for _ in range(count * 20):
+        if len(found) >= count:
+            break
+        found.add(draw())
+    return sorted(found)
