@@ -257,8 +257,8 @@ def test_eval_prints_the_figures_against_the_targets():
     result = subprocess.run([sys.executable, "-m", "modelworks", "safety", "eval", "--data", str(DATASETS),
                              "--sample", "15"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    for words in ("flagged AUPRC", "jailbreak recall", "harmful requests caught", "hate AUPRC", "calibration error",
-                  "sent to MiniLM", "a sample"):
+    for words in ("flagged AUPRC", "bootstrap interval", "jailbreak recall", "harmful requests caught", "hate AUPRC",
+                  "calibration error", "sent to MiniLM", "a sample"):
         assert words in result.stdout, result.stdout
     missing = subprocess.run([sys.executable, "-m", "modelworks", "safety", "eval", "--data", "/nonexistent"],
                              capture_output=True, text=True, timeout=60)

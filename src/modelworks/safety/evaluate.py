@@ -48,6 +48,20 @@ def average_precision(y: np.ndarray, scores: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0, recall]) * precision))
 
 
+def interval(y: np.ndarray, scores: np.ndarray, draws: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """The 95% bootstrap interval of the average precision (rows resampled with replacement, seeded): the
+    held-out fold of OpenAI's set is ~200 rows, where one run's figure moves by several hundredths."""
+    if len(y) == 0 or not 0 < y.sum() < len(y):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(draws):
+        i = rng.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            found.append(average_precision(y[i], scores[i]))
+    return float(np.percentile(found, 2.5)), float(np.percentile(found, 97.5))
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     edges = np.minimum((p * bins).astype(int), bins - 1)
     total = 0.0
@@ -98,7 +112,7 @@ def evaluate(data_dir: Path, model: TextSafetyModel | None = None, log=None, sam
         s = np.array([api[i][head] for i in idx])
         cascade = np.array([values[i][head] for i in idx])
         return {"rows": int(len(y)), "positive": int(y.sum()), "auprc": average_precision(y, s),
-                "auprc_cascade": average_precision(y, cascade)}
+                "interval": interval(y, s), "auprc_cascade": average_precision(y, cascade)}
 
     report: dict = {"rows": len(rows), "sample": sample, "seconds": round(seconds, 1), "heads": {}, "thresholds": model.thresholds}
     report["flagged"] = auprc("openai_moderation", "flagged")
@@ -190,12 +204,18 @@ def _novel(texts: list[str], data_dir: Path, most: float = NEAR_DUPLICATE) -> np
     return np.array(out, dtype=bool)
 
 
+def _span(figure: dict) -> str:
+    low, high = figure["interval"]
+    return f"{low:.3f}-{high:.3f}"
+
+
 def format_report(r: dict) -> str:
     ok = {True: "meets", False: "SHORT"}
     c = r["checks"]
     lines = [f"{r['rows']:,} rows never trained on, scored in {r['seconds']:.0f} s"
              + (f" (a sample: the first {r['sample']} of each source)" if r["sample"] else ""),
-             f"flagged AUPRC, OpenAI moderation: {r['flagged']['auprc']:.3f} ({r['flagged']['positive']} of "
+             f"flagged AUPRC, OpenAI moderation: {r['flagged']['auprc']:.3f} (95% bootstrap interval "
+             f"{_span(r['flagged'])}; {r['flagged']['positive']} of "
              f"{r['flagged']['rows']} positive; target >= {TARGETS['flagged_auprc']}) {ok[c['flagged_auprc']]}; "
              f"by the cascade a policy runs: {r['flagged']['auprc_cascade']:.3f}",
              f"  on the rows labelled for every category or flagged: {r['flagged_certain']['auprc']:.3f} "
@@ -218,9 +238,10 @@ def format_report(r: dict) -> str:
              f"{r['harmful']['questions']}; XSTest safe look-alikes flagged {r['harmful']['xstest_safe_flagged']:.3f}"
              f" of {r['harmful']['xstest_safe']} (targets >= {TARGETS['harmful_caught']}, <= "
              f"{TARGETS['lookalikes_flagged']}) {ok[c['harmful']]}",
-             f"hate AUPRC: Davidson {r['hate_davidson']['auprc']:.3f} ({r['hate_davidson']['positive']}/"
-             f"{r['hate_davidson']['rows']}), ToxiGen {r['hate_toxigen']['auprc']:.3f} ({r['hate_toxigen']['positive']}"
-             f"/{r['hate_toxigen']['rows']}) (target >= 0.85 each) {ok[c['hate']]}; by the cascade: "
+             f"hate AUPRC: Davidson {r['hate_davidson']['auprc']:.3f} ({_span(r['hate_davidson'])}; "
+             f"{r['hate_davidson']['positive']}/{r['hate_davidson']['rows']}), ToxiGen {r['hate_toxigen']['auprc']:.3f}"
+             f" ({_span(r['hate_toxigen'])}; {r['hate_toxigen']['positive']}/{r['hate_toxigen']['rows']})"
+             f" (target >= 0.85 each) {ok[c['hate']]}; by the cascade: "
              f"{r['hate_davidson']['auprc_cascade']:.3f}, {r['hate_toxigen']['auprc_cascade']:.3f}",
              f"benign rows of the labelled sets flagged by the default policy: {r['benign_flagged']['share']:.3f} of "
              f"{r['benign_flagged']['rows']:,}",
