@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--limit", type=int, default=0, help="train on this many rows only (a smoke test)")
     train.add_argument("--calibrate-only", action="store_true", help="keep the trained stages in --out and fit "
                                                                      "their calibration again")
+    train.add_argument("--windows", type=int, default=1, help="train MiniLM on each text's first N serving windows, "
+                                                               "a text's logit its highest window's (default 1: the "
+                                                               "shipped model's; the card has 4's figures)")
     evaluate = safety.add_parser("eval", help="the shipped classifiers on rows training never saw, against the "
                                               "targets (flagged AUPRC, jailbreaks, harmful requests, hate)")
     evaluate.add_argument("--data", default="../shared/datasets", help="folder of the labelled JSON Lines files")
@@ -87,7 +90,7 @@ def _safety(args) -> int:
         kwargs = {"out": Path(args.out)} if args.out else {}
         exclude = tuple(filter(None, args.exclude.split(",")))
         train(data, epochs=args.epochs, seed=args.seed, exclude=exclude, limit=args.limit,
-              calibrate_only=args.calibrate_only, **kwargs)
+              calibrate_only=args.calibrate_only, windows_per_text=args.windows, **kwargs)
         return 0
     from modelworks.safety.classifier import TextSafetyModel
     from modelworks.safety.evaluate import evaluate, format_report

@@ -2,12 +2,17 @@
 
 The encoder is the packaged all-MiniLM-L6-v2, frozen, with a LoRA update (rank `RANK`) on every layer's four
 matrices, and its biases and layer norms trained outright (what `encoder.merge` applies); seven logistic heads read
-its unit-length mean-pooled vector times `POOL_SCALE`. Loss: per head, binary cross-entropy over the rows
-labelled for it, positives weighted by sqrt(negatives / positives). Each epoch sees every row of the small
-sources and a fresh sample of `CAP` rows from each of the two large tweet/statement sets (Davidson, ToxiGen), in
-batches of texts of similar length (up to `BATCH_TOKENS` tokens), truncated to MiniLM's serving window (`encoder.WINDOW`, 128 tokens: what is trained is what is scored). AdamW, linear warm-up
-over 6% of the steps then linear decay. One seed fixes the sampling, the initialisation and the order; PyTorch
-runs single-process with deterministic kernels, so a rerun on the same machine gives the same weights (across
+its unit-length mean-pooled vector times `POOL_SCALE`. A text is cut into the windows it is served in
+(`encoder.windows`, 128 tokens) and its first `windows_per_text` are trained on, each head's logit for the text
+being its highest window's, as serving takes it (the label is the text's: multiple-instance learning). The
+shipped model reads one, a text's first window (texts truncated to the serving window); four, so that a long
+moderation row whose harm is in its third window no longer teaches that its clean first window is harmful, took
+held-out flagged AUPRC 0.806 -> 0.829 and sexual 0.836 -> 0.912, but blocked two everyday sentences of hyperbole
+as violence (the card). Loss: per head, binary cross-entropy over the texts labelled for it, positives weighted
+by sqrt(negatives / positives). Each epoch sees every row of the small sources and a fresh sample of `CAP` rows
+from each of the two large tweet/statement sets (Davidson, ToxiGen), in batches of texts of similar shape (up to
+`BATCH_TOKENS` tokens of windows, padding counted). AdamW, linear warm-up over 6% of the steps then linear decay. One seed fixes the sampling, the
+initialisation and the order; PyTorch runs single-process with deterministic kernels, so a rerun on the same machine gives the same weights (across
 machines, floating-point sums may differ in the last bits; the card states the tolerance).
 
 PyTorch is not a serving dependency: `pip install 'modelworks[train]'` (the CPU build, `torch==2.13.0`).
@@ -99,14 +104,16 @@ def _modules():
     return torch, F, Classifier
 
 
-def _batches(lengths: list[int], order: list[int], rng: random.Random) -> list[list[int]]:
-    order = sorted(order, key=lambda i: (lengths[i], rng.random()))
-    batches, current = [], []
+def _batches(lengths: list[int], counts: list[int], order: list[int], rng: random.Random) -> list[list[int]]:
+    """Rows of similar shape together, each batch at most `BATCH_TOKENS` tokens of windows (padded)."""
+    order = sorted(order, key=lambda i: (counts[i], lengths[i], rng.random()))
+    batches, current, windows = [], [], 0
     for i in order:
-        if current and (len(current) + 1) * lengths[i] > BATCH_TOKENS:
+        if current and (windows + counts[i]) * lengths[i] > BATCH_TOKENS:
             batches.append(current)
-            current = []
+            current, windows = [], 0
         current.append(i)
+        windows += counts[i]
     if current:
         batches.append(current)
     rng.shuffle(batches)
@@ -114,11 +121,13 @@ def _batches(lengths: list[int], order: list[int], rng: random.Random) -> list[l
 
 
 def finetune(rows, heads: tuple[str, ...], model_dir: Path, out: Path, *, epochs: int = 3, seed: int = 0,
-             lr: float = 5e-4, limit: int = 0, log=print) -> dict:
-    """Train on `rows` (corpus.Row) and write the adapter file `out` (what `encoder.EncoderModel` loads)."""
+             lr: float = 5e-4, limit: int = 0, windows_per_text: int = 1, log=print) -> dict:
+    """Train on `rows` (corpus.Row) and write the adapter file `out` (what `encoder.EncoderModel` loads), on each
+    text's first `windows_per_text` windows."""
     torch, F, Classifier = _modules()
     from safetensors.numpy import load_file
-    from tokenizers import Tokenizer
+
+    from modelworks.safety.encoder import load_tokenizer, windows
 
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -127,12 +136,10 @@ def finetune(rows, heads: tuple[str, ...], model_dir: Path, out: Path, *, epochs
     started = time.monotonic()
     config = json.loads((model_dir / "config.json").read_text())
     model = Classifier(load_file(str(model_dir / "model.safetensors")), config, len(heads), gen)
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=MAX_TOKENS)
-    tokenizer.no_padding()
-    tokenizer.encode_special_tokens = True
-    ids = [e.ids for e in tokenizer.encode_batch([r.text for r in rows])]
-    lengths = [len(x) for x in ids]
+    tokenizer = load_tokenizer(model_dir)
+    ids = [windows(tokenizer, r.text)[0][:windows_per_text] for r in rows]   # each row's windows, as served
+    lengths = [max(len(w) for w in x) for x in ids]
+    counts = [len(x) for x in ids]
     y = np.full((len(rows), len(heads)), -1.0, dtype=np.float32)
     for i, r in enumerate(rows):
         for h, v in r.targets.items():
@@ -153,7 +160,7 @@ def finetune(rows, heads: tuple[str, ...], model_dir: Path, out: Path, *, epochs
             order = order[:limit]
         return order
 
-    plans = [_batches(lengths, epoch_order(), rng) for _ in range(epochs)]
+    plans = [_batches(lengths, counts, epoch_order(), rng) for _ in range(epochs)]
     total = sum(len(p) for p in plans)
     warm = max(1, int(0.06 * total))
     body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head")]
@@ -168,15 +175,19 @@ def finetune(rows, heads: tuple[str, ...], model_dir: Path, out: Path, *, epochs
         running = 0.0
         for batch in plan:
             width = max(lengths[i] for i in batch)
-            x = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width)
-            for row, i in enumerate(batch):
-                x[row, :lengths[i]] = torch.tensor(ids[i])
-                mask[row, :lengths[i]] = 1.0
+            flat = [(row, k, w) for row, i in enumerate(batch) for k, w in enumerate(ids[i])]
+            x = torch.zeros(len(flat), width, dtype=torch.long)
+            mask = torch.zeros(len(flat), width)
+            for n, (_, _, w) in enumerate(flat):
+                x[n, :len(w)] = torch.tensor(w)
+                mask[n, :len(w)] = 1.0
+            # a text's logit per head is its highest window's, as served: the label is the text's, not each window's
+            z = torch.full((len(batch), max(counts[i] for i in batch), len(heads)), -1e4)
+            z[[f[0] for f in flat], [f[1] for f in flat]] = model(x, mask)
             target = torch.from_numpy(y[batch])
             known = (target >= 0).float()
-            loss = F.binary_cross_entropy_with_logits(model(x, mask), target.clamp(min=0), pos_weight=pos_weight,
-                                                      reduction="none")
+            loss = F.binary_cross_entropy_with_logits(z.max(dim=1).values, target.clamp(min=0),
+                                                      pos_weight=pos_weight, reduction="none")
             loss = (loss * known).sum() / known.sum().clamp(min=1)
             opt.zero_grad()
             loss.backward()
@@ -188,7 +199,8 @@ def finetune(rows, heads: tuple[str, ...], model_dir: Path, out: Path, *, epochs
         log(f"  epoch {epoch + 1}/{epochs}: loss {running / max(1, len(plan)):.4f} "
             f"({time.monotonic() - started:.0f} s)")
     meta = {"version": 2, "heads": list(heads), "pool_scale": POOL_SCALE, "rank": RANK, "alpha": ALPHA,
-            "epochs": epochs, "seed": seed, "lr": lr, "max_tokens": MAX_TOKENS, "rows": len(rows),
+            "epochs": epochs, "seed": seed, "lr": lr, "max_tokens": MAX_TOKENS, "windows_per_text": windows_per_text,
+            "rows": len(rows), "windows": sum(counts),
             "train_seconds": round(time.monotonic() - started)}
     export(model, meta, out)
     return meta

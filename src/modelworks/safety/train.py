@@ -25,7 +25,8 @@ HEADS = corpus.HEADS
 
 
 def train(data_dir: Path, out: Path = MODEL_DIR, *, epochs: int = 3, seed: int = 0, exclude: tuple[str, ...] = (),
-          limit: int = 0, cache_dir: Path | None = None, calibrate_only: bool = False, log=print) -> dict:
+          limit: int = 0, cache_dir: Path | None = None, calibrate_only: bool = False, windows_per_text: int = 1,
+          log=print) -> dict:
     """`calibrate_only`: keep both stages' files in `out` and fit the calibration again (minutes, not the 13 of
     fine-tuning)."""
     from modelworks.safety.encoder import minilm_dir
@@ -46,7 +47,7 @@ def train(data_dir: Path, out: Path = MODEL_DIR, *, epochs: int = 3, seed: int =
         ngram.train(fit, HEADS, lambda r: min(1.0, finetune.CAP / sizes[r.source]), out / NGRAM, log=log)
         log(f"n-gram heads written ({time.monotonic() - started:.0f} s)")
         meta = finetune.finetune(fit, HEADS, minilm_dir(), out / ADAPTER, epochs=epochs, seed=seed, limit=limit,
-                                 log=log)
+                                 windows_per_text=windows_per_text, log=log)
         log(f"MiniLM adapter written ({time.monotonic() - started:.0f} s)")
     zn, ze, zn_any = score_both(out, [r.text for r in cal], cache_dir)
     # the ensemble and the probabilities are fitted on real rows only: this project's templated rows are easy
