@@ -5,15 +5,16 @@ matrices, and its biases and layer norms trained outright (what `encoder.merge` 
 its unit-length mean-pooled vector times `POOL_SCALE`. A text is cut into the windows it is served in
 (`encoder.windows`, 128 tokens) and its first `windows_per_text` are trained on, each head's logit for the text
 being its highest window's, as serving takes it (the label is the text's: multiple-instance learning). The
-shipped model reads one, a text's first window (texts truncated to the serving window); four, so that a long
-moderation row whose harm is in its third window no longer teaches that its clean first window is harmful, took
-held-out flagged AUPRC 0.806 -> 0.829 and sexual 0.836 -> 0.912, but blocked two everyday sentences of hyperbole
-as violence (the card). Loss: per head, binary cross-entropy over the texts labelled for it, positives weighted
+shipped model reads one, a text's first window (texts truncated to the serving window: the same batches, bit for
+bit, as before the option). Four (two seeds) took held-out flagged AUPRC 0.803 to 0.829 and 0.821 and sexual
+0.830 to 0.912 and 0.896, but each failed the everyday-sentences test (violence on idioms, harmful-request
+annotations): the card. Loss: per head, binary cross-entropy over the texts labelled for it, positives weighted
 by sqrt(negatives / positives). Each epoch sees every row of the small sources and a fresh sample of `CAP` rows
 from each of the two large tweet/statement sets (Davidson, ToxiGen), in batches of texts of similar shape (up to
-`BATCH_TOKENS` tokens of windows, padding counted). AdamW, linear warm-up over 6% of the steps then linear decay. One seed fixes the sampling, the
-initialisation and the order; PyTorch runs single-process with deterministic kernels, so a rerun on the same machine gives the same weights (across
-machines, floating-point sums may differ in the last bits; the card states the tolerance).
+`BATCH_TOKENS` tokens of windows, padding counted). AdamW, linear warm-up over 6% of the steps then linear decay.
+One seed fixes the sampling, the initialisation and the order; PyTorch runs single-process with deterministic
+kernels, so a rerun on the same machine gives the same weights (across machines, floating-point sums may differ in
+the last bits; the card states the tolerance).
 
 PyTorch is not a serving dependency: `pip install 'modelworks[train]'` (the CPU build, `torch==2.13.0`).
 """

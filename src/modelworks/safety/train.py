@@ -3,7 +3,8 @@
 1. Rows and splits: `corpus.py` (folds 2-4 train, fold 1 calibrates, fold 0 is held out for the figures).
 2. The n-gram heads (`ngram.py`) on the training folds, each source weighted so that the two large tweet and
    statement sets count as `finetune.CAP` rows each (as the MiniLM stage samples them).
-3. The MiniLM adapter and heads (`finetune.py`, PyTorch on the CPU: 5-8 minutes on 2 cores, by CPU).
+3. The MiniLM adapter and heads (`finetune.py`, PyTorch on the CPU: 5-8 minutes on 2 cores, by CPU; 12-14 with
+   `windows_per_text=4`, twice the batches).
 4. The cascade's calibration, gates and thresholds (`calibrate.py`) on the calibration fold, scored by the
    shipped runtime itself (ONNX, int8 where this CPU keeps it close to fp32), so what is calibrated is what serves.
 Writes the three model files (`classifier.py`) into `out` (the package's models folder by default).
@@ -27,8 +28,8 @@ HEADS = corpus.HEADS
 def train(data_dir: Path, out: Path = MODEL_DIR, *, epochs: int = 3, seed: int = 0, exclude: tuple[str, ...] = (),
           limit: int = 0, cache_dir: Path | None = None, calibrate_only: bool = False, windows_per_text: int = 1,
           log=print) -> dict:
-    """`calibrate_only`: keep both stages' files in `out` and fit the calibration again (minutes, not the 13 of
-    fine-tuning)."""
+    """`calibrate_only`: keep both stages' files in `out` and fit the calibration again (a minute, not the 5-8 of
+    fine-tuning); `windows_per_text`: MiniLM trains on each text's first this many windows (`finetune.py`)."""
     from modelworks.safety.encoder import minilm_dir
 
     started = time.monotonic()
