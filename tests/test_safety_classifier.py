@@ -129,6 +129,17 @@ def test_scores_are_kept_per_text_so_a_resent_history_costs_nothing(model):
     assert again is not first and again.values == first.values
 
 
+def test_a_windows_logits_are_its_own_whatever_is_read_beside_it(model):
+    """int8 quantises a batch's activations with one scale: batched beside a long window, a short one scored up to
+    0.43 (logit) apart, and the window cache kept whichever came first. Each window runs alone."""
+    from modelworks.safety.encoder import windows
+
+    short = windows(model.tokenizer, "I will find you and hurt you.")[0]
+    long = windows(model.tokenizer, "The committee met on Tuesday to discuss next year's budget. " * 12)[0]
+    alone = model.encoder.window_logits(short)
+    assert np.array_equal(alone[0], model.encoder.window_logits([long[0], short[0]])[1])
+
+
 def test_the_cascade_sends_only_suspicious_text_to_minilm(model):
     plain = model.score("Please find the invoice attached.")
     assert set(plain.stage.values()) == {"ngram"}

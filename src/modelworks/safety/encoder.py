@@ -77,15 +77,16 @@ class EncoderModel:
         return z.max(axis=0), [spans[w] for w in best]
 
     def window_logits(self, ids: list[list[int]]) -> np.ndarray:
-        """The heads' logits (windows x heads) of token windows from `windows`."""
-        width = max(len(w) for w in ids)
-        batch = np.zeros((len(ids), width), dtype=np.int64)
-        mask = np.zeros((len(ids), width), dtype=np.float32)
-        for row, window in enumerate(ids):
-            batch[row, :len(window)] = window
-            mask[row, :len(window)] = 1.0
-        pooled = self.encoder._forward(batch, mask)  # the graph's unit-length mean-pooled vectors
-        return (pooled * self.pool_scale) @ self.head_w.T + self.head_b
+        """The heads' logits (windows x heads) of token windows from `windows`, each window run alone: the int8
+        graph quantises its activations with one scale per input, so a window batched beside others scored up to
+        0.43 (logit) apart from alone, and the per-window cache kept whichever it was read with first. Alone, a
+        window's logits are its own, whatever is read with it or before it (one thread gains nothing by batching)."""
+        out = []
+        for window in ids:  # the graph's unit-length mean-pooled vector, then the heads, a window at a time (a
+            # matrix product's rounding depends on its rows too)
+            pooled = self.encoder._forward(np.array([window], dtype=np.int64), np.ones((1, len(window)), np.float32))
+            out.append((pooled * self.pool_scale) @ self.head_w.T + self.head_b)
+        return np.concatenate(out)
 
 
 def load_tokenizer(model_dir: Path | None = None):
