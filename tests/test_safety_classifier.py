@@ -131,13 +131,22 @@ def test_scores_are_kept_per_text_so_a_resent_history_costs_nothing(model):
 
 def test_a_windows_logits_are_its_own_whatever_is_read_beside_it(model):
     """int8 quantises a batch's activations with one scale: batched beside a long window, a short one scored up to
-    0.43 (logit) apart, and the window cache kept whichever came first. Each window runs alone."""
+    0.43 (logit) apart, and the window cache kept whichever came first, so a text's score hung on what had been
+    scored before it. Each window runs alone: read beside another and kept, or read alone, the same logits."""
     from modelworks.safety.encoder import windows
 
-    short = windows(model.tokenizer, "I will find you and hurt you.")[0]
-    long = windows(model.tokenizer, "The committee met on Tuesday to discuss next year's budget. " * 12)[0]
-    alone = model.encoder.window_logits(short)
-    assert np.array_equal(alone[0], model.encoder.window_logits([long[0], short[0]])[1])
+    short_ids = windows(model.tokenizer, "I will find you and hurt you.")[0]
+    long_ids = windows(model.tokenizer, "The committee met on Tuesday to discuss next year's budget. " * 12)[0]
+    model.forget()
+    alone = model.encoder.window_logits(short_ids)
+    model._minilm([long_ids[0], short_ids[0]])        # read together, both kept
+    assert np.array_equal(model._minilm(short_ids), alone)
+    model.forget()
+    text = "I will find you and hurt you."
+    first = model.score(text).values
+    model.forget()
+    model._minilm([long_ids[0], short_ids[0]])
+    assert model.score(text).values == first
 
 
 def test_the_cascade_sends_only_suspicious_text_to_minilm(model):

