@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--limit", type=int, default=0, help="train on this many rows only (a smoke test)")
     train.add_argument("--calibrate-only", action="store_true", help="keep the trained stages in --out and fit "
                                                                      "their calibration again")
-    train.add_argument("--windows", type=_at_least_one, default=1, help="train MiniLM on each text's first N serving windows, "
-                                                               "a text's logit its highest window's (default 1: the "
-                                                               "shipped model's, texts cut at 128 tokens; the card has "
-                                                               "4's figures)")
+    train.add_argument("--windows", type=_at_least_one, default=1,
+                       help="train MiniLM on each text's first N serving windows, a text's logit its highest "
+                            "window's (default 1: the shipped model's, texts cut at 128 tokens; the card has 4's "
+                            "figures)")
     evaluate = safety.add_parser("eval", help="the shipped classifiers on rows training never saw, against the "
                                               "targets (flagged AUPRC, jailbreaks, harmful requests, hate)")
     evaluate.add_argument("--data", default="../shared/datasets", help="folder of the labelled JSON Lines files")
