@@ -34,7 +34,6 @@ ALPHA = 32
 POOL_SCALE = 20.0
 CAP = 2500
 BATCH_TOKENS = 4096
-MAX_TOKENS = 128  # = encoder.WINDOW
 LARGE = ("davidson_hate_offensive", "toxigen")
 
 
@@ -128,7 +127,7 @@ def finetune(rows, heads: tuple[str, ...], model_dir: Path, out: Path, *, epochs
     torch, F, Classifier = _modules()
     from safetensors.numpy import load_file
 
-    from modelworks.safety.encoder import load_tokenizer, windows
+    from modelworks.safety.encoder import WINDOW, load_tokenizer, windows
 
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -200,7 +199,7 @@ def finetune(rows, heads: tuple[str, ...], model_dir: Path, out: Path, *, epochs
         log(f"  epoch {epoch + 1}/{epochs}: loss {running / max(1, len(plan)):.4f} "
             f"({time.monotonic() - started:.0f} s)")
     meta = {"version": 2, "heads": list(heads), "pool_scale": POOL_SCALE, "rank": RANK, "alpha": ALPHA,
-            "epochs": epochs, "seed": seed, "lr": lr, "max_tokens": MAX_TOKENS, "windows_per_text": windows_per_text,
+            "epochs": epochs, "seed": seed, "lr": lr, "max_tokens": WINDOW, "windows_per_text": windows_per_text,
             "rows": len(rows), "windows": sum(counts),
             "train_seconds": round(time.monotonic() - started)}
     export(model, meta, out)
