@@ -149,6 +149,29 @@ def test_a_windows_logits_are_its_own_whatever_is_read_beside_it(model):
     assert model.score(text).values == first
 
 
+def test_a_window_repeated_within_a_text_is_read_once(model, monkeypatch):
+    """A text of one phrase repeated cuts into identical windows: MiniLM reads each distinct one once (a window's
+    logits are its own), so a hostile client's 16,000 characters of one word cost one window, not 32, and score
+    what the windows read one by one score."""
+    from modelworks.safety.encoder import windows
+
+    text = "kill " * 3000
+    ids = windows(model.tokenizer, text)[0]
+    distinct = len({tuple(w) for w in ids})
+    assert len(ids) >= 20 and distinct == 2  # the full windows, and the last
+    model.forget()
+    expected = model.encoder.window_logits(ids)
+    read = []
+    real = model.encoder.window_logits
+    monkeypatch.setattr(model.encoder, "window_logits", lambda found: read.append(len(found)) or real(found))
+    model.forget()
+    assert np.array_equal(model._minilm(ids), expected)
+    assert sum(read) == distinct
+    model.forget()
+    scores = model.score(text, every_window=True)
+    assert scores.minilm_windows == len(ids) and sum(read) == 2 * distinct
+
+
 def test_the_cascade_sends_only_suspicious_text_to_minilm(model):
     plain = model.score("Please find the invoice attached.")
     assert set(plain.stage.values()) == {"ngram"}

@@ -149,15 +149,18 @@ class TextSafetyModel:
             for k, z in zip(keys, found):
                 if z is not None:
                     self._windows.move_to_end(k)
-        missing = [i for i, z in enumerate(found) if z is None]
-        if missing:
-            fresh = self.encoder.window_logits([ids[i] for i in missing])
+        first: dict[bytes, int] = {}  # a window repeated within the text is read once (a window's logits are its own)
+        for i, z in enumerate(found):
+            if z is None:
+                first.setdefault(keys[i], i)
+        if first:
+            fresh = dict(zip(first, self.encoder.window_logits([ids[i] for i in first.values()])))
             with self._cache_lock:
-                for i, z in zip(missing, fresh):
-                    found[i] = z
-                    self._windows[keys[i]] = z
+                for key, z in fresh.items():
+                    self._windows[key] = z
                 while len(self._windows) > CACHE_WINDOWS:
                     self._windows.popitem(last=False)
+            found = [fresh[k] if z is None else z for k, z in zip(keys, found)]
         return np.array(found)
 
     def _score(self, text: str, every_window: bool = False) -> Scores:
