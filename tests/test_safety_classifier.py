@@ -203,6 +203,25 @@ def test_everyday_sentences_are_not_flagged_by_the_default_policy(model):
     assert len(moderated) <= len(EVERYDAY) * 3 // 100, json.dumps(moderated, indent=1)
 
 
+def test_everyday_sentences_written_after_the_model_are_not_blocked_either(model):
+    """Two more lists (620 sentences) written after the shipped model was trained, by a helper told to avoid the
+    wording of the first list and of the training templates: text no one tuned the model against. None is blocked,
+    none gets a harm category or a prompt attack. Harmful-request annotations and `/v1/moderations` are not held to
+    the first list's allowances here: on these the model annotates 1.3% and 1.6% (questions about first aid,
+    medicines, sexual health, the card's known failure modes), and a test would only pin today's count."""
+    for name in ("everyday_sentences_unseen_a.txt", "everyday_sentences_unseen_b.txt"):
+        sentences = [line for line in (Path(__file__).parent / "data" / name).read_text().splitlines()
+                     if line.strip() and not line.startswith("#")]
+        assert len(sentences) >= 300
+        flagged = {}
+        for text in sentences:
+            outcome = Screen(ContentFilterPolicy(), model=model).prompt([text], ["user"])
+            found = [d.as_dict() for d in outcome.decisions if d.detector in ("harm", "jailbreak")]
+            if outcome.blocked or found:
+                flagged[text] = found
+        assert not flagged, (name, json.dumps(flagged, indent=1))
+
+
 def test_threats_and_insults_to_a_person_are_blocked(model):
     """Written for this test, none a training row nor a rewrite of one (the training set has threats and insults of
     its own, since short kind messages alone taught "a message to 'you' is harmless"). Two are missed, as the card
