@@ -151,8 +151,9 @@ def test_a_windows_logits_are_its_own_whatever_is_read_beside_it(model):
 
 def test_a_window_repeated_within_a_text_is_read_once(model, monkeypatch):
     """A text of one phrase repeated cuts into identical windows: MiniLM reads each distinct one once (a window's
-    logits are its own), so a hostile client's 16,000 characters of one word cost one window, not 32, and score
-    what the windows read one by one score."""
+    logits are its own), so a hostile client's 15,000 characters of one word (24 windows, two distinct) cost two
+    reads, not 24, and score what the windows read one by one score; a window kept from before is not read
+    again, however often it recurs beside new ones."""
     from modelworks.safety.encoder import windows
 
     text = "kill " * 3000
@@ -170,6 +171,14 @@ def test_a_window_repeated_within_a_text_is_read_once(model, monkeypatch):
     model.forget()
     scores = model.score(text, every_window=True)
     assert scores.minilm_windows == len(ids) and sum(read) == 2 * distinct
+    other = windows(model.tokenizer, "The committee met on Tuesday to discuss next year's budget.")[0][0]
+    model.forget()
+    model._minilm([ids[0]])                                  # kept
+    read.clear()
+    mixed = model._minilm([ids[0], other, other, ids[0]])
+    assert read == [1]
+    assert np.array_equal(mixed[0], expected[0]) and np.array_equal(mixed[3], expected[0])
+    assert np.array_equal(mixed[1], mixed[2]) and np.array_equal(mixed[1], real([other])[0])
 
 
 def test_the_cascade_sends_only_suspicious_text_to_minilm(model):
@@ -206,20 +215,27 @@ def test_everyday_sentences_are_not_flagged_by_the_default_policy(model):
 def test_everyday_sentences_written_after_the_model_are_not_blocked_either(model):
     """Two more lists (620 sentences) written after the shipped model was trained, by a helper told to avoid the
     wording of the first list and of the training templates: text no one tuned the model against. None is blocked,
-    none gets a harm category or a prompt attack. Harmful-request annotations and `/v1/moderations` are not held to
-    the first list's allowances here: on these the model annotates 1.3% and 1.6% (questions about first aid,
-    medicines, sexual health, the card's known failure modes), and a test would only pin today's count."""
+    none gets a harm category or a prompt attack. Harmful-request annotations and `/v1/moderations` are over the
+    first list's allowances here (annotations 1.3% and 1.6%, moderations 3.2% and 2.6%: questions about first aid,
+    medicines, sexual health, the card's known failure modes), so they are held only to ceilings that catch a
+    model worse than this one (2% and 4%), not to the issue's line."""
     for name in ("everyday_sentences_unseen_a.txt", "everyday_sentences_unseen_b.txt"):
         sentences = [line for line in (Path(__file__).parent / "data" / name).read_text().splitlines()
                      if line.strip() and not line.startswith("#")]
         assert len(sentences) >= 300
-        flagged = {}
+        flagged, annotated, moderated = {}, [], []
         for text in sentences:
             outcome = Screen(ContentFilterPolicy(), model=model).prompt([text], ["user"])
             found = [d.as_dict() for d in outcome.decisions if d.detector in ("harm", "jailbreak")]
             if outcome.blocked or found:
                 flagged[text] = found
+            elif any(d.detector == "harmful_request" for d in outcome.decisions):
+                annotated.append(text)
+            if moderation_result(model, text)["flagged"]:
+                moderated.append(text)
         assert not flagged, (name, json.dumps(flagged, indent=1))
+        assert len(annotated) <= len(sentences) * 2 // 100, (name, annotated)
+        assert len(moderated) <= len(sentences) * 4 // 100, (name, moderated)
 
 
 def test_threats_and_insults_to_a_person_are_blocked(model):

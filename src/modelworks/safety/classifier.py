@@ -8,7 +8,7 @@ A text is cut into MiniLM's windows (`encoder.windows`: 126 tokens, about 500 ch
 the same windows:
 1. every window goes through the n-gram heads (`ngram.py`, NumPy, ~1 ms a window);
 2. a window whose n-gram logit reaches a head's gate is a candidate for the fine-tuned MiniLM (`encoder.py`, ONNX
-   Runtime, ~9-22 ms a window on one thread, by CPU), whose probability is then the calibrated ensemble of both logits.
+   Runtime, ~9-27 ms a window on one thread, by CPU), whose probability is then the calibrated ensemble of both logits.
    MiniLM reads first each head's most suspicious candidate (together, as one group; each window still runs
    alone), then the others one at a time, the most suspicious first (by how far past a gate), and stops at the
    first group in which it finds
@@ -59,7 +59,8 @@ class Scores:
     values: dict[str, float]             # head -> calibrated probability (the highest over the text's windows)
     window: dict[str, tuple[int, int]]   # head -> the character span that scored it
     stage: dict[str, str] = field(default_factory=dict)  # head -> "ngram" or "minilm"
-    minilm_windows: int = 0              # windows sent to MiniLM (the cost: ~9-22 ms each on one thread, unless kept)
+    minilm_windows: int = 0              # windows sent to MiniLM (the cost: ~9-27 ms each on one thread, unless
+    # kept or repeated)
 
     def severity(self, category: str) -> int:
         return min(7, int(self.values[category] * 8))
